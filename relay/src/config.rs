@@ -1,0 +1,149 @@
+//! The relay's settings, with defaults and validation.
+//!
+//! Names carry their unit. [`Config::validate`] refuses a bad value with an error naming the
+//! setting, so the binary can stop at start rather than misbehave later.
+
+use std::time::Duration;
+
+use crate::error::RelayError;
+
+/// Everything the relay needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The donor, as `HOST:PORT`; resolved at each dial.
+    pub upstream: String,
+    /// Connections carried at once; further recipients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Bound on dialing the donor (TCP handshake).
+    pub connect_timeout: Duration,
+    /// Size of each direction's copy buffer.
+    pub copy_buffer_bytes: usize,
+    /// SO_SNDBUF/SO_RCVBUF for both legs; `None` keeps the kernel's autotuning, which on Linux
+    /// grows further than a fixed size set here allows.
+    pub socket_buffer_bytes: Option<usize>,
+    /// TCP keepalive: idle time before the first probe.
+    pub keepalive_idle: Duration,
+    /// TCP keepalive: time between probes.
+    pub keepalive_interval: Duration,
+    /// TCP keepalive: unanswered probes before the kernel drops the connection.
+    pub keepalive_retries: u32,
+    /// On shutdown, how long connections in flight may run before they are closed.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Defaults for relaying to `upstream`.
+    pub fn new(upstream: impl Into<String>) -> Self {
+        Config {
+            upstream: upstream.into(),
+            max_connections: 1024,
+            connect_timeout: Duration::from_secs(5),
+            copy_buffer_bytes: 256 * 1024,
+            socket_buffer_bytes: None,
+            keepalive_idle: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_retries: 3,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+
+    /// Checks every setting; the error names the first one that is wrong.
+    pub fn validate(&self) -> Result<(), RelayError> {
+        validate_host_port(&self.upstream).map_err(|reason| invalid("upstream", reason))?;
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(invalid("connect_timeout_ms", "must be above 0"));
+        }
+        if !(4096..=64 * 1024 * 1024).contains(&self.copy_buffer_bytes) {
+            return Err(invalid(
+                "copy_buffer_bytes",
+                "must be between 4096 and 67108864",
+            ));
+        }
+        if let Some(n) = self.socket_buffer_bytes
+            && !(4096..=256 * 1024 * 1024).contains(&n)
+        {
+            return Err(invalid(
+                "socket_buffer_bytes",
+                "must be between 4096 and 268435456",
+            ));
+        }
+        if self.keepalive_idle < Duration::from_secs(1) {
+            return Err(invalid("keepalive_idle_ms", "must be at least 1000"));
+        }
+        if self.keepalive_interval < Duration::from_secs(1) {
+            return Err(invalid("keepalive_interval_ms", "must be at least 1000"));
+        }
+        if self.keepalive_retries == 0 {
+            return Err(invalid("keepalive_retries", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> RelayError {
+    RelayError::Config {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// `HOST:PORT` with a non-empty host and a port in 1..=65535 (`[v6]:PORT` accepted).
+fn validate_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    if host.is_empty() || host == "[]" {
+        return Err(format!("{s:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("{s:?} has no valid port (1-65535)")),
+        Ok(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(config: &Config) -> &'static str {
+        match config.validate() {
+            Err(RelayError::Config { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::new("db.example:3306").validate().unwrap();
+        Config::new("[::1]:3306").validate().unwrap();
+    }
+
+    #[test]
+    fn bad_upstream_is_named() {
+        for bad in ["db", ":3306", "db:", "db:0", "db:70000", "db:x"] {
+            assert_eq!(field_of(&Config::new(bad)), "upstream", "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_numbers_are_named() {
+        let mut c = Config::new("db:3306");
+        c.max_connections = 0;
+        assert_eq!(field_of(&c), "max_connections");
+
+        let mut c = Config::new("db:3306");
+        c.copy_buffer_bytes = 10;
+        assert_eq!(field_of(&c), "copy_buffer_bytes");
+
+        let mut c = Config::new("db:3306");
+        c.socket_buffer_bytes = Some(1);
+        assert_eq!(field_of(&c), "socket_buffer_bytes");
+
+        let mut c = Config::new("db:3306");
+        c.connect_timeout = Duration::ZERO;
+        assert_eq!(field_of(&c), "connect_timeout_ms");
+    }
+}

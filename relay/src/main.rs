@@ -1,0 +1,151 @@
+//! `clone-relay`: parses flags, sets up logging, binds, and hands over to [`clone_relay::run`].
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use clone_relay::{Config, RelayError, upstream};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+/// Inline relay for MySQL CLONE: point the recipient's `CLONE INSTANCE FROM` at `--listen`, and
+/// the relay carries the clone to the donor at `--upstream`.
+#[derive(Debug, Parser)]
+#[command(name = "clone-relay", version)]
+struct Cli {
+    /// Address to listen on for the recipient, e.g. 127.0.0.1:3307.
+    #[arg(long, env = "CLONE_RELAY_LISTEN", value_name = "ADDR")]
+    listen: SocketAddr,
+
+    /// The donor, as HOST:PORT.
+    #[arg(long, env = "CLONE_RELAY_UPSTREAM", value_name = "HOST:PORT")]
+    upstream: String,
+
+    /// Connections carried at once.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+
+    /// Bound on dialing the donor, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    connect_timeout_ms: u64,
+
+    /// Copy buffer per direction, in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    copy_buffer_bytes: usize,
+
+    /// SO_SNDBUF/SO_RCVBUF for both legs, in bytes (default: the kernel's autotuning).
+    #[arg(long)]
+    socket_buffer_bytes: Option<usize>,
+
+    /// TCP keepalive idle time, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    keepalive_idle_ms: u64,
+
+    /// TCP keepalive probe interval, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    keepalive_interval_ms: u64,
+
+    /// Unanswered keepalive probes before a connection is dropped.
+    #[arg(long, default_value_t = 3)]
+    keepalive_retries: u32,
+
+    /// On SIGINT/SIGTERM, how long connections in flight may go on, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    shutdown_grace_ms: u64,
+
+    /// Skip checking at start that the donor answers with a MySQL greeting.
+    #[arg(long)]
+    no_upstream_probe: bool,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+impl Cli {
+    fn config(&self) -> Config {
+        let mut config = Config::new(self.upstream.clone());
+        config.max_connections = self.max_connections;
+        config.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        config.copy_buffer_bytes = self.copy_buffer_bytes;
+        config.socket_buffer_bytes = self.socket_buffer_bytes;
+        config.keepalive_idle = Duration::from_millis(self.keepalive_idle_ms);
+        config.keepalive_interval = Duration::from_millis(self.keepalive_interval_ms);
+        config.keepalive_retries = self.keepalive_retries;
+        config.shutdown_grace = Duration::from_millis(self.shutdown_grace_ms);
+        config
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            eprintln!("clone-relay: {} (see --help)", one_line(&e.to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(cli.log_format);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(serve(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clone-relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cli: Cli) -> Result<(), RelayError> {
+    let config = cli.config();
+    config.validate()?;
+    let listener = clone_relay::bind(cli.listen)?;
+    if !cli.no_upstream_probe {
+        let greeting = upstream::probe(&config).await?;
+        info!(upstream = %config.upstream, server_version = %greeting.server_version, "upstream answers");
+    }
+    info!(listen = %cli.listen, upstream = %config.upstream, "relay listening");
+    clone_relay::run(listener, config, shutdown_signal()).await?;
+    info!("relay stopped");
+    Ok(())
+}
+
+/// clap's message on one line: its text without the usage and hint lines.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        _ = term.recv() => info!("SIGTERM received"),
+    }
+}

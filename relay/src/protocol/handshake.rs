@@ -1,0 +1,125 @@
+//! The server greeting (Protocol::HandshakeV10) and ERR packets.
+
+use super::packet::PacketHeader;
+
+/// First payload byte of a HandshakeV10 greeting.
+pub const PROTOCOL_V10: u8 = 10;
+/// First payload byte of an ERR packet.
+pub const ERR_MARKER: u8 = 0xff;
+
+/// What the relay reads from a donor's greeting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Greeting {
+    pub server_version: String,
+    /// The donor's connection id; the recipient kills a clone by it, so it passes through as is.
+    pub connection_id: u32,
+}
+
+/// A greeting payload, or the ERR the server sent instead of one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerHello {
+    Greeting(Greeting),
+    Error { code: u16, message: String },
+}
+
+/// Parses the first payload a server sends.
+pub fn parse_server_hello(payload: &[u8]) -> Result<ServerHello, String> {
+    match payload.first() {
+        Some(&PROTOCOL_V10) => {
+            let rest = &payload[1..];
+            let nul = rest
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or("greeting without a server version")?;
+            let id = rest
+                .get(nul + 1..nul + 5)
+                .ok_or("greeting too short for a connection id")?;
+            Ok(ServerHello::Greeting(Greeting {
+                server_version: String::from_utf8_lossy(&rest[..nul]).into_owned(),
+                connection_id: u32::from_le_bytes(id.try_into().expect("4 bytes")),
+            }))
+        }
+        Some(&ERR_MARKER) => {
+            let code = payload
+                .get(1..3)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .ok_or("ERR packet too short")?;
+            let mut message = &payload[3..];
+            if message.first() == Some(&b'#') && message.len() >= 6 {
+                message = &message[6..];
+            }
+            Ok(ServerHello::Error {
+                code,
+                message: String::from_utf8_lossy(message).into_owned(),
+            })
+        }
+        Some(other) => Err(format!("unknown protocol version {other}")),
+        None => Err("empty greeting".into()),
+    }
+}
+
+/// An ERR packet (with SQL state) as a whole physical packet.
+pub fn err_packet(seq: u8, code: u16, sql_state: &[u8; 5], message: &str) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(9 + message.len());
+    payload.push(ERR_MARKER);
+    payload.extend_from_slice(&code.to_le_bytes());
+    payload.push(b'#');
+    payload.extend_from_slice(sql_state);
+    payload.extend_from_slice(message.as_bytes());
+    let mut packet = PacketHeader {
+        payload_len: payload.len(),
+        seq,
+    }
+    .encode()
+    .to_vec();
+    packet.extend(payload);
+    packet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The greeting of a MySQL 9.7.4 donor, from `shared/testdata` (connection id 100).
+    const GREETING_9_7_4: &str = "0a392e372e342d320064000000431e324a347e494700ffffff0200ffdf15000000000000000000006d2234376a3a68386b2375410063616368696e67";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn reads_a_real_greeting() {
+        let hello = parse_server_hello(&unhex(GREETING_9_7_4)).unwrap();
+        assert_eq!(
+            hello,
+            ServerHello::Greeting(Greeting {
+                server_version: "9.7.4-2".into(),
+                connection_id: 100,
+            })
+        );
+    }
+
+    #[test]
+    fn err_packet_round_trips() {
+        let packet = err_packet(0, 1040, b"08004", "Too many connections");
+        let header = PacketHeader::parse(&packet).unwrap();
+        assert_eq!(header.payload_len, packet.len() - 4);
+        assert_eq!(
+            parse_server_hello(&packet[4..]).unwrap(),
+            ServerHello::Error {
+                code: 1040,
+                message: "Too many connections".into()
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_greeting() {
+        assert!(parse_server_hello(b"HTTP/1.1 400").is_err());
+        assert!(parse_server_hello(b"").is_err());
+        assert!(parse_server_hello(&[10, b'9']).is_err());
+    }
+}

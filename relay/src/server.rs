@@ -1,0 +1,89 @@
+//! The accept loop: it only accepts, takes a connection permit and spawns; each connection runs
+//! in its own task and span.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::Config;
+use crate::connection;
+use crate::error::RelayError;
+use crate::socket;
+
+/// Pause after a failed accept (for example EMFILE) so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Binds the relay's listening socket.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
+    socket::listen(addr).map_err(|source| RelayError::Listen {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Runs the relay on `listener` until `shutdown` completes, then stops accepting and gives the
+/// connections in flight `config.shutdown_grace` to finish before closing them.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let tasks = TaskTracker::new();
+    let close_now = CancellationToken::new();
+    let mut next_id: u64 = 0;
+    tokio::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        next_id += 1;
+        let span = info_span!("conn", id = next_id, %peer);
+        let (config, close_now) = (config.clone(), close_now.clone());
+        tasks.spawn(
+            async move {
+                connection::serve(stream, config, close_now).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+
+    drop(listener);
+    tasks.close();
+    info!(in_flight = tasks.len(), "shutting down: no new connections");
+    if tokio::time::timeout(config.shutdown_grace, tasks.wait())
+        .await
+        .is_err()
+    {
+        info!(
+            in_flight = tasks.len(),
+            "grace period over: closing connections"
+        );
+        close_now.cancel();
+        tasks.wait().await;
+    }
+    Ok(())
+}
