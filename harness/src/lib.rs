@@ -1,1 +1,28 @@
+//! Test harness for clone-relay: MySQL donors and recipients in containers, a data set to clone,
+//! CLONE itself, and the comparison of both sides.
+//!
+//! # Layout
+//! - [`docker`]: whether Docker is there, and what a test does when it is not (fail in CI, skip
+//!   elsewhere).
+//! - [`image`]: the clone-capable MySQL image: built from Debian packages when missing, or any
+//!   image named by `CLONE_RELAY_MYSQL_IMAGE`.
+//! - [`mysql`]: a MySQL server in a container (donor or recipient), and running SQL in it.
+//! - [`dataset`]: seeding a donor with a data set of a chosen size, and checksumming it.
+//! - [`clone`]: running `CLONE INSTANCE` on a recipient and following it to its end.
+//! - [`relay`]: clone-relay running in-process for a test.
+//! - [`drill`]: the whole scenario (donor, relay, recipients, clones, comparison), as
+//!   `clone-drill` runs it.
 
+pub mod clone;
+pub mod dataset;
+pub mod docker;
+pub mod drill;
+pub mod image;
+pub mod mysql;
+pub mod relay;
+
+pub use clone::{CloneOutcome, clone_instance};
+pub use dataset::Dataset;
+pub use docker::docker_available;
+pub use mysql::{MysqlServer, ServerOptions};
+pub use relay::RelayFixture;

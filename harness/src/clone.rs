@@ -1,0 +1,109 @@
+//! Running `CLONE INSTANCE` on a recipient and following it until the recipient is back from its
+//! restart and reports the clone Completed or Failed.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::mysql::{DONOR_PASSWORD, DONOR_USER, MysqlServer};
+
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How a clone ended, as the recipient's performance_schema tells it.
+#[derive(Debug, Clone)]
+pub struct CloneOutcome {
+    /// `Completed` or `Failed`.
+    pub state: String,
+    pub error_no: i64,
+    pub error_message: String,
+    /// The donor address the recipient cloned from (`clone_status.SOURCE`).
+    pub source: String,
+    /// From issuing CLONE INSTANCE until the statement returned (the copy, without the restart).
+    pub statement_time: Duration,
+    /// From issuing CLONE INSTANCE until the recipient reported the end, restart included.
+    pub total_time: Duration,
+    /// Bytes of data cloned, summed over `clone_progress` stages.
+    pub data_bytes: u64,
+    /// Bytes received over the network, summed over stages.
+    pub network_bytes: u64,
+    /// The FILE COPY stage's data bytes.
+    pub file_copy_bytes: u64,
+}
+
+impl CloneOutcome {
+    pub fn completed(&self) -> bool {
+        self.state == "Completed"
+    }
+}
+
+/// Clones from `donor` (a donor or a relay in front of one) into `recipient`, and waits for the
+/// end within `timeout`. A clone that fails is an `Ok` outcome with state `Failed`; only the
+/// harness's own trouble (timeout, unreadable status) is an error.
+pub async fn clone_instance(
+    recipient: &MysqlServer,
+    donor: SocketAddr,
+    timeout: Duration,
+) -> Result<CloneOutcome> {
+    let started = Instant::now();
+    let statement = format!(
+        "CLONE INSTANCE FROM '{DONOR_USER}'@'{}':{} IDENTIFIED BY '{DONOR_PASSWORD}' REQUIRE NO SSL",
+        donor.ip(),
+        donor.port()
+    );
+    let deadline = started + timeout;
+    // The statement ends with an error either way once the recipient restarts; the status table
+    // is what tells success from failure.
+    let _ = tokio::time::timeout_at(deadline.into(), recipient.sql(&statement)).await;
+    let statement_time = started.elapsed();
+
+    loop {
+        if Instant::now() > deadline {
+            bail!(
+                "clone into {} did not end within {timeout:?}",
+                recipient.name()
+            );
+        }
+        if let Ok(rows) = recipient
+            .rows("SELECT STATE, ERROR_NO, ERROR_MESSAGE, SOURCE FROM performance_schema.clone_status")
+            .await
+            && let Some([state, error_no, error_message, source]) =
+                rows.first().map(Vec::as_slice)
+            && (state == "Completed" || state == "Failed")
+        {
+            let (data_bytes, network_bytes, file_copy_bytes) = progress(recipient).await?;
+            return Ok(CloneOutcome {
+                state: state.clone(),
+                error_no: error_no.parse().unwrap_or(-1),
+                error_message: error_message.clone(),
+                source: source.clone(),
+                statement_time,
+                total_time: started.elapsed(),
+                data_bytes,
+                network_bytes,
+                file_copy_bytes,
+            });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// (data bytes, network bytes, FILE COPY data bytes) from `clone_progress`.
+async fn progress(recipient: &MysqlServer) -> Result<(u64, u64, u64)> {
+    let rows = recipient
+        .rows("SELECT STAGE, DATA, NETWORK FROM performance_schema.clone_progress")
+        .await?;
+    let mut totals = (0, 0, 0);
+    for row in rows {
+        let [stage, data, network] = row.as_slice() else {
+            bail!("unexpected clone_progress row {row:?}");
+        };
+        let data: u64 = data.parse().unwrap_or(0);
+        totals.0 += data;
+        totals.1 += network.parse::<u64>().unwrap_or(0);
+        if stage == "FILE COPY" {
+            totals.2 = data;
+        }
+    }
+    Ok(totals)
+}

@@ -1,0 +1,198 @@
+//! A MySQL server in a container, on the host's network namespace at a port of its own, started
+//! with the harness's own command line (so any MySQL 8.0.17+ image works, entrypoint or not) under
+//! a small supervisor that restarts mysqld when a finished clone asks for it (exit status 16).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use testcontainers::core::{ExecCommand, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+use crate::image::ImageRef;
+
+/// The donor account the recipient's CLONE logs in as (BACKUP_ADMIN).
+pub const DONOR_USER: &str = "donor_clone";
+/// Its password: a fixed test secret, known to both sides of a harness clone.
+pub const DONOR_PASSWORD: &str = "clone-relay-drill";
+/// Label on every container the harness starts, so leftovers can be found and removed.
+pub const CONTAINER_LABEL: &str = "org.clone-relay.harness";
+
+const SOCKET: &str = "/var/run/mysqld/mysqld.sock";
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How to start one server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// A short name for logs and the container label ("donor", "recipient").
+    pub name: String,
+    pub server_id: u32,
+    /// `clone_valid_donor_list` entries (`host:port`), set at start-up since a clone replaces
+    /// persisted settings.
+    pub valid_donors: Vec<String>,
+    /// Further mysqld options, e.g. `--clone-max-concurrency=4`.
+    pub extra_args: Vec<String>,
+}
+
+impl ServerOptions {
+    pub fn donor() -> Self {
+        ServerOptions {
+            name: "donor".into(),
+            server_id: 1,
+            valid_donors: Vec::new(),
+            extra_args: Vec::new(),
+        }
+    }
+
+    pub fn recipient(server_id: u32, valid_donors: &[SocketAddr]) -> Self {
+        ServerOptions {
+            name: format!("recipient-{server_id}"),
+            server_id,
+            valid_donors: valid_donors.iter().map(ToString::to_string).collect(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A running MySQL server; the container is removed when this is dropped.
+#[derive(Debug)]
+pub struct MysqlServer {
+    container: ContainerAsync<GenericImage>,
+    name: String,
+    port: u16,
+}
+
+impl MysqlServer {
+    /// Starts a server from `image` and waits until it accepts connections.
+    pub async fn start(image: &ImageRef, options: ServerOptions) -> Result<Self> {
+        let port = free_port()?;
+        let script = start_script(port, &options);
+        let container = GenericImage::new(image.name.as_str(), image.tag.as_str())
+            .with_entrypoint("sh")
+            .with_wait_for(WaitFor::message_on_stderr("ready for connections"))
+            .with_cmd(["-c", script.as_str()])
+            .with_network("host")
+            .with_label(CONTAINER_LABEL, options.name.as_str())
+            .with_startup_timeout(STARTUP_TIMEOUT)
+            .start()
+            .await
+            .with_context(|| format!("starting MySQL container {} from {image}", options.name))?;
+        Ok(MysqlServer {
+            container,
+            name: options.name,
+            port,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The server's TCP address (host networking: loopback).
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Runs SQL as root over the server's socket with the image's own client; returns the rows as
+    /// tab-separated lines without column names.
+    pub async fn sql(&self, sql: &str) -> Result<String> {
+        let mut exec = self
+            .container
+            .exec(ExecCommand::new([
+                "mysql",
+                "--no-defaults",
+                "--user=root",
+                "--socket",
+                SOCKET,
+                "--batch",
+                "--skip-column-names",
+                "--execute",
+                sql,
+            ]))
+            .await
+            .with_context(|| format!("exec in {}", self.name))?;
+        let stdout = exec.stdout_to_vec().await?;
+        let stderr = exec.stderr_to_vec().await?;
+        let mut code = exec.exit_code().await?;
+        for _ in 0..100 {
+            if code.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            code = exec.exit_code().await?;
+        }
+        if code != Some(0) {
+            bail!(
+                "{}: {} (exit {code:?})",
+                self.name,
+                String::from_utf8_lossy(&stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
+    }
+
+    /// Rows of a query, each split into its columns.
+    pub async fn rows(&self, sql: &str) -> Result<Vec<Vec<String>>> {
+        Ok(self
+            .sql(sql)
+            .await?
+            .lines()
+            .map(|line| line.split('\t').map(str::to_string).collect())
+            .collect())
+    }
+
+    /// The server's log so far (mysqld writes it to stderr), for reports of what went wrong.
+    pub async fn log(&self) -> String {
+        match self.container.stderr_to_vec().await {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => format!("(log unavailable: {e})"),
+        }
+    }
+}
+
+/// A port free on loopback now; the server binds it moments later.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The container's command: initialise the data directory, write the start-up SQL that creates
+/// the donor account, and run mysqld under a loop that restarts it on exit status 16.
+fn start_script(port: u16, options: &ServerOptions) -> String {
+    let valid_donors = if options.valid_donors.is_empty() {
+        String::new()
+    } else {
+        format!("--clone-valid-donor-list={}", options.valid_donors.join(","))
+    };
+    let extra = options.extra_args.join(" ");
+    let server_id = options.server_id;
+    format!(
+        r#"set -eu
+state=/var/lib/clone-relay
+mkdir -p /var/run/mysqld /var/lib/mysql-files "$state"
+cat > "$state/init.sql" <<'SQL'
+CREATE USER IF NOT EXISTS '{DONOR_USER}'@'%' IDENTIFIED BY '{DONOR_PASSWORD}';
+GRANT BACKUP_ADMIN ON *.* TO '{DONOR_USER}'@'%';
+SQL
+if [ ! -d "$state/data/mysql" ]; then
+  mysqld --no-defaults --initialize-insecure --user=root --datadir="$state/data" \
+    > "$state/initialize.log" 2>&1 || {{ cat "$state/initialize.log" >&2; exit 1; }}
+fi
+export MYSQLD_PARENT_PID=$$
+while :; do
+  status=0
+  mysqld --no-defaults --user=root --datadir="$state/data" \
+    --port={port} --bind-address=127.0.0.1 --socket={SOCKET} \
+    --pid-file=/var/run/mysqld/mysqld.pid --mysqlx=OFF --skip-name-resolve \
+    --secure-file-priv=/var/lib/mysql-files --server-id={server_id} --skip-log-bin \
+    --plugin-load-add=mysql_clone.so --init-file="$state/init.sql" \
+    --max-allowed-packet=64M --innodb-buffer-pool-size=256M \
+    --innodb-doublewrite=OFF --innodb-flush-log-at-trx-commit=2 \
+    {valid_donors} {extra} || status=$?
+  [ "$status" -eq 16 ] || exit "$status"
+  echo "supervisor: mysqld exited for a restart after a clone; starting it again" >&2
+done
+"#
+    )
+}
