@@ -1,1 +1,37 @@
-fn main(){}
+//! The packet scanner over a clone-shaped stream, against a plain memcpy of the same bytes.
+
+use std::hint::black_box;
+
+use clone_relay::protocol::PacketScanner;
+use clone_relay_benches::clone_stream;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+fn framing(c: &mut Criterion) {
+    let stream = clone_stream(16, 1 << 20);
+    let mut group = c.benchmark_group("framing");
+    group.throughput(Throughput::Bytes(stream.len() as u64));
+
+    // As the relay sees it: 256 KiB reads, headers straddling read boundaries.
+    group.bench_function("scan_256k_reads", |b| {
+        b.iter(|| {
+            let mut scanner = PacketScanner::new();
+            let mut packets = 0usize;
+            for chunk in stream.chunks(256 * 1024) {
+                scanner.scan(black_box(chunk), |_, _| packets += 1);
+            }
+            packets
+        })
+    });
+
+    let mut copy = vec![0u8; stream.len()];
+    group.bench_function("memcpy", |b| {
+        b.iter(|| {
+            copy.copy_from_slice(black_box(&stream));
+            black_box(copy[copy.len() - 1])
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, framing);
+criterion_main!(benches);

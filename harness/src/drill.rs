@@ -79,7 +79,10 @@ pub async fn run(options: &DrillOptions) -> Result<DrillReport> {
     let relayed = MysqlServer::start(&image, ServerOptions::recipient(2, &[relay.addr()]));
     let direct = async {
         match options.direct {
-            true => Some(MysqlServer::start(&image, ServerOptions::recipient(3, &[donor.addr()])).await).transpose(),
+            true => {
+                Some(MysqlServer::start(&image, ServerOptions::recipient(3, &[donor.addr()])).await)
+                    .transpose()
+            }
             false => Ok(None),
         }
     };

@@ -163,7 +163,10 @@ fn start_script(port: u16, options: &ServerOptions) -> String {
     let valid_donors = if options.valid_donors.is_empty() {
         String::new()
     } else {
-        format!("--clone-valid-donor-list={}", options.valid_donors.join(","))
+        format!(
+            "--clone-valid-donor-list={}",
+            options.valid_donors.join(",")
+        )
     };
     let extra = options.extra_args.join(" ");
     let server_id = options.server_id;

@@ -57,7 +57,12 @@ async fn carry(mut downstream: TcpStream, config: &Config, legs: &Legs) -> Resul
     let upstream = match upstream::dial(config).await {
         Ok(upstream) => upstream,
         Err(e) => {
-            let refusal = err_packet(0, CR_CONN_HOST_ERROR, b"HY000", &format!("clone-relay: {e}"));
+            let refusal = err_packet(
+                0,
+                CR_CONN_HOST_ERROR,
+                b"HY000",
+                &format!("clone-relay: {e}"),
+            );
             // Best effort: the recipient may be gone already.
             let _ = downstream.write_all(&refusal).await;
             let _ = downstream.shutdown().await;

@@ -88,10 +88,10 @@ mod tests {
         drop(donor);
         let legs = Legs::default();
         let (_rx, mut tx) = tokio::io::split(recipient);
-        tx.write_all(b"data for a donor that is gone").await.unwrap();
-        let err = relay(relay_down, relay_up, 4096, &legs)
+        tx.write_all(b"data for a donor that is gone")
             .await
-            .unwrap_err();
+            .unwrap();
+        let err = relay(relay_down, relay_up, 4096, &legs).await.unwrap_err();
         assert!(matches!(err, RelayError::Upstream(_)), "{err:?}");
     }
 }

@@ -55,7 +55,7 @@ mod tests {
         assert!(sock.keepalive().unwrap());
         // Linux doubles the requested size for bookkeeping.
         assert!(sock.recv_buffer_size().unwrap() >= 1 << 20);
-        assert_eq!(sock.keepalive_time().unwrap(), config.keepalive_idle);
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), config.keepalive_idle);
     }
 
     #[tokio::test]

@@ -17,12 +17,12 @@ pub async fn dial(config: &Config) -> Result<TcpStream, RelayError> {
     let addr = &config.upstream;
     let connect = async {
         let mut last = None;
-        let targets = tokio::net::lookup_host(addr.as_str()).await.map_err(|source| {
-            RelayError::UpstreamResolve {
+        let targets = tokio::net::lookup_host(addr.as_str())
+            .await
+            .map_err(|source| RelayError::UpstreamResolve {
                 addr: addr.clone(),
                 source,
-            }
-        })?;
+            })?;
         for target in targets {
             match TcpStream::connect(target).await {
                 Ok(stream) => return Ok(stream),
