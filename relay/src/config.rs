@@ -6,6 +6,8 @@
 use std::time::Duration;
 
 use crate::error::RelayError;
+use crate::protocol::decoder::Limits;
+use crate::session::SessionSettings;
 
 /// Everything the relay needs to run.
 #[derive(Debug, Clone)]
@@ -29,6 +31,15 @@ pub struct Config {
     pub keepalive_retries: u32,
     /// On shutdown, how long connections in flight may run before they are closed.
     pub shutdown_grace: Duration,
+    /// A recipient must finish logging in within this (slow or stuck clients are cut).
+    pub handshake_timeout: Duration,
+    /// Largest packet accepted before auth completes.
+    pub max_login_packet_bytes: usize,
+    /// Largest logical packet accepted afterwards.
+    pub max_packet_bytes: usize,
+    /// A clone session whose main connection is lost fails if the recipient does not resume
+    /// within this (MySQL's own limit, `clone_donor_timeout_after_network_failure`, is 5 min).
+    pub resume_timeout: Duration,
 }
 
 impl Config {
@@ -44,6 +55,22 @@ impl Config {
             keepalive_interval: Duration::from_secs(10),
             keepalive_retries: 3,
             shutdown_grace: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_login_packet_bytes: 64 * 1024,
+            max_packet_bytes: 64 * 1024 * 1024,
+            resume_timeout: Duration::from_secs(6 * 60),
+        }
+    }
+
+    /// The settings of the session registry.
+    pub fn session_settings(&self) -> SessionSettings {
+        SessionSettings {
+            resume_timeout: self.resume_timeout,
+            limits: Limits {
+                max_login_packet_bytes: self.max_login_packet_bytes,
+                max_packet_bytes: self.max_packet_bytes,
+            },
+            ..SessionSettings::default()
         }
     }
 
@@ -75,6 +102,24 @@ impl Config {
         }
         if self.keepalive_interval < Duration::from_secs(1) {
             return Err(invalid("keepalive_interval_ms", "must be at least 1000"));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(invalid("handshake_timeout_ms", "must be above 0"));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_login_packet_bytes) {
+            return Err(invalid(
+                "max_login_packet_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        if !(2 * 1024 * 1024..=1024 * 1024 * 1024).contains(&self.max_packet_bytes) {
+            return Err(invalid(
+                "max_packet_bytes",
+                "must be between 2097152 (clone needs 2 MiB) and 1073741824",
+            ));
+        }
+        if self.resume_timeout < Duration::from_secs(1) {
+            return Err(invalid("resume_timeout_ms", "must be at least 1000"));
         }
         if self.keepalive_retries == 0 {
             return Err(invalid("keepalive_retries", "must be at least 1"));

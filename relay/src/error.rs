@@ -3,6 +3,8 @@
 use std::io;
 use std::time::Duration;
 
+use crate::protocol::decoder::Violation;
+
 /// Errors of the relay library.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -46,12 +48,56 @@ pub enum RelayError {
     #[error("upstream i/o: {0}")]
     Upstream(#[source] io::Error),
 
+    /// A peer broke the protocol; the connection was closed on both legs.
+    #[error("protocol breach: {0}")]
+    Protocol(Violation),
+
+    /// The recipient did not finish logging in within the handshake timeout.
+    #[error("no login within {}ms", .0.as_millis())]
+    HandshakeTimeout(Duration),
+
     /// The relay is shutting down and the grace period for connections in flight has passed.
     #[error("relay shutting down")]
     Shutdown,
 }
 
 impl RelayError {
+    /// A short name of the error's kind, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RelayError::Config { .. } => "config",
+            RelayError::Listen { .. } => "listen",
+            RelayError::UpstreamResolve { .. }
+            | RelayError::UpstreamConnect { .. }
+            | RelayError::UpstreamTimeout { .. } => "upstream_unreachable",
+            RelayError::UpstreamNotMysql { .. } | RelayError::UpstreamRefused { .. } => {
+                "upstream_refused"
+            }
+            RelayError::Downstream(_) if self.is_peer_reset() => "peer_reset",
+            RelayError::Upstream(_) if self.is_peer_reset() => "peer_reset",
+            RelayError::Downstream(_) => "downstream_error",
+            RelayError::Upstream(_) => "upstream_error",
+            RelayError::Protocol(v) => match v.kind {
+                crate::protocol::decoder::ViolationKind::Oversize => "protocol_oversize",
+                crate::protocol::decoder::ViolationKind::Malformed => "protocol_malformed",
+                crate::protocol::decoder::ViolationKind::OutOfProtocol => {
+                    "protocol_out_of_protocol"
+                }
+                crate::protocol::decoder::ViolationKind::Compression => "protocol_compression",
+            },
+            RelayError::HandshakeTimeout(_) => "handshake_timeout",
+            RelayError::Shutdown => "shutdown",
+        }
+    }
+
+    /// Whether the relay closed the connection for the peer's misbehaviour.
+    pub fn is_rejection(&self) -> bool {
+        matches!(
+            self,
+            RelayError::Protocol(_) | RelayError::HandshakeTimeout(_)
+        )
+    }
+
     /// True when the error is a peer closing or resetting its socket: routine for a relay, logged
     /// at debug rather than warn.
     pub fn is_peer_reset(&self) -> bool {

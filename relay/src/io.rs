@@ -1,6 +1,8 @@
 //! I/O decorators for the copy path. Each wraps a stream and adds one concern, so the copy loop
 //! stays a plain copy: [`Metered`] counts the bytes read from a leg and remembers whether that
-//! leg failed. Rate limiting and protocol observation slot in the same way.
+//! leg failed; [`Observed`] shows every byte read from a leg to the protocol decoder before it
+//! is forwarded, and turns a protocol breach into a read error so the bad bytes never reach the
+//! other side. Rate limiting slots in the same way.
 
 use std::io;
 use std::pin::Pin;
@@ -9,6 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::protocol::decoder::Direction;
+use crate::session::ConnHandle;
 
 /// What one leg has done, shared between the copy task and whoever reports on it.
 #[derive(Debug, Default)]
@@ -92,6 +97,73 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.note(result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A leg whose reads pass through the connection's decoder. `dir` is the way the bytes read here
+/// travel: reads from the recipient go upstream, reads from the donor go downstream.
+#[derive(Debug)]
+pub struct Observed<S> {
+    inner: S,
+    conn: Arc<ConnHandle>,
+    dir: Direction,
+}
+
+impl<S> Observed<S> {
+    pub fn new(inner: S, conn: Arc<ConnHandle>, dir: Direction) -> Self {
+        Observed { inner, conn, dir }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Observed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result
+            && let Err(violation) = self.conn.observe(self.dir, &buf.filled()[before..])
+        {
+            // Un-fill the buffer: nothing of a bad read is forwarded.
+            buf.set_filled(before);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                violation.to_string(),
+            )));
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Observed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use clone_relay::{Config, RelayError, upstream};
+use clone_relay::{Config, Relay, RelayError, upstream};
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -54,6 +55,27 @@ struct Cli {
     #[arg(long, default_value_t = 30_000)]
     shutdown_grace_ms: u64,
 
+    /// Login deadline for recipients, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    handshake_timeout_ms: u64,
+
+    /// Largest packet accepted before auth completes, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_login_packet_bytes: usize,
+
+    /// Largest logical packet accepted after auth, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_packet_bytes: usize,
+
+    /// A clone whose main connection is lost is marked failed if not resumed within this, in
+    /// milliseconds.
+    #[arg(long, default_value_t = 360_000)]
+    resume_timeout_ms: u64,
+
+    /// Address for the admin listener (/metrics, /sessions); off when not given.
+    #[arg(long, env = "CLONE_RELAY_ADMIN", value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+
     /// Skip checking at start that the donor answers with a MySQL greeting.
     #[arg(long)]
     no_upstream_probe: bool,
@@ -80,6 +102,10 @@ impl Cli {
         config.keepalive_interval = Duration::from_millis(self.keepalive_interval_ms);
         config.keepalive_retries = self.keepalive_retries;
         config.shutdown_grace = Duration::from_millis(self.shutdown_grace_ms);
+        config.handshake_timeout = Duration::from_millis(self.handshake_timeout_ms);
+        config.max_login_packet_bytes = self.max_login_packet_bytes;
+        config.max_packet_bytes = self.max_packet_bytes;
+        config.resume_timeout = Duration::from_millis(self.resume_timeout_ms);
         config
     }
 }
@@ -105,15 +131,25 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cli: Cli) -> Result<(), RelayError> {
-    let config = cli.config();
-    config.validate()?;
+    let relay = Relay::new(cli.config())?;
     let listener = clone_relay::bind(cli.listen)?;
+    let admin = cli.admin.map(clone_relay::bind).transpose()?;
     if !cli.no_upstream_probe {
-        let greeting = upstream::probe(&config).await?;
-        info!(upstream = %config.upstream, server_version = %greeting.server_version, "upstream answers");
+        let greeting = upstream::probe(relay.config()).await?;
+        info!(upstream = %relay.config().upstream, server_version = %greeting.server_version, "upstream answers");
     }
-    info!(listen = %cli.listen, upstream = %config.upstream, "relay listening");
-    clone_relay::run(listener, config, shutdown_signal()).await?;
+    let stop = CancellationToken::new();
+    if let Some(admin) = admin {
+        info!(admin = %cli.admin.expect("bound"), "admin listening");
+        tokio::spawn(clone_relay::admin::serve(
+            admin,
+            relay.clone(),
+            stop.clone().cancelled_owned(),
+        ));
+    }
+    info!(listen = %cli.listen, upstream = %relay.config().upstream, "relay listening");
+    relay.serve(listener, shutdown_signal()).await?;
+    stop.cancel();
     info!("relay stopped");
     Ok(())
 }

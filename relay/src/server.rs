@@ -15,6 +15,8 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::config::Config;
 use crate::connection;
 use crate::error::RelayError;
+use crate::metrics::Metrics;
+use crate::session::Registry;
 use crate::socket;
 
 /// Pause after a failed accept (for example EMFILE) so the loop does not spin.
@@ -28,62 +30,107 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
     })
 }
 
-/// Runs the relay on `listener` until `shutdown` completes, then stops accepting and gives the
-/// connections in flight `config.shutdown_grace` to finish before closing them.
+/// A relay's shared state: its settings, the clone sessions it follows, its counters. Cheap to
+/// clone; the admin endpoint and tests read the same state the connections write.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+}
+
+impl Relay {
+    /// A relay with validated settings.
+    pub fn new(config: Config) -> Result<Self, RelayError> {
+        config.validate()?;
+        let registry = Registry::new(config.session_settings(), Arc::new(Metrics::default()));
+        Ok(Relay {
+            config: Arc::new(config),
+            registry: Arc::new(registry),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.registry.metrics()
+    }
+
+    /// Serves `listener` until `shutdown` completes, then stops accepting and gives the
+    /// connections in flight the configured grace period before closing them.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RelayError> {
+        let permits = Arc::new(Semaphore::new(self.config.max_connections));
+        let tasks = TaskTracker::new();
+        let close_now = CancellationToken::new();
+        let mut next_id: u64 = 0;
+        tokio::pin!(shutdown);
+
+        loop {
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                _ = &mut shutdown => break,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            next_id += 1;
+            let span = info_span!(
+                "conn",
+                id = next_id,
+                %peer,
+                role = tracing::field::Empty,
+                clone_session = tracing::field::Empty
+            );
+            let (relay, close_now) = (self.clone(), close_now.clone());
+            tasks.spawn(
+                async move {
+                    connection::serve(stream, peer, next_id, relay, close_now).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+
+        drop(listener);
+        tasks.close();
+        info!(in_flight = tasks.len(), "shutting down: no new connections");
+        if tokio::time::timeout(self.config.shutdown_grace, tasks.wait())
+            .await
+            .is_err()
+        {
+            info!(
+                in_flight = tasks.len(),
+                "grace period over: closing connections"
+            );
+            close_now.cancel();
+            tasks.wait().await;
+        }
+        Ok(())
+    }
+}
+
+/// Runs a relay with `config` on `listener` until `shutdown` completes.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
-    config.validate()?;
-    let config = Arc::new(config);
-    let permits = Arc::new(Semaphore::new(config.max_connections));
-    let tasks = TaskTracker::new();
-    let close_now = CancellationToken::new();
-    let mut next_id: u64 = 0;
-    tokio::pin!(shutdown);
-
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            _ = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        next_id += 1;
-        let span = info_span!("conn", id = next_id, %peer);
-        let (config, close_now) = (config.clone(), close_now.clone());
-        tasks.spawn(
-            async move {
-                connection::serve(stream, config, close_now).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
-    }
-
-    drop(listener);
-    tasks.close();
-    info!(in_flight = tasks.len(), "shutting down: no new connections");
-    if tokio::time::timeout(config.shutdown_grace, tasks.wait())
-        .await
-        .is_err()
-    {
-        info!(
-            in_flight = tasks.len(),
-            "grace period over: closing connections"
-        );
-        close_now.cancel();
-        tasks.wait().await;
-    }
-    Ok(())
+    Relay::new(config)?.serve(listener, shutdown).await
 }

@@ -1,10 +1,12 @@
-//! The relay over real sockets: bytes carried intact both ways, many connections at once, a
-//! refusal the client can read when the donor is down, and a clean shutdown.
+//! The relay over real sockets against a small fake MySQL server: bytes carried intact both ways,
+//! many connections at once, a refusal the client can read when the donor is down, and a clean
+//! shutdown.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clone_relay::Config;
+use clone_relay::protocol::PacketHeader;
 use clone_relay::protocol::handshake::{ServerHello, parse_server_hello};
 use clone_relay::protocol::packet::read_packet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,23 +14,46 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// An upstream that sends back everything it receives, reversed byte-wise by XOR so a relay that
-/// echoed on its own would be caught.
-async fn xor_server() -> SocketAddr {
+/// The greeting of a MySQL 9.7.4 server (from shared/testdata).
+const GREETING: &str = "0a392e372e342d320064000000431e324a347e494700ffffff0200ffdf15000000000000000000006d2234376a3a68386b2375410063616368696e67";
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = PacketHeader {
+        payload_len: payload.len(),
+        seq,
+    }
+    .encode()
+    .to_vec();
+    p.extend_from_slice(payload);
+    p
+}
+
+/// A fake MySQL server: greeting, login, OK; then it answers every packet with the same packet,
+/// payload XOR 0x5a (so a relay that echoed on its own would be caught).
+async fn fake_mysql() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    buf[..n].iter_mut().for_each(|b| *b ^= 0x5a);
-                    if s.write_all(&buf[..n]).await.is_err() {
+                s.write_all(&packet(0, &unhex(GREETING))).await.unwrap();
+                if read_packet(&mut s, 1 << 20).await.is_err() {
+                    return;
+                }
+                s.write_all(&packet(2, &[0, 0, 0, 2, 0, 0, 0]))
+                    .await
+                    .unwrap();
+                while let Ok((h, mut payload)) = read_packet(&mut s, 1 << 24).await {
+                    payload.iter_mut().for_each(|b| *b ^= 0x5a);
+                    if s.write_all(&packet(h.seq, &payload)).await.is_err() {
                         return;
                     }
                 }
@@ -36,6 +61,20 @@ async fn xor_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// Connects through the relay and logs in to the fake server.
+async fn login(relay: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(relay).await.unwrap();
+    let (h, _) = read_packet(&mut s, 1024).await.unwrap();
+    assert_eq!(h.seq, 0);
+    let mut login = vec![0u8; 32];
+    login[..4].copy_from_slice(&(0x0000_0200u32 | 0x0008_0000).to_le_bytes());
+    login.extend_from_slice(b"tester\0");
+    s.write_all(&packet(1, &login)).await.unwrap();
+    let (_, ok) = read_packet(&mut s, 1024).await.unwrap();
+    assert_eq!(ok[0], 0);
+    s
 }
 
 struct Running {
@@ -56,18 +95,33 @@ fn start(config: Config) -> Running {
 
 #[tokio::test]
 async fn carries_bytes_intact_on_many_connections() {
-    let upstream = xor_server().await;
+    let upstream = fake_mysql().await;
     let relay = start(Config::new(upstream.to_string()));
 
     let clients = (0..8u8).map(|i| {
         tokio::spawn(async move {
-            let stream = TcpStream::connect(relay.addr).await.unwrap();
+            let stream = login(relay.addr).await;
             let (mut rx, mut tx) = stream.into_split();
-            let block: Vec<u8> = (0..4 * 1024 * 1024u32)
-                .map(|j| (j as u8).wrapping_mul(31).wrapping_add(i))
+            // COM_QUERY packets (a first byte of 0x20 would be COM_CLONE, which the relay
+            // would hold the fake server's echo to).
+            let payloads: Vec<Vec<u8>> = (0..64u32)
+                .map(|k| {
+                    std::iter::once(3u8)
+                        .chain((1..64 * 1024u32).map(|j| {
+                            (j as u8)
+                                .wrapping_mul(31)
+                                .wrapping_add(i)
+                                .wrapping_add(k as u8)
+                        }))
+                        .collect()
+                })
                 .collect();
-            let expected: Vec<u8> = block.iter().map(|b| b ^ 0x5a).collect();
-            let writer = tokio::spawn(async move { tx.write_all(&block).await.unwrap() });
+            let stream: Vec<u8> = payloads.iter().flat_map(|p| packet(0, p)).collect();
+            let expected: Vec<u8> = payloads
+                .iter()
+                .flat_map(|p| packet(0, &p.iter().map(|b| b ^ 0x5a).collect::<Vec<_>>()))
+                .collect();
+            let writer = tokio::spawn(async move { tx.write_all(&stream).await.unwrap() });
             let mut got = vec![0u8; expected.len()];
             rx.read_exact(&mut got).await.unwrap();
             writer.await.unwrap();
@@ -105,14 +159,14 @@ async fn a_dead_upstream_is_reported_to_the_client() {
 
 #[tokio::test]
 async fn shutdown_waits_for_connections_then_closes_them() {
-    let upstream = xor_server().await;
+    let upstream = fake_mysql().await;
     let mut config = Config::new(upstream.to_string());
     config.shutdown_grace = Duration::from_millis(300);
     let relay = start(config);
 
-    let mut client = TcpStream::connect(relay.addr).await.unwrap();
-    client.write_all(b"x").await.unwrap();
-    let mut one = [0u8; 1];
+    let mut client = login(relay.addr).await;
+    client.write_all(&packet(0, b"x")).await.unwrap();
+    let mut one = [0u8; 5];
     client.read_exact(&mut one).await.unwrap();
 
     relay.stop.send(()).unwrap();
@@ -120,9 +174,9 @@ async fn shutdown_waits_for_connections_then_closes_them() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(TcpStream::connect(relay.addr).await.is_err());
     // The open one still works within the grace period, then is closed.
-    client.write_all(b"y").await.unwrap();
+    client.write_all(&packet(0, b"y")).await.unwrap();
     client.read_exact(&mut one).await.unwrap();
-    assert_eq!(one[0], b'y' ^ 0x5a);
+    assert_eq!(one[4], b'y' ^ 0x5a);
     tokio::time::timeout(Duration::from_secs(5), relay.task)
         .await
         .expect("relay stops after the grace period")
@@ -135,27 +189,63 @@ async fn shutdown_waits_for_connections_then_closes_them() {
 
 #[tokio::test]
 async fn max_connections_holds_further_clients_back() {
-    let upstream = xor_server().await;
+    let upstream = fake_mysql().await;
     let mut config = Config::new(upstream.to_string());
     config.max_connections = 1;
     let relay = start(config);
 
-    let mut first = TcpStream::connect(relay.addr).await.unwrap();
-    first.write_all(b"a").await.unwrap();
-    let mut one = [0u8; 1];
-    first.read_exact(&mut one).await.unwrap();
+    let first = login(relay.addr).await;
 
-    // The second connects (kernel backlog) but is not served while the first is open.
+    // The second connects (kernel backlog) but gets no greeting while the first is open.
     let mut second = TcpStream::connect(relay.addr).await.unwrap();
-    second.write_all(b"b").await.unwrap();
+    let mut one = [0u8; 1];
     let waited =
         tokio::time::timeout(Duration::from_millis(300), second.read_exact(&mut one)).await;
     assert!(waited.is_err(), "second connection was served early");
 
     drop(first);
-    tokio::time::timeout(Duration::from_secs(5), second.read_exact(&mut one))
+    let mut rest = [0u8; 3];
+    tokio::time::timeout(Duration::from_secs(5), second.read_exact(&mut rest))
         .await
         .expect("served once the first closed")
         .unwrap();
-    assert_eq!(one[0], b'b' ^ 0x5a);
+}
+
+#[tokio::test]
+async fn a_client_that_never_logs_in_is_cut_at_the_deadline() {
+    let upstream = fake_mysql().await;
+    let mut config = Config::new(upstream.to_string());
+    config.handshake_timeout = Duration::from_millis(200);
+    let relay = start(config);
+    let mut client = TcpStream::connect(relay.addr).await.unwrap();
+    // Half a login packet, then nothing.
+    client.write_all(&[40, 0, 0, 1, 0, 2]).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the relay should close a stuck login");
+}
+
+#[tokio::test]
+async fn garbage_from_the_client_closes_only_its_connection() {
+    let upstream = fake_mysql().await;
+    let relay = start(Config::new(upstream.to_string()));
+    let mut good = login(relay.addr).await;
+
+    let mut bad = TcpStream::connect(relay.addr).await.unwrap();
+    read_packet(&mut bad, 1024).await.unwrap();
+    bad.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), bad.read_to_end(&mut rest))
+        .await
+        .expect("the bad connection is closed")
+        .ok();
+
+    good.write_all(&packet(0, b"still here")).await.unwrap();
+    let (_, payload) = read_packet(&mut good, 1024).await.unwrap();
+    assert_eq!(
+        payload,
+        b"still here".iter().map(|b| b ^ 0x5a).collect::<Vec<_>>()
+    );
 }

@@ -6,6 +6,51 @@ use super::packet::PacketHeader;
 pub const PROTOCOL_V10: u8 = 10;
 /// First payload byte of an ERR packet.
 pub const ERR_MARKER: u8 = 0xff;
+/// First payload byte of an OK packet.
+pub const OK_MARKER: u8 = 0x00;
+
+/// Capability flags the relay looks at.
+pub const CLIENT_COMPRESS: u32 = 0x20;
+pub const CLIENT_PROTOCOL_41: u32 = 0x200;
+pub const CLIENT_SSL: u32 = 0x800;
+pub const CLIENT_ZSTD_COMPRESSION: u32 = 1 << 26;
+/// An SSLRequest is the first 32 bytes of a login request, sent alone.
+pub const SSL_REQUEST_LEN: usize = 32;
+
+/// What the relay reads from a client's login request (HandshakeResponse41 or SSLRequest).
+/// The auth data that follows the user name is never read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginRequest {
+    pub capabilities: u32,
+    /// Empty for an SSLRequest.
+    pub user: String,
+    pub is_ssl_request: bool,
+}
+
+/// Parses a login request; an error says what is wrong with it.
+pub fn parse_login_request(payload: &[u8], payload_len: usize) -> Result<LoginRequest, String> {
+    let caps = payload
+        .get(..4)
+        .ok_or_else(|| format!("login request of {payload_len} bytes is too short"))?;
+    let capabilities = u32::from_le_bytes(caps.try_into().expect("4 bytes"));
+    if capabilities & CLIENT_PROTOCOL_41 == 0 {
+        return Err("login request without protocol 4.1".into());
+    }
+    if payload_len < SSL_REQUEST_LEN {
+        return Err(format!("login request of {payload_len} bytes is too short"));
+    }
+    let is_ssl_request = payload_len == SSL_REQUEST_LEN && capabilities & CLIENT_SSL != 0;
+    let user = payload
+        .get(SSL_REQUEST_LEN..)
+        .and_then(|rest| rest.iter().position(|&b| b == 0).map(|n| &rest[..n]))
+        .map(|u| String::from_utf8_lossy(u).into_owned())
+        .unwrap_or_default();
+    Ok(LoginRequest {
+        capabilities,
+        user,
+        is_ssl_request,
+    })
+}
 
 /// What the relay reads from a donor's greeting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +58,8 @@ pub struct Greeting {
     pub server_version: String,
     /// The donor's connection id; the recipient kills a clone by it, so it passes through as is.
     pub connection_id: u32,
+    /// The server's capability flags.
+    pub capabilities: u32,
 }
 
 /// A greeting payload, or the ERR the server sent instead of one.
@@ -34,9 +81,19 @@ pub fn parse_server_hello(payload: &[u8]) -> Result<ServerHello, String> {
             let id = rest
                 .get(nul + 1..nul + 5)
                 .ok_or("greeting too short for a connection id")?;
+            // After the id: 8 bytes of auth data, a filler, the low capability bytes, the
+            // character set, the status flags, the high capability bytes.
+            let caps = rest
+                .get(nul + 5..nul + 21)
+                .ok_or("greeting too short for capabilities")?;
+            let capabilities = u32::from(caps[9])
+                | u32::from(caps[10]) << 8
+                | u32::from(caps[14]) << 16
+                | u32::from(caps[15]) << 24;
             Ok(ServerHello::Greeting(Greeting {
                 server_version: String::from_utf8_lossy(&rest[..nul]).into_owned(),
                 connection_id: u32::from_le_bytes(id.try_into().expect("4 bytes")),
+                capabilities,
             }))
         }
         Some(&ERR_MARKER) => {
@@ -98,8 +155,23 @@ mod tests {
             ServerHello::Greeting(Greeting {
                 server_version: "9.7.4-2".into(),
                 connection_id: 100,
+                capabilities: 0xdfff_ffff,
             })
         );
+    }
+
+    #[test]
+    fn reads_a_real_login_request() {
+        // Head of a 9.7.4 recipient's login request as donor_clone (compressed capture).
+        let head = unhex(
+            "a5a2b81900000004ff0000000000000000000000000000000000000000000000646f6e6f725f636c6f6e6500209b4eef",
+        );
+        let login = parse_login_request(&head, 181).unwrap();
+        assert_eq!(login.user, "donor_clone");
+        assert!(login.capabilities & CLIENT_COMPRESS != 0);
+        assert!(!login.is_ssl_request);
+        assert!(parse_login_request(&head[..2], 2).is_err());
+        assert!(parse_login_request(&[0, 0, 0, 0], 40).is_err());
     }
 
     #[test]

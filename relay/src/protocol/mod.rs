@@ -1,8 +1,16 @@
-//! MySQL classic protocol: just what the relay needs to read and write.
+//! MySQL classic protocol: what the relay needs to follow a clone, and nothing it would have to
+//! rewrite.
 //!
-//! - [`packet`]: the 4-byte packet header and a zero-copy scanner of packet boundaries.
-//! - [`handshake`]: the server greeting and ERR packets.
+//! - [`packet`]: the 4-byte packet header, and a scanner that finds packet boundaries and heads
+//!   without copying payloads.
+//! - [`compressed`]: the compressed framing (7-byte headers, zlib bodies).
+//! - [`handshake`]: the server greeting, the client's login request, OK and ERR packets.
+//! - [`clone`]: the CLONE sub-protocol: commands, responses, locators, descriptors.
+//! - [`decoder`]: one connection's conversation, both directions, as a stream of events.
 
+pub mod clone;
+pub mod compressed;
+pub mod decoder;
 pub mod handshake;
 pub mod packet;
 

@@ -42,28 +42,74 @@ impl PacketHeader {
     }
 }
 
-/// Finds packet boundaries in a byte stream fed in chunks of any size, without copying payloads.
-///
-/// For each packet that starts in a chunk, the callback gets its header and the part of its
-/// payload that lies in that chunk (possibly empty).
-#[derive(Debug, Default, Clone)]
+/// Finds packet boundaries in a byte stream fed in chunks of any size, and hands over the head of
+/// each packet: its first `head_cap` payload bytes (or the whole payload when shorter). A head
+/// that lies within one chunk is passed as a slice of it; only a head that straddles two chunks is
+/// gathered in a small buffer. The rest of a payload is skipped, never copied.
+#[derive(Debug, Clone)]
 pub struct PacketScanner {
+    head_cap: usize,
     header: [u8; HEADER_LEN],
     header_filled: usize,
-    payload_left: usize,
+    /// The packet whose head is being gathered or whose payload is being skipped.
+    current: Option<PacketHeader>,
+    /// Head bytes gathered so far, for a head that straddles chunks.
+    stash: Vec<u8>,
+    /// Head bytes still wanted for `current`.
+    head_left: usize,
+    /// Payload bytes of `current` after its head still to skip.
+    skip_left: usize,
+}
+
+impl Default for PacketScanner {
+    fn default() -> Self {
+        Self::new(0)
+    }
 }
 
 impl PacketScanner {
-    pub fn new() -> Self {
-        Self::default()
+    /// A scanner that hands over up to `head_cap` bytes of each payload.
+    pub fn new(head_cap: usize) -> Self {
+        PacketScanner {
+            head_cap,
+            header: [0; HEADER_LEN],
+            header_filled: 0,
+            current: None,
+            stash: Vec::new(),
+            head_left: 0,
+            skip_left: 0,
+        }
     }
 
-    /// Scans the next chunk of the stream.
-    pub fn scan(&mut self, mut chunk: &[u8], mut on_packet: impl FnMut(PacketHeader, &[u8])) {
+    /// Scans the next chunk of the stream, calling `on_packet(header, head)` once per packet as
+    /// soon as its head is complete. The first error from the callback stops the scan; it comes
+    /// back with the number of bytes of `chunk` consumed up to that point (the end of that
+    /// packet's head), so a caller can hand the rest of the chunk to another decoder.
+    pub fn scan<E>(
+        &mut self,
+        chunk: &[u8],
+        mut on_packet: impl FnMut(PacketHeader, &[u8]) -> Result<(), E>,
+    ) -> Result<(), (E, usize)> {
+        let total = chunk.len();
+        let mut chunk = chunk;
+        let consumed = |rest: &[u8]| total - rest.len();
         while !chunk.is_empty() {
-            if self.payload_left > 0 {
-                let skip = self.payload_left.min(chunk.len());
-                self.payload_left -= skip;
+            if self.head_left > 0 {
+                let take = self.head_left.min(chunk.len());
+                self.stash.extend_from_slice(&chunk[..take]);
+                self.head_left -= take;
+                chunk = &chunk[take..];
+                if self.head_left == 0 {
+                    let header = self.current.expect("a packet is open");
+                    let result = on_packet(header, &self.stash);
+                    self.stash.clear();
+                    result.map_err(|e| (e, consumed(chunk)))?;
+                }
+                continue;
+            }
+            if self.skip_left > 0 {
+                let skip = self.skip_left.min(chunk.len());
+                self.skip_left -= skip;
                 chunk = &chunk[skip..];
                 continue;
             }
@@ -73,20 +119,29 @@ impl PacketScanner {
             self.header_filled += take;
             chunk = &chunk[take..];
             if self.header_filled < HEADER_LEN {
-                return;
+                return Ok(());
             }
             self.header_filled = 0;
             let header = PacketHeader::from_bytes(self.header);
-            let here = header.payload_len.min(chunk.len());
-            on_packet(header, &chunk[..here]);
-            self.payload_left = header.payload_len - here;
-            chunk = &chunk[here..];
+            let head_len = header.payload_len.min(self.head_cap);
+            self.current = Some(header);
+            self.skip_left = header.payload_len - head_len;
+            if chunk.len() >= head_len {
+                let result = on_packet(header, &chunk[..head_len]);
+                chunk = &chunk[head_len..];
+                result.map_err(|e| (e, consumed(chunk)))?;
+            } else {
+                self.stash.extend_from_slice(chunk);
+                self.head_left = head_len - chunk.len();
+                chunk = &[];
+            }
         }
+        Ok(())
     }
 
     /// True when the stream so far ends exactly on a packet boundary.
     pub fn at_boundary(&self) -> bool {
-        self.header_filled == 0 && self.payload_left == 0
+        self.header_filled == 0 && self.head_left == 0 && self.skip_left == 0
     }
 }
 
@@ -153,22 +208,37 @@ mod tests {
         stream.extend(packet(2, b""));
         stream.extend(packet(0, b"\x06"));
         for split in 0..=stream.len() {
-            let mut scanner = PacketScanner::new();
+            let mut scanner = PacketScanner::new(8);
             let mut seen = Vec::new();
             for part in [&stream[..split], &stream[split..]] {
-                scanner.scan(part, |h, _| seen.push((h.seq, h.payload_len)));
+                scanner
+                    .scan(part, |h, head| {
+                        seen.push((h.seq, h.payload_len, head.to_vec()));
+                        Ok::<_, ()>(())
+                    })
+                    .unwrap();
             }
-            assert_eq!(seen, [(0, 1), (1, 300), (2, 0), (0, 1)], "split at {split}");
+            let want = [
+                (0, 1, vec![0x20]),
+                (1, 300, vec![0x03; 8]),
+                (2, 0, vec![]),
+                (0, 1, vec![0x06]),
+            ];
+            assert_eq!(seen, want, "split at {split}");
             assert!(scanner.at_boundary());
         }
     }
 
     #[test]
-    fn scanner_hands_over_the_payload_head() {
-        let stream = packet(0, b"\x20rest");
-        let mut firsts = Vec::new();
-        PacketScanner::new().scan(&stream, |_, head| firsts.push(head.to_vec()));
-        assert_eq!(firsts, [b"\x20rest".to_vec()]);
+    fn scanner_stops_at_the_first_error() {
+        let mut stream = packet(0, b"a");
+        stream.extend(packet(1, b"b"));
+        let mut calls = 0;
+        let result = PacketScanner::new(4).scan(&stream, |_, _| {
+            calls += 1;
+            Err("stop")
+        });
+        assert_eq!((result, calls), (Err(("stop", 5)), 1));
     }
 
     #[tokio::test]

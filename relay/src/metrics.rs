@@ -1,0 +1,132 @@
+//! Counters for `/metrics`, in Prometheus text format. Gauges that the session registry knows
+//! (sessions by state) are added when the page is rendered.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Relay-wide counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_accepted: AtomicU64,
+    pub connections_active: AtomicI64,
+    pub bytes_from_downstream: AtomicU64,
+    pub bytes_from_upstream: AtomicU64,
+    pub clone_data_bytes: AtomicU64,
+    pub sessions_started: AtomicU64,
+    pub resumes: AtomicU64,
+    /// Connection ends by reason (`normal`, `peer_reset`, `protocol_oversize`, ...).
+    closes: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Metrics {
+    pub fn count_close(&self, reason: &'static str) {
+        *self
+            .closes
+            .lock()
+            .expect("metrics lock")
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    pub fn closes(&self) -> BTreeMap<&'static str, u64> {
+        self.closes.lock().expect("metrics lock").clone()
+    }
+
+    /// The page, with the session counts by state passed in.
+    pub fn render(&self, sessions_by_state: &BTreeMap<&'static str, u64>) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        counter(
+            &mut out,
+            "clone_relay_connections_accepted_total",
+            "Downstream connections accepted.",
+            load(&self.connections_accepted),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP clone_relay_connections_active Connections being carried.\n# TYPE clone_relay_connections_active gauge\nclone_relay_connections_active {}",
+            self.connections_active.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP clone_relay_bytes_total Bytes carried, by the side they came from.\n# TYPE clone_relay_bytes_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "clone_relay_bytes_total{{from=\"downstream\"}} {}",
+            load(&self.bytes_from_downstream)
+        );
+        let _ = writeln!(
+            out,
+            "clone_relay_bytes_total{{from=\"upstream\"}} {}",
+            load(&self.bytes_from_upstream)
+        );
+        counter(
+            &mut out,
+            "clone_relay_clone_data_bytes_total",
+            "Payload bytes of clone DATA responses carried.",
+            load(&self.clone_data_bytes),
+        );
+        counter(
+            &mut out,
+            "clone_relay_sessions_started_total",
+            "Clone sessions seen starting.",
+            load(&self.sessions_started),
+        );
+        counter(
+            &mut out,
+            "clone_relay_resumes_total",
+            "Clone sessions resumed by the recipient (COM_REINIT).",
+            load(&self.resumes),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP clone_relay_sessions Clone sessions known, by state.\n# TYPE clone_relay_sessions gauge"
+        );
+        for (state, n) in sessions_by_state {
+            let _ = writeln!(out, "clone_relay_sessions{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP clone_relay_connections_closed_total Connections ended, by reason.\n# TYPE clone_relay_connections_closed_total counter"
+        );
+        for (reason, n) in self.closes() {
+            let _ = writeln!(
+                out,
+                "clone_relay_connections_closed_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.connections_accepted.fetch_add(3, Ordering::Relaxed);
+        m.count_close("protocol_oversize");
+        m.count_close("protocol_oversize");
+        let page = m.render(&[("completed", 1)].into());
+        assert!(page.contains("clone_relay_connections_accepted_total 3\n"));
+        assert!(
+            page.contains("clone_relay_connections_closed_total{reason=\"protocol_oversize\"} 2\n")
+        );
+        assert!(page.contains("clone_relay_sessions{state=\"completed\"} 1\n"));
+        for line in page.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Replays of real CLONE traffic between two MySQL 9.7.4 servers (`shared/testdata`): the
+//! decoder reads every packet, and the session registry puts all connections of a capture in
+//! one clone session with the right roles and one resume.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clone_relay::copy::Legs;
+use clone_relay::metrics::Metrics;
+use clone_relay::protocol::PacketHeader;
+use clone_relay::protocol::clone::{CommandKind, Stage};
+use clone_relay::protocol::decoder::{Decoder, Direction, Event, Limits};
+use clone_relay::session::{
+    CloseReason, ConnHandle, Registry, Role, SessionSettings, SessionState,
+};
+use serde_json::Value;
+
+/// The captures, or `None` (skip, outside CI) when `shared/` is not beside the checkout.
+fn capture(name: &str) -> Option<Vec<Value>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata")
+        .join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Some(
+            text.lines()
+                .map(|l| serde_json::from_str(l).expect("capture line is JSON"))
+                .collect(),
+        ),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("capture {} missing in CI: {e}", path.display())
+        }
+        Err(e) => {
+            eprintln!("skipping: capture {} not found ({e})", path.display());
+            None
+        }
+    }
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn direction(row: &Value) -> Direction {
+    match row["dir"].as_str() {
+        Some("c2s") => Direction::Upstream,
+        _ => Direction::Downstream,
+    }
+}
+
+/// A captured packet as it was on the wire; payloads cut short in the capture are padded with
+/// zeros to their length (only DATA blocks are, and the relay reads only their heads).
+fn wire_packet(row: &Value) -> Vec<u8> {
+    let len = row["len"].as_u64().unwrap() as usize;
+    let mut payload = unhex(row["hex"].as_str().unwrap());
+    payload.resize(len, 0);
+    let mut bytes = PacketHeader {
+        payload_len: len,
+        seq: row["seq"].as_u64().unwrap() as u8,
+    }
+    .encode()
+    .to_vec();
+    bytes.extend(payload);
+    bytes
+}
+
+/// Replays a packet capture through a registry, each packet fed in two uneven pieces.
+fn replay(rows: &[Value]) -> Arc<Registry> {
+    let registry = Arc::new(Registry::new(
+        SessionSettings::default(),
+        Arc::new(Metrics::default()),
+    ));
+    let mut conns: BTreeMap<u64, ConnHandle> = BTreeMap::new();
+    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    for row in rows {
+        let conn = row["conn"].as_u64();
+        match (row["event"].as_str(), conn) {
+            (Some("open"), Some(id)) => {
+                conns.insert(id, registry.open(id, peer, "donor:3306", Legs::default()));
+            }
+            (Some("close"), Some(id)) => {
+                if let Some(handle) = conns.remove(&id) {
+                    handle.close(&CloseReason {
+                        kind: "peer_reset",
+                        detail: "closed in capture".into(),
+                        rejected: false,
+                    });
+                }
+            }
+            (None, Some(id)) => {
+                let bytes = wire_packet(row);
+                let handle = &conns[&id];
+                let cut = bytes.len() / 3;
+                for piece in [&bytes[..cut], &bytes[cut..]] {
+                    handle
+                        .observe(direction(row), piece)
+                        .unwrap_or_else(|v| panic!("conn {id}: {v}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    registry
+}
+
+fn data_bytes(rows: &[Value]) -> u64 {
+    rows.iter()
+        .filter(|r| r["dir"] == "s2c" && r["hex"].as_str().is_some_and(|h| h.starts_with("03")))
+        .map(|r| r["len"].as_u64().unwrap() - 1)
+        .sum()
+}
+
+fn roles(registry: &Registry) -> Vec<(u64, Role)> {
+    let view = registry.view();
+    assert_eq!(view.sessions.len(), 1, "one clone session: {view:#?}");
+    assert!(view.unassigned.is_empty(), "{:#?}", view.unassigned);
+    view.sessions[0]
+        .connections
+        .iter()
+        .map(|c| (c.id, c.role))
+        .collect()
+}
+
+#[test]
+fn reset_mid_transfer_is_one_session_resumed_once() {
+    let Some(rows) = capture("clone-9.7.4-reset-mid-transfer.jsonl") else {
+        return;
+    };
+    let registry = replay(&rows);
+    assert_eq!(
+        roles(&registry),
+        [
+            (1, Role::Main),
+            (2, Role::Aux),
+            (3, Role::Main),
+            (4, Role::Aux)
+        ]
+    );
+    let session = &registry.view().sessions[0];
+    assert_eq!(session.resume_count, 1);
+    assert_eq!(session.state, SessionState::Completed);
+    assert_eq!(session.data_bytes, data_bytes(&rows));
+    let clone = session.clone.expect("clone id");
+    assert_eq!((clone.clone_id, clone.snapshot_id), (0x1b, 0x1c));
+    let states: Vec<SessionState> = session.history.iter().map(|c| c.to).collect();
+    assert_eq!(
+        states,
+        [
+            SessionState::Initializing,
+            SessionState::Transferring,
+            SessionState::Resuming,
+            SessionState::Transferring,
+            SessionState::Completed
+        ]
+    );
+    let progress = session.progress.as_ref().expect("progress");
+    assert_eq!(progress.percent, Some(100.0), "{progress:?}");
+}
+
+#[test]
+fn workers_and_their_reconnects_join_the_session() {
+    let Some(rows) = capture("clone-9.7.4-workers-reset.jsonl") else {
+        return;
+    };
+    let registry = replay(&rows);
+    let roles = roles(&registry);
+    let count = |role| roles.iter().filter(|(_, r)| *r == role).count();
+    assert_eq!(
+        (count(Role::Main), count(Role::Aux), count(Role::Worker)),
+        (2, 2, 6)
+    );
+    assert_eq!(roles[0], (1, Role::Main));
+    assert_eq!(roles[5], (6, Role::Main));
+    let session = &registry.view().sessions[0];
+    assert_eq!(session.resume_count, 1);
+    assert_eq!(session.state, SessionState::Completed);
+    assert_eq!(session.data_bytes, data_bytes(&rows));
+    assert!(
+        session.resent_bytes > 0,
+        "blocks in flight at the reset are sent again"
+    );
+    let stages: Vec<Stage> = session.stages.iter().map(|c| c.to).collect();
+    assert_eq!(
+        stages,
+        [
+            Stage::Init,
+            Stage::FileCopy,
+            Stage::PageCopy,
+            Stage::RedoCopy,
+            Stage::Done
+        ]
+    );
+}
+
+#[test]
+fn compressed_framing_is_decoded() {
+    let Some(rows) = capture("clone-9.7.4-compressed-raw.jsonl") else {
+        return;
+    };
+    // Raw reads are cut to 64 bytes in this capture, so the login exchange (longer) comes from
+    // the uncompressed capture's greeting and this capture's login head, padded; after that,
+    // every read that the capture kept whole is fed until the first cut one in each direction.
+    let Some(plain) = capture("clone-9.7.4-reset-mid-transfer.jsonl") else {
+        return;
+    };
+    let greeting = wire_packet(&plain[1]);
+    let mut per_conn: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
+    for conn in [1u64, 2] {
+        let mut decoder = Decoder::new(Limits::default());
+        let mut events = Vec::new();
+        let mut cut = false;
+        let mut first_c2s = true;
+        decoder
+            .feed(Direction::Downstream, &greeting, &mut |e| events.push(e))
+            .unwrap();
+        for row in rows
+            .iter()
+            .filter(|r| r["conn"] == conn && r["hex"].is_string())
+        {
+            let dir = direction(row);
+            let raw_len = row["raw_len"].as_u64().unwrap() as usize;
+            let mut bytes = unhex(row["hex"].as_str().unwrap());
+            if dir == Direction::Downstream && bytes.len() < raw_len && bytes[4] == 0x0a {
+                continue; // the cut greeting, replaced above
+            }
+            if dir == Direction::Upstream && first_c2s {
+                first_c2s = false;
+                bytes.resize(raw_len, 0); // the login request: only its head matters
+            }
+            cut |= bytes.len() < raw_len;
+            if cut {
+                break;
+            }
+            decoder
+                .feed(dir, &bytes, &mut |e| events.push(e))
+                .unwrap_or_else(|v| panic!("conn {conn}: {v}"));
+        }
+        per_conn.insert(conn, events);
+    }
+    let commands = |conn: u64| -> Vec<CommandKind> {
+        per_conn[&conn]
+            .iter()
+            .filter_map(|e| match e {
+                Event::CloneCommand(c) => Some(c.kind),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(per_conn[&1].contains(&Event::Login {
+        user: "donor_clone".into(),
+        compressed: true
+    }));
+    assert!(per_conn[&1].contains(&Event::CloneStarted));
+    assert_eq!(commands(1), [CommandKind::Init]);
+    // The aux connection's reads are all short enough to have been kept whole.
+    let aux = commands(2);
+    assert_eq!(aux.last(), Some(&CommandKind::Exit));
+    assert!(aux[..aux.len() - 1].iter().all(|&k| k == CommandKind::Ack));
+    assert!(aux.len() >= 2);
+    let acked_clone = per_conn[&2].iter().find_map(|e| match e {
+        Event::CloneCommand(c) => clone_relay::protocol::clone::innodb_clone_id(&c.locators),
+        _ => None,
+    });
+    assert!(acked_clone.is_some(), "ACK carries the clone's locator");
+}
