@@ -1,17 +1,20 @@
-//! clone-relay running in-process on a loopback port, for a test or a drill.
+//! clone-relay running in-process on loopback ports (relay and admin), for a test or a drill.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clone_relay::{Config, RelayError};
+use anyhow::{Context, Result, bail};
+use clone_relay::session::SessionsView;
+use clone_relay::{Config, Relay, RelayError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// A running relay; dropping it stops it.
+/// A running relay with its admin listener; dropping it stops both.
 #[derive(Debug)]
 pub struct RelayFixture {
+    relay: Relay,
     addr: SocketAddr,
+    admin_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), RelayError>>,
 }
@@ -19,22 +22,46 @@ pub struct RelayFixture {
 impl RelayFixture {
     /// A relay to `upstream` with default settings (and a short shutdown grace).
     pub fn start(upstream: SocketAddr) -> Result<Self> {
-        let mut config = Config::new(upstream.to_string());
-        config.shutdown_grace = Duration::from_secs(1);
-        Self::start_with(config)
+        Self::start_with(Self::config(upstream))
     }
 
-    /// A relay with the given settings, listening on a free loopback port.
+    /// The settings [`RelayFixture::start`] uses, to adjust before [`RelayFixture::start_with`].
+    pub fn config(upstream: SocketAddr) -> Config {
+        let mut config = Config::new(upstream.to_string());
+        config.shutdown_grace = Duration::from_secs(1);
+        config
+    }
+
+    /// A relay with the given settings, listening on free loopback ports.
     pub fn start_with(config: Config) -> Result<Self> {
-        config.validate()?;
-        let listener = clone_relay::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        let relay = Relay::new(config)?;
+        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let listener = clone_relay::bind(loopback)?;
+        let admin = clone_relay::bind(loopback)?;
         let addr = listener.local_addr().context("relay listener address")?;
+        let admin_addr = admin.local_addr().context("admin listener address")?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(clone_relay::run(listener, config, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn({
+            let relay = relay.clone();
+            async move {
+                let admin_task = tokio::spawn(clone_relay::admin::serve(
+                    admin,
+                    relay.clone(),
+                    std::future::pending(),
+                ));
+                let result = relay
+                    .serve(listener, async move {
+                        let _ = stopped.await;
+                    })
+                    .await;
+                admin_task.abort();
+                result
+            }
+        });
         Ok(RelayFixture {
+            relay,
             addr,
+            admin_addr,
             stop: Some(stop),
             task,
         })
@@ -43,6 +70,41 @@ impl RelayFixture {
     /// Where the recipient should clone from.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener (`/metrics`, `/sessions`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The relay's shared state, for direct inspection.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// `/sessions` fetched over HTTP from the admin listener, as JSON.
+    pub async fn sessions_json(&self) -> Result<serde_json::Value> {
+        let (status, body) =
+            clone_relay::admin::request(self.admin_addr, "GET", "/sessions").await?;
+        if status != 200 {
+            bail!("/sessions answered {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// `/metrics` fetched over HTTP.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let (status, body) =
+            clone_relay::admin::request(self.admin_addr, "GET", "/metrics").await?;
+        if status != 200 {
+            bail!("/metrics answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// The sessions as the registry holds them.
+    pub fn sessions(&self) -> SessionsView {
+        self.relay.registry().view()
     }
 
     /// Stops the relay and waits for it to finish.

@@ -1,5 +1,6 @@
 //! The admin listener (off unless `--admin` is given): `GET /metrics` in Prometheus text
-//! format, `GET /sessions` as JSON, `GET /healthz`. A minimal HTTP/1.1 server: one request per
+//! format, `GET /sessions` as JSON, `GET /healthz`, and `POST /sessions/{id}/reset` to reset a
+//! clone session's connections so that the recipient resumes it. A minimal HTTP/1.1 server: one request per
 //! connection, bounded in size and time.
 
 use std::future::Future;
@@ -50,8 +51,29 @@ async fn answer(mut stream: TcpStream, relay: &Relay) -> std::io::Result<()> {
     let line = String::from_utf8_lossy(&request);
     let mut words = line.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    if method == "POST" {
+        // POST /sessions/{id}/reset: reset a clone session's connections so it resumes.
+        let id = path
+            .strip_prefix("/sessions/")
+            .and_then(|rest| rest.strip_suffix("/reset"))
+            .and_then(|id| id.parse().ok());
+        return match id {
+            Some(id) => {
+                let n = relay.registry().abort_session(id);
+                let body = format!("{{\"session\": {id}, \"connections_reset\": {n}}}\n");
+                respond(
+                    &mut stream,
+                    if n > 0 { 200 } else { 404 },
+                    "application/json",
+                    &body,
+                )
+                .await
+            }
+            None => respond(&mut stream, 404, "text/plain", "not found\n").await,
+        };
+    }
     if method != "GET" {
-        return respond(&mut stream, 405, "text/plain", "only GET\n").await;
+        return respond(&mut stream, 405, "text/plain", "only GET and POST\n").await;
     }
     match path {
         "/metrics" => {
@@ -89,11 +111,16 @@ async fn respond(
     stream.shutdown().await
 }
 
-/// A plain HTTP GET against an admin listener: status and body. For tests and tools.
-pub async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+/// A plain HTTP request (`GET` or `POST` without a body) against an admin listener: status and
+/// body. For tests and tools.
+pub async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr).await?;
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes())
+        .write_all(format!("{method} {path} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes())
         .await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;

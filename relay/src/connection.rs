@@ -47,10 +47,20 @@ pub async fn serve(
             .open(id, peer, &config.upstream, legs.clone()),
     );
 
+    let mut downstream = downstream;
+    let mut upstream = None;
     let result = tokio::select! {
-        result = carry(downstream, config, &legs, &conn) => result,
+        result = carry(&mut downstream, &mut upstream, config, &legs, &conn) => result,
         _ = close_now.cancelled() => Err(RelayError::Shutdown),
+        _ = conn.aborted() => Err(RelayError::Aborted),
     };
+    if matches!(result, Err(RelayError::Aborted)) {
+        // A real reset on both legs: the recipient sees the failure at once and resumes.
+        for stream in std::iter::once(&downstream).chain(upstream.as_ref()) {
+            let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
+    drop((downstream, upstream));
     let result = match (result, conn.violation()) {
         (Err(_), Some(violation)) => Err(RelayError::Protocol(violation)),
         (result, _) => result,
@@ -104,15 +114,18 @@ pub async fn serve(
     }
 }
 
+/// Dials the donor into `upstream_slot` (so the caller keeps both sockets and can reset them),
+/// then copies until the end.
 async fn carry(
-    mut downstream: TcpStream,
+    downstream: &mut TcpStream,
+    upstream_slot: &mut Option<TcpStream>,
     config: &Config,
     legs: &Legs,
     conn: &Arc<ConnHandle>,
 ) -> Result<(), RelayError> {
-    socket::tune(&downstream, config).map_err(RelayError::Downstream)?;
+    socket::tune(downstream, config).map_err(RelayError::Downstream)?;
     let upstream = match upstream::dial(config).await {
-        Ok(upstream) => upstream,
+        Ok(upstream) => upstream_slot.insert(upstream),
         Err(e) => {
             let refusal = err_packet(
                 0,

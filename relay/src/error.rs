@@ -56,6 +56,10 @@ pub enum RelayError {
     #[error("no login within {}ms", .0.as_millis())]
     HandshakeTimeout(Duration),
 
+    /// The connection's clone session was reset on request.
+    #[error("clone session reset on request")]
+    Aborted,
+
     /// The relay is shutting down and the grace period for connections in flight has passed.
     #[error("relay shutting down")]
     Shutdown,
@@ -86,6 +90,7 @@ impl RelayError {
                 crate::protocol::decoder::ViolationKind::Compression => "protocol_compression",
             },
             RelayError::HandshakeTimeout(_) => "handshake_timeout",
+            RelayError::Aborted => "aborted",
             RelayError::Shutdown => "shutdown",
         }
     }

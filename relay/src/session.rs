@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use tracing::{Span, info, warn};
 
 use crate::copy::Legs;
@@ -159,6 +160,8 @@ pub struct SessionView {
     pub bytes_from_downstream: u64,
     pub bytes_from_upstream: u64,
     pub data_bytes: u64,
+    /// Data bytes by the stage they belong to.
+    pub stage_bytes: BTreeMap<Stage, u64>,
     pub resent_bytes: u64,
     pub rate_bytes_per_sec: f64,
     pub resume_count: usize,
@@ -193,6 +196,7 @@ pub struct CloseReason {
 struct LiveConn {
     record: ConnRecord,
     legs: Legs,
+    abort: CancellationToken,
     session: Option<SessionId>,
     upstream: String,
     last_command: Option<CommandKind>,
@@ -351,6 +355,7 @@ impl Session {
             bytes_from_downstream: connections.iter().map(|c| c.bytes_from_downstream).sum(),
             bytes_from_upstream: connections.iter().map(|c| c.bytes_from_upstream).sum(),
             data_bytes: self.data_bytes,
+            stage_bytes: self.stage_bytes.clone(),
             resent_bytes: self.resent_bytes,
             rate_bytes_per_sec: rate,
             resume_count: self.resumes.len(),
@@ -420,11 +425,13 @@ impl Registry {
             data_bytes: 0,
             close_reason: None,
         };
+        let abort = CancellationToken::new();
         self.lock().conns.insert(
             id,
             LiveConn {
                 record,
                 legs,
+                abort: abort.clone(),
                 session: None,
                 upstream: upstream.to_string(),
                 last_command: None,
@@ -437,7 +444,28 @@ impl Registry {
             decoder: Mutex::new(Decoder::new(self.settings.limits)),
             violation: Mutex::new(None),
             past_login: std::sync::atomic::AtomicBool::new(false),
+            abort,
         }
+    }
+
+    /// Resets every live connection of a clone session on both legs, so that the recipient
+    /// resumes it at once. Returns how many connections were reset.
+    pub fn abort_session(&self, session: SessionId) -> usize {
+        let inner = self.lock();
+        let Some(s) = inner.sessions.get(&session) else {
+            return 0;
+        };
+        let mut n = 0;
+        for c in s.live.iter().filter_map(|id| inner.conns.get(id)) {
+            c.abort.cancel();
+            n += 1;
+        }
+        info!(
+            clone_session = session,
+            connections = n,
+            "clone session reset on request"
+        );
+        n
     }
 
     /// Live and recent sessions, unassigned and rejected connections.
@@ -811,6 +839,7 @@ pub struct ConnHandle {
     decoder: Mutex<Decoder>,
     violation: Mutex<Option<Violation>>,
     past_login: std::sync::atomic::AtomicBool,
+    abort: CancellationToken,
 }
 
 impl ConnHandle {
@@ -847,6 +876,11 @@ impl ConnHandle {
     /// The protocol breach that stopped this connection, if any.
     pub fn violation(&self) -> Option<Violation> {
         self.violation.lock().expect("violation lock").clone()
+    }
+
+    /// Completes when the connection is to be reset (see [`Registry::abort_session`]).
+    pub async fn aborted(&self) {
+        self.abort.cancelled().await
     }
 
     /// Records the end of the connection.

@@ -147,6 +147,17 @@ impl Default for Limits {
     }
 }
 
+/// Before auth, packets over the login limit are handed over at their header, so a huge length
+/// is refused at once rather than after its bytes arrive.
+fn scanner_limit(lane: &mut Lane, phase: Phase, limits: Limits) {
+    let before_auth = matches!(phase, Phase::Greeting | Phase::Login | Phase::Auth);
+    lane.scanner.set_max_payload(if before_auth {
+        limits.max_login_packet_bytes
+    } else {
+        usize::MAX
+    });
+}
+
 /// Framing state of one direction.
 #[derive(Debug)]
 struct Lane {
@@ -254,6 +265,7 @@ impl Decoder {
                 Direction::Upstream => (&mut self.upstream, &mut self.talk),
                 Direction::Downstream => (&mut self.downstream, &mut self.talk),
             };
+            scanner_limit(lane, talk.phase, limits);
             let Lane {
                 scanner,
                 decompressor,
@@ -425,20 +437,12 @@ impl Conversation {
             (Phase::Auth, Downstream) => match head.first() {
                 Some(&OK_MARKER) => {
                     on_event(Event::Authenticated);
-                    match self.compression {
-                        Compression::None => {
-                            self.phase = Phase::Command;
-                            Ok(())
-                        }
-                        Compression::Zlib => {
-                            self.phase = Phase::Command;
-                            Err(Stop::Switch)
-                        }
-                        Compression::Zstd => {
-                            self.phase = Phase::Opaque;
-                            Err(Stop::Switch)
-                        }
-                    }
+                    self.phase = match self.compression {
+                        Compression::None | Compression::Zlib => Phase::Command,
+                        Compression::Zstd => Phase::Opaque,
+                    };
+                    // The rest is read with the limits (and framing) of the new phase.
+                    Err(Stop::Switch)
                 }
                 Some(&ERR_MARKER) => {
                     self.phase = Phase::Refused;

@@ -49,6 +49,9 @@ impl PacketHeader {
 #[derive(Debug, Clone)]
 pub struct PacketScanner {
     head_cap: usize,
+    /// Packets longer than this are handed over as soon as their header is read, with an empty
+    /// head, so the caller can refuse them without waiting for their bytes.
+    max_payload: usize,
     header: [u8; HEADER_LEN],
     header_filled: usize,
     /// The packet whose head is being gathered or whose payload is being skipped.
@@ -72,6 +75,7 @@ impl PacketScanner {
     pub fn new(head_cap: usize) -> Self {
         PacketScanner {
             head_cap,
+            max_payload: usize::MAX,
             header: [0; HEADER_LEN],
             header_filled: 0,
             current: None,
@@ -79,6 +83,11 @@ impl PacketScanner {
             head_left: 0,
             skip_left: 0,
         }
+    }
+
+    /// Sets the length above which a packet is handed over at once with an empty head.
+    pub fn set_max_payload(&mut self, max_payload: usize) {
+        self.max_payload = max_payload;
     }
 
     /// Scans the next chunk of the stream, calling `on_packet(header, head)` once per packet as
@@ -123,7 +132,11 @@ impl PacketScanner {
             }
             self.header_filled = 0;
             let header = PacketHeader::from_bytes(self.header);
-            let head_len = header.payload_len.min(self.head_cap);
+            let head_len = if header.payload_len > self.max_payload {
+                0
+            } else {
+                header.payload_len.min(self.head_cap)
+            };
             self.current = Some(header);
             self.skip_left = header.payload_len - head_len;
             if chunk.len() >= head_len {
@@ -239,6 +252,20 @@ mod tests {
             Err("stop")
         });
         assert_eq!((result, calls), (Err(("stop", 5)), 1));
+    }
+
+    #[test]
+    fn oversized_packets_are_handed_over_at_their_header() {
+        let mut scanner = PacketScanner::new(64);
+        scanner.set_max_payload(100);
+        let mut seen = Vec::new();
+        scanner
+            .scan(&[0xff, 0xff, 0xff, 1, b'x'], |h, head| {
+                seen.push((h.payload_len, head.len()));
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert_eq!(seen, [(MAX_PAYLOAD_LEN, 0)]);
     }
 
     #[tokio::test]

@@ -1,0 +1,230 @@
+//! End to end through real MySQL: the relay follows each clone as one session (roles, phases,
+//! data bytes against the recipient's own figures), sees a reset clone resume, and shrugs off
+//! hostile connections while a clone runs.
+
+use std::time::Duration;
+
+use harness::clone::{CloneOutcome, clone_instance};
+use harness::dataset::{Dataset, mismatches};
+use harness::image::mysql_image;
+use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DATASET_BYTES: u64 = 100 * 1024 * 1024;
+const CLONE_TIMEOUT: Duration = Duration::from_secs(300);
+const MIB: u64 = 1024 * 1024;
+
+/// A seeded donor, a relay in front of it (with `config` adjusted), and a recipient that may
+/// clone only through the relay, started with `recipient_args`.
+async fn setup(
+    adjust: impl FnOnce(&mut clone_relay::Config),
+    recipient_args: &[&str],
+) -> anyhow::Result<(MysqlServer, Dataset, RelayFixture, MysqlServer)> {
+    let image = mysql_image().await?;
+    let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
+    let dataset = Dataset::of_size(DATASET_BYTES);
+    dataset.seed(&donor).await?;
+    let mut config = RelayFixture::config(donor.addr());
+    adjust(&mut config);
+    let relay = RelayFixture::start_with(config)?;
+    let mut options = ServerOptions::recipient(2, &[relay.addr()]);
+    options.extra_args = recipient_args.iter().map(ToString::to_string).collect();
+    let recipient = MysqlServer::start(&image, options).await?;
+    Ok((donor, dataset, relay, recipient))
+}
+
+async fn assert_same_data(
+    dataset: &Dataset,
+    donor: &MysqlServer,
+    recipient: &MysqlServer,
+) -> anyhow::Result<()> {
+    let donor_sums = dataset.checksums(donor).await?;
+    let recipient_sums = dataset.checksums(recipient).await?;
+    assert_eq!(
+        mismatches(&donor_sums, &recipient_sums),
+        Vec::<String>::new()
+    );
+    Ok(())
+}
+
+/// Waits until the relay's only session has carried `bytes` of data; returns its id.
+async fn session_past(relay: &RelayFixture, bytes: u64) -> u64 {
+    loop {
+        if let Some(s) = relay.sessions().sessions.first()
+            && s.data_bytes >= bytes
+        {
+            return s.id;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn within_one_percent(a: u64, b: u64) -> bool {
+    a.abs_diff(b) * 100 <= b
+}
+
+fn strings(v: &Value, key: &str) -> Vec<String> {
+    v.as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|x| x[key].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clone_is_one_session_with_main_aux_and_workers() -> anyhow::Result<()> {
+    if !docker_available("a_clone_is_one_session_with_main_aux_and_workers").await {
+        return Ok(());
+    }
+    // Autotune off with room for three workers: they attach as soon as data flows.
+    let (donor, dataset, relay, recipient) = setup(
+        |_| {},
+        &[
+            "--clone-autotune-concurrency=OFF",
+            "--clone-max-concurrency=4",
+        ],
+    )
+    .await?;
+
+    let outcome = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT).await?;
+    assert!(outcome.completed(), "{outcome:?}");
+    assert_same_data(&dataset, &donor, &recipient).await?;
+
+    let view = relay.sessions_json().await?;
+    let sessions = view["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1, "{view:#}");
+    let session = &sessions[0];
+    assert_eq!(session["state"], "completed", "{session:#}");
+    let roles = strings(&session["connections"], "role");
+    for role in ["main", "aux", "worker"] {
+        assert!(roles.iter().any(|r| r == role), "no {role} in {roles:?}");
+    }
+    assert_eq!(
+        strings(&session["history"], "to"),
+        ["initializing", "transferring", "completed"]
+    );
+    assert_eq!(session["resume_count"], 0);
+    let file_copy = session["stage_bytes"]["file_copy"].as_u64().unwrap_or(0);
+    let data = session["data_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        within_one_percent(file_copy, outcome.file_copy_bytes),
+        "relay saw {file_copy} FILE COPY bytes, the recipient {}",
+        outcome.file_copy_bytes
+    );
+    assert!(
+        within_one_percent(data, outcome.file_copy_bytes),
+        "relay saw {data} data bytes, the recipient's FILE COPY {}",
+        outcome.file_copy_bytes
+    );
+    assert_eq!(session["progress"]["percent"], 100.0);
+
+    let metrics = relay.metrics_text().await?;
+    assert!(
+        metrics.contains("clone_relay_sessions{state=\"completed\"} 1"),
+        "{metrics}"
+    );
+    relay.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_mid_transfer_resumes_the_same_session() -> anyhow::Result<()> {
+    if !docker_available("a_reset_mid_transfer_resumes_the_same_session").await {
+        return Ok(());
+    }
+    // MySQL's own cap keeps the clone going long enough for the reset to land mid-transfer.
+    let (donor, dataset, relay, recipient) =
+        setup(|_| {}, &["--clone-max-network-bandwidth=20"]).await?;
+
+    let clone = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT);
+    let cut = async {
+        let id = session_past(&relay, 30 * MIB).await;
+        relay.relay().registry().abort_session(id)
+    };
+    let (outcome, reset) = tokio::join!(clone, cut);
+    let outcome: CloneOutcome = outcome?;
+
+    assert!(reset >= 2, "main and aux were reset, got {reset}");
+    assert!(outcome.completed(), "{outcome:?}");
+    assert_same_data(&dataset, &donor, &recipient).await?;
+    let view = relay.sessions();
+    assert_eq!(view.sessions.len(), 1, "{view:#?}");
+    let session = &view.sessions[0];
+    assert_eq!(session.state.as_str(), "completed");
+    assert_eq!(session.resume_count, 1, "{session:#?}");
+    // Only blocks in flight at the reset are sent again.
+    assert!(session.resent_bytes <= 16 * MIB, "{}", session.resent_bytes);
+    relay.stop().await
+}
+
+/// A hostile client; returns once the relay has closed it.
+async fn hostile(relay: std::net::SocketAddr, bytes: &'static [u8]) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect(relay).await?;
+    let mut greeting = [0u8; 4];
+    s.read_exact(&mut greeting).await?;
+    s.write_all(bytes).await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest)).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_connections_do_not_disturb_a_clone() -> anyhow::Result<()> {
+    if !docker_available("hostile_connections_do_not_disturb_a_clone").await {
+        return Ok(());
+    }
+    let (donor, dataset, relay, recipient) = setup(
+        |config| config.handshake_timeout = Duration::from_secs(2),
+        &["--clone-max-network-bandwidth=20"],
+    )
+    .await?;
+
+    let clone = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT);
+    let attack = async {
+        session_past(&relay, 10 * MIB).await;
+        tokio::try_join!(
+            // A login request without protocol 4.1.
+            hostile(relay.addr(), b"\x20\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"),
+            // A 16 MiB length header.
+            hostile(relay.addr(), b"\xff\xff\xff\x01\x85\xa2"),
+            // Half a login packet, then silence.
+            hostile(relay.addr(), b"\x64\x00\x00\x01\x85\xa2\xb8\x19"),
+        )
+    };
+    let (outcome, attacked) = tokio::join!(clone, attack);
+    attacked?;
+    let outcome = outcome?;
+
+    assert!(outcome.completed(), "{outcome:?}");
+    assert_same_data(&dataset, &donor, &recipient).await?;
+    let view = relay.sessions();
+    assert_eq!(view.sessions.len(), 1);
+    assert_eq!(view.sessions[0].resume_count, 0);
+    let reasons: Vec<String> = view
+        .rejected
+        .iter()
+        .map(|c| c.close_reason.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    for expected in ["protocol 4.1", "before auth", "no login within"] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "no reason mentions {expected:?}: {reasons:?}"
+        );
+    }
+    let metrics = relay.metrics_text().await?;
+    for kind in [
+        "protocol_malformed",
+        "protocol_oversize",
+        "handshake_timeout",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "clone_relay_connections_closed_total{{reason=\"{kind}\"}} 1"
+            )),
+            "{kind} missing from {metrics}"
+        );
+    }
+    relay.stop().await
+}
