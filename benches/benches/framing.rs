@@ -1,9 +1,11 @@
-//! The packet scanner over a clone-shaped stream, against a plain memcpy of the same bytes.
+//! The packet scanner and the whole decoder over a clone-shaped stream, against a plain memcpy
+//! of the same bytes.
 
 use std::hint::black_box;
 
 use clone_relay::protocol::PacketScanner;
-use clone_relay_benches::clone_stream;
+use clone_relay::protocol::decoder::{Decoder, Direction, Limits};
+use clone_relay_benches::{clone_preamble, clone_stream};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn framing(c: &mut Criterion) {
@@ -25,6 +27,26 @@ fn framing(c: &mut Criterion) {
                     .unwrap();
             }
             packets
+        })
+    });
+
+    // The decoder as the relay runs it on a donor's clone stream, 256 KiB reads.
+    let preamble = clone_preamble();
+    group.bench_function("decode_256k_reads", |b| {
+        b.iter(|| {
+            let mut decoder = Decoder::new(Limits::default());
+            for (dir, bytes) in &preamble {
+                decoder.feed(*dir, bytes, &mut |_| {}).expect("preamble");
+            }
+            let mut events = 0usize;
+            for chunk in stream.chunks(256 * 1024) {
+                decoder
+                    .feed(Direction::Downstream, black_box(chunk), &mut |_| {
+                        events += 1
+                    })
+                    .expect("clone stream");
+            }
+            events
         })
     });
 

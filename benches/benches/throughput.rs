@@ -1,30 +1,21 @@
-//! Bytes through clone-relay on loopback against a direct connection, and the relay's copy
-//! buffer size (8 KiB, 64 KiB, 256 KiB).
+//! A donor's clone stream through clone-relay on loopback, against a direct connection, and the
+//! relay's copy buffer size (8 KiB, 64 KiB, 256 KiB). The relay decodes the stream as it does in
+//! production.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clone_relay::Config;
-use clone_relay_benches::sink;
+use clone_relay_benches::{clone_client, clone_stream, fake_donor};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 
-const TRANSFER_BYTES: usize = 64 * 1024 * 1024;
+const BLOCKS: usize = 64;
 
-/// Sends `TRANSFER_BYTES` to `addr` and waits for the sink's count.
-async fn transfer(addr: SocketAddr, block: &[u8]) -> Duration {
+async fn transfer(addr: SocketAddr, expected: u64) -> Duration {
     let started = Instant::now();
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.set_nodelay(true).expect("nodelay");
-    for _ in 0..TRANSFER_BYTES / block.len() {
-        s.write_all(block).await.expect("write");
-    }
-    s.shutdown().await.expect("shutdown");
-    let mut count = [0u8; 8];
-    s.read_exact(&mut count).await.expect("count");
-    assert_eq!(u64::from_le_bytes(count), TRANSFER_BYTES as u64);
+    assert_eq!(clone_client(addr).await, expected);
     started.elapsed()
 }
 
@@ -40,16 +31,17 @@ fn relay_to(rt: &Runtime, upstream: SocketAddr, copy_buffer_bytes: usize) -> Soc
 
 fn throughput(c: &mut Criterion) {
     let rt = Runtime::new().expect("runtime");
-    let upstream = rt.block_on(sink());
-    let block = vec![0xa5u8; 1 << 20];
-    let mut group = c.benchmark_group("loopback_64MiB");
-    group.throughput(Throughput::Bytes(TRANSFER_BYTES as u64));
+    let stream = Arc::new(clone_stream(BLOCKS, 1 << 20));
+    let bytes = stream.len() as u64;
+    let donor = rt.block_on(fake_donor(stream));
+    let mut group = c.benchmark_group("clone_stream_64MiB");
+    group.throughput(Throughput::Bytes(bytes));
     group.sample_size(10);
 
     group.bench_function("direct", |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| rt.block_on(transfer(upstream, &block)))
+                .map(|_| rt.block_on(transfer(donor, bytes)))
                 .sum()
         })
     });
@@ -58,11 +50,11 @@ fn throughput(c: &mut Criterion) {
         ("relay_64k", 64 * 1024),
         ("relay_256k", 256 * 1024),
     ] {
-        let relay = relay_to(&rt, upstream, buffer);
+        let relay = relay_to(&rt, donor, buffer);
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 (0..iters)
-                    .map(|_| rt.block_on(transfer(relay, &block)))
+                    .map(|_| rt.block_on(transfer(relay, bytes)))
                     .sum()
             })
         });
