@@ -1,6 +1,26 @@
-//! chaos: seeded fault injection on TCP streams (loss, blackholes, resets, latency, bandwidth,
-//! link flaps), so that every failure a chaos suite finds can be replayed.
+//! chaos: seeded fault injection on TCP streams, so that every failure a chaos suite finds can
+//! be replayed. Every fault Toxiproxy has, plus emulated loss, flaps, shared bandwidth caps,
+//! per-connection targeting, schedules, and decisions that depend only on the seed and the bytes.
 //!
 //! # Layout
-//! Nothing yet: the faults arrive with the chaos issue. They will wrap the relay's streams as
-//! I/O decorators, one fault type per module behind one trait, one chain per direction.
+//! - [`spec`]: what a fault is, as declared (Rust, JSON, TOML), with validation.
+//! - [`fault`]: the [`fault::Fault`] trait, pieces, cuts, and activation (toxicity, target,
+//!   trigger, duration).
+//! - [`faults`]: the faults, one per file.
+//! - [`rng`]: seeded, keyed randomness.
+//! - [`link`]: one connection, each direction through its chain, with backpressure.
+//! - [`proxy`]: the standalone fault proxy and its Rust control handle.
+//! - [`control`]: the HTTP control API and a client for it.
+//! - [`netfilter`]: kernel-level loss and delay inside a network namespace (iptables, netem).
+
+pub mod control;
+pub mod fault;
+pub mod faults;
+pub mod link;
+pub mod netfilter;
+pub mod proxy;
+pub mod rng;
+pub mod spec;
+
+pub use proxy::{ChaosError, ChaosProxy, Control};
+pub use spec::{Direction, FaultKind, FaultSpec, FlapMode};

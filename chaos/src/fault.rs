@@ -1,0 +1,368 @@
+//! The fault trait, and what faults work on: the pieces of each chunk read from one side, each
+//! with the earliest time it may be written to the other.
+//!
+//! A fault may delay pieces (latency, bandwidth, loss, blackhole), split them (slicer), or end
+//! the connection (reset, timeout, limit_data, flap) now or at a time of its own, traffic or not.
+//! [`Scheduled`] wraps a fault with its activation: toxicity, target, trigger and duration.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::faults;
+use crate::rng::Rng;
+use crate::spec::{Direction, FaultSpec};
+
+/// Bytes on their way: the earliest time they may be written, and a pause to take just before
+/// writing them (a stall that counts from when the writer gets to them, as a retransmission
+/// timeout does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub bytes: Bytes,
+    pub not_before: Instant,
+    pub pause: Duration,
+}
+
+impl Piece {
+    pub fn new(bytes: Bytes, not_before: Instant) -> Self {
+        Piece {
+            bytes,
+            not_before,
+            pause: Duration::ZERO,
+        }
+    }
+}
+
+/// How a fault ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cut {
+    /// RST on both sides (zero linger).
+    Reset,
+    /// FIN on both sides.
+    Close,
+}
+
+/// What a fault makes of the pieces of a chunk: the pieces to write, then maybe an end.
+#[derive(Debug, Default)]
+pub struct Flow {
+    pub pieces: Vec<Piece>,
+    pub then: Option<Cut>,
+}
+
+impl Flow {
+    pub fn pass(pieces: Vec<Piece>) -> Self {
+        Flow { pieces, then: None }
+    }
+}
+
+/// When a fault is active on a connection: from `from`, until `until` (or for good).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub from: Instant,
+    pub until: Option<Instant>,
+}
+
+impl Window {
+    pub fn contains(&self, t: Instant) -> bool {
+        t >= self.from && self.until.is_none_or(|u| t < u)
+    }
+
+    /// The window's end, or a time far enough away to mean "never".
+    pub fn end(&self) -> Instant {
+        self.until
+            .unwrap_or_else(|| self.from + Duration::from_secs(100 * 365 * 86_400))
+    }
+}
+
+/// One fault decision, for the replay log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub connection: u64,
+    pub direction: Direction,
+    pub fault: String,
+    /// Stream offset (in the fault's direction) the decision applies at.
+    pub offset: u64,
+    pub what: String,
+}
+
+/// The decisions of a run, bounded.
+#[derive(Debug, Default)]
+pub struct DecisionLog {
+    entries: Mutex<Vec<Decision>>,
+}
+
+const MAX_DECISIONS: usize = 100_000;
+
+impl DecisionLog {
+    pub fn record(&self, d: Decision) {
+        let mut entries = self.entries.lock().expect("decision log lock");
+        if entries.len() < MAX_DECISIONS {
+            entries.push(d);
+        }
+    }
+
+    pub fn entries(&self) -> Vec<Decision> {
+        self.entries.lock().expect("decision log lock").clone()
+    }
+}
+
+/// What a fault knows when it acts.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    /// When the chunk was read from its source.
+    pub arrived: Instant,
+    /// Offset of the first byte of the pieces in this direction's stream.
+    pub offset: u64,
+    /// When the fault is active.
+    pub window: Window,
+    pub rng: Rng,
+    pub(crate) log: &'a DecisionLog,
+    pub(crate) connection: u64,
+    pub(crate) direction: Direction,
+    pub(crate) label: &'a str,
+}
+
+impl Ctx<'_> {
+    /// Records a decision at `offset`.
+    pub fn decide(&self, offset: u64, what: impl Into<String>) {
+        self.log.record(Decision {
+            connection: self.connection,
+            direction: self.direction,
+            fault: self.label.to_string(),
+            offset,
+            what: what.into(),
+        });
+    }
+}
+
+/// One kind of fault acting on one direction of one connection.
+pub trait Fault: Send + Debug {
+    /// Delays, splits or holds the pieces of one chunk (all inside the active window), or ends
+    /// the connection after some of them.
+    fn apply(&mut self, ctx: &Ctx<'_>, pieces: Vec<Piece>) -> Flow;
+
+    /// An end this fault brings at a time of its own, traffic or not.
+    fn due_cut(&self, _now: Instant, _window: Window) -> Option<(Instant, Cut)> {
+        None
+    }
+
+    /// Extra wait before the end of the source's stream is passed on.
+    fn close_delay(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// Bandwidth buckets shared by name across connections.
+#[derive(Debug, Default)]
+pub struct SharedBuckets {
+    buckets: Mutex<HashMap<String, Arc<Mutex<Option<Instant>>>>>,
+}
+
+impl SharedBuckets {
+    /// The bucket (next free send time) of a group.
+    pub fn get(&self, group: &str) -> Arc<Mutex<Option<Instant>>> {
+        self.buckets
+            .lock()
+            .expect("buckets lock")
+            .entry(group.to_string())
+            .or_default()
+            .clone()
+    }
+}
+
+/// Who a connection is, for targeting.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    /// 1 for the first connection.
+    pub index: u64,
+    /// The clone role, where the embedder knows it.
+    pub role: Option<String>,
+}
+
+/// A fault with its activation on one direction of one connection.
+#[derive(Debug)]
+pub struct Scheduled {
+    pub id: u64,
+    pub spec: FaultSpec,
+    fault: Box<dyn Fault>,
+    /// False when toxicity or target left this connection out.
+    applies: bool,
+    window: Option<Window>,
+    /// For a byte trigger: the offset at which the window opens.
+    armed_at: Option<u64>,
+    rng: Rng,
+    label: String,
+}
+
+/// Everything a fault needs when it is set up on a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup<'a> {
+    pub seed: u64,
+    pub conn: &'a ConnInfo,
+    pub direction: Direction,
+    pub proxy_start: Instant,
+    pub conn_start: Instant,
+    pub buckets: &'a SharedBuckets,
+    pub log: &'a DecisionLog,
+}
+
+impl Scheduled {
+    pub fn new(id: u64, spec: FaultSpec, setup: Setup<'_>) -> Self {
+        let dir_key = match setup.direction {
+            Direction::Upstream => 1,
+            _ => 2,
+        };
+        let rng = Rng::new(setup.seed, setup.conn.index, dir_key, id);
+        let targeted =
+            spec.target
+                .connections
+                .as_ref()
+                .is_none_or(|c| c.contains(&setup.conn.index))
+                && spec.target.roles.as_ref().is_none_or(|roles| {
+                    setup.conn.role.as_ref().is_some_and(|r| roles.contains(r))
+                });
+        let toxic = spec.toxicity >= 1.0 || rng.chance(u64::MAX, spec.toxicity);
+        let applies = spec.direction.includes(setup.direction) && targeted && toxic;
+        let label = spec.label();
+        if applies {
+            setup.log.record(Decision {
+                connection: setup.conn.index,
+                direction: setup.direction,
+                fault: label.clone(),
+                offset: 0,
+                what: "applies".into(),
+            });
+        }
+        let duration = spec.duration_ms.map(Duration::from_millis);
+        let mut from = setup.conn_start;
+        if let Some(at) = spec.trigger.at_ms {
+            from = from.max(setup.proxy_start + Duration::from_millis(at));
+        }
+        if let Some(after) = spec.trigger.after_ms {
+            from = from.max(setup.conn_start + Duration::from_millis(after));
+        }
+        let armed_at = spec.trigger.after_bytes;
+        let window = armed_at.is_none().then(|| Window {
+            from,
+            until: duration.map(|d| from + d),
+        });
+        Scheduled {
+            id,
+            fault: faults::build(&spec.fault, setup.buckets),
+            spec,
+            applies,
+            window,
+            armed_at,
+            rng,
+            label,
+        }
+    }
+
+    /// Applies the fault to a chunk read at `arrived` whose first byte is at `offset`.
+    pub fn apply(
+        &mut self,
+        log: &DecisionLog,
+        conn: u64,
+        dir: Direction,
+        arrived: Instant,
+        offset: u64,
+        pieces: Vec<Piece>,
+    ) -> Flow {
+        if !self.applies {
+            return Flow::pass(pieces);
+        }
+        let len: u64 = pieces.iter().map(|p| p.bytes.len() as u64).sum();
+        // A byte trigger opens the window at the chunk that reaches it; bytes before it pass.
+        let mut before = Vec::new();
+        let mut pieces = pieces;
+        let mut offset = offset;
+        if let Some(at) = self.armed_at {
+            if offset + len <= at {
+                return Flow::pass(pieces);
+            }
+            if offset < at {
+                let (head, tail) = split_at(pieces, (at - offset) as usize);
+                before = head;
+                pieces = tail;
+                offset = at;
+            }
+            self.armed_at = None;
+            let duration = self.spec.duration_ms.map(Duration::from_millis);
+            self.window = Some(Window {
+                from: arrived,
+                until: duration.map(|d| arrived + d),
+            });
+        }
+        let Some(window) = self.window else {
+            return Flow::pass(pieces);
+        };
+        if !window.contains(arrived) {
+            before.extend(pieces);
+            return Flow::pass(before);
+        }
+        let ctx = Ctx {
+            arrived,
+            offset,
+            window,
+            rng: self.rng,
+            log,
+            connection: conn,
+            direction: dir,
+            label: &self.label,
+        };
+        let mut flow = self.fault.apply(&ctx, pieces);
+        before.append(&mut flow.pieces);
+        flow.pieces = before;
+        flow
+    }
+
+    pub fn due_cut(&self, now: Instant) -> Option<(Instant, Cut)> {
+        match (self.applies, self.window) {
+            (true, Some(window)) => self
+                .fault
+                .due_cut(now, window)
+                .filter(|(at, _)| window.until.is_none_or(|u| *at < u)),
+            _ => None,
+        }
+    }
+
+    pub fn close_delay(&self) -> Duration {
+        if self.applies {
+            self.fault.close_delay()
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+/// Splits pieces at `n` bytes: those before, those from there on.
+pub fn split_at(pieces: Vec<Piece>, mut n: usize) -> (Vec<Piece>, Vec<Piece>) {
+    let mut head = Vec::new();
+    let mut tail = Vec::new();
+    for p in pieces {
+        if n == 0 {
+            tail.push(p);
+        } else if p.bytes.len() <= n {
+            n -= p.bytes.len();
+            head.push(p);
+        } else {
+            let mut bytes = p.bytes;
+            let rest = bytes.split_off(n);
+            head.push(Piece {
+                bytes,
+                not_before: p.not_before,
+                pause: p.pause,
+            });
+            tail.push(Piece::new(rest, p.not_before));
+            n = 0;
+        }
+    }
+    (head, tail)
+}

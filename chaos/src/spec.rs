@@ -1,0 +1,346 @@
+//! What a fault is, as a test, a config file or the control API declares it. Units are in the
+//! names (`latency_ms`, `rate_bytes_per_sec`); [`FaultSpec::validate`] names the bad field.
+
+use serde::{Deserialize, Serialize};
+
+/// Which way the fault acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Client to server (recipient to donor).
+    Upstream,
+    /// Server to client (donor to recipient).
+    Downstream,
+    #[default]
+    Both,
+}
+
+impl Direction {
+    pub fn includes(self, dir: Direction) -> bool {
+        self == Direction::Both || self == dir
+    }
+}
+
+/// How a flap takes the link down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlapMode {
+    /// Bytes stop, nothing is closed (a silent outage).
+    #[default]
+    Blackhole,
+    /// Connections are reset when the link goes down.
+    Reset,
+}
+
+fn default_segment_bytes() -> usize {
+    1448
+}
+
+fn default_retransmit_ms() -> u64 {
+    200
+}
+
+/// The faults, with their parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FaultKind {
+    /// Each chunk arrives `latency_ms` (± `jitter_ms`) later; the stream stays pipelined.
+    Latency {
+        latency_ms: u64,
+        #[serde(default)]
+        jitter_ms: u64,
+    },
+    /// A rate cap, per connection, or shared by every connection naming the same group.
+    Bandwidth {
+        rate_bytes_per_sec: u64,
+        #[serde(default)]
+        shared_group: Option<String>,
+    },
+    /// Writes cut into pieces of `average_bytes` (± `variation_bytes`), `delay_us` apart.
+    Slicer {
+        average_bytes: usize,
+        #[serde(default)]
+        variation_bytes: usize,
+        #[serde(default)]
+        delay_us: u64,
+    },
+    /// A real RST (zero linger) on both sides when the fault becomes active.
+    Reset {},
+    /// Bytes stop and nothing is closed, until the fault ends.
+    Blackhole {},
+    /// Bytes stop; after `timeout_ms` the connection is closed.
+    Timeout { timeout_ms: u64 },
+    /// The connection is closed after `bytes` bytes in this direction.
+    LimitData { bytes: u64 },
+    /// The end of the stream is passed on `delay_ms` late.
+    SlowClose { delay_ms: u64 },
+    /// Emulated packet loss: each `segment_bytes` segment is, with `probability`, held back for
+    /// `retransmit_ms`, so the stream stalls as TCP does under loss; no byte is lost or reordered.
+    Loss {
+        probability: f64,
+        #[serde(default = "default_segment_bytes")]
+        segment_bytes: usize,
+        #[serde(default = "default_retransmit_ms")]
+        retransmit_ms: u64,
+    },
+    /// The link goes down for `down_ms` at the end of every `period_ms`.
+    Flap {
+        period_ms: u64,
+        down_ms: u64,
+        #[serde(default)]
+        mode: FlapMode,
+    },
+}
+
+impl FaultKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            FaultKind::Latency { .. } => "latency",
+            FaultKind::Bandwidth { .. } => "bandwidth",
+            FaultKind::Slicer { .. } => "slicer",
+            FaultKind::Reset {} => "reset",
+            FaultKind::Blackhole {} => "blackhole",
+            FaultKind::Timeout { .. } => "timeout",
+            FaultKind::LimitData { .. } => "limit_data",
+            FaultKind::SlowClose { .. } => "slow_close",
+            FaultKind::Loss { .. } => "loss",
+            FaultKind::Flap { .. } => "flap",
+        }
+    }
+}
+
+/// Which connections a fault applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Connection indexes (1 = the first the proxy accepted); all when absent.
+    #[serde(default)]
+    pub connections: Option<Vec<u64>>,
+    /// Clone roles (`main`, `aux`, `worker`); applies only where the embedder knows roles.
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+}
+
+/// When a fault becomes active; immediately when nothing is set. Several set: the latest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    /// Since the proxy started (a schedule: the same moment for every connection).
+    #[serde(default)]
+    pub at_ms: Option<u64>,
+    /// Since the connection opened.
+    #[serde(default)]
+    pub after_ms: Option<u64>,
+    /// Once this many bytes have passed in the fault's direction.
+    #[serde(default)]
+    pub after_bytes: Option<u64>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// One fault as declared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub fault: FaultKind,
+    #[serde(default)]
+    pub direction: Direction,
+    /// Probability that the fault applies to a given connection.
+    #[serde(default = "one")]
+    pub toxicity: f64,
+    #[serde(default)]
+    pub target: Target,
+    #[serde(default)]
+    pub trigger: Trigger,
+    /// How long the fault stays active; for good when absent.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+}
+
+/// A fault parameter out of range; `field` is its path in the spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FaultSpec {
+    /// A fault on both directions of every connection, active at once and for good.
+    pub fn new(fault: FaultKind) -> Self {
+        FaultSpec {
+            name: None,
+            fault,
+            direction: Direction::Both,
+            toxicity: 1.0,
+            target: Target::default(),
+            trigger: Trigger::default(),
+            duration_ms: None,
+        }
+    }
+
+    pub fn direction(mut self, direction: Direction) -> Self {
+        self.direction = direction;
+        self
+    }
+
+    pub fn at_ms(mut self, at_ms: u64) -> Self {
+        self.trigger.at_ms = Some(at_ms);
+        self
+    }
+
+    pub fn after_ms(mut self, after_ms: u64) -> Self {
+        self.trigger.after_ms = Some(after_ms);
+        self
+    }
+
+    pub fn after_bytes(mut self, after_bytes: u64) -> Self {
+        self.trigger.after_bytes = Some(after_bytes);
+        self
+    }
+
+    pub fn lasting_ms(mut self, duration_ms: u64) -> Self {
+        self.duration_ms = Some(duration_ms);
+        self
+    }
+
+    pub fn toxicity(mut self, toxicity: f64) -> Self {
+        self.toxicity = toxicity;
+        self
+    }
+
+    pub fn connections(mut self, connections: Vec<u64>) -> Self {
+        self.target.connections = Some(connections);
+        self
+    }
+
+    /// The name shown in logs and the decision log.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.fault.name().to_string())
+    }
+
+    /// Checks every parameter.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let bad = |field: &str, reason: &str| {
+            Err(SpecError {
+                field: field.to_string(),
+                reason: reason.to_string(),
+            })
+        };
+        let probability = |p: f64| (0.0..=1.0).contains(&p);
+        if !probability(self.toxicity) {
+            return bad("toxicity", "must be between 0 and 1");
+        }
+        if self.duration_ms == Some(0) {
+            return bad("duration_ms", "must be above 0");
+        }
+        match &self.fault {
+            FaultKind::Latency {
+                latency_ms,
+                jitter_ms,
+            } if jitter_ms > latency_ms => bad("fault.jitter_ms", "must not exceed latency_ms"),
+            FaultKind::Bandwidth {
+                rate_bytes_per_sec: 0,
+                ..
+            } => bad("fault.rate_bytes_per_sec", "must be above 0"),
+            FaultKind::Slicer {
+                average_bytes: 0, ..
+            } => bad("fault.average_bytes", "must be above 0"),
+            FaultKind::Slicer {
+                average_bytes,
+                variation_bytes,
+                ..
+            } if variation_bytes >= average_bytes => {
+                bad("fault.variation_bytes", "must be below average_bytes")
+            }
+            FaultKind::Timeout { timeout_ms: 0 } => bad("fault.timeout_ms", "must be above 0"),
+            FaultKind::Loss { probability: p, .. } if !probability(*p) || *p >= 1.0 => {
+                bad("fault.probability", "must be at least 0 and below 1")
+            }
+            FaultKind::Loss {
+                segment_bytes: 0, ..
+            } => bad("fault.segment_bytes", "must be above 0"),
+            FaultKind::Flap {
+                period_ms, down_ms, ..
+            } if *down_ms == 0 || down_ms >= period_ms => {
+                bad("fault.down_ms", "must be above 0 and below period_ms")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Checks a list of faults; the error's field starts with the fault's index.
+pub fn validate_all(faults: &[FaultSpec]) -> Result<(), SpecError> {
+    for (i, f) in faults.iter().enumerate() {
+        f.validate().map_err(|e| SpecError {
+            field: format!("faults[{i}].{}", e.field),
+            reason: e.reason,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_fault_from_json_and_toml() {
+        let json = r#"{"fault": {"type": "latency", "latency_ms": 50, "jitter_ms": 5},
+                       "direction": "downstream", "trigger": {"after_bytes": 1000}}"#;
+        let spec: FaultSpec = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            spec.fault,
+            FaultKind::Latency {
+                latency_ms: 50,
+                jitter_ms: 5
+            }
+        );
+        assert_eq!(spec.direction, Direction::Downstream);
+        assert_eq!(spec.toxicity, 1.0);
+        let toml_spec: FaultSpec =
+            toml::from_str("fault = { type = \"loss\", probability = 0.05 }").unwrap();
+        assert!(matches!(
+            toml_spec.fault,
+            FaultKind::Loss {
+                segment_bytes: 1448,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_named() {
+        assert!(
+            serde_json::from_str::<FaultSpec>(r#"{"fault": {"type": "reset"}, "colour": 1}"#)
+                .is_err()
+        );
+        assert!(
+            serde_json::from_str::<FaultSpec>(r#"{"fault": {"type": "latency", "ms": 1}}"#)
+                .is_err()
+        );
+        let bad = [
+            FaultSpec::new(FaultKind::Bandwidth {
+                rate_bytes_per_sec: 0,
+                shared_group: None,
+            }),
+            FaultSpec::new(FaultKind::Blackhole {}).toxicity(2.0),
+        ];
+        let err = validate_all(&bad).unwrap_err();
+        assert_eq!(err.field, "faults[0].fault.rate_bytes_per_sec");
+        assert_eq!(bad[1].validate().unwrap_err().field, "toxicity");
+        let flap = FaultSpec::new(FaultKind::Flap {
+            period_ms: 100,
+            down_ms: 100,
+            mode: FlapMode::Reset,
+        });
+        assert_eq!(flap.validate().unwrap_err().field, "fault.down_ms");
+    }
+}

@@ -1,0 +1,309 @@
+//! Every fault on an in-memory link with paused time: its timing within tolerance, the bytes
+//! intact (all but limit_data), and cancellation clean.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chaos::fault::{ConnInfo, Cut, DecisionLog, SharedBuckets};
+use chaos::link::{self, LinkContext, LinkEnd};
+use chaos::{Direction, FaultKind, FaultSpec, FlapMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn context(faults: Vec<FaultSpec>, log: Arc<DecisionLog>) -> LinkContext {
+    let table = Arc::new(
+        faults
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| (i as u64, f))
+            .collect(),
+    );
+    let now = Instant::now();
+    LinkContext {
+        seed: 42,
+        conn: ConnInfo {
+            index: 1,
+            role: None,
+        },
+        proxy_start: now,
+        conn_start: now,
+        buckets: Arc::new(SharedBuckets::default()),
+        log,
+        // The sender is leaked on purpose: the table stays as given for the whole test.
+        faults: Box::leak(Box::new(watch::channel(table))).1.clone(),
+    }
+}
+
+/// What came out of the far end of the link.
+struct Run {
+    received: Vec<u8>,
+    /// When the first and the last byte arrived, and when the far end saw the end.
+    first_at: Option<Duration>,
+    last_at: Option<Duration>,
+    eof_at: Duration,
+    end: LinkEnd,
+    log: Arc<DecisionLog>,
+}
+
+/// Sends `data` from the client through a link with `faults` (upstream only), then closes.
+async fn run(faults: Vec<FaultSpec>, data: Vec<u8>) -> Run {
+    let faults = faults
+        .into_iter()
+        .map(|f| f.direction(Direction::Upstream))
+        .collect();
+    let log = Arc::new(DecisionLog::default());
+    let (mut client, client_side) = duplex(64 * 1024);
+    let (server_side, mut server) = duplex(64 * 1024);
+    let start = Instant::now();
+    let link = tokio::spawn(link::run(
+        client_side,
+        server_side,
+        context(faults, log.clone()),
+        |_| {},
+    ));
+    let writer = tokio::spawn(async move {
+        let _ = client.write_all(&data).await;
+        let _ = client.shutdown().await;
+        client
+    });
+    let mut received = Vec::new();
+    let (mut first_at, mut last_at) = (None, None);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match server.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                first_at.get_or_insert(start.elapsed());
+                last_at = Some(start.elapsed());
+                received.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    let eof_at = start.elapsed();
+    drop(server);
+    let _client = writer.await.unwrap();
+    let end = link.await.unwrap();
+    Run {
+        received,
+        first_at,
+        last_at,
+        eof_at,
+        end,
+        log,
+    }
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn near(actual: Duration, expected: Duration, tolerance: Duration) -> bool {
+    actual >= expected.saturating_sub(tolerance) && actual <= expected + tolerance
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_delays_without_losing_bytes() {
+    let r = run(
+        vec![FaultSpec::new(FaultKind::Latency {
+            latency_ms: 100,
+            jitter_ms: 10,
+        })],
+        data(200_000),
+    )
+    .await;
+    assert_eq!(r.received, data(200_000));
+    let first = r.first_at.unwrap();
+    assert!(near(first, 100 * MS, 12 * MS), "{first:?}");
+    // Pipelined: the whole stream takes about one latency, not one per chunk.
+    assert!(r.last_at.unwrap() < 250 * MS, "{:?}", r.last_at);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bandwidth_holds_the_rate() {
+    let r = run(
+        vec![FaultSpec::new(FaultKind::Bandwidth {
+            rate_bytes_per_sec: 1_000_000,
+            shared_group: None,
+        })],
+        data(500_000),
+    )
+    .await;
+    assert_eq!(r.received, data(500_000));
+    assert!(
+        near(r.last_at.unwrap(), 500 * MS, 25 * MS),
+        "{:?}",
+        r.last_at
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn slicer_fragments_the_stream() {
+    let r = run(
+        vec![FaultSpec::new(FaultKind::Slicer {
+            average_bytes: 100,
+            variation_bytes: 20,
+            delay_us: 1000,
+        })],
+        data(20_000),
+    )
+    .await;
+    assert_eq!(r.received, data(20_000));
+    // About 200 slices, 1 ms apart.
+    assert!(r.last_at.unwrap() >= 150 * MS, "{:?}", r.last_at);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reset_cuts_when_it_becomes_active() {
+    let (mut client, client_side) = duplex(1024);
+    let (server_side, mut server) = duplex(1024);
+    let start = Instant::now();
+    let faults = vec![FaultSpec::new(FaultKind::Reset {}).after_ms(200)];
+    let link = tokio::spawn(link::run(
+        client_side,
+        server_side,
+        context(faults, Arc::default()),
+        |_| {},
+    ));
+    client.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    server.read_exact(&mut buf).await.unwrap();
+    let end = link.await.unwrap();
+    assert!(matches!(end, LinkEnd::Cut(Cut::Reset)), "{end:?}");
+    assert!(near(start.elapsed(), 200 * MS, MS), "{:?}", start.elapsed());
+    assert_eq!(server.read(&mut buf).await.unwrap_or(0), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn blackhole_holds_then_releases_every_byte() {
+    let r = run(
+        vec![FaultSpec::new(FaultKind::Blackhole {}).lasting_ms(500)],
+        data(100_000),
+    )
+    .await;
+    assert_eq!(r.received, data(100_000));
+    assert!(near(r.first_at.unwrap(), 500 * MS, MS), "{:?}", r.first_at);
+    assert!(matches!(r.end, LinkEnd::Finished), "{:?}", r.end);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_closes_after_its_time() {
+    let r = run(
+        vec![FaultSpec::new(FaultKind::Timeout { timeout_ms: 300 })],
+        data(1000),
+    )
+    .await;
+    assert!(r.received.is_empty());
+    assert!(matches!(r.end, LinkEnd::Cut(Cut::Close)), "{:?}", r.end);
+    assert!(near(r.eof_at, 300 * MS, MS), "{:?}", r.eof_at);
+}
+
+#[tokio::test(start_paused = true)]
+async fn limit_data_passes_exactly_the_limit() {
+    let r = run(
+        vec![FaultSpec::new(FaultKind::LimitData { bytes: 1000 })],
+        data(50_000),
+    )
+    .await;
+    assert_eq!(r.received, data(1000));
+    assert!(matches!(r.end, LinkEnd::Cut(Cut::Close)), "{:?}", r.end);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_close_delays_the_end() {
+    let r = run(
+        vec![FaultSpec::new(FaultKind::SlowClose { delay_ms: 400 })],
+        data(1000),
+    )
+    .await;
+    assert_eq!(r.received, data(1000));
+    assert!(near(r.eof_at, 400 * MS, 2 * MS), "{:?}", r.eof_at);
+}
+
+#[tokio::test(start_paused = true)]
+async fn loss_stalls_for_each_lost_segment() {
+    let r = run(
+        vec![FaultSpec::new(FaultKind::Loss {
+            probability: 0.05,
+            segment_bytes: 1000,
+            retransmit_ms: 200,
+        })],
+        data(100_000),
+    )
+    .await;
+    assert_eq!(r.received, data(100_000));
+    let lost = r
+        .log
+        .entries()
+        .iter()
+        .filter(|d| d.what == "segment lost")
+        .count() as u32;
+    assert!(lost > 0);
+    assert!(
+        near(r.last_at.unwrap(), 200 * MS * lost, 20 * MS),
+        "{lost} losses, {:?}",
+        r.last_at
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn flap_blackholes_and_resets() {
+    let hole = run(
+        vec![
+            FaultSpec::new(FaultKind::Blackhole {}).lasting_ms(850),
+            FaultSpec::new(FaultKind::Flap {
+                period_ms: 1000,
+                down_ms: 200,
+                mode: FlapMode::Blackhole,
+            }),
+        ],
+        data(10_000),
+    )
+    .await;
+    // Released by the plain blackhole at 850 ms, inside the flap's down window: held to 1000.
+    assert_eq!(hole.received, data(10_000));
+    assert!(
+        near(hole.first_at.unwrap(), 1000 * MS, MS),
+        "{:?}",
+        hole.first_at
+    );
+
+    let (_client, client_side) = duplex(1024);
+    let (server_side, _server) = duplex(1024);
+    let start = Instant::now();
+    let faults = vec![FaultSpec::new(FaultKind::Flap {
+        period_ms: 1000,
+        down_ms: 200,
+        mode: FlapMode::Reset,
+    })];
+    let end = link::run(
+        client_side,
+        server_side,
+        context(faults, Arc::default()),
+        |_| {},
+    )
+    .await;
+    assert!(matches!(end, LinkEnd::Cut(Cut::Reset)), "{end:?}");
+    assert!(near(start.elapsed(), 800 * MS, MS), "{:?}", start.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_held_link_closes_both_ends() {
+    let (mut client, client_side) = duplex(1024);
+    let (server_side, mut server) = duplex(1024);
+    let faults = vec![FaultSpec::new(FaultKind::Blackhole {})];
+    let link = link::run(
+        client_side,
+        server_side,
+        context(faults, Arc::default()),
+        |_| {},
+    );
+    client.write_all(b"held").await.unwrap();
+    assert!(tokio::time::timeout(100 * MS, link).await.is_err());
+    // The link is gone: both ends see it at once, and nothing was delivered.
+    let mut buf = [0u8; 8];
+    assert_eq!(server.read(&mut buf).await.unwrap_or(0), 0);
+    assert_eq!(client.read(&mut buf).await.unwrap_or(0), 0);
+}
