@@ -21,6 +21,8 @@ use crate::socket;
 
 /// Pause after a failed accept (for example EMFILE) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// How often sessions that were never resumed are failed and old ones forgotten.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Binds the relay's listening socket.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
@@ -73,6 +75,16 @@ impl Relay {
         let close_now = CancellationToken::new();
         let mut next_id: u64 = 0;
         tokio::pin!(shutdown);
+        let expiry = tokio::spawn({
+            let registry = self.registry.clone();
+            async move {
+                let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    registry.expire_now();
+                }
+            }
+        });
 
         loop {
             let permit = tokio::select! {
@@ -122,6 +134,7 @@ impl Relay {
             close_now.cancel();
             tasks.wait().await;
         }
+        expiry.abort();
         Ok(())
     }
 }

@@ -287,6 +287,7 @@ impl Session {
         if to.ended() {
             self.ended = Some(now);
             self.ended_at_ms = Some(unix_ms());
+            self.seen_blocks = HashSet::new();
         }
         info!(
             clone_session = self.id,
@@ -399,8 +400,19 @@ impl Registry {
         &self.metrics
     }
 
+    /// The registry's state. A panic elsewhere while it was held does not stop the relay: the
+    /// state is still usable, so a poisoned lock is taken as it is.
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().expect("session registry lock")
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Fails sessions whose recipient never resumed and forgets old ones; the relay calls this
+    /// periodically.
+    pub fn expire_now(&self) {
+        let mut inner = self.lock();
+        self.expire(&mut inner, Instant::now());
     }
 
     /// Registers a new downstream connection relayed to `upstream`.
@@ -538,11 +550,8 @@ impl Registry {
             .iter()
             .take(ended.len().saturating_sub(self.settings.keep_ended))
         {
-            if let Some(s) = inner.sessions.remove(id)
-                && let Some(clone) = s.clone
-            {
-                inner.by_clone.remove(&(s.upstream, clone));
-            }
+            inner.sessions.remove(id);
+            inner.by_clone.retain(|_, session| session != id);
         }
     }
 
@@ -596,7 +605,9 @@ impl Registry {
         clone: CloneId,
         now: Instant,
     ) -> SessionId {
-        if let Some(&id) = inner.by_clone.get(&(upstream.to_string(), clone)) {
+        if let Some(&id) = inner.by_clone.get(&(upstream.to_string(), clone))
+            && inner.sessions.contains_key(&id)
+        {
             return id;
         }
         let id = self.new_session(inner, upstream, now);
@@ -662,7 +673,9 @@ impl Registry {
                             let Some(clone) = clone else { continue };
                             let id = self.session_for(inner, &upstream, clone, now);
                             Self::bind(inner, conn, id, Role::Main);
-                            let s = inner.sessions.get_mut(&id).expect("bound");
+                            let Some(s) = inner.sessions.get_mut(&id) else {
+                                continue;
+                            };
                             let outage = s.lost_at.take().map(|t| now.duration_since(t));
                             let at_ms = s.since_start(now);
                             s.resumes.push(ResumeRecord {
@@ -815,11 +828,7 @@ impl Registry {
         };
         s.live.retain(|&id| id != conn);
         s.closed.push(record);
-        let active = matches!(
-            s.state,
-            SessionState::Initializing | SessionState::Transferring
-        );
-        if s.main == Some(conn) && active {
+        if s.main == Some(conn) && !s.state.ended() {
             s.lost_at = Some(now);
             info!(
                 clone_session = s.id,

@@ -146,3 +146,34 @@ fn the_conversation_reads_as_expected() {
     assert!(events.contains(&Event::CloneStarted));
     assert_eq!(events.last(), Some(&Event::Command { code: 1 }));
 }
+
+#[test]
+fn a_donor_error_ends_the_clone_protocol_cleanly() {
+    use Direction::{Downstream as S2c, Upstream as C2s};
+    let conv = conversation(10);
+    let mut decoder = Decoder::new(Limits::default());
+    let mut events = Vec::new();
+    for (dir, bytes) in &conv[..6] {
+        decoder.feed(*dir, bytes, &mut |e| events.push(e)).unwrap();
+    }
+    // The donor refuses the ATTACH, then answers COM_EXIT as a classic server.
+    let mut error = vec![100u8];
+    error.extend(3862i32.to_le_bytes());
+    error.extend(b"could not find existing clone");
+    let steps: [(Direction, Vec<u8>); 4] = [
+        (S2c, packet(0, &error)),
+        (C2s, packet(0, &[6])),
+        (S2c, packet(1, b"\xff\x17\x04#08S01Unknown command")),
+        (C2s, packet(0, &[0x1f])),
+    ];
+    for (dir, bytes) in &steps {
+        decoder
+            .feed(*dir, bytes, &mut |e| events.push(e))
+            .unwrap_or_else(|v| panic!("{v}"));
+    }
+    assert!(events.contains(&Event::CloneError {
+        errno: 3862,
+        message: "could not find existing clone".into()
+    }));
+    assert_eq!(events.last(), Some(&Event::Command { code: 0x1f }));
+}

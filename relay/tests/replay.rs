@@ -70,10 +70,11 @@ fn wire_packet(row: &Value) -> Vec<u8> {
 
 /// Replays a packet capture through a registry, each packet fed in two uneven pieces.
 fn replay(rows: &[Value]) -> Arc<Registry> {
-    let registry = Arc::new(Registry::new(
-        SessionSettings::default(),
-        Arc::new(Metrics::default()),
-    ));
+    replay_with(rows, SessionSettings::default())
+}
+
+fn replay_with(rows: &[Value], settings: SessionSettings) -> Arc<Registry> {
+    let registry = Arc::new(Registry::new(settings, Arc::new(Metrics::default())));
     let mut conns: BTreeMap<u64, ConnHandle> = BTreeMap::new();
     let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     for row in rows {
@@ -266,4 +267,38 @@ fn compressed_framing_is_decoded() {
         _ => None,
     });
     assert!(acked_clone.is_some(), "ACK carries the clone's locator");
+}
+
+#[test]
+fn a_resume_that_dies_before_data_still_fails_in_time() {
+    let Some(rows) = capture("clone-9.7.4-reset-mid-transfer.jsonl") else {
+        return;
+    };
+    // Up to the resumed main's REINIT (conn 3), then conn 3 and its aux close.
+    let reinit = rows
+        .iter()
+        .position(|r| r["conn"] == 3 && r["hex"].as_str().is_some_and(|h| h.starts_with("03")))
+        .unwrap();
+    let mut cut: Vec<Value> = rows[..=reinit].to_vec();
+    for conn in [3, 4] {
+        cut.push(serde_json::json!({"conn": conn, "event": "close"}));
+    }
+    let settings = SessionSettings {
+        resume_timeout: std::time::Duration::from_millis(10),
+        ..SessionSettings::default()
+    };
+    let registry = replay_with(&cut, settings);
+    assert_eq!(registry.view().sessions[0].state, SessionState::Resuming);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    registry.expire_now();
+    let session = &registry.view().sessions[0];
+    assert_eq!(session.state, SessionState::Failed);
+    assert!(
+        session
+            .error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("did not resume")
+    );
 }

@@ -291,6 +291,11 @@ impl Decoder {
                 }
                 *continued = h.is_continued();
                 *logical_len = h.payload_len;
+                if h.payload_len > limits.max_packet_bytes {
+                    let limit = limits.max_packet_bytes;
+                    let detail = format!("packet of more than {limit} bytes");
+                    return talk.stop(dir, ViolationKind::Oversize, detail);
+                }
                 *continuing_data = talk.phase == Phase::Clone
                     && dir == Direction::Downstream
                     && head.first() == Some(&3);
@@ -506,6 +511,16 @@ impl Conversation {
                 Ok(())
             }
             (Phase::Clone, Downstream) => {
+                // A donor that ends the clone protocol on an error answers what follows
+                // (COM_EXIT) as a classic server: OK or ERR.
+                if let Some(&(OK_MARKER | ERR_MARKER)) = head.first() {
+                    self.phase = Phase::Command;
+                    self.exiting = false;
+                    if head.first() == Some(&ERR_MARKER) {
+                        on_event(refusal(head));
+                    }
+                    return Ok(());
+                }
                 let kind = head.first().and_then(|&b| ResponseKind::from_byte(b));
                 match kind {
                     None => self.stop(
@@ -543,8 +558,11 @@ impl Conversation {
                         Ok(())
                     }
                     Some(ResponseKind::Error) => {
+                        // The donor leaves the clone protocol after an error.
                         let (errno, message) = parse_error(head).unwrap_or((-1, String::new()));
                         on_event(Event::CloneError { errno, message });
+                        self.phase = Phase::Command;
+                        self.exiting = false;
                         Ok(())
                     }
                     Some(_) => Ok(()),
