@@ -159,24 +159,33 @@ enum WriteEnd {
     Cut(Cut),
 }
 
+/// Completes when the fault table changes; never once its sender is gone.
+async fn table_changed(table: &mut Option<watch::Receiver<FaultTable>>) {
+    match table {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                *table = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn write_side<W: AsyncWrite>(
     mut rx: mpsc::Receiver<Chunk>,
     mut dst: WriteHalf<W>,
     mut chain: Chain,
 ) -> io::Result<WriteEnd> {
     let mut offset = 0u64;
-    let mut faults = chain.ctx.faults.clone();
+    let mut table = Some(chain.ctx.faults.clone());
     loop {
         let due = chain.due_cut();
         let chunk = tokio::select! {
             biased;
             _ = sleep_until(due.map(|d| d.0)) => return Ok(WriteEnd::Cut(due.expect("due").1)),
-            changed = faults.changed() => {
-                if changed.is_ok() {
-                    chain.reconcile();
-                } else {
-                    faults = watch::channel(Arc::new(Vec::new())).1;
-                }
+            _ = table_changed(&mut table) => {
+                chain.reconcile();
                 continue;
             }
             chunk = rx.recv() => chunk,
@@ -186,24 +195,37 @@ async fn write_side<W: AsyncWrite>(
             let _ = dst.shutdown().await;
             return Ok(WriteEnd::Eof);
         };
-        let len = bytes.len() as u64;
-        let flow = chain.apply(arrived, offset, bytes);
-        offset += len;
-        for piece in flow.pieces {
-            let due = chain.due_cut();
-            let wait = async {
-                tokio::time::sleep_until(piece.not_before).await;
-                tokio::time::sleep(piece.pause).await;
-            };
-            tokio::select! {
-                biased;
-                _ = sleep_until(due.map(|d| d.0)) => return Ok(WriteEnd::Cut(due.expect("due").1)),
-                _ = wait => {}
+        // The chunk goes through the chain; if the faults change while its pieces wait (a
+        // blackhole removed, say), what is not yet written goes through the new chain.
+        let mut pending = bytes;
+        'chain: loop {
+            let flow = chain.apply(arrived, offset, pending.clone());
+            let mut written = 0usize;
+            for piece in flow.pieces {
+                let due = chain.due_cut();
+                let wait = async {
+                    tokio::time::sleep_until(piece.not_before).await;
+                    tokio::time::sleep(piece.pause).await;
+                };
+                tokio::select! {
+                    biased;
+                    _ = sleep_until(due.map(|d| d.0)) => return Ok(WriteEnd::Cut(due.expect("due").1)),
+                    _ = table_changed(&mut table) => {
+                        chain.reconcile();
+                        pending = pending.slice(written..);
+                        offset += written as u64;
+                        continue 'chain;
+                    }
+                    _ = wait => {}
+                }
+                dst.write_all(&piece.bytes).await?;
+                written += piece.bytes.len();
             }
-            dst.write_all(&piece.bytes).await?;
-        }
-        if let Some(cut) = flow.then {
-            return Ok(WriteEnd::Cut(cut));
+            offset += pending.len() as u64;
+            if let Some(cut) = flow.then {
+                return Ok(WriteEnd::Cut(cut));
+            }
+            break;
         }
     }
 }
