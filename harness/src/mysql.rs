@@ -1,12 +1,17 @@
-//! A MySQL server in a container, on the host's network namespace at a port of its own, started
-//! with the harness's own command line (so any MySQL 8.0.17+ image works, entrypoint or not) under
-//! a small supervisor that restarts mysqld when a finished clone asks for it (exit status 16).
+//! A MySQL server in a container, started with the harness's own command line (so any MySQL
+//! 8.0.17+ image works, entrypoint or not) under a small supervisor that restarts mysqld when a
+//! finished clone asks for it (exit status 16).
+//!
+//! By default the container shares the host's network namespace and listens on a loopback port of
+//! its own. An *isolated* server has a network namespace of its own (NET_ADMIN granted, its port
+//! published on loopback), so that real packet loss can be injected on its interface without
+//! touching the host.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use testcontainers::core::{ExecCommand, WaitFor};
+use testcontainers::core::{ContainerPort, ExecCommand, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
@@ -20,6 +25,8 @@ pub const DONOR_PASSWORD: &str = "clone-relay-drill";
 pub const CONTAINER_LABEL: &str = "org.clone-relay.harness";
 
 const SOCKET: &str = "/var/run/mysqld/mysqld.sock";
+/// The port mysqld listens on inside an isolated server's own namespace.
+const ISOLATED_PORT: u16 = 3306;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// How to start one server.
@@ -33,6 +40,8 @@ pub struct ServerOptions {
     pub valid_donors: Vec<String>,
     /// Further mysqld options, e.g. `--clone-max-concurrency=4`.
     pub extra_args: Vec<String>,
+    /// A network namespace of its own (for kernel-level faults), port published on loopback.
+    pub isolated: bool,
 }
 
 impl ServerOptions {
@@ -42,6 +51,7 @@ impl ServerOptions {
             server_id: 1,
             valid_donors: Vec::new(),
             extra_args: Vec::new(),
+            isolated: false,
         }
     }
 
@@ -51,6 +61,7 @@ impl ServerOptions {
             server_id,
             valid_donors: valid_donors.iter().map(ToString::to_string).collect(),
             extra_args: Vec::new(),
+            isolated: false,
         }
     }
 }
@@ -61,18 +72,29 @@ pub struct MysqlServer {
     container: ContainerAsync<GenericImage>,
     name: String,
     port: u16,
+    isolated: bool,
 }
 
 impl MysqlServer {
     /// Starts a server from `image` and waits until it accepts connections.
     pub async fn start(image: &ImageRef, options: ServerOptions) -> Result<Self> {
         let port = free_port()?;
-        let script = start_script(port, &options);
-        let container = GenericImage::new(image.name.as_str(), image.tag.as_str())
+        let request = GenericImage::new(image.name.as_str(), image.tag.as_str())
             .with_entrypoint("sh")
-            .with_wait_for(WaitFor::message_on_stderr("ready for connections"))
-            .with_cmd(["-c", script.as_str()])
-            .with_network("host")
+            .with_wait_for(WaitFor::message_on_stderr("ready for connections"));
+        let request = if options.isolated {
+            let script = start_script(ISOLATED_PORT, "0.0.0.0", &options);
+            request
+                .with_cmd(["-c", script.as_str()])
+                .with_cap_add("NET_ADMIN")
+                .with_mapped_port(port, ContainerPort::Tcp(ISOLATED_PORT))
+        } else {
+            let script = start_script(port, "127.0.0.1", &options);
+            request
+                .with_cmd(["-c", script.as_str()])
+                .with_network("host")
+        };
+        let container = request
             .with_label(CONTAINER_LABEL, options.name.as_str())
             .with_startup_timeout(STARTUP_TIMEOUT)
             .start()
@@ -82,6 +104,7 @@ impl MysqlServer {
             container,
             name: options.name,
             port,
+            isolated: options.isolated,
         })
     }
 
@@ -97,19 +120,71 @@ impl MysqlServer {
     /// Runs SQL as root over the server's socket with the image's own client; returns the rows as
     /// tab-separated lines without column names.
     pub async fn sql(&self, sql: &str) -> Result<String> {
+        self.exec(&[
+            "mysql",
+            "--no-defaults",
+            "--user=root",
+            "--socket",
+            SOCKET,
+            "--batch",
+            "--skip-column-names",
+            "--execute",
+            sql,
+        ])
+        .await
+    }
+
+    /// Runs a shell command in the container; its standard output, or an error with its
+    /// standard error.
+    pub async fn shell(&self, command: &str) -> Result<String> {
+        self.exec(&["sh", "-c", command]).await
+    }
+
+    /// Drops packets entering and leaving an isolated server's interface at random with
+    /// `probability` (netfilter's statistic match): real loss, real TCP retransmits. 0 clears.
+    pub async fn set_packet_loss(&self, probability: f64) -> Result<()> {
+        if !self.isolated {
+            bail!("{}: packet loss needs an isolated server", self.name);
+        }
+        self.shell("iptables -F INPUT && iptables -F OUTPUT")
+            .await?;
+        if probability > 0.0 {
+            for chain in ["INPUT", "OUTPUT"] {
+                self.shell(&format!(
+                    "iptables -A {chain} -p tcp -m statistic --mode random --probability {probability:.4} -j DROP"
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Packets dropped by the loss rules so far.
+    pub async fn dropped_packets(&self) -> Result<u64> {
+        let out = self
+            .shell("iptables -L -v -x -n | awk '$3 == \"DROP\" { n += $1 } END { print n + 0 }'")
+            .await?;
+        Ok(out.trim().parse().unwrap_or(0))
+    }
+
+    /// Adds netem delay on an isolated server's interface, or says clearly that this kernel
+    /// cannot (no netem qdisc).
+    pub async fn set_delay(&self, delay_ms: u64) -> Result<()> {
+        if !self.isolated {
+            bail!("{}: delay needs an isolated server", self.name);
+        }
+        self.shell(&format!(
+            "tc qdisc replace dev eth0 root netem delay {delay_ms}ms"
+        ))
+        .await
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!(chaos::netfilter::explain_tc_failure(&e.to_string())))
+    }
+
+    async fn exec(&self, argv: &[&str]) -> Result<String> {
         let mut exec = self
             .container
-            .exec(ExecCommand::new([
-                "mysql",
-                "--no-defaults",
-                "--user=root",
-                "--socket",
-                SOCKET,
-                "--batch",
-                "--skip-column-names",
-                "--execute",
-                sql,
-            ]))
+            .exec(ExecCommand::new(argv.iter().copied()))
             .await
             .with_context(|| format!("exec in {}", self.name))?;
         let stdout = exec.stdout_to_vec().await?;
@@ -159,7 +234,7 @@ fn free_port() -> Result<u16> {
 
 /// The container's command: initialise the data directory, write the start-up SQL that creates
 /// the donor account, and run mysqld under a loop that restarts it on exit status 16.
-fn start_script(port: u16, options: &ServerOptions) -> String {
+fn start_script(port: u16, bind: &str, options: &ServerOptions) -> String {
     let valid_donors = if options.valid_donors.is_empty() {
         String::new()
     } else {
@@ -186,7 +261,7 @@ export MYSQLD_PARENT_PID=$$
 while :; do
   status=0
   mysqld --no-defaults --user=root --datadir="$state/data" \
-    --port={port} --bind-address=127.0.0.1 --socket={SOCKET} \
+    --port={port} --bind-address={bind} --socket={SOCKET} \
     --pid-file=/var/run/mysqld/mysqld.pid --mysqlx=OFF --skip-name-resolve \
     --secure-file-priv=/var/lib/mysql-files --server-id={server_id} --skip-log-bin \
     --plugin-load-add=mysql_clone.so --init-file="$state/init.sql" \
