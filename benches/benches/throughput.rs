@@ -1,6 +1,5 @@
-//! A donor's clone stream through clone-relay on loopback, against a direct connection, and the
-//! relay's copy buffer size (8 KiB, 64 KiB, 256 KiB). The relay decodes the stream as it does in
-//! production.
+//! A donor's clone stream on loopback: direct, through clone-relay (copy buffers of 8 KiB,
+//! 64 KiB, 256 KiB; decoding as in production), and through the chaos proxy with no faults.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,6 +58,22 @@ fn throughput(c: &mut Criterion) {
             })
         });
     }
+    let chaos = rt
+        .block_on(chaos::ChaosProxy::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            donor.to_string(),
+            1,
+            Vec::new(),
+        ))
+        .expect("chaos proxy");
+    let chaos_addr = chaos.addr();
+    group.bench_function("chaos_no_faults", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| rt.block_on(transfer(chaos_addr, bytes)))
+                .sum()
+        })
+    });
     group.finish();
 }
 

@@ -203,11 +203,17 @@ async fn write_side<W: AsyncWrite>(
             let mut written = 0usize;
             for piece in flow.pieces {
                 let due = chain.due_cut();
-                let wait = async {
-                    tokio::time::sleep_until(piece.not_before).await;
-                    tokio::time::sleep(piece.pause).await;
-                };
-                tokio::select! {
+                let held = piece.not_before > Instant::now() || !piece.pause.is_zero();
+                if held || due.is_some_and(|(at, _)| at <= Instant::now()) {
+                    let wait = async {
+                        if piece.not_before > Instant::now() {
+                            tokio::time::sleep_until(piece.not_before).await;
+                        }
+                        if !piece.pause.is_zero() {
+                            tokio::time::sleep(piece.pause).await;
+                        }
+                    };
+                    tokio::select! {
                     biased;
                     _ = sleep_until(due.map(|d| d.0)) => return Ok(WriteEnd::Cut(due.expect("due").1)),
                     _ = table_changed(&mut table) => {
@@ -217,6 +223,7 @@ async fn write_side<W: AsyncWrite>(
                         continue 'chain;
                     }
                     _ = wait => {}
+                    }
                 }
                 dst.write_all(&piece.bytes).await?;
                 written += piece.bytes.len();
