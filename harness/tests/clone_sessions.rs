@@ -119,6 +119,11 @@ async fn a_clone_is_one_session_with_main_aux_and_workers() -> anyhow::Result<()
         outcome.file_copy_bytes
     );
     assert_eq!(session["progress"]["percent"], 100.0);
+    eprintln!(
+        "relay data bytes {data}, FILE COPY {file_copy}, recipient's FILE COPY {} (ratio {:.4})",
+        outcome.file_copy_bytes,
+        file_copy as f64 / outcome.file_copy_bytes as f64
+    );
 
     let metrics = relay.metrics_text().await?;
     assert!(
@@ -153,6 +158,12 @@ async fn a_reset_mid_transfer_resumes_the_same_session() -> anyhow::Result<()> {
     let session = &view.sessions[0];
     assert_eq!(session.state.as_str(), "completed");
     assert_eq!(session.resume_count, 1, "{session:#?}");
+    eprintln!(
+        "resumed after {} ms outage, {} bytes sent again, clone {:.1} s",
+        session.resumes[0].outage_ms,
+        session.resent_bytes,
+        outcome.statement_time.as_secs_f64()
+    );
     // Only blocks in flight at the reset are sent again.
     assert!(session.resent_bytes <= 16 * MIB, "{}", session.resent_bytes);
     relay.stop().await
