@@ -72,6 +72,10 @@ async fn a_clone_survives_latency_loss_and_slicing() -> anyhow::Result<()> {
         lost > 10,
         "seed {seed}: only {lost} losses: the faults did not bite"
     );
+    eprintln!(
+        "seed {seed}: {lost} emulated losses, clone {:.1} s",
+        outcome.statement_time.as_secs_f64()
+    );
     let donor_sums = dataset.checksums(&donor).await?;
     let recipient_sums = dataset.checksums(&recipient).await?;
     assert_eq!(
