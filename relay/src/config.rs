@@ -12,8 +12,9 @@ use crate::session::SessionSettings;
 /// Everything the relay needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The donor, as `HOST:PORT`; resolved at each dial.
-    pub upstream: String,
+    /// The donors, as `HOST:PORT`, resolved at each dial. A new clone goes to the first donor
+    /// not busy with another clone; every connection of a clone session stays on its donor.
+    pub upstreams: Vec<String>,
     /// Connections carried at once; further recipients wait in the listen backlog.
     pub max_connections: usize,
     /// Bound on dialing the donor (TCP handshake).
@@ -29,6 +30,13 @@ pub struct Config {
     pub keepalive_interval: Duration,
     /// TCP keepalive: unanswered probes before the kernel drops the connection.
     pub keepalive_retries: u32,
+    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the kernel drops the
+    /// connection (a dead link noticed while sending).
+    pub user_timeout: Duration,
+    /// Stall detection on main and worker connections while the donor owes data.
+    pub stall: StallSettings,
+    /// How long a reconnect of a resuming clone may wait for its donor to come back.
+    pub reconnect_dial_timeout: Duration,
     /// On shutdown, how long connections in flight may run before they are closed.
     pub shutdown_grace: Duration,
     /// A recipient must finish logging in within this (slow or stuck clients are cut).
@@ -42,11 +50,40 @@ pub struct Config {
     pub resume_timeout: Duration,
 }
 
+/// When a connection that is owed data counts as dead: silent for longer than `factor` times the
+/// longest gap seen on it so far, but never less than `min` nor more than `max`. Aux connections
+/// and connections not in a transfer are never judged (they are legitimately quiet).
+#[derive(Debug, Clone, Copy)]
+pub struct StallSettings {
+    pub enabled: bool,
+    pub min: Duration,
+    pub max: Duration,
+    pub factor: u32,
+}
+
+impl Default for StallSettings {
+    fn default() -> Self {
+        // The donor sends keep-alive descriptors every ~5 s while it waits, so 8 s of silence
+        // is never a healthy wait.
+        StallSettings {
+            enabled: true,
+            min: Duration::from_secs(8),
+            max: Duration::from_secs(60),
+            factor: 4,
+        }
+    }
+}
+
 impl Config {
-    /// Defaults for relaying to `upstream`.
+    /// Defaults for relaying to one donor.
     pub fn new(upstream: impl Into<String>) -> Self {
+        Self::with_upstreams(vec![upstream.into()])
+    }
+
+    /// Defaults for relaying to several donors.
+    pub fn with_upstreams(upstreams: Vec<String>) -> Self {
         Config {
-            upstream: upstream.into(),
+            upstreams,
             max_connections: 1024,
             connect_timeout: Duration::from_secs(5),
             copy_buffer_bytes: 256 * 1024,
@@ -54,6 +91,9 @@ impl Config {
             keepalive_idle: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),
             keepalive_retries: 3,
+            user_timeout: Duration::from_secs(20),
+            stall: StallSettings::default(),
+            reconnect_dial_timeout: Duration::from_secs(240),
             shutdown_grace: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             max_login_packet_bytes: 64 * 1024,
@@ -76,7 +116,24 @@ impl Config {
 
     /// Checks every setting; the error names the first one that is wrong.
     pub fn validate(&self) -> Result<(), RelayError> {
-        validate_host_port(&self.upstream).map_err(|reason| invalid("upstream", reason))?;
+        if self.upstreams.is_empty() {
+            return Err(invalid("upstream", "at least one donor is needed"));
+        }
+        for upstream in &self.upstreams {
+            validate_host_port(upstream).map_err(|reason| invalid("upstream", reason))?;
+        }
+        if self.user_timeout < Duration::from_secs(1) {
+            return Err(invalid("user_timeout_ms", "must be at least 1000"));
+        }
+        if self.stall.min.is_zero() || self.stall.max < self.stall.min {
+            return Err(invalid(
+                "stall_min_ms",
+                "must be above 0 and at most stall_max_ms",
+            ));
+        }
+        if self.stall.factor == 0 {
+            return Err(invalid("stall_factor", "must be at least 1"));
+        }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }

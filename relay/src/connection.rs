@@ -1,10 +1,15 @@
-//! One recipient connection: dial the donor, then carry bytes both ways through the protocol
-//! decoder until either side ends, a peer breaks the protocol, or login takes too long.
+//! One recipient connection: choose and dial a donor, then carry bytes both ways through the
+//! protocol decoder until either side ends, a peer breaks the protocol, login takes too long, or
+//! the donor goes silent on a connection it owes data.
+//!
+//! When a connection of a clone in transfer fails, the other connections of its clone session
+//! are reset too, so the recipient's CLONE resumes (COM_REINIT) at once rather than when each
+//! of them times out on its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -22,8 +27,10 @@ use crate::session::{CloseReason, ConnHandle, ConnId};
 use crate::{socket, upstream};
 
 /// MySQL's client error for "can't connect to server", sent to the recipient in place of a
-/// greeting when the donor cannot be reached, so its CLONE fails with a reason rather than EOF.
+/// greeting when no donor can be reached, so its CLONE fails with a reason rather than EOF.
 const CR_CONN_HOST_ERROR: u16 = 2003;
+/// How often the stall detector looks at a connection.
+const STALL_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// Serves one downstream connection to its end, records it in the session registry and the
 /// metrics, and logs how it ended with byte counts. `close_now` ends it early (relay shutdown
@@ -36,35 +43,42 @@ pub async fn serve(
     close_now: CancellationToken,
 ) {
     let started = Instant::now();
-    let config = relay.config();
     let metrics = relay.metrics();
     metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
     metrics.connections_active.fetch_add(1, Ordering::Relaxed);
     let legs = Legs::default();
-    let conn = Arc::new(
-        relay
-            .registry()
-            .open(id, peer, &config.upstream, legs.clone()),
-    );
+    let conn = Arc::new(relay.registry().open(id, peer, "", legs.clone()));
 
     let mut downstream = downstream;
     let mut upstream = None;
     let result = tokio::select! {
-        result = carry(&mut downstream, &mut upstream, config, &legs, &conn) => result,
+        result = carry(&mut downstream, &mut upstream, peer, &relay, &legs, &conn) => result,
         _ = close_now.cancelled() => Err(RelayError::Shutdown),
         _ = conn.aborted() => Err(RelayError::Aborted),
     };
-    if matches!(result, Err(RelayError::Aborted)) {
-        // A real reset on both legs: the recipient sees the failure at once and resumes.
-        for stream in std::iter::once(&downstream).chain(upstream.as_ref()) {
-            let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
-        }
-    }
-    drop((downstream, upstream));
     let result = match (result, conn.violation()) {
         (Err(_), Some(violation)) => Err(RelayError::Protocol(violation)),
         (result, _) => result,
     };
+    if let Err(e) = &result
+        && conn.owed_data()
+        && !matches!(e, RelayError::Aborted | RelayError::Shutdown)
+    {
+        // The clone cannot go on without this connection: reset the rest of it now.
+        let others = relay.registry().abort_session_of(id);
+        info!(others, reason = %e, "connection of a clone in transfer failed; resetting its session");
+    }
+    if matches!(
+        result,
+        Err(RelayError::Aborted | RelayError::Stalled { .. })
+    ) {
+        // A real reset on both legs: the recipient sees the failure at once and resumes, and
+        // the donor lets go of its end.
+        for stream in std::iter::once(&downstream).chain(upstream.as_ref()) {
+            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        }
+    }
+    drop((downstream, upstream));
 
     let bytes_from_downstream = legs.downstream.bytes_read();
     let bytes_from_upstream = legs.upstream.bytes_read();
@@ -114,44 +128,99 @@ pub async fn serve(
     }
 }
 
-/// Dials the donor into `upstream_slot` (so the caller keeps both sockets and can reset them),
+/// The donors to try for a new connection from `peer`, in order: the donor of that recipient's
+/// clone if it has one under way (and no other: a resumed clone must reach the same donor),
+/// else the donors not busy with another clone, then the busy ones.
+fn donors_for(relay: &Relay, peer: SocketAddr) -> Vec<String> {
+    if let Some(donor) = relay.registry().affinity(peer.ip()) {
+        return vec![donor];
+    }
+    let busy = relay.registry().busy_upstreams();
+    let (free, taken): (Vec<&String>, Vec<&String>) = relay
+        .config()
+        .upstreams
+        .iter()
+        .partition(|u| !busy.contains(*u));
+    free.into_iter().chain(taken).cloned().collect()
+}
+
+/// Dials a donor into `upstream_slot` (so the caller keeps both sockets and can reset them),
 /// then copies until the end.
 async fn carry(
     downstream: &mut TcpStream,
     upstream_slot: &mut Option<TcpStream>,
-    config: &Config,
+    peer: SocketAddr,
+    relay: &Relay,
     legs: &Legs,
     conn: &Arc<ConnHandle>,
 ) -> Result<(), RelayError> {
+    let config = relay.config();
     socket::tune(downstream, config).map_err(RelayError::Downstream)?;
-    let upstream = match upstream::dial(config).await {
-        Ok(upstream) => upstream_slot.insert(upstream),
-        Err(e) => {
-            let refusal = err_packet(
-                0,
-                CR_CONN_HOST_ERROR,
-                b"HY000",
-                &format!("clone-relay: {e}"),
-            );
-            // Best effort: the recipient may be gone already.
-            let _ = downstream.write_all(&refusal).await;
-            let _ = downstream.shutdown().await;
-            return Err(e);
+    // A reconnect of a clone that is resuming waits for its donor; others try each donor once.
+    let resuming = relay.registry().resuming_from(peer.ip());
+    let deadline = tokio::time::Instant::now() + config.reconnect_dial_timeout;
+    let mut last_error = None;
+    for donor in donors_for(relay, peer) {
+        let dialed = if resuming {
+            upstream::dial_until(config, &donor, deadline).await
+        } else {
+            upstream::dial(config, &donor).await
+        };
+        match dialed {
+            Ok(stream) => {
+                conn.set_upstream(&donor);
+                *upstream_slot = Some(stream);
+                debug!(upstream = %donor, resuming, "upstream connected");
+                break;
+            }
+            Err(e) => {
+                warn!(upstream = %donor, error = %e, "donor unreachable");
+                last_error = Some(e);
+            }
         }
+    }
+    let Some(upstream) = upstream_slot.as_mut() else {
+        let e = last_error.expect("at least one donor was tried");
+        let refusal = err_packet(
+            0,
+            CR_CONN_HOST_ERROR,
+            b"HY000",
+            &format!("clone-relay: {e}"),
+        );
+        // Best effort: the recipient may be gone already.
+        let _ = downstream.write_all(&refusal).await;
+        let _ = downstream.shutdown().await;
+        return Err(e);
     };
-    debug!(upstream = %config.upstream, "upstream connected");
 
     let downstream = Observed::new(downstream, conn.clone(), Direction::Upstream);
     let upstream = Observed::new(upstream, conn.clone(), Direction::Downstream);
     let copy = copy::relay(downstream, upstream, config.copy_buffer_bytes, legs);
-    let login_deadline = async {
-        tokio::time::sleep(config.handshake_timeout).await;
-        if conn.past_login() {
-            std::future::pending::<()>().await;
-        }
-    };
     tokio::select! {
         result = copy => result,
-        _ = login_deadline => Err(RelayError::HandshakeTimeout(config.handshake_timeout)),
+        _ = login_deadline(config, conn) => Err(RelayError::HandshakeTimeout(config.handshake_timeout)),
+        silence = stall_watch(config, conn) => Err(RelayError::Stalled { silence }),
+    }
+}
+
+/// Completes when the recipient has not logged in within the handshake timeout.
+async fn login_deadline(config: &Config, conn: &ConnHandle) {
+    tokio::time::sleep(config.handshake_timeout).await;
+    if conn.past_login() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Completes, with the length of the silence, when the donor stalls on a connection it owes
+/// data.
+async fn stall_watch(config: &Config, conn: &ConnHandle) -> Duration {
+    if !config.stall.enabled {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(STALL_CHECK_EVERY).await;
+        if let Some(silence) = conn.stalled(&config.stall) {
+            return silence;
+        }
     }
 }

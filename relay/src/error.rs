@@ -56,6 +56,10 @@ pub enum RelayError {
     #[error("no login within {}ms", .0.as_millis())]
     HandshakeTimeout(Duration),
 
+    /// The donor went silent on a connection it owes data.
+    #[error("donor silent for {}ms on a transfer: link presumed dead", silence.as_millis())]
+    Stalled { silence: Duration },
+
     /// The connection's clone session was reset on request.
     #[error("clone session reset on request")]
     Aborted,
@@ -90,6 +94,7 @@ impl RelayError {
                 crate::protocol::decoder::ViolationKind::Compression => "protocol_compression",
             },
             RelayError::HandshakeTimeout(_) => "handshake_timeout",
+            RelayError::Stalled { .. } => "stalled",
             RelayError::Aborted => "aborted",
             RelayError::Shutdown => "shutdown",
         }

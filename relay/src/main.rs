@@ -5,9 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use clone_relay::config::StallSettings;
 use clone_relay::{Config, Relay, RelayError, upstream};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// Inline relay for MySQL CLONE: point the recipient's `CLONE INSTANCE FROM` at `--listen`, and
@@ -19,9 +20,16 @@ struct Cli {
     #[arg(long, env = "CLONE_RELAY_LISTEN", value_name = "ADDR")]
     listen: SocketAddr,
 
-    /// The donor, as HOST:PORT.
-    #[arg(long, env = "CLONE_RELAY_UPSTREAM", value_name = "HOST:PORT")]
-    upstream: String,
+    /// The donor, as HOST:PORT; repeat (or separate with commas) for several donors: a new
+    /// clone goes to the first one not busy, and each clone stays on its donor.
+    #[arg(
+        long = "upstream",
+        env = "CLONE_RELAY_UPSTREAM",
+        value_name = "HOST:PORT",
+        value_delimiter = ',',
+        required = true
+    )]
+    upstreams: Vec<String>,
 
     /// Connections carried at once.
     #[arg(long, default_value_t = 1024)]
@@ -50,6 +58,31 @@ struct Cli {
     /// Unanswered keepalive probes before a connection is dropped.
     #[arg(long, default_value_t = 3)]
     keepalive_retries: u32,
+
+    /// TCP_USER_TIMEOUT on both legs, in milliseconds.
+    #[arg(long, default_value_t = 20_000)]
+    user_timeout_ms: u64,
+
+    /// A main or worker connection owed data is dead after this much silence at least, in
+    /// milliseconds (the threshold grows with the longest gap seen on it).
+    #[arg(long, default_value_t = 8_000)]
+    stall_min_ms: u64,
+
+    /// ... and at most this much, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    stall_max_ms: u64,
+
+    /// The stall threshold is this many times the longest gap seen on the connection.
+    #[arg(long, default_value_t = 4)]
+    stall_factor: u32,
+
+    /// Turn stall detection off (leave dead links to TCP and MySQL).
+    #[arg(long)]
+    no_stall_detection: bool,
+
+    /// How long a reconnect of a resuming clone may wait for its donor, in milliseconds.
+    #[arg(long, default_value_t = 240_000)]
+    reconnect_dial_timeout_ms: u64,
 
     /// On SIGINT/SIGTERM, how long connections in flight may go on, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
@@ -93,7 +126,7 @@ enum LogFormat {
 
 impl Cli {
     fn config(&self) -> Config {
-        let mut config = Config::new(self.upstream.clone());
+        let mut config = Config::with_upstreams(self.upstreams.clone());
         config.max_connections = self.max_connections;
         config.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
         config.copy_buffer_bytes = self.copy_buffer_bytes;
@@ -101,6 +134,14 @@ impl Cli {
         config.keepalive_idle = Duration::from_millis(self.keepalive_idle_ms);
         config.keepalive_interval = Duration::from_millis(self.keepalive_interval_ms);
         config.keepalive_retries = self.keepalive_retries;
+        config.user_timeout = Duration::from_millis(self.user_timeout_ms);
+        config.stall = StallSettings {
+            enabled: !self.no_stall_detection,
+            min: Duration::from_millis(self.stall_min_ms),
+            max: Duration::from_millis(self.stall_max_ms),
+            factor: self.stall_factor,
+        };
+        config.reconnect_dial_timeout = Duration::from_millis(self.reconnect_dial_timeout_ms);
         config.shutdown_grace = Duration::from_millis(self.shutdown_grace_ms);
         config.handshake_timeout = Duration::from_millis(self.handshake_timeout_ms);
         config.max_login_packet_bytes = self.max_login_packet_bytes;
@@ -135,8 +176,7 @@ async fn serve(cli: Cli) -> Result<(), RelayError> {
     let listener = clone_relay::bind(cli.listen)?;
     let admin = cli.admin.map(clone_relay::bind).transpose()?;
     if !cli.no_upstream_probe {
-        let greeting = upstream::probe(relay.config()).await?;
-        info!(upstream = %relay.config().upstream, server_version = %greeting.server_version, "upstream answers");
+        probe_donors(relay.config()).await?;
     }
     let stop = CancellationToken::new();
     if let Some(admin) = admin {
@@ -147,7 +187,7 @@ async fn serve(cli: Cli) -> Result<(), RelayError> {
             stop.clone().cancelled_owned(),
         ));
     }
-    info!(listen = %cli.listen, upstream = %relay.config().upstream, "relay listening");
+    info!(listen = %cli.listen, upstreams = ?relay.config().upstreams, "relay listening");
     relay.serve(listener, shutdown_signal()).await?;
     stop.cancel();
     info!("relay stopped");
@@ -164,6 +204,34 @@ fn one_line(message: &str) -> String {
         .join(" ")
         .trim_start_matches("error: ")
         .to_string()
+}
+
+/// Checks every donor's greeting. One donor down among several is a warning; all down (or the
+/// only one) stops the relay.
+async fn probe_donors(config: &Config) -> Result<(), RelayError> {
+    if let [donor] = config.upstreams.as_slice() {
+        let greeting = upstream::probe(config, donor).await?;
+        info!(upstream = %donor, server_version = %greeting.server_version, "donor answers");
+        return Ok(());
+    }
+    let mut first_error = None;
+    let mut answered = 0;
+    for donor in &config.upstreams {
+        match upstream::probe(config, donor).await {
+            Ok(greeting) => {
+                answered += 1;
+                info!(upstream = %donor, server_version = %greeting.server_version, "donor answers");
+            }
+            Err(e) => {
+                warn!(upstream = %donor, error = %e, "donor does not answer");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) if answered == 0 => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn init_tracing(format: LogFormat) {

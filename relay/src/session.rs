@@ -6,7 +6,7 @@
 //! what it sees to the shared [`Registry`], which `/sessions` and `/metrics` read.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, info, warn};
 
+use crate::config::StallSettings;
 use crate::copy::Legs;
 use crate::metrics::Metrics;
 use crate::protocol::clone::{CloneId, CommandKind, Descriptor, Stage, innodb_clone_id};
@@ -116,6 +117,8 @@ pub struct ResumeRecord {
     pub at_ms: u64,
     /// From losing the main connection to the REINIT.
     pub outage_ms: u64,
+    /// From losing the main connection to the first data after the REINIT.
+    pub resumed_after_ms: Option<u64>,
     /// Data bytes the donor sent again after this resume (blocks already carried once).
     pub resent_bytes: u64,
 }
@@ -198,6 +201,8 @@ struct LiveConn {
     legs: Legs,
     abort: CancellationToken,
     session: Option<SessionId>,
+    peer_ip: IpAddr,
+    /// The donor this connection was dialed to (empty until dialed).
     upstream: String,
     last_command: Option<CommandKind>,
     data_stage: Stage,
@@ -247,7 +252,11 @@ struct Session {
     id: SessionId,
     clone: Option<CloneId>,
     upstream: String,
+    /// The recipient's address, for keeping its reconnects on this session's donor.
+    downstream_ip: Option<IpAddr>,
     state: SessionState,
+    /// When the main connection was lost before the current resume (until data flows again).
+    resume_lost_at: Option<Instant>,
     started: Instant,
     started_at_ms: u64,
     ended: Option<Instant>,
@@ -445,6 +454,7 @@ impl Registry {
                 legs,
                 abort: abort.clone(),
                 session: None,
+                peer_ip: peer.ip(),
                 upstream: upstream.to_string(),
                 last_command: None,
                 data_stage: Stage::Other,
@@ -457,7 +467,71 @@ impl Registry {
             violation: Mutex::new(None),
             past_login: std::sync::atomic::AtomicBool::new(false),
             abort,
+            flow: Mutex::new(DataFlow::default()),
         }
+    }
+
+    /// The donor a new connection from `ip` must go to: the donor of that recipient's live
+    /// connections or unfinished session, if any.
+    pub fn affinity(&self, ip: IpAddr) -> Option<String> {
+        let inner = self.lock();
+        inner
+            .conns
+            .values()
+            .find(|c| c.peer_ip == ip && !c.upstream.is_empty())
+            .map(|c| c.upstream.clone())
+            .or_else(|| {
+                inner
+                    .sessions
+                    .values()
+                    .find(|s| s.downstream_ip == Some(ip) && !s.state.ended())
+                    .map(|s| s.upstream.clone())
+            })
+    }
+
+    /// Donors with a clone under way or connections open.
+    pub fn busy_upstreams(&self) -> HashSet<String> {
+        let inner = self.lock();
+        inner
+            .sessions
+            .values()
+            .filter(|s| !s.state.ended())
+            .map(|s| s.upstream.clone())
+            .chain(inner.conns.values().map(|c| c.upstream.clone()))
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// Whether a clone from `ip` waits to be resumed (its reconnects are worth waiting for).
+    pub fn resuming_from(&self, ip: IpAddr) -> bool {
+        self.lock()
+            .sessions
+            .values()
+            .any(|s| s.downstream_ip == Some(ip) && s.state == SessionState::Resuming)
+    }
+
+    /// Resets every other live connection of `conn`'s clone session, so the recipient resumes
+    /// the whole clone at once. Returns how many were reset.
+    pub fn abort_session_of(&self, conn: ConnId) -> usize {
+        let inner = self.lock();
+        let Some(s) = inner
+            .conns
+            .get(&conn)
+            .and_then(|c| c.session)
+            .and_then(|id| inner.sessions.get(&id))
+        else {
+            return 0;
+        };
+        let others: Vec<&LiveConn> = s
+            .live
+            .iter()
+            .filter(|&&id| id != conn)
+            .filter_map(|id| inner.conns.get(id))
+            .collect();
+        for c in &others {
+            c.abort.cancel();
+        }
+        others.len()
     }
 
     /// Resets every live connection of a clone session on both legs, so that the recipient
@@ -564,7 +638,9 @@ impl Registry {
                 id,
                 clone: None,
                 upstream: upstream.to_string(),
+                downstream_ip: None,
                 state: SessionState::Initializing,
+                resume_lost_at: None,
                 started: now,
                 started_at_ms: unix_ms(),
                 ended: None,
@@ -631,8 +707,10 @@ impl Registry {
             if let Some(prev) = previous.and_then(|p| inner.sessions.get_mut(&p)) {
                 prev.live.retain(|&id| id != conn);
             }
+            let peer_ip = c.peer_ip;
             if let Some(s) = inner.sessions.get_mut(&session) {
                 s.live.push(conn);
+                s.downstream_ip.get_or_insert(peer_ip);
             }
         }
         if role == Role::Main
@@ -676,11 +754,14 @@ impl Registry {
                             let Some(s) = inner.sessions.get_mut(&id) else {
                                 continue;
                             };
-                            let outage = s.lost_at.take().map(|t| now.duration_since(t));
+                            let lost_at = s.lost_at.take();
+                            let outage = lost_at.map(|t| now.duration_since(t));
+                            s.resume_lost_at = Some(lost_at.unwrap_or(now));
                             let at_ms = s.since_start(now);
                             s.resumes.push(ResumeRecord {
                                 at_ms,
                                 outage_ms: outage.map_or(0, |d| d.as_millis() as u64),
+                                resumed_after_ms: None,
                                 resent_bytes: 0,
                             });
                             self.metrics.resumes.fetch_add(1, Ordering::Relaxed);
@@ -777,6 +858,11 @@ impl Registry {
                         if s.state == SessionState::Resuming {
                             s.set_state(SessionState::Transferring, now);
                         }
+                        if let Some(lost) = s.resume_lost_at.take()
+                            && let Some(r) = s.resumes.last_mut()
+                        {
+                            r.resumed_after_ms = Some(now.duration_since(lost).as_millis() as u64);
+                        }
                     }
                 }
                 Event::CloneComplete => {
@@ -849,6 +935,16 @@ pub struct ConnHandle {
     violation: Mutex<Option<Violation>>,
     past_login: std::sync::atomic::AtomicBool,
     abort: CancellationToken,
+    flow: Mutex<DataFlow>,
+}
+
+/// Whether the donor owes this connection data, and how the data has been arriving.
+#[derive(Debug, Default)]
+struct DataFlow {
+    /// Between the connection's EXECUTE and its COMPLETE or ERROR.
+    owed: bool,
+    last_byte: Option<Instant>,
+    longest_gap: Duration,
 }
 
 impl ConnHandle {
@@ -868,6 +964,7 @@ impl ConnHandle {
         if past_login {
             self.past_login.store(true, Ordering::Relaxed);
         }
+        self.track_flow(dir, bytes.len(), &events);
         if !events.is_empty() {
             self.registry.apply(self.id, events, phase);
         }
@@ -875,6 +972,59 @@ impl ConnHandle {
             *self.violation.lock().expect("violation lock") = Some(v.clone());
         }
         result
+    }
+
+    fn track_flow(&self, dir: Direction, len: usize, events: &[Event]) {
+        let now = Instant::now();
+        let mut flow = self
+            .flow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if dir == Direction::Downstream && len > 0 {
+            if flow.owed
+                && let Some(last) = flow.last_byte
+            {
+                flow.longest_gap = flow.longest_gap.max(now.duration_since(last));
+            }
+            flow.last_byte = Some(now);
+        }
+        for e in events {
+            match e {
+                Event::CloneCommand(cmd) if cmd.kind == CommandKind::Execute => {
+                    flow.owed = true;
+                    flow.last_byte = Some(now);
+                }
+                Event::CloneComplete | Event::CloneError { .. } => flow.owed = false,
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether the donor owes this connection data (it is a main or worker in a transfer).
+    pub fn owed_data(&self) -> bool {
+        self.flow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .owed
+    }
+
+    /// How long the donor has been silent on a connection it owes data, if that is longer than
+    /// the stall threshold: `factor` times the longest gap seen so far, within `[min, max]`.
+    pub fn stalled(&self, settings: &StallSettings) -> Option<Duration> {
+        let flow = self
+            .flow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let silence = flow.last_byte?.elapsed();
+        let threshold = (flow.longest_gap * settings.factor).clamp(settings.min, settings.max);
+        (flow.owed && silence > threshold).then_some(silence)
+    }
+
+    /// Records the donor this connection was dialed to.
+    pub fn set_upstream(&self, upstream: &str) {
+        if let Some(c) = self.registry.lock().conns.get_mut(&self.id) {
+            c.upstream = upstream.to_string();
+        }
     }
 
     /// Whether the connection got past login (auth done, or TLS the relay cannot look into).

@@ -12,7 +12,7 @@ use crate::config::Config;
 const LISTEN_BACKLOG: i32 = 1024;
 
 /// TCP_NODELAY (clone ACKs and commands are small and latency-bound), the configured buffer
-/// sizes, and keepalive so that a silently dead peer is eventually noticed.
+/// sizes, keepalive and TCP_USER_TIMEOUT so that a silently dead peer is noticed.
 pub fn tune(stream: &TcpStream, config: &Config) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let sock = SockRef::from(stream);
@@ -24,7 +24,8 @@ pub fn tune(stream: &TcpStream, config: &Config) -> io::Result<()> {
         .with_time(config.keepalive_idle)
         .with_interval(config.keepalive_interval)
         .with_retries(config.keepalive_retries);
-    sock.set_tcp_keepalive(&keepalive)
+    sock.set_tcp_keepalive(&keepalive)?;
+    sock.set_tcp_user_timeout(Some(config.user_timeout))
 }
 
 /// A listener with SO_REUSEADDR (a restarted relay can rebind at once) and a deep backlog.
@@ -56,6 +57,7 @@ mod tests {
         // Linux doubles the requested size for bookkeeping.
         assert!(sock.recv_buffer_size().unwrap() >= 1 << 20);
         assert_eq!(sock.tcp_keepalive_time().unwrap(), config.keepalive_idle);
+        assert_eq!(sock.tcp_user_timeout().unwrap(), Some(config.user_timeout));
     }
 
     #[tokio::test]

@@ -1,7 +1,11 @@
-//! Dialing the donor, and the start-up probe that checks it is a MySQL server.
+//! Dialing donors: once, or with retries and backoff for a reconnect of a clone that is
+//! resuming; and the start-up probe that checks a donor is a MySQL server.
+
+use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
+use tracing::debug;
 
 use crate::config::Config;
 use crate::error::RelayError;
@@ -11,18 +15,20 @@ use crate::socket;
 
 /// A greeting is a few hundred bytes; anything larger is not one.
 const MAX_GREETING_BYTES: usize = 16 * 1024;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Connects to the configured donor within the connect timeout, tuned like every relay socket.
-pub async fn dial(config: &Config) -> Result<TcpStream, RelayError> {
-    let addr = &config.upstream;
+/// Connects to the donor `addr` within the connect timeout, tuned like every relay socket.
+pub async fn dial(config: &Config, addr: &str) -> Result<TcpStream, RelayError> {
     let connect = async {
         let mut last = None;
-        let targets = tokio::net::lookup_host(addr.as_str())
-            .await
-            .map_err(|source| RelayError::UpstreamResolve {
-                addr: addr.clone(),
-                source,
-            })?;
+        let targets =
+            tokio::net::lookup_host(addr)
+                .await
+                .map_err(|source| RelayError::UpstreamResolve {
+                    addr: addr.to_string(),
+                    source,
+                })?;
         for target in targets {
             match TcpStream::connect(target).await {
                 Ok(stream) => return Ok(stream),
@@ -30,48 +36,97 @@ pub async fn dial(config: &Config) -> Result<TcpStream, RelayError> {
             }
         }
         Err(RelayError::UpstreamConnect {
-            addr: addr.clone(),
+            addr: addr.to_string(),
             source: last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()),
         })
     };
     let stream = timeout(config.connect_timeout, connect)
         .await
         .map_err(|_| RelayError::UpstreamTimeout {
-            addr: addr.clone(),
+            addr: addr.to_string(),
             timeout: config.connect_timeout,
         })??;
     socket::tune(&stream, config).map_err(RelayError::Upstream)?;
     Ok(stream)
 }
 
-/// Dials the donor and reads its greeting, so that a relay pointed at the wrong place says so at
+/// Dials `addr` again and again (backoff doubling to 2 s, with jitter) until it answers or
+/// `deadline` passes; the last error is returned then.
+pub async fn dial_until(
+    config: &Config,
+    addr: &str,
+    deadline: Instant,
+) -> Result<TcpStream, RelayError> {
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt: u64 = 0;
+    loop {
+        match dial(config, addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if Instant::now() + backoff >= deadline => return Err(e),
+            Err(e) => {
+                attempt += 1;
+                debug!(upstream = addr, attempt, error = %e, "donor not reachable yet; retrying");
+                // Up to a quarter of jitter, so reconnects of several clones spread out.
+                let jitter = backoff.mul_f64(0.25 * ((attempt * 7919 % 100) as f64 / 100.0));
+                tokio::time::sleep(backoff + jitter).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Dials `addr` and reads its greeting, so that a relay pointed at the wrong place says so at
 /// start. The connection is then dropped; the donor counts it as an aborted connect.
-pub async fn probe(config: &Config) -> Result<Greeting, RelayError> {
-    let addr = &config.upstream;
-    let mut stream = dial(config).await?;
+pub async fn probe(config: &Config, addr: &str) -> Result<Greeting, RelayError> {
+    let mut stream = dial(config, addr).await?;
     let (_, payload) = timeout(
         config.connect_timeout,
         read_packet(&mut stream, MAX_GREETING_BYTES),
     )
     .await
     .map_err(|_| RelayError::UpstreamTimeout {
-        addr: addr.clone(),
+        addr: addr.to_string(),
         timeout: config.connect_timeout,
     })?
     .map_err(|e| RelayError::UpstreamNotMysql {
-        addr: addr.clone(),
+        addr: addr.to_string(),
         reason: format!("no greeting: {e}"),
     })?;
     match parse_server_hello(&payload) {
         Ok(ServerHello::Greeting(greeting)) => Ok(greeting),
         Ok(ServerHello::Error { code, message }) => Err(RelayError::UpstreamRefused {
-            addr: addr.clone(),
+            addr: addr.to_string(),
             code,
             message,
         }),
         Err(reason) => Err(RelayError::UpstreamNotMysql {
-            addr: addr.clone(),
+            addr: addr.to_string(),
             reason,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dial_until_waits_for_a_donor_that_comes_back() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let config = Config::new(addr.to_string());
+        let comes_back = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::net::TcpListener::bind(addr).await.unwrap()
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let stream = dial_until(&config, &addr.to_string(), deadline).await;
+        assert!(stream.is_ok(), "{stream:?}");
+        drop(comes_back.await.unwrap());
+
+        let gone = Instant::now() + Duration::from_millis(300);
+        assert!(dial_until(&config, "127.0.0.1:1", gone).await.is_err());
     }
 }
