@@ -240,18 +240,21 @@ impl Scheduled {
                 what: "applies".into(),
             });
         }
+        // The trigger names a moment; the fault lasts from there. A connection opened later
+        // meets the rest of that window (a schedule is one outage for everyone), not a window
+        // of its own.
         let duration = spec.duration_ms.map(Duration::from_millis);
-        let mut from = setup.conn_start;
+        let mut start = setup.conn_start;
         if let Some(at) = spec.trigger.at_ms {
-            from = from.max(setup.proxy_start + Duration::from_millis(at));
+            start = setup.proxy_start + Duration::from_millis(at);
         }
         if let Some(after) = spec.trigger.after_ms {
-            from = from.max(setup.conn_start + Duration::from_millis(after));
+            start = start.max(setup.conn_start + Duration::from_millis(after));
         }
         let armed_at = spec.trigger.after_bytes;
         let window = armed_at.is_none().then(|| Window {
-            from,
-            until: duration.map(|d| from + d),
+            from: start.max(setup.conn_start),
+            until: duration.map(|d| start + d),
         });
         Scheduled {
             id,

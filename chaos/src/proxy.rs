@@ -113,6 +113,11 @@ impl Control {
         self.shared.log.entries()
     }
 
+    /// Milliseconds since the proxy started: the clock of `trigger.at_ms`.
+    pub fn now_ms(&self) -> u64 {
+        self.shared.started.elapsed().as_millis() as u64
+    }
+
     /// Connections accepted, and how many a fault reset or closed.
     pub fn counts(&self) -> (u64, u64, u64) {
         (

@@ -307,3 +307,27 @@ async fn cancelling_a_held_link_closes_both_ends() {
     assert_eq!(server.read(&mut buf).await.unwrap_or(0), 0);
     assert_eq!(client.read(&mut buf).await.unwrap_or(0), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_scheduled_outage_is_one_window_for_every_connection() {
+    // The proxy started 500 ms ago with a blackhole from 0 to 800 ms: a connection opened now
+    // is held for the remaining 300 ms, not for a window of its own.
+    let (mut client, client_side) = duplex(1024);
+    let (server_side, mut server) = duplex(1024);
+    let mut ctx = context(
+        vec![
+            FaultSpec::new(FaultKind::Blackhole {})
+                .at_ms(0)
+                .lasting_ms(800)
+                .direction(Direction::Upstream),
+        ],
+        Arc::default(),
+    );
+    ctx.proxy_start -= 500 * MS;
+    let start = Instant::now();
+    tokio::spawn(link::run(client_side, server_side, ctx, |_| {}));
+    client.write_all(b"held").await.unwrap();
+    let mut buf = [0u8; 4];
+    server.read_exact(&mut buf).await.unwrap();
+    assert!(near(start.elapsed(), 300 * MS, MS), "{:?}", start.elapsed());
+}

@@ -45,6 +45,13 @@ pub async fn clone_instance(
     donor: SocketAddr,
     timeout: Duration,
 ) -> Result<CloneOutcome> {
+    // A recipient may clone more than once: the clone to follow is the one after this row.
+    let previous = recipient
+        .sql("SELECT CONCAT(ID, '@', BEGIN_TIME) FROM performance_schema.clone_status")
+        .await
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
     let started = Instant::now();
     let statement = format!(
         "CLONE INSTANCE FROM '{DONOR_USER}'@'{}':{} IDENTIFIED BY '{DONOR_PASSWORD}' REQUIRE NO SSL",
@@ -65,10 +72,14 @@ pub async fn clone_instance(
             );
         }
         if let Ok(rows) = recipient
-            .rows("SELECT STATE, ERROR_NO, ERROR_MESSAGE, SOURCE FROM performance_schema.clone_status")
+            .rows(
+                "SELECT CONCAT(ID, '@', BEGIN_TIME), STATE, ERROR_NO, ERROR_MESSAGE, SOURCE \
+                 FROM performance_schema.clone_status",
+            )
             .await
-            && let Some([state, error_no, error_message, source]) =
+            && let Some([id, state, error_no, error_message, source]) =
                 rows.first().map(Vec::as_slice)
+            && previous.as_deref() != Some(id.as_str())
             && (state == "Completed" || state == "Failed")
         {
             let (data_bytes, network_bytes, file_copy_bytes) = progress(recipient).await?;

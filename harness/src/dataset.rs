@@ -96,6 +96,18 @@ impl Dataset {
             .with_context(|| format!("size of the data set: {bytes:?}"))
     }
 
+    /// Tables that differ between `donor` and `recipient` (empty when the clone is faithful).
+    pub async fn compare(
+        &self,
+        donor: &MysqlServer,
+        recipient: &MysqlServer,
+    ) -> Result<Vec<String>> {
+        Ok(mismatches(
+            &self.checksums(donor).await?,
+            &self.checksums(recipient).await?,
+        ))
+    }
+
     /// CHECKSUM TABLE of every table of the data set on `server`.
     pub async fn checksums(&self, server: &MysqlServer) -> Result<Checksums> {
         let rows = server

@@ -32,6 +32,14 @@ impl RelayFixture {
         config
     }
 
+    /// The settings for a relay in front of several donors.
+    pub fn config_for(upstreams: &[SocketAddr]) -> Config {
+        let mut config =
+            Config::with_upstreams(upstreams.iter().map(ToString::to_string).collect());
+        config.shutdown_grace = Duration::from_secs(1);
+        config
+    }
+
     /// A relay with the given settings, listening on free loopback ports.
     pub fn start_with(config: Config) -> Result<Self> {
         let relay = Relay::new(config)?;
@@ -100,6 +108,18 @@ impl RelayFixture {
             bail!("/metrics answered {status}: {body}");
         }
         Ok(body)
+    }
+
+    /// Waits until the relay's latest session has carried `bytes` of clone data; returns its id.
+    pub async fn session_past(&self, bytes: u64) -> u64 {
+        loop {
+            if let Some(s) = self.sessions().sessions.last()
+                && s.data_bytes >= bytes
+            {
+                return s.id;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The sessions as the registry holds them.

@@ -49,18 +49,6 @@ async fn assert_same_data(
     Ok(())
 }
 
-/// Waits until the relay's only session has carried `bytes` of data; returns its id.
-async fn session_past(relay: &RelayFixture, bytes: u64) -> u64 {
-    loop {
-        if let Some(s) = relay.sessions().sessions.first()
-            && s.data_bytes >= bytes
-        {
-            return s.id;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn within_one_percent(a: u64, b: u64) -> bool {
     a.abs_diff(b) * 100 <= b
 }
@@ -144,7 +132,7 @@ async fn a_reset_mid_transfer_resumes_the_same_session() -> anyhow::Result<()> {
 
     let clone = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT);
     let cut = async {
-        let id = session_past(&relay, 30 * MIB).await;
+        let id = relay.session_past(30 * MIB).await;
         relay.relay().registry().abort_session(id)
     };
     let (outcome, reset) = tokio::join!(clone, cut);
@@ -193,7 +181,7 @@ async fn hostile_connections_do_not_disturb_a_clone() -> anyhow::Result<()> {
 
     let clone = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT);
     let attack = async {
-        session_past(&relay, 10 * MIB).await;
+        relay.session_past(10 * MIB).await;
         tokio::try_join!(
             // A login request without protocol 4.1.
             hostile(relay.addr(), b"\x20\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"),

@@ -27,6 +27,10 @@ pub type SessionId = u64;
 /// Samples of the data rate older than this are dropped.
 const RATE_WINDOW: Duration = Duration::from_secs(5);
 const RATE_SAMPLE_EVERY: Duration = Duration::from_millis(250);
+/// The donor setting that bounds a resume.
+const DONOR_PATIENCE_SETTING: &str = "clone_donor_timeout_after_network_failure";
+/// Time past the donor's patience before a resuming session is declared failed.
+const DONOR_PATIENCE_MARGIN: Duration = Duration::from_secs(15);
 /// Connections closed for a protocol breach or a timeout kept for `/sessions`.
 const KEEP_REJECTED: usize = 32;
 
@@ -169,6 +173,8 @@ pub struct SessionView {
     pub rate_bytes_per_sec: f64,
     pub resume_count: usize,
     pub resumes: Vec<ResumeRecord>,
+    /// How long the donor waits for a resume (its `clone_donor_timeout_after_network_failure`).
+    pub donor_resume_timeout_secs: Option<u64>,
     pub progress: Option<Progress>,
     pub error: Option<CloneErrorView>,
     pub history: Vec<Change<SessionState>>,
@@ -257,6 +263,8 @@ struct Session {
     state: SessionState,
     /// When the main connection was lost before the current resume (until data flows again).
     resume_lost_at: Option<Instant>,
+    /// The donor's `clone_donor_timeout_after_network_failure`: how long it waits for a resume.
+    donor_patience: Option<Duration>,
     started: Instant,
     started_at_ms: u64,
     ended: Option<Instant>,
@@ -370,6 +378,7 @@ impl Session {
             rate_bytes_per_sec: rate,
             resume_count: self.resumes.len(),
             resumes: self.resumes.clone(),
+            donor_resume_timeout_secs: self.donor_patience.map(|d| d.as_secs()),
             progress,
             error: self.error.clone(),
             history: self.history.clone(),
@@ -600,16 +609,17 @@ impl Registry {
     /// Fails sessions whose recipient never resumed, and forgets the oldest ended sessions.
     fn expire(&self, inner: &mut Inner, now: Instant) {
         for s in inner.sessions.values_mut() {
+            // The donor drops the clone when its own patience runs out; past that (and a
+            // margin for the recipient's last try) no resume can succeed.
+            let limit = s.donor_patience.map_or(self.settings.resume_timeout, |p| {
+                self.settings.resume_timeout.min(p + DONOR_PATIENCE_MARGIN)
+            });
             if s.state == SessionState::Resuming
-                && s.lost_at
-                    .is_some_and(|t| now.duration_since(t) > self.settings.resume_timeout)
+                && s.lost_at.is_some_and(|t| now.duration_since(t) > limit)
             {
                 s.error = Some(CloneErrorView {
                     errno: 0,
-                    message: format!(
-                        "the recipient did not resume within {} s",
-                        self.settings.resume_timeout.as_secs()
-                    ),
+                    message: format!("the recipient did not resume within {} s", limit.as_secs()),
                 });
                 s.set_state(SessionState::Failed, now);
             }
@@ -641,6 +651,7 @@ impl Registry {
                 downstream_ip: None,
                 state: SessionState::Initializing,
                 resume_lost_at: None,
+                donor_patience: None,
                 started: now,
                 started_at_ms: unix_ms(),
                 ended: None,
@@ -882,6 +893,14 @@ impl Registry {
                         if is_main {
                             s.set_state(SessionState::Failed, now);
                         }
+                    }
+                }
+                Event::DonorConfig { name, value } => {
+                    if name == DONOR_PATIENCE_SETTING
+                        && let Ok(minutes) = value.trim().parse::<u64>()
+                        && let Some(s) = c.session.and_then(|id| inner.sessions.get_mut(&id))
+                    {
+                        s.donor_patience = Some(Duration::from_secs(minutes * 60));
                     }
                 }
                 Event::TlsStarted

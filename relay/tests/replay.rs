@@ -145,6 +145,7 @@ fn reset_mid_transfer_is_one_session_resumed_once() {
     assert_eq!(session.resume_count, 1);
     assert_eq!(session.state, SessionState::Completed);
     assert_eq!(session.data_bytes, data_bytes(&rows));
+    assert_eq!(session.donor_resume_timeout_secs, Some(5 * 60));
     let clone = session.clone.expect("clone id");
     assert_eq!((clone.clone_id, clone.snapshot_id), (0x1b, 0x1c));
     let states: Vec<SessionState> = session.history.iter().map(|c| c.to).collect();

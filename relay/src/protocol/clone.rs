@@ -237,6 +237,18 @@ pub fn parse_data_desc(head: &[u8]) -> Option<Descriptor> {
     })
 }
 
+/// Parses a CONFIG response (`[code][u32 len][name][u32 len][value]`): one donor setting.
+pub fn parse_config(head: &[u8]) -> Option<(String, String)> {
+    let text = |at: usize| -> Option<(String, usize)> {
+        let len = u32::from_le_bytes(head.get(at..at + 4)?.try_into().ok()?) as usize;
+        let bytes = head.get(at + 4..at + 4 + len)?;
+        Some((String::from_utf8_lossy(bytes).into_owned(), at + 4 + len))
+    };
+    let (name, next) = text(1)?;
+    let (value, _) = text(next)?;
+    Some((name, value))
+}
+
 /// Parses an ERROR response: `[100][i32 errno][message]`.
 pub fn parse_error(head: &[u8]) -> Option<(i32, String)> {
     let errno = i32::from_le_bytes(head.get(1..5)?.try_into().ok()?);
@@ -314,6 +326,22 @@ mod tests {
                 bytes: 1 << 20
             })
         );
+    }
+
+    #[test]
+    fn reads_a_donor_setting() {
+        // From shared/testdata: the donor's resume patience, in minutes.
+        let head = unhex(
+            "0829000000636c6f6e655f646f6e6f725f74696d656f75745f61667465725f6e6574776f726b5f6661696c7572650100000035",
+        );
+        assert_eq!(
+            parse_config(&head),
+            Some((
+                "clone_donor_timeout_after_network_failure".into(),
+                "5".into()
+            ))
+        );
+        assert_eq!(parse_config(&head[..20]), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use super::clone::{
     COM_CLONE, Command, CommandKind, Descriptor, Locator, ResponseKind, parse_command,
-    parse_data_desc, parse_error, parse_locators_response,
+    parse_config, parse_data_desc, parse_error, parse_locators_response,
 };
 use super::compressed::Decompressor;
 use super::handshake::{
@@ -83,6 +83,11 @@ pub enum Event {
     CloneError {
         errno: i32,
         message: String,
+    },
+    /// A donor setting sent with the clone's configuration.
+    DonorConfig {
+        name: String,
+        value: String,
     },
 }
 
@@ -547,6 +552,12 @@ impl Conversation {
                         on_event(Event::CloneData {
                             bytes: h.payload_len.saturating_sub(1) as u64,
                         });
+                        Ok(())
+                    }
+                    Some(ResponseKind::Config | ResponseKind::ConfigV3) => {
+                        if let Some((name, value)) = parse_config(head) {
+                            on_event(Event::DonorConfig { name, value });
+                        }
                         Ok(())
                     }
                     Some(ResponseKind::Complete) => {
