@@ -92,12 +92,21 @@ async fn finish(
     recipient: &MysqlServer,
 ) -> anyhow::Result<Run> {
     let took = started.elapsed();
-    let session = relay
-        .sessions()
-        .sessions
-        .last()
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no session"))?;
+    // The relay's verdict: a clone the recipient gave up on is failed by the relay once the
+    // donor's patience (learnt from the wire) and a margin are over, never left hanging.
+    let deadline = Instant::now() + Duration::from_secs(100);
+    let session = loop {
+        let session = relay
+            .sessions()
+            .sessions
+            .last()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no session"))?;
+        if session.state.ended() || outcome.completed() || Instant::now() > deadline {
+            break session;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let mismatched = if outcome.completed() {
         dataset.compare(donor, recipient).await?
     } else {
@@ -132,10 +141,11 @@ async fn a_clone_survives_ten_resets() -> anyhow::Result<()> {
     let started = Instant::now();
     let clone = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT);
     let resets = async {
-        relay.session_past(4 * MIB).await;
         let control = chaos.control();
+        let mut next = 3 * MIB;
         for _ in 0..10 {
-            // Reset whatever is open now; reconnects get a moment's grace.
+            // Each reset lands once the clone has resumed and carried 3 MiB more.
+            relay.session_past(next).await;
             let id = control.add(
                 FaultSpec::new(FaultKind::Reset {})
                     .at_ms(control.now_ms())
@@ -143,7 +153,7 @@ async fn a_clone_survives_ten_resets() -> anyhow::Result<()> {
             )?;
             tokio::time::sleep(Duration::from_millis(100)).await;
             control.remove(id)?;
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            next = relay.sessions().sessions.last().map_or(0, |s| s.data_bytes) + 3 * MIB;
         }
         anyhow::Ok(())
     };
@@ -327,6 +337,7 @@ async fn a_blackhole_past_the_donors_patience_fails_clearly() -> anyhow::Result<
         run.outcome
     );
     assert_ne!(run.outcome.error_no, 0, "seed {seed}: {:?}", run.outcome);
+    assert_eq!(run.session.donor_resume_timeout_secs, Some(60));
     assert_eq!(
         run.session.state.as_str(),
         "failed",
