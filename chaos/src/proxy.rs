@@ -186,6 +186,13 @@ impl ChaosProxy {
     pub fn control(&self) -> &Control {
         &self.control
     }
+
+    /// Stops accepting and waits until the listening socket is closed (so its address can be
+    /// bound again at once). Live connections run on.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
 }
 
 impl Drop for ChaosProxy {
