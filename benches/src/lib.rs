@@ -8,8 +8,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use clone_relay::protocol::PacketHeader;
 use clone_relay::protocol::decoder::Direction;
+use clone_relay::protocol::frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -19,17 +19,6 @@ const DATA_DESC: [u8; 55] = [
     1, 0, 0, 0, 3, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 ];
 
-fn packet(out: &mut Vec<u8>, seq: u8, payload: &[u8]) {
-    out.extend_from_slice(
-        &PacketHeader {
-            payload_len: payload.len(),
-            seq,
-        }
-        .encode(),
-    );
-    out.extend_from_slice(payload);
-}
-
 /// `blocks` clone DATA responses of `block_bytes`, each behind its DATA descriptor, as the
 /// donor sends them.
 pub fn clone_stream(blocks: usize, block_bytes: usize) -> Vec<u8> {
@@ -37,8 +26,8 @@ pub fn clone_stream(blocks: usize, block_bytes: usize) -> Vec<u8> {
     let mut data = vec![3u8];
     data.extend((0..block_bytes).map(|j| j as u8));
     for _ in 0..blocks {
-        packet(&mut out, 0, &DATA_DESC);
-        packet(&mut out, 0, &data);
+        out.extend(frame(0, &DATA_DESC));
+        out.extend(frame(0, &data));
     }
     out
 }
@@ -61,9 +50,7 @@ pub fn clone_preamble() -> Vec<(Direction, Vec<u8>)> {
         (Direction::Upstream, 0, vec![0x20]),
         (Direction::Downstream, 1, vec![0, 0, 0, 2, 0, 0, 0]),
     ] {
-        let mut bytes = Vec::new();
-        packet(&mut bytes, seq, &payload);
-        parts.push((dir, bytes));
+        parts.push((dir, frame(seq, &payload)));
     }
     parts
 }

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chaos::{ChaosProxy, Direction, FaultKind, FaultSpec, FlapMode};
-use clone_relay::config::StallSettings;
 use harness::clone::clone_instance;
 use harness::dataset::Dataset;
 use harness::image::mysql_image;
@@ -71,13 +70,7 @@ async fn seeded_chaos_matrix() -> anyhow::Result<()> {
     // same address, so the relay's upstream stays put.
     let chaos_addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut config = RelayFixture::config_for(&[chaos_addr]);
-    config.stall = StallSettings {
-        enabled: true,
-        min: Duration::from_secs(2),
-        max: Duration::from_secs(10),
-        factor: 4,
-    };
-    config.reconnect_dial_timeout = Duration::from_secs(60);
+    RelayFixture::fast_failover(&mut config);
     let relay = RelayFixture::start_with(config)?;
     let mut options = ServerOptions::recipient(2, &[relay.addr()]);
     options.extra_args = vec![

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use chaos::{ChaosProxy, Direction, FaultKind, FaultSpec};
 use clone_relay::Config;
-use clone_relay::config::StallSettings;
 use harness::clone::{CloneOutcome, clone_instance};
 use harness::dataset::Dataset;
 use harness::image::{ImageRef, mysql_image};
@@ -43,13 +42,8 @@ fn capped(rate_mib: u64) -> FaultSpec {
 /// Relay settings for these tests: quick stall detection, and a bounded reconnect wait.
 fn relay_config(upstreams: &[SocketAddr], detect: bool) -> Config {
     let mut config = RelayFixture::config_for(upstreams);
-    config.stall = StallSettings {
-        enabled: detect,
-        min: Duration::from_secs(2),
-        max: Duration::from_secs(10),
-        factor: 4,
-    };
-    config.reconnect_dial_timeout = Duration::from_secs(60);
+    RelayFixture::fast_failover(&mut config);
+    config.stall.enabled = detect;
     config
 }
 

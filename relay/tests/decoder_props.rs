@@ -1,35 +1,18 @@
 //! Properties of the decoder: the events of a conversation do not depend on how its bytes are
 //! split into reads, and no input at all makes it panic.
 
-use clone_relay::protocol::PacketHeader;
+mod common;
+use common::{GREETING, packet, unhex};
+
 use clone_relay::protocol::decoder::{Decoder, Direction, Event, Limits};
 use proptest::prelude::*;
 
-const GREETING: &str = "0a392e372e342d320064000000431e324a347e494700ffffff0200ffdf15000000000000000000006d2234376a3a68386b2375410063616368696e67";
 const ATTACH: &str = "02030100002c0100800c2200000000000064000000220000000100000000000000210000000000000022000000000100";
 const LOCS: &str =
     "01030100000c2200000000000064000000220000000100000000000000210000000000000022000000000200";
 const STATE: &str = "020c00000000640000002e0000000300000002000000000000000a00000007000000001281fb000000000018c21b000001";
 const DATA_DESC: &str =
     "020c0000000064000000340000000500000002000000020000000500000001000000030010000000";
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
-    let mut p = PacketHeader {
-        payload_len: payload.len(),
-        seq,
-    }
-    .encode()
-    .to_vec();
-    p.extend_from_slice(payload);
-    p
-}
 
 /// A worker's whole conversation, as (direction, bytes) in the order they are sent.
 fn conversation(data_len: usize) -> Vec<(Direction, Vec<u8>)> {

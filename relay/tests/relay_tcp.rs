@@ -2,38 +2,19 @@
 //! many connections at once, a refusal the client can read when the donor is down, and a clean
 //! shutdown.
 
+mod common;
+use common::{GREETING, packet, unhex};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clone_relay::Config;
-use clone_relay::protocol::PacketHeader;
 use clone_relay::protocol::handshake::{ServerHello, parse_server_hello};
 use clone_relay::protocol::packet::read_packet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// The greeting of a MySQL 9.7.4 server (from shared/testdata).
-const GREETING: &str = "0a392e372e342d320064000000431e324a347e494700ffffff0200ffdf15000000000000000000006d2234376a3a68386b2375410063616368696e67";
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
-    let mut p = PacketHeader {
-        payload_len: payload.len(),
-        seq,
-    }
-    .encode()
-    .to_vec();
-    p.extend_from_slice(payload);
-    p
-}
 
 /// A fake MySQL server: greeting, login, OK; then it answers every packet with the same packet,
 /// payload XOR 0x5a (so a relay that echoed on its own would be caught).

@@ -2,6 +2,9 @@
 //! decoder reads every packet, and the session registry puts all connections of a capture in
 //! one clone session with the right roles and one resume.
 
+mod common;
+use common::unhex;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,13 +39,6 @@ fn capture(name: &str) -> Option<Vec<Value>> {
             None
         }
     }
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 fn direction(row: &Value) -> Direction {

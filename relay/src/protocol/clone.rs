@@ -266,13 +266,7 @@ fn be_u64(b: &[u8], at: usize) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::protocol::unhex;
 
     // Payloads from shared/testdata/clone-9.7.4-workers-reset.jsonl.
     const ATTACH: &str = "02030100002c0100800c2200000000000064000000220000000100000000000000210000000000000022000000000100";

@@ -1,7 +1,5 @@
 //! The server greeting (Protocol::HandshakeV10) and ERR packets.
 
-use super::packet::PacketHeader;
-
 /// First payload byte of a HandshakeV10 greeting.
 pub const PROTOCOL_V10: u8 = 10;
 /// First payload byte of an ERR packet.
@@ -123,29 +121,16 @@ pub fn err_packet(seq: u8, code: u16, sql_state: &[u8; 5], message: &str) -> Vec
     payload.push(b'#');
     payload.extend_from_slice(sql_state);
     payload.extend_from_slice(message.as_bytes());
-    let mut packet = PacketHeader {
-        payload_len: payload.len(),
-        seq,
-    }
-    .encode()
-    .to_vec();
-    packet.extend(payload);
-    packet
+    super::packet::frame(seq, &payload)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::unhex;
 
     /// The greeting of a MySQL 9.7.4 donor, from `shared/testdata` (connection id 100).
     const GREETING_9_7_4: &str = "0a392e372e342d320064000000431e324a347e494700ffffff0200ffdf15000000000000000000006d2234376a3a68386b2375410063616368696e67";
-
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
 
     #[test]
     fn reads_a_real_greeting() {
@@ -177,7 +162,7 @@ mod tests {
     #[test]
     fn err_packet_round_trips() {
         let packet = err_packet(0, 1040, b"08004", "Too many connections");
-        let header = PacketHeader::parse(&packet).unwrap();
+        let header = crate::protocol::PacketHeader::parse(&packet).unwrap();
         assert_eq!(header.payload_len, packet.len() - 4);
         assert_eq!(
             parse_server_hello(&packet[4..]).unwrap(),

@@ -14,4 +14,13 @@ pub mod decoder;
 pub mod handshake;
 pub mod packet;
 
-pub use packet::{HEADER_LEN, MAX_PAYLOAD_LEN, PacketHeader, PacketScanner};
+pub use packet::{HEADER_LEN, MAX_PAYLOAD_LEN, PacketHeader, PacketScanner, frame};
+
+/// Bytes from hex, for tests over captured payloads.
+#[cfg(test)]
+pub(crate) fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}

@@ -158,6 +158,18 @@ impl PacketScanner {
     }
 }
 
+/// One physical packet: header and payload (at most [`MAX_PAYLOAD_LEN`] bytes).
+pub fn frame(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let mut packet = PacketHeader {
+        payload_len: payload.len(),
+        seq,
+    }
+    .encode()
+    .to_vec();
+    packet.extend_from_slice(payload);
+    packet
+}
+
 /// Reads one physical packet, refusing payloads longer than `max_payload`.
 pub async fn read_packet<R: AsyncRead + Unpin>(
     reader: &mut R,
@@ -184,17 +196,6 @@ pub async fn read_packet<R: AsyncRead + Unpin>(
 mod tests {
     use super::*;
 
-    fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
-        let mut v = PacketHeader {
-            payload_len: payload.len(),
-            seq,
-        }
-        .encode()
-        .to_vec();
-        v.extend_from_slice(payload);
-        v
-    }
-
     #[test]
     fn header_round_trips() {
         for len in [0, 1, 250, 65_536, MAX_PAYLOAD_LEN] {
@@ -216,10 +217,10 @@ mod tests {
 
     #[test]
     fn scanner_finds_every_packet_at_every_split() {
-        let mut stream = packet(0, b"\x20");
-        stream.extend(packet(1, &[0x03; 300]));
-        stream.extend(packet(2, b""));
-        stream.extend(packet(0, b"\x06"));
+        let mut stream = frame(0, b"\x20");
+        stream.extend(frame(1, &[0x03; 300]));
+        stream.extend(frame(2, b""));
+        stream.extend(frame(0, b"\x06"));
         for split in 0..=stream.len() {
             let mut scanner = PacketScanner::new(8);
             let mut seen = Vec::new();
@@ -244,8 +245,8 @@ mod tests {
 
     #[test]
     fn scanner_stops_at_the_first_error() {
-        let mut stream = packet(0, b"a");
-        stream.extend(packet(1, b"b"));
+        let mut stream = frame(0, b"a");
+        stream.extend(frame(1, b"b"));
         let mut calls = 0;
         let result = PacketScanner::new(4).scan(&stream, |_, _| {
             calls += 1;
@@ -270,7 +271,7 @@ mod tests {
 
     #[tokio::test]
     async fn read_packet_refuses_oversized_payloads() {
-        let bytes = packet(0, &[0u8; 100]);
+        let bytes = frame(0, &[0u8; 100]);
         let (h, p) = read_packet(&mut &bytes[..], 100).await.unwrap();
         assert_eq!((h.payload_len, p.len()), (100, 100));
         let err = read_packet(&mut &bytes[..], 99).await.unwrap_err();
