@@ -16,6 +16,10 @@ pub struct Metrics {
     pub clone_data_bytes: AtomicU64,
     pub sessions_started: AtomicU64,
     pub resumes: AtomicU64,
+    /// Milliseconds from losing a main connection to the REINIT, summed over resumes.
+    pub resume_outage_ms: AtomicU64,
+    /// Clone data bytes the donor sent again after resumes.
+    pub resent_bytes: AtomicU64,
     /// Connection ends by reason (`normal`, `peer_reset`, `protocol_oversize`, ...).
     closes: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -86,6 +90,17 @@ impl Metrics {
             "clone_relay_resumes_total",
             "Clone sessions resumed by the recipient (COM_REINIT).",
             load(&self.resumes),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP clone_relay_resume_outage_seconds_total Time from a lost main connection to its REINIT, summed.\n# TYPE clone_relay_resume_outage_seconds_total counter\nclone_relay_resume_outage_seconds_total {:.3}",
+            load(&self.resume_outage_ms) as f64 / 1000.0
+        );
+        counter(
+            &mut out,
+            "clone_relay_resent_bytes_total",
+            "Clone data bytes the donor sent again after resumes.",
+            load(&self.resent_bytes),
         );
         let _ = writeln!(
             out,

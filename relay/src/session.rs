@@ -776,6 +776,10 @@ impl Registry {
                                 resent_bytes: 0,
                             });
                             self.metrics.resumes.fetch_add(1, Ordering::Relaxed);
+                            self.metrics.resume_outage_ms.fetch_add(
+                                outage.map_or(0, |d| d.as_millis() as u64),
+                                Ordering::Relaxed,
+                            );
                             info!(
                                 clone_session = id,
                                 outage_ms = outage.map_or(0, |d| d.as_millis() as u64),
@@ -847,6 +851,9 @@ impl Registry {
                             s.set_stage(stage, now);
                             if !s.seen_blocks.insert((stage, chunk, block, file)) {
                                 s.resent_bytes += u64::from(bytes);
+                                self.metrics
+                                    .resent_bytes
+                                    .fetch_add(u64::from(bytes), Ordering::Relaxed);
                                 if let Some(r) = s.resumes.last_mut() {
                                     r.resent_bytes += u64::from(bytes);
                                 }
@@ -872,7 +879,13 @@ impl Registry {
                         if let Some(lost) = s.resume_lost_at.take()
                             && let Some(r) = s.resumes.last_mut()
                         {
-                            r.resumed_after_ms = Some(now.duration_since(lost).as_millis() as u64);
+                            let after_ms = now.duration_since(lost).as_millis() as u64;
+                            r.resumed_after_ms = Some(after_ms);
+                            info!(
+                                clone_session = s.id,
+                                resumed_after_ms = after_ms,
+                                "clone data flows again"
+                            );
                         }
                     }
                 }
