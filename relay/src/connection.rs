@@ -29,6 +29,8 @@ use crate::{socket, upstream};
 /// MySQL's client error for "can't connect to server", sent to the recipient in place of a
 /// greeting when no donor can be reached, so its CLONE fails with a reason rather than EOF.
 const CR_CONN_HOST_ERROR: u16 = 2003;
+/// How often a connection waiting for the donor's greeting looks for it.
+const GREETING_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// How often the stall detector looks at a connection.
 const STALL_CHECK_EVERY: Duration = Duration::from_millis(250);
 
@@ -160,6 +162,7 @@ async fn carry(
     let resuming = relay.registry().resuming_from(peer.ip());
     let deadline = tokio::time::Instant::now() + config.reconnect_dial_timeout;
     let mut last_error = None;
+    let mut chosen = String::new();
     for donor in donors_for(relay, peer) {
         let dialed = if resuming {
             upstream::dial_until(config, &donor, deadline).await
@@ -171,6 +174,7 @@ async fn carry(
                 conn.set_upstream(&donor);
                 *upstream_slot = Some(stream);
                 debug!(upstream = %donor, resuming, "upstream connected");
+                chosen = donor;
                 break;
             }
             Err(e) => {
@@ -198,17 +202,31 @@ async fn carry(
     let copy = copy::relay(downstream, upstream, config.copy_buffer_bytes, legs);
     tokio::select! {
         result = copy => result,
-        _ = login_deadline(config, conn) => Err(RelayError::HandshakeTimeout(config.handshake_timeout)),
+        e = login_deadline(config, &chosen, conn) => Err(e),
         silence = stall_watch(config, conn) => Err(RelayError::Stalled { silence }),
     }
 }
 
-/// Completes when the recipient has not logged in within the handshake timeout.
-async fn login_deadline(config: &Config, conn: &ConnHandle) {
+/// Completes with the error when a login takes too long. The recipient's part is bounded by the
+/// handshake timeout, counted from the donor's greeting: a donor that is slow to greet (a link
+/// coming back from an outage) is waited for, up to the reconnect bound, so a resuming clone's
+/// reconnect is carried through rather than cut.
+async fn login_deadline(config: &Config, donor: &str, conn: &ConnHandle) -> RelayError {
+    let greeting_due = tokio::time::Instant::now() + config.reconnect_dial_timeout;
+    while !conn.greeted() {
+        if tokio::time::Instant::now() >= greeting_due {
+            return RelayError::UpstreamTimeout {
+                addr: donor.to_string(),
+                timeout: config.reconnect_dial_timeout,
+            };
+        }
+        tokio::time::sleep(GREETING_CHECK_EVERY).await;
+    }
     tokio::time::sleep(config.handshake_timeout).await;
     if conn.past_login() {
         std::future::pending::<()>().await;
     }
+    RelayError::HandshakeTimeout(config.handshake_timeout)
 }
 
 /// Completes, with the length of the silence, when the donor stalls on a connection it owes

@@ -475,6 +475,7 @@ impl Registry {
             decoder: Mutex::new(Decoder::new(self.settings.limits)),
             violation: Mutex::new(None),
             past_login: std::sync::atomic::AtomicBool::new(false),
+            greeted: std::sync::atomic::AtomicBool::new(false),
             abort,
             flow: Mutex::new(DataFlow::default()),
         }
@@ -966,6 +967,7 @@ pub struct ConnHandle {
     decoder: Mutex<Decoder>,
     violation: Mutex<Option<Violation>>,
     past_login: std::sync::atomic::AtomicBool,
+    greeted: std::sync::atomic::AtomicBool,
     abort: CancellationToken,
     flow: Mutex<DataFlow>,
 }
@@ -995,6 +997,9 @@ impl ConnHandle {
         };
         if past_login {
             self.past_login.store(true, Ordering::Relaxed);
+        }
+        if phase != Phase::Greeting {
+            self.greeted.store(true, Ordering::Relaxed);
         }
         self.track_flow(dir, bytes.len(), &events);
         if !events.is_empty() {
@@ -1057,6 +1062,11 @@ impl ConnHandle {
         if let Some(c) = self.registry.lock().conns.get_mut(&self.id) {
             c.upstream = upstream.to_string();
         }
+    }
+
+    /// Whether the donor's greeting has passed (or the donor refused the connection).
+    pub fn greeted(&self) -> bool {
+        self.greeted.load(Ordering::Relaxed)
     }
 
     /// Whether the connection got past login (auth done, or TLS the relay cannot look into).
