@@ -68,6 +68,44 @@ async fn recipient(image: &ImageRef, relay: &RelayFixture) -> anyhow::Result<Mys
     MysqlServer::start(image, options).await
 }
 
+/// A seeded donor behind the chaos proxy (with `faults`), the relay in front of it, and a
+/// recipient that clones through the relay.
+struct Rig {
+    donor: MysqlServer,
+    dataset: Dataset,
+    chaos: ChaosProxy,
+    relay: RelayFixture,
+    recipient: MysqlServer,
+}
+
+async fn rig(
+    faults: Vec<FaultSpec>,
+    detect: bool,
+    donor_args: &[&str],
+    adjust: impl FnOnce(&mut Config),
+) -> anyhow::Result<Rig> {
+    let image = mysql_image().await?;
+    let (donor, dataset) = donor(&image, donor_args).await?;
+    let chaos = ChaosProxy::start(
+        "127.0.0.1:0".parse()?,
+        donor.addr().to_string(),
+        seed(),
+        faults,
+    )
+    .await?;
+    let mut config = relay_config(&[chaos.addr()], detect);
+    adjust(&mut config);
+    let relay = RelayFixture::start_with(config)?;
+    let recipient = recipient(&image, &relay).await?;
+    Ok(Rig {
+        donor,
+        dataset,
+        chaos,
+        relay,
+        recipient,
+    })
+}
+
 /// One clone through chaos and the relay: the outcome, its wall time, and the relay's view of
 /// its session.
 struct Run {
@@ -75,6 +113,24 @@ struct Run {
     took: Duration,
     session: clone_relay::session::SessionView,
     mismatched: Vec<String>,
+}
+
+impl Rig {
+    fn clone(&self) -> impl std::future::Future<Output = anyhow::Result<CloneOutcome>> + '_ {
+        clone_instance(&self.recipient, self.relay.addr(), CLONE_TIMEOUT)
+    }
+
+    async fn finish(&self, outcome: CloneOutcome, started: Instant) -> anyhow::Result<Run> {
+        finish(
+            outcome,
+            started,
+            &self.relay,
+            &self.dataset,
+            &self.donor,
+            &self.recipient,
+        )
+        .await
+    }
 }
 
 async fn finish(
@@ -120,20 +176,11 @@ async fn a_clone_survives_ten_resets() -> anyhow::Result<()> {
         return Ok(());
     }
     let seed = seed();
-    let image = mysql_image().await?;
-    let (donor, dataset) = donor(&image, &[]).await?;
-    let chaos = ChaosProxy::start(
-        "127.0.0.1:0".parse()?,
-        donor.addr().to_string(),
-        seed,
-        vec![capped(8)],
-    )
-    .await?;
-    let relay = RelayFixture::start_with(relay_config(&[chaos.addr()], true))?;
-    let recipient = recipient(&image, &relay).await?;
+    let rig = rig(vec![capped(8)], true, &[], |_| {}).await?;
+    let (chaos, relay) = (&rig.chaos, &rig.relay);
 
     let started = Instant::now();
-    let clone = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT);
+    let clone = rig.clone();
     let resets = async {
         let control = chaos.control();
         let mut next = 3 * MIB;
@@ -153,7 +200,7 @@ async fn a_clone_survives_ten_resets() -> anyhow::Result<()> {
     };
     let (outcome, resets) = tokio::join!(clone, resets);
     resets?;
-    let run = finish(outcome?, started, &relay, &dataset, &donor, &recipient).await?;
+    let run = rig.finish(outcome?, started).await?;
 
     assert!(run.outcome.completed(), "seed {seed}: {:?}", run.outcome);
     assert!(
@@ -172,29 +219,18 @@ async fn a_clone_survives_ten_resets() -> anyhow::Result<()> {
         run.session.resent_bytes,
         run.took.as_secs_f64()
     );
-    relay.stop().await
+    rig.relay.stop().await
 }
 
 /// The clone's first connections go silent for good 3 s in; new connections work.
 async fn silent_death(detect: bool) -> anyhow::Result<Run> {
-    let seed = seed();
-    let image = mysql_image().await?;
-    let (donor, dataset) = donor(&image, &[]).await?;
     let silence = FaultSpec::new(FaultKind::Blackhole {})
         .connections(vec![1, 2])
         .after_ms(3000);
-    let chaos = ChaosProxy::start(
-        "127.0.0.1:0".parse()?,
-        donor.addr().to_string(),
-        seed,
-        vec![capped(20), silence],
-    )
-    .await?;
-    let relay = RelayFixture::start_with(relay_config(&[chaos.addr()], detect))?;
-    let recipient = recipient(&image, &relay).await?;
+    let rig = rig(vec![capped(20), silence], detect, &[], |_| {}).await?;
     let started = Instant::now();
-    let outcome = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT).await?;
-    finish(outcome, started, &relay, &dataset, &donor, &recipient).await
+    let outcome = rig.clone().await?;
+    rig.finish(outcome, started).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -251,34 +287,20 @@ async fn whole_link_blackhole(
     donor_args: &[&str],
     adjust: impl FnOnce(&mut Config),
 ) -> anyhow::Result<Run> {
-    let seed = seed();
-    let image = mysql_image().await?;
-    let (donor, dataset) = donor(&image, donor_args).await?;
-    let chaos = ChaosProxy::start(
-        "127.0.0.1:0".parse()?,
-        donor.addr().to_string(),
-        seed,
-        vec![capped(20)],
-    )
-    .await?;
-    let mut config = relay_config(&[chaos.addr()], detect);
-    adjust(&mut config);
-    let relay = RelayFixture::start_with(config)?;
-    let recipient = recipient(&image, &relay).await?;
+    let rig = rig(vec![capped(20)], detect, donor_args, adjust).await?;
     let started = Instant::now();
-    let clone = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT);
     let cut = async {
-        relay.session_past(10 * MIB).await;
-        let control = chaos.control();
+        rig.relay.session_past(10 * MIB).await;
+        let control = rig.chaos.control();
         control.add(
             FaultSpec::new(FaultKind::Blackhole {})
                 .at_ms(control.now_ms())
                 .lasting_ms(outage.as_millis() as u64),
         )
     };
-    let (outcome, cut) = tokio::join!(clone, cut);
+    let (outcome, cut) = tokio::join!(rig.clone(), cut);
     cut?;
-    finish(outcome?, started, &relay, &dataset, &donor, &recipient).await
+    rig.finish(outcome?, started).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
