@@ -244,7 +244,9 @@ impl Scheduled {
         // meets the rest of that window (a schedule is one outage for everyone), not a window
         // of its own.
         let duration = spec.duration_ms.map(Duration::from_millis);
-        let mut start = setup.conn_start;
+        // Without a trigger a fault starts when it is set up: with the connection, or, for a
+        // fault added to live connections, now.
+        let mut start = Instant::now().max(setup.conn_start);
         if let Some(at) = spec.trigger.at_ms {
             start = setup.proxy_start + Duration::from_millis(at);
         }

@@ -225,7 +225,13 @@ async fn write_side<W: AsyncWrite>(
                     _ = wait => {}
                     }
                 }
-                dst.write_all(&piece.bytes).await?;
+                // A peer that stops reading must not hide a due cut.
+                let due = chain.due_cut();
+                tokio::select! {
+                    biased;
+                    _ = sleep_until(due.map(|d| d.0)) => return Ok(WriteEnd::Cut(due.expect("due").1)),
+                    done = dst.write_all(&piece.bytes) => done?,
+                }
                 written += piece.bytes.len();
             }
             offset += pending.len() as u64;

@@ -197,3 +197,28 @@ async fn a_reset_is_a_real_rst() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
     assert_eq!(proxy.control().counts().1, 1);
 }
+
+#[tokio::test]
+async fn a_fault_added_to_a_live_connection_starts_when_added() {
+    let upstream = echo_server().await;
+    let proxy = ChaosProxy::start("127.0.0.1:0".parse().unwrap(), upstream.to_string(), 1, vec![])
+        .await
+        .unwrap();
+    let mut live = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut buf = [0u8; 4];
+    live.write_all(b"ping").await.unwrap();
+    live.read_exact(&mut buf).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // Added 600 ms into the connection, a 400 ms blackhole still holds for 400 ms.
+    proxy
+        .control()
+        .add(FaultSpec::new(FaultKind::Blackhole {}).lasting_ms(400))
+        .unwrap();
+    let sent = std::time::Instant::now();
+    live.write_all(b"pong").await.unwrap();
+    live.read_exact(&mut buf).await.unwrap();
+    let held = sent.elapsed();
+    assert!(held >= Duration::from_millis(300), "held only {held:?}");
+    assert!(held < Duration::from_secs(3), "held {held:?}");
+}

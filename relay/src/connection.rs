@@ -80,7 +80,6 @@ pub async fn serve(
             let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
         }
     }
-    drop((downstream, upstream));
 
     let bytes_from_downstream = legs.downstream.bytes_read();
     let bytes_from_upstream = legs.upstream.bytes_read();
@@ -104,7 +103,10 @@ pub async fn serve(
         },
     };
     metrics.count_close(reason.kind);
+    // The registry learns of the end (a lost main marks its clone resuming) before the sockets
+    // close, so the recipient's immediate reconnect is recognised.
     conn.close(&reason);
+    drop((downstream, upstream));
 
     let duration_ms = started.elapsed().as_millis() as u64;
     match result {
@@ -165,7 +167,13 @@ async fn carry(
     let mut chosen = String::new();
     for donor in donors_for(relay, peer) {
         let dialed = if resuming {
-            upstream::dial_until(config, &donor, deadline).await
+            // The recipient retries on its own; stop waiting for the donor when it gives up.
+            tokio::select! {
+                dialed = upstream::dial_until(config, &donor, deadline) => dialed,
+                _ = downstream.readable() => {
+                    return Err(RelayError::Downstream(std::io::ErrorKind::ConnectionAborted.into()));
+                }
+            }
         } else {
             upstream::dial(config, &donor).await
         };
@@ -197,27 +205,38 @@ async fn carry(
         return Err(e);
     };
 
+    // A resuming clone's reconnect waits for a donor coming back from an outage; any other
+    // connection gives a silent donor the handshake timeout.
+    let greeting_wait = if resuming {
+        config.reconnect_dial_timeout
+    } else {
+        config.handshake_timeout
+    };
     let downstream = Observed::new(downstream, conn.clone(), Direction::Upstream);
     let upstream = Observed::new(upstream, conn.clone(), Direction::Downstream);
     let copy = copy::relay(downstream, upstream, config.copy_buffer_bytes, legs);
     tokio::select! {
         result = copy => result,
-        e = login_deadline(config, &chosen, conn) => Err(e),
-        silence = stall_watch(config, conn) => Err(RelayError::Stalled { silence }),
+        e = login_deadline(config, &chosen, greeting_wait, conn) => Err(e),
+        silence = stall_watch(config, conn, legs) => Err(RelayError::Stalled { silence }),
     }
 }
 
 /// Completes with the error when a login takes too long. The recipient's part is bounded by the
-/// handshake timeout, counted from the donor's greeting: a donor that is slow to greet (a link
-/// coming back from an outage) is waited for, up to the reconnect bound, so a resuming clone's
-/// reconnect is carried through rather than cut.
-async fn login_deadline(config: &Config, donor: &str, conn: &ConnHandle) -> RelayError {
-    let greeting_due = tokio::time::Instant::now() + config.reconnect_dial_timeout;
+/// handshake timeout, counted from the donor's greeting; the donor's greeting by `greeting_wait`
+/// (long for a resuming clone's reconnect, so it is carried through an outage rather than cut).
+async fn login_deadline(
+    config: &Config,
+    donor: &str,
+    greeting_wait: Duration,
+    conn: &ConnHandle,
+) -> RelayError {
+    let greeting_due = tokio::time::Instant::now() + greeting_wait;
     while !conn.greeted() {
         if tokio::time::Instant::now() >= greeting_due {
             return RelayError::UpstreamTimeout {
                 addr: donor.to_string(),
-                timeout: config.reconnect_dial_timeout,
+                timeout: greeting_wait,
             };
         }
         tokio::time::sleep(GREETING_CHECK_EVERY).await;
@@ -230,14 +249,18 @@ async fn login_deadline(config: &Config, donor: &str, conn: &ConnHandle) -> Rela
 }
 
 /// Completes, with the length of the silence, when the donor stalls on a connection it owes
-/// data.
-async fn stall_watch(config: &Config, conn: &ConnHandle) -> Duration {
+/// data. While the relay still holds donor bytes the recipient has not taken, the recipient is
+/// the slow side (its disk, its own throttle) and the donor is not judged.
+async fn stall_watch(config: &Config, conn: &ConnHandle, legs: &Legs) -> Duration {
     if !config.stall.enabled {
         return std::future::pending().await;
     }
     loop {
         tokio::time::sleep(STALL_CHECK_EVERY).await;
-        if let Some(silence) = conn.stalled(&config.stall) {
+        let undelivered = legs.upstream.bytes_read() > legs.downstream.bytes_written();
+        if undelivered {
+            conn.excuse_silence();
+        } else if let Some(silence) = conn.stalled(&config.stall) {
             return silence;
         }
     }

@@ -19,6 +19,7 @@ use crate::session::ConnHandle;
 #[derive(Debug, Default)]
 pub struct LegStats {
     bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
     failed: AtomicBool,
 }
 
@@ -26,6 +27,11 @@ impl LegStats {
     /// Bytes read from this leg so far (and so forwarded, or about to be, to the other).
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to this leg so far (accepted by its socket).
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
     }
 
     /// Whether a read or write on this leg returned an error.
@@ -77,6 +83,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result {
+            self.stats
+                .bytes_written
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
         self.note(result)
     }
 
@@ -96,6 +107,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &result {
+            self.stats
+                .bytes_written
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
         self.note(result)
     }
 

@@ -29,8 +29,9 @@ const RATE_WINDOW: Duration = Duration::from_secs(5);
 const RATE_SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// The donor setting that bounds a resume.
 const DONOR_PATIENCE_SETTING: &str = "clone_donor_timeout_after_network_failure";
-/// Time past the donor's patience before a resuming session is declared failed.
-const DONOR_PATIENCE_MARGIN: Duration = Duration::from_secs(15);
+/// Time past the donor's patience before a resuming session is declared failed: the donor may
+/// notice a silent link up to about a minute after the relay did.
+const DONOR_PATIENCE_MARGIN: Duration = Duration::from_secs(60);
 /// Connections closed for a protocol breach or a timeout kept for `/sessions`.
 const KEEP_REJECTED: usize = 32;
 
@@ -483,19 +484,27 @@ impl Registry {
 
     /// The donor a new connection from `ip` must go to: the donor of that recipient's live
     /// connections or unfinished session, if any.
+    ///
+    /// A resuming clone comes first, then the latest clone under way, then the latest live
+    /// connection (a clone's aux connection arrives before its main one has said INIT).
     pub fn affinity(&self, ip: IpAddr) -> Option<String> {
         let inner = self.lock();
+        let from_ip = |s: &&Session| s.downstream_ip == Some(ip) && !s.state.ended();
         inner
-            .conns
+            .sessions
             .values()
-            .find(|c| c.peer_ip == ip && !c.upstream.is_empty())
-            .map(|c| c.upstream.clone())
+            .rev()
+            .filter(from_ip)
+            .find(|s| s.state == SessionState::Resuming)
+            .or_else(|| inner.sessions.values().rev().find(from_ip))
+            .map(|s| s.upstream.clone())
             .or_else(|| {
                 inner
-                    .sessions
+                    .conns
                     .values()
-                    .find(|s| s.downstream_ip == Some(ip) && !s.state.ended())
-                    .map(|s| s.upstream.clone())
+                    .filter(|c| c.peer_ip == ip && !c.upstream.is_empty())
+                    .max_by_key(|c| c.record.id)
+                    .map(|c| c.upstream.clone())
             })
     }
 
@@ -541,7 +550,19 @@ impl Registry {
         for c in &others {
             c.abort.cancel();
         }
-        others.len()
+        let n = others.len();
+        // The clone is resuming from now on: the recipient's reconnects may come at once.
+        let id = s.id;
+        let now = Instant::now();
+        drop(others);
+        let mut inner = inner;
+        if let Some(s) = inner.sessions.get_mut(&id)
+            && !s.state.ended()
+        {
+            s.lost_at.get_or_insert(now);
+            s.set_state(SessionState::Resuming, now);
+        }
+        n
     }
 
     /// Resets every live connection of a clone session on both legs, so that the recipient
@@ -613,7 +634,9 @@ impl Registry {
             // The donor drops the clone when its own patience runs out; past that (and a
             // margin for the recipient's last try) no resume can succeed.
             let limit = s.donor_patience.map_or(self.settings.resume_timeout, |p| {
-                self.settings.resume_timeout.min(p + DONOR_PATIENCE_MARGIN)
+                self.settings
+                    .resume_timeout
+                    .min(p.saturating_add(DONOR_PATIENCE_MARGIN))
             });
             if s.state == SessionState::Resuming
                 && s.lost_at.is_some_and(|t| now.duration_since(t) > limit)
@@ -914,7 +937,8 @@ impl Registry {
                         && let Ok(minutes) = value.trim().parse::<u64>()
                         && let Some(s) = c.session.and_then(|id| inner.sessions.get_mut(&id))
                     {
-                        s.donor_patience = Some(Duration::from_secs(minutes * 60));
+                        // MySQL allows up to 30 minutes; anything larger is not a real setting.
+                        s.donor_patience = Some(Duration::from_secs(minutes.min(30) * 60));
                     }
                 }
                 Event::TlsStarted
@@ -1037,6 +1061,17 @@ impl ConnHandle {
         }
     }
 
+    /// Counts the present as progress: the recipient, not the donor, is holding the data up.
+    pub fn excuse_silence(&self) {
+        let mut flow = self
+            .flow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if flow.owed {
+            flow.last_byte = Some(Instant::now());
+        }
+    }
+
     /// Whether the donor owes this connection data (it is a main or worker in a transfer).
     pub fn owed_data(&self) -> bool {
         self.flow
@@ -1087,6 +1122,21 @@ impl ConnHandle {
     /// Records the end of the connection.
     pub fn close(&self, reason: &CloseReason) {
         self.registry.close(self.id, reason);
+    }
+}
+
+impl Drop for ConnHandle {
+    /// A connection task that ended without closing its record (a panic) still leaves the
+    /// registry; after a normal close this finds nothing to do.
+    fn drop(&mut self) {
+        self.registry.close(
+            self.id,
+            &CloseReason {
+                kind: "dropped",
+                detail: "connection task ended without closing".into(),
+                rejected: false,
+            },
+        );
     }
 }
 
