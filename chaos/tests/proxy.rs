@@ -201,9 +201,14 @@ async fn a_reset_is_a_real_rst() {
 #[tokio::test]
 async fn a_fault_added_to_a_live_connection_starts_when_added() {
     let upstream = echo_server().await;
-    let proxy = ChaosProxy::start("127.0.0.1:0".parse().unwrap(), upstream.to_string(), 1, vec![])
-        .await
-        .unwrap();
+    let proxy = ChaosProxy::start(
+        "127.0.0.1:0".parse().unwrap(),
+        upstream.to_string(),
+        1,
+        vec![],
+    )
+    .await
+    .unwrap();
     let mut live = TcpStream::connect(proxy.addr()).await.unwrap();
     let mut buf = [0u8; 4];
     live.write_all(b"ping").await.unwrap();
