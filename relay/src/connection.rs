@@ -170,7 +170,7 @@ async fn carry(
             // The recipient retries on its own; stop waiting for the donor when it gives up.
             tokio::select! {
                 dialed = upstream::dial_until(config, &donor, deadline) => dialed,
-                _ = downstream.readable() => {
+                _ = recipient_gone(downstream) => {
                     return Err(RelayError::Downstream(std::io::ErrorKind::ConnectionAborted.into()));
                 }
             }
@@ -219,6 +219,16 @@ async fn carry(
         result = copy => result,
         e = login_deadline(config, &chosen, greeting_wait, conn) => Err(e),
         silence = stall_watch(config, conn, legs) => Err(RelayError::Stalled { silence }),
+    }
+}
+
+/// Completes when the recipient closes its connection (it sends nothing before the greeting, so
+/// any readiness is its end; bytes it sent early are left for the decoder to judge).
+async fn recipient_gone(downstream: &TcpStream) {
+    let mut probe = [0u8; 1];
+    match downstream.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 
