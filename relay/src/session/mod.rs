@@ -2,8 +2,19 @@
 //! resume it) grouped by the clone id and snapshot id their locators carry, with the clone's
 //! state, bytes, rate, resumes and progress as the wire shows them.
 //!
-//! Each relayed connection gets a [`ConnHandle`] that decodes its bytes ([`Decoder`]) and applies
-//! what it sees to the shared [`Registry`], which `/sessions` and `/metrics` read.
+//! Each relayed connection gets a [`ConnHandle`] that decodes its bytes and applies what it sees
+//! to the shared [`Registry`], which `/sessions` and `/metrics` read.
+//!
+//! - [`handle`]: a connection's side: decoding, recording, data-flow tracking for stalls.
+//! - [`view`]: the serialisable snapshots `/sessions` returns.
+
+mod handle;
+mod view;
+
+pub use handle::ConnHandle;
+pub use view::{
+    Change, CloneErrorView, ConnRecord, Progress, ResumeRecord, SessionView, SessionsView,
+};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -15,11 +26,10 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, info, warn};
 
-use crate::config::StallSettings;
 use crate::copy::Legs;
 use crate::metrics::Metrics;
 use crate::protocol::clone::{CloneId, CommandKind, Descriptor, Stage, innodb_clone_id};
-use crate::protocol::decoder::{Decoder, Direction, Event, Limits, Phase, Violation};
+use crate::protocol::decoder::{Event, Limits, Phase};
 
 pub type ConnId = u64;
 pub type SessionId = u64;
@@ -95,102 +105,6 @@ impl Default for SessionSettings {
             limits: Limits::default(),
         }
     }
-}
-
-/// One connection as `/sessions` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConnRecord {
-    pub id: ConnId,
-    pub peer: String,
-    pub role: Role,
-    pub phase: Phase,
-    pub user: Option<String>,
-    /// The donor's id for this connection (passed through unchanged).
-    pub donor_connection_id: Option<u32>,
-    pub opened_at_ms: u64,
-    pub closed_at_ms: Option<u64>,
-    pub bytes_from_downstream: u64,
-    pub bytes_from_upstream: u64,
-    pub data_bytes: u64,
-    pub close_reason: Option<String>,
-}
-
-/// A resume of a session.
-#[derive(Debug, Clone, Serialize)]
-pub struct ResumeRecord {
-    /// Since the session started.
-    pub at_ms: u64,
-    /// From losing the main connection to the REINIT.
-    pub outage_ms: u64,
-    /// From losing the main connection to the first data after the REINIT.
-    pub resumed_after_ms: Option<u64>,
-    /// Data bytes the donor sent again after this resume (blocks already carried once).
-    pub resent_bytes: u64,
-}
-
-/// A state or stage change, in order.
-#[derive(Debug, Clone, Serialize)]
-pub struct Change<T> {
-    pub to: T,
-    /// Since the session started.
-    pub at_ms: u64,
-}
-
-/// Progress of the current stage, from the donor's STATE descriptors (which carry each stage's
-/// estimated bytes when it starts).
-#[derive(Debug, Clone, Serialize)]
-pub struct Progress {
-    pub stage: Stage,
-    pub estimate_bytes: Option<u64>,
-    pub done_bytes: u64,
-    /// Of the stage's estimate; 100 once the clone completed.
-    pub percent: Option<f64>,
-    pub eta_secs: Option<f64>,
-}
-
-/// The donor's error that ended a session.
-#[derive(Debug, Clone, Serialize)]
-pub struct CloneErrorView {
-    pub errno: i32,
-    pub message: String,
-}
-
-/// One clone session as `/sessions` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct SessionView {
-    pub id: SessionId,
-    pub clone: Option<CloneId>,
-    pub upstream: String,
-    pub state: SessionState,
-    pub started_at_ms: u64,
-    pub ended_at_ms: Option<u64>,
-    pub duration_ms: u64,
-    pub bytes_from_downstream: u64,
-    pub bytes_from_upstream: u64,
-    pub data_bytes: u64,
-    /// Data bytes by the stage they belong to.
-    pub stage_bytes: BTreeMap<Stage, u64>,
-    pub resent_bytes: u64,
-    pub rate_bytes_per_sec: f64,
-    pub resume_count: usize,
-    pub resumes: Vec<ResumeRecord>,
-    /// How long the donor waits for a resume (its `clone_donor_timeout_after_network_failure`).
-    pub donor_resume_timeout_secs: Option<u64>,
-    pub progress: Option<Progress>,
-    pub error: Option<CloneErrorView>,
-    pub history: Vec<Change<SessionState>>,
-    pub stages: Vec<Change<Stage>>,
-    pub connections: Vec<ConnRecord>,
-}
-
-/// Everything `/sessions` returns.
-#[derive(Debug, Clone, Serialize)]
-pub struct SessionsView {
-    pub sessions: Vec<SessionView>,
-    /// Live connections not (yet) in a clone session.
-    pub unassigned: Vec<ConnRecord>,
-    /// Recent connections closed for a protocol breach or a timeout.
-    pub rejected: Vec<ConnRecord>,
 }
 
 /// Why a connection ended: a short kind for metrics, and the detail for logs and `/sessions`.
@@ -470,16 +384,7 @@ impl Registry {
                 data_stage: Stage::Other,
             },
         );
-        ConnHandle {
-            registry: self.clone(),
-            id,
-            decoder: Mutex::new(Decoder::new(self.settings.limits)),
-            violation: Mutex::new(None),
-            past_login: std::sync::atomic::AtomicBool::new(false),
-            greeted: std::sync::atomic::AtomicBool::new(false),
-            abort,
-            flow: Mutex::new(DataFlow::default()),
-        }
+        ConnHandle::new(self.clone(), id, self.settings.limits, abort)
     }
 
     /// The donor a new connection from `ip` must go to: the donor of that recipient's live
@@ -980,163 +885,6 @@ impl Registry {
             );
             s.set_state(SessionState::Resuming, now);
         }
-    }
-}
-
-/// A relayed connection's link to the registry: it decodes what passes and records it.
-#[derive(Debug)]
-pub struct ConnHandle {
-    registry: Arc<Registry>,
-    id: ConnId,
-    decoder: Mutex<Decoder>,
-    violation: Mutex<Option<Violation>>,
-    past_login: std::sync::atomic::AtomicBool,
-    greeted: std::sync::atomic::AtomicBool,
-    abort: CancellationToken,
-    flow: Mutex<DataFlow>,
-}
-
-/// Whether the donor owes this connection data, and how the data has been arriving.
-#[derive(Debug, Default)]
-struct DataFlow {
-    /// Between the connection's EXECUTE and its COMPLETE or ERROR.
-    owed: bool,
-    last_byte: Option<Instant>,
-    longest_gap: Duration,
-}
-
-impl ConnHandle {
-    pub fn id(&self) -> ConnId {
-        self.id
-    }
-
-    /// Decodes bytes travelling in `dir`. An error is a protocol breach: the bytes must not be
-    /// forwarded and the connection must close.
-    pub fn observe(&self, dir: Direction, bytes: &[u8]) -> Result<(), Violation> {
-        let mut events = Vec::new();
-        let (result, phase, past_login) = {
-            let mut decoder = self.decoder.lock().expect("decoder lock");
-            let result = decoder.feed(dir, bytes, &mut |e| events.push(e));
-            (result, decoder.phase(), decoder.past_login())
-        };
-        if past_login {
-            self.past_login.store(true, Ordering::Relaxed);
-        }
-        if phase != Phase::Greeting {
-            self.greeted.store(true, Ordering::Relaxed);
-        }
-        self.track_flow(dir, bytes.len(), &events);
-        if !events.is_empty() {
-            self.registry.apply(self.id, events, phase);
-        }
-        if let Err(v) = &result {
-            *self.violation.lock().expect("violation lock") = Some(v.clone());
-        }
-        result
-    }
-
-    fn track_flow(&self, dir: Direction, len: usize, events: &[Event]) {
-        let now = Instant::now();
-        let mut flow = self
-            .flow
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if dir == Direction::Downstream && len > 0 {
-            if flow.owed
-                && let Some(last) = flow.last_byte
-            {
-                flow.longest_gap = flow.longest_gap.max(now.duration_since(last));
-            }
-            flow.last_byte = Some(now);
-        }
-        for e in events {
-            match e {
-                Event::CloneCommand(cmd) if cmd.kind == CommandKind::Execute => {
-                    flow.owed = true;
-                    flow.last_byte = Some(now);
-                }
-                Event::CloneComplete | Event::CloneError { .. } => flow.owed = false,
-                _ => {}
-            }
-        }
-    }
-
-    /// Counts the present as progress: the recipient, not the donor, is holding the data up.
-    pub fn excuse_silence(&self) {
-        let mut flow = self
-            .flow
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if flow.owed {
-            flow.last_byte = Some(Instant::now());
-        }
-    }
-
-    /// Whether the donor owes this connection data (it is a main or worker in a transfer).
-    pub fn owed_data(&self) -> bool {
-        self.flow
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .owed
-    }
-
-    /// How long the donor has been silent on a connection it owes data, if that is longer than
-    /// the stall threshold: `factor` times the longest gap seen so far, within `[min, max]`.
-    pub fn stalled(&self, settings: &StallSettings) -> Option<Duration> {
-        let flow = self
-            .flow
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let silence = flow.last_byte?.elapsed();
-        let threshold = (flow.longest_gap * settings.factor).clamp(settings.min, settings.max);
-        (flow.owed && silence > threshold).then_some(silence)
-    }
-
-    /// Records the donor this connection was dialed to.
-    pub fn set_upstream(&self, upstream: &str) {
-        if let Some(c) = self.registry.lock().conns.get_mut(&self.id) {
-            c.upstream = upstream.to_string();
-        }
-    }
-
-    /// Whether the donor's greeting has passed (or the donor refused the connection).
-    pub fn greeted(&self) -> bool {
-        self.greeted.load(Ordering::Relaxed)
-    }
-
-    /// Whether the connection got past login (auth done, or TLS the relay cannot look into).
-    pub fn past_login(&self) -> bool {
-        self.past_login.load(Ordering::Relaxed)
-    }
-
-    /// The protocol breach that stopped this connection, if any.
-    pub fn violation(&self) -> Option<Violation> {
-        self.violation.lock().expect("violation lock").clone()
-    }
-
-    /// Completes when the connection is to be reset (see [`Registry::abort_session`]).
-    pub async fn aborted(&self) {
-        self.abort.cancelled().await
-    }
-
-    /// Records the end of the connection.
-    pub fn close(&self, reason: &CloseReason) {
-        self.registry.close(self.id, reason);
-    }
-}
-
-impl Drop for ConnHandle {
-    /// A connection task that ended without closing its record (a panic) still leaves the
-    /// registry; after a normal close this finds nothing to do.
-    fn drop(&mut self) {
-        self.registry.close(
-            self.id,
-            &CloseReason {
-                kind: "dropped",
-                detail: "connection task ended without closing".into(),
-                rejected: false,
-            },
-        );
     }
 }
 
