@@ -24,6 +24,19 @@ async fn echo_server() -> SocketAddr {
     addr
 }
 
+/// A proxy with `faults` (seed 1) in front of a fresh echo server.
+async fn proxy_with(faults: Vec<FaultSpec>) -> ChaosProxy {
+    let upstream = echo_server().await;
+    ChaosProxy::start(
+        "127.0.0.1:0".parse().unwrap(),
+        upstream.to_string(),
+        1,
+        faults,
+    )
+    .await
+    .unwrap()
+}
+
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 13 % 251) as u8).collect()
 }
@@ -102,15 +115,7 @@ async fn the_same_seed_gives_the_same_decisions() {
 
 #[tokio::test]
 async fn the_control_api_changes_live_connections() {
-    let upstream = echo_server().await;
-    let proxy = ChaosProxy::start(
-        "127.0.0.1:0".parse().unwrap(),
-        upstream.to_string(),
-        1,
-        vec![],
-    )
-    .await
-    .unwrap();
+    let proxy = proxy_with(vec![]).await;
     let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_addr = api.local_addr().unwrap();
     tokio::spawn(control::serve(api, proxy.control().clone()));
@@ -175,15 +180,7 @@ async fn the_control_api_changes_live_connections() {
 
 #[tokio::test]
 async fn a_reset_is_a_real_rst() {
-    let upstream = echo_server().await;
-    let proxy = ChaosProxy::start(
-        "127.0.0.1:0".parse().unwrap(),
-        upstream.to_string(),
-        1,
-        vec![FaultSpec::new(FaultKind::Reset {}).after_bytes(4)],
-    )
-    .await
-    .unwrap();
+    let proxy = proxy_with(vec![FaultSpec::new(FaultKind::Reset {}).after_bytes(4)]).await;
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
     s.write_all(b"1234").await.unwrap();
     let mut buf = [0u8; 4];
@@ -200,15 +197,7 @@ async fn a_reset_is_a_real_rst() {
 
 #[tokio::test]
 async fn a_fault_added_to_a_live_connection_starts_when_added() {
-    let upstream = echo_server().await;
-    let proxy = ChaosProxy::start(
-        "127.0.0.1:0".parse().unwrap(),
-        upstream.to_string(),
-        1,
-        vec![],
-    )
-    .await
-    .unwrap();
+    let proxy = proxy_with(vec![]).await;
     let mut live = TcpStream::connect(proxy.addr()).await.unwrap();
     let mut buf = [0u8; 4];
     live.write_all(b"ping").await.unwrap();

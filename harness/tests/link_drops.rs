@@ -115,6 +115,18 @@ struct Run {
     mismatched: Vec<String>,
 }
 
+impl Run {
+    /// The clone completed and every table equals the donor's.
+    fn assert_faithful(&self, seed: u64) {
+        assert!(self.outcome.completed(), "seed {seed}: {:?}", self.outcome);
+        assert!(
+            self.mismatched.is_empty(),
+            "seed {seed}: {:?}",
+            self.mismatched
+        );
+    }
+}
+
 impl Rig {
     fn clone(&self) -> impl std::future::Future<Output = anyhow::Result<CloneOutcome>> + '_ {
         clone_instance(&self.recipient, self.relay.addr(), CLONE_TIMEOUT)
@@ -202,12 +214,7 @@ async fn a_clone_survives_ten_resets() -> anyhow::Result<()> {
     resets?;
     let run = rig.finish(outcome?, started).await?;
 
-    assert!(run.outcome.completed(), "seed {seed}: {:?}", run.outcome);
-    assert!(
-        run.mismatched.is_empty(),
-        "seed {seed}: {:?}",
-        run.mismatched
-    );
+    run.assert_faithful(seed);
     assert!(
         run.session.resume_count >= 10,
         "seed {seed}: {} resumes",
@@ -240,12 +247,7 @@ async fn silent_connections_are_detected_and_the_clone_resumes() -> anyhow::Resu
     }
     let seed = seed();
     let run = silent_death(true).await?;
-    assert!(run.outcome.completed(), "seed {seed}: {:?}", run.outcome);
-    assert!(
-        run.mismatched.is_empty(),
-        "seed {seed}: {:?}",
-        run.mismatched
-    );
+    run.assert_faithful(seed);
     assert!(
         run.session.resume_count >= 1,
         "seed {seed}: {:#?}",
@@ -310,12 +312,7 @@ async fn a_clone_survives_a_twenty_second_blackhole() -> anyhow::Result<()> {
     }
     let seed = seed();
     let run = whole_link_blackhole(Duration::from_secs(20), true, &[], |_| {}).await?;
-    assert!(run.outcome.completed(), "seed {seed}: {:?}", run.outcome);
-    assert!(
-        run.mismatched.is_empty(),
-        "seed {seed}: {:?}",
-        run.mismatched
-    );
+    run.assert_faithful(seed);
     eprintln!(
         "20 s blackhole with detection: {} resumes, clone {:.1} s",
         run.session.resume_count,
