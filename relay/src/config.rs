@@ -48,6 +48,8 @@ pub struct Config {
     /// A clone session whose main connection is lost fails if the recipient does not resume
     /// within this (MySQL's own limit, `clone_donor_timeout_after_network_failure`, is 5 min).
     pub resume_timeout: Duration,
+    /// Where the relay keeps small state files (the affinity table); none when not given.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// When a connection that is owed data counts as dead: silent for longer than `factor` times the
@@ -99,6 +101,7 @@ impl Config {
             max_login_packet_bytes: 64 * 1024,
             max_packet_bytes: 64 * 1024 * 1024,
             resume_timeout: Duration::from_secs(6 * 60),
+            state_dir: None,
         }
     }
 

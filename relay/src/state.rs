@@ -1,0 +1,55 @@
+//! The relay's shared state: its settings, the clone sessions it follows, its counters. Cheap
+//! to clone; the accept loop, the connections and the admin API all hold the same state.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::error::RelayError;
+use crate::metrics::Metrics;
+use crate::protocol::Limits;
+use crate::session::affinity::AffinityStore;
+use crate::session::{Registry, SessionSettings};
+
+/// A relay's shared state.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+}
+
+impl Relay {
+    /// A relay with validated settings. With a state directory, the affinity table of an
+    /// earlier run is read from it.
+    pub fn new(config: Config) -> Result<Self, RelayError> {
+        config.validate()?;
+        let settings = SessionSettings {
+            resume_timeout: config.resume_timeout,
+            limits: Limits {
+                max_login_packet_bytes: config.max_login_packet_bytes,
+                max_packet_bytes: config.max_packet_bytes,
+            },
+            ..SessionSettings::default()
+        };
+        let affinity = match &config.state_dir {
+            Some(dir) => AffinityStore::load(dir, config.resume_timeout),
+            None => AffinityStore::in_memory(),
+        };
+        let registry = Registry::with_affinity(settings, Arc::new(Metrics::default()), affinity);
+        Ok(Relay {
+            config: Arc::new(config),
+            registry: Arc::new(registry),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.registry.metrics()
+    }
+}
