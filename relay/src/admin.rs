@@ -77,7 +77,12 @@ async fn answer(mut stream: TcpStream, relay: &Relay) -> std::io::Result<()> {
     }
     match path {
         "/metrics" => {
-            let page = relay.metrics().render(&relay.registry().count_by_state());
+            let stale: Vec<String> = (relay.registry().stale_donors().into_iter())
+                .map(|d| d.upstream)
+                .collect();
+            let page = relay
+                .metrics()
+                .render(&relay.registry().count_by_state(), &stale);
             respond(&mut stream, 200, "text/plain; version=0.0.4", &page).await
         }
         "/sessions" => {
