@@ -18,6 +18,9 @@ use crate::io::Observer;
 use crate::protocol::handshake::{ServerHello, parse_server_hello};
 use crate::protocol::{Direction, HEADER_LEN, PacketHeader};
 
+/// Bytes asked for by each read of the stage.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// How the stage ended: when the recipient's login must be complete.
 #[derive(Debug, Clone, Copy)]
 pub struct LoggingIn {
@@ -64,7 +67,12 @@ pub async fn run(
     .await
     .map_err(|_| RelayError::HandshakeTimeout(handshake_timeout))?;
     let login = match login {
-        Err(RelayError::Downstream(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+        Err(RelayError::Downstream(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
             return Err(RelayError::ClientLeft);
         }
         other => other?,
@@ -76,8 +84,9 @@ pub async fn run(
     Ok(LoggingIn { login_due })
 }
 
-/// Reads one whole packet travelling in `dir`, shown to `observer` as it arrives: the header
-/// first, so an oversized length is refused before its payload is read.
+/// Reads from `from` until one whole packet travelling in `dir` has arrived, showing every
+/// read to `observer` as it comes (so an oversized length is refused at its header, before its
+/// payload is read). Returns every byte read, to forward as it is.
 async fn read_packet(
     from: &mut (impl AsyncRead + Unpin),
     observer: &impl Observer,
@@ -87,20 +96,23 @@ async fn read_packet(
         Direction::Upstream => RelayError::Downstream(e),
         Direction::Downstream => RelayError::Upstream(e),
     };
-    let mut packet = vec![0u8; HEADER_LEN];
-    from.read_exact(&mut packet).await.map_err(leg_error)?;
-    observer
-        .observe(dir, &packet)
-        .map_err(RelayError::Protocol)?;
-    let header = PacketHeader::parse(&packet).expect("a whole header");
-    packet.resize(HEADER_LEN + header.payload_len, 0);
-    from.read_exact(&mut packet[HEADER_LEN..])
-        .await
-        .map_err(leg_error)?;
-    observer
-        .observe(dir, &packet[HEADER_LEN..])
-        .map_err(RelayError::Protocol)?;
-    Ok(packet)
+    let mut bytes = Vec::with_capacity(READ_CHUNK);
+    loop {
+        let whole =
+            PacketHeader::parse(&bytes).is_some_and(|h| bytes.len() >= HEADER_LEN + h.payload_len);
+        if whole {
+            return Ok(bytes);
+        }
+        let before = bytes.len();
+        bytes.reserve(READ_CHUNK);
+        let n = from.read_buf(&mut bytes).await.map_err(leg_error)?;
+        if n == 0 {
+            return Err(leg_error(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        observer
+            .observe(dir, &bytes[before..])
+            .map_err(RelayError::Protocol)?;
+    }
 }
 
 /// Completes when the recipient closes its connection before logging in. It sends nothing
