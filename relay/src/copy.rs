@@ -1,6 +1,6 @@
-//! The copy path: both directions at once, generic over the streams so that plain TCP, TLS and
-//! decorated streams share it. When one side finishes sending, the other side's write half is
-//! shut down and the opposite direction carries on (half-close).
+//! The copy path: both directions at once, generic over `AsyncRead + AsyncWrite` so that any
+//! decorated stream goes through it. When one side finishes sending, the other side's write half
+//! is shut down and the opposite direction carries on (half-close).
 
 use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional_with_sizes};
 
