@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`config`]: the relay's settings and their validation.
+//! - [`units`]: durations and sizes as people write them (`30s`, `256KiB`).
 //! - [`server`]: binding the listener, the shared [`Relay`] state and its accept loop, [`run`].
 //! - [`connection`]: one downstream (recipient) connection: dial upstream, then copy through
 //!   the decoder, under a login deadline.
@@ -29,6 +30,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod socket;
+pub mod units;
 pub mod upstream;
 
 pub use config::Config;
