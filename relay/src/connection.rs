@@ -169,13 +169,13 @@ async fn carry(
         let dialed = if resuming {
             // The recipient retries on its own; stop waiting for the donor when it gives up.
             tokio::select! {
-                dialed = upstream::dial_until(config, &donor, deadline) => dialed,
+                dialed = upstream::dial_until(config, relay.health(), &donor, deadline) => dialed,
                 _ = recipient_gone(downstream) => {
                     return Err(RelayError::Downstream(std::io::ErrorKind::ConnectionAborted.into()));
                 }
             }
         } else {
-            upstream::dial(config, &donor).await
+            upstream::dial(config, relay.health(), &donor).await
         };
         match dialed {
             Ok(stream) => {

@@ -12,6 +12,7 @@
 //! - [`session`]: clone sessions: connections grouped by clone, with state, bytes, progress.
 //! - [`metrics`]: relay-wide counters in Prometheus text format.
 //! - [`admin`]: the admin listener (`/metrics`, `/sessions`).
+//! - [`health`]: the outcome of the latest dials of each donor, for readiness.
 //! - [`upstream`]: dialing the donor, and the start-up probe of its greeting.
 //! - [`socket`]: socket tuning through socket2 (TCP_NODELAY, buffers, keepalive).
 //! - [`io`]: I/O decorators for the copy path (byte metering, protocol observation).
@@ -24,6 +25,7 @@ pub mod config;
 pub mod connection;
 pub mod copy;
 pub mod error;
+pub mod health;
 pub mod io;
 pub mod metrics;
 pub mod protocol;

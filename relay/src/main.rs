@@ -176,7 +176,7 @@ async fn serve(cli: Cli) -> Result<(), RelayError> {
     let listener = clone_relay::bind(cli.listen)?;
     let admin = cli.admin.map(clone_relay::bind).transpose()?;
     if !cli.no_upstream_probe {
-        probe_donors(relay.config()).await?;
+        probe_donors(&relay).await?;
     }
     let stop = CancellationToken::new();
     if let Some(admin) = admin {
@@ -206,18 +206,19 @@ fn one_line(message: &str) -> String {
         .to_string()
 }
 
-/// Checks every donor's greeting. One donor down among several is a warning; all down (or the
-/// only one) stops the relay.
-async fn probe_donors(config: &Config) -> Result<(), RelayError> {
+/// Checks every donor's greeting (the outcome also feeds readiness). One donor down among
+/// several is a warning; all down (or the only one) stops the relay.
+async fn probe_donors(relay: &Relay) -> Result<(), RelayError> {
+    let (config, health) = (relay.config(), relay.health());
     if let [donor] = config.upstreams.as_slice() {
-        let greeting = upstream::probe(config, donor).await?;
+        let greeting = upstream::probe(config, health, donor).await?;
         info!(upstream = %donor, server_version = %greeting.server_version, "donor answers");
         return Ok(());
     }
     let mut first_error = None;
     let mut answered = 0;
     for donor in &config.upstreams {
-        match upstream::probe(config, donor).await {
+        match upstream::probe(config, health, donor).await {
             Ok(greeting) => {
                 answered += 1;
                 info!(upstream = %donor, server_version = %greeting.server_version, "donor answers");

@@ -15,6 +15,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::config::Config;
 use crate::connection;
 use crate::error::RelayError;
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::session::Registry;
 use crate::socket;
@@ -32,12 +33,14 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
     })
 }
 
-/// A relay's shared state: its settings, the clone sessions it follows, its counters. Cheap to
-/// clone; the admin endpoint and tests read the same state the connections write.
+/// A relay's shared state: its settings, the clone sessions it follows, its counters, the
+/// outcome of its dials of donors. Cheap to clone; the admin endpoint and tests read the same
+/// state the connections write.
 #[derive(Debug, Clone)]
 pub struct Relay {
     config: Arc<Config>,
     registry: Arc<Registry>,
+    health: Arc<Health>,
 }
 
 impl Relay {
@@ -48,6 +51,7 @@ impl Relay {
         Ok(Relay {
             config: Arc::new(config),
             registry: Arc::new(registry),
+            health: Arc::new(Health::default()),
         })
     }
 
@@ -61,6 +65,11 @@ impl Relay {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.registry.metrics()
+    }
+
+    /// The outcome of the latest dials of each donor, for `/readyz`.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// Serves `listener` until `shutdown` completes, then stops accepting and gives the
