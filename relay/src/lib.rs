@@ -4,7 +4,7 @@
 //! donor and carries every byte between them.
 //!
 //! # Layout
-//! - [`config`]: the relay's settings and their validation.
+//! - [`config`]: the relay's settings (flags, environment, TOML file) and their validation.
 //! - [`units`]: durations and sizes as people write them (`30s`, `256KiB`).
 //! - [`server`]: binding the listener, the shared [`Relay`] state and its accept loop, [`run`].
 //! - [`connection`]: one downstream (recipient) connection: dial upstream, then copy through

@@ -17,7 +17,8 @@ use crate::connection;
 use crate::error::RelayError;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::session::Registry;
+use crate::protocol::decoder::Limits;
+use crate::session::{Registry, SessionSettings};
 use crate::socket;
 
 /// Pause after a failed accept (for example EMFILE) so the loop does not spin.
@@ -47,7 +48,15 @@ impl Relay {
     /// A relay with validated settings.
     pub fn new(config: Config) -> Result<Self, RelayError> {
         config.validate()?;
-        let registry = Registry::new(config.session_settings(), Arc::new(Metrics::default()));
+        let settings = SessionSettings {
+            resume_timeout: config.resume_timeout,
+            limits: Limits {
+                max_login_packet_bytes: config.max_login_packet_bytes,
+                max_packet_bytes: config.max_packet_bytes,
+            },
+            ..SessionSettings::default()
+        };
+        let registry = Registry::new(settings, Arc::new(Metrics::default()));
         Ok(Relay {
             config: Arc::new(config),
             registry: Arc::new(registry),
