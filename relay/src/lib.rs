@@ -11,7 +11,8 @@
 //!   the decoder, under a login deadline.
 //! - [`session`]: clone sessions: connections grouped by clone, with state, bytes, progress.
 //! - [`metrics`]: relay-wide counters in Prometheus text format.
-//! - [`admin`]: the admin listener (`/metrics`, `/sessions`).
+//! - [`admin`]: the admin listener on axum (`/metrics`, `/sessions`, `/healthz`, `/readyz`,
+//!   resets behind a bearer token).
 //! - [`health`]: the outcome of the latest dials of each donor, for readiness.
 //! - [`upstream`]: dialing the donor, and the start-up probe of its greeting.
 //! - [`socket`]: socket tuning through socket2 (TCP_NODELAY, buffers, keepalive).

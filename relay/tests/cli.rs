@@ -2,10 +2,14 @@
 //! settings come from flags, environment variables and a TOML file, in that order of
 //! precedence; the admin token never shows in its output.
 
-use std::io::Write;
-use std::net::TcpListener;
+mod common;
+use common::{GREETING, packet, unhex};
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 const SECRET: &str = "s3cret-token-that-must-never-be-shown";
 
@@ -230,6 +234,86 @@ fn the_admin_token_is_never_printed() {
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains(SECRET));
     assert!(!String::from_utf8_lossy(&out.stdout).contains(SECRET));
+
+    // A relay that runs, logging everything, while the admin API is asked with a wrong token
+    // and with the right one.
+    let donor = fake_donor();
+    let admin = closed_port();
+    let mut child = command(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &donor,
+        "--admin",
+        &admin,
+    ])
+    .env("CLONE_RELAY_ADMIN_TOKEN", SECRET)
+    .env("RUST_LOG", "trace")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log.contains("relay listening") {
+        assert!(Instant::now() < deadline, "no start: {log}");
+        if stderr.read_line(&mut log).unwrap() == 0 {
+            panic!("relay exited: {log}");
+        }
+    }
+    let wrong = admin_post(&admin, "/sessions/1/reset", "wrong-token-wrong-token-wrong");
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let right = admin_post(&admin, "/sessions/1/reset", SECRET);
+    assert!(right.starts_with("HTTP/1.1 404"), "{right}");
+    assert!(!wrong.contains(SECRET) && !right.contains(SECRET));
+    stop(&mut child);
+    stderr.read_to_string(&mut log).unwrap();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(log.contains("admin listening"), "{log}");
+    assert!(!log.contains(SECRET), "the token is in the log: {log}");
+    assert!(!stdout.contains(SECRET), "the token is on stdout: {stdout}");
+}
+
+/// Kills the child and waits for it.
+fn stop(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A POST with a bearer token to the admin listener: the whole raw response.
+fn admin_post(admin: &str, path: &str, token: &str) -> String {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// A fake donor that greets each connection like MySQL 9.7.
+fn fake_donor() -> String {
+    let greeting = packet(0, &unhex(GREETING));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.write_all(&greeting);
+        }
+    });
+    addr
 }
 
 #[test]
