@@ -191,10 +191,10 @@ async fn dial(
         }
         let dialed = match admission.dial_patience {
             Some(patience) => tokio::select! {
-                dialed = upstream::dial_until(config, donor, Instant::now() + patience, conn.id()) => dialed,
+                dialed = upstream::dial_until(config, relay.health(), donor, Instant::now() + patience, conn.id()) => dialed,
                 () = handshake::recipient_gone(downstream) => return Err(RelayError::ClientLeft),
             },
-            None => upstream::dial(config, donor).await,
+            None => upstream::dial(config, relay.health(), donor).await,
         };
         match dialed {
             Ok(stream) => {

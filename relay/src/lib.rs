@@ -19,9 +19,12 @@
 //! - [`session`]: clone sessions: connections grouped by clone, with state, bytes, progress.
 //! - [`protocol`]: the MySQL classic protocol and CLONE's sub-protocol, decoded as they pass.
 //! - [`metrics`]: relay-wide counters in Prometheus text format.
-//! - [`admin`]: the admin listener (`/metrics`, `/sessions`, resets).
+//! - [`admin`]: the admin listener on axum (`/metrics`, `/sessions`, `/healthz`, `/readyz`,
+//!   resets behind a bearer token).
+//! - [`health`]: the outcome of the latest dials of each donor, for readiness.
 //! - [`socket`]: socket tuning through socket2 (TCP_NODELAY, buffers, keepalive).
-//! - [`config`]: the relay's settings and their validation.
+//! - [`config`]: the relay's settings (flags, environment, TOML file) and their validation.
+//! - [`units`]: durations and sizes as people write them (`30s`, `256KiB`).
 //! - [`error`]: the library's error type, saying which side failed.
 
 pub mod admin;
@@ -31,6 +34,7 @@ pub mod connection;
 pub mod copy;
 pub mod error;
 pub mod handshake;
+pub mod health;
 pub mod io;
 pub mod metrics;
 pub mod protocol;
@@ -39,6 +43,7 @@ pub mod session;
 pub mod socket;
 pub mod stall;
 pub mod state;
+pub mod units;
 pub mod upstream;
 
 pub use config::Config;

@@ -1,10 +1,11 @@
-//! The relay's shared state: its settings, the clone sessions it follows, its counters. Cheap
-//! to clone; the accept loop, the connections and the admin API all hold the same state.
+//! The relay's shared state: its settings, the clone sessions it follows, its counters, the
+//! outcome of its dials of donors. Cheap to clone; the accept loop, the connections and the admin API all hold the same state.
 
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::RelayError;
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
 use crate::session::affinity::AffinityStore;
@@ -15,6 +16,7 @@ use crate::session::{Registry, SessionSettings};
 pub struct Relay {
     config: Arc<Config>,
     registry: Arc<Registry>,
+    health: Arc<Health>,
 }
 
 impl Relay {
@@ -38,6 +40,7 @@ impl Relay {
         Ok(Relay {
             config: Arc::new(config),
             registry: Arc::new(registry),
+            health: Arc::new(Health::default()),
         })
     }
 
@@ -51,5 +54,10 @@ impl Relay {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.registry.metrics()
+    }
+
+    /// The outcome of the latest dials of each donor, for `/readyz`.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 }

@@ -9,6 +9,7 @@ use tracing::debug;
 
 use crate::config::Config;
 use crate::error::RelayError;
+use crate::health::Health;
 use crate::protocol::handshake::{Greeting, ServerHello, parse_server_hello};
 use crate::protocol::packet::read_packet;
 use crate::socket;
@@ -18,8 +19,18 @@ const MAX_GREETING_BYTES: usize = 16 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Connects to the donor `addr` within the connect timeout, tuned like every relay socket.
-pub async fn dial(config: &Config, addr: &str) -> Result<TcpStream, RelayError> {
+/// Connects to the donor `addr` within the connect timeout, tuned like every relay socket, and
+/// records the outcome in `health`.
+pub async fn dial(config: &Config, health: &Health, addr: &str) -> Result<TcpStream, RelayError> {
+    let dialed = dial_once(config, addr).await;
+    match &dialed {
+        Ok(_) => health.record_success(addr),
+        Err(e) => health.record_failure(addr, e),
+    }
+    dialed
+}
+
+async fn dial_once(config: &Config, addr: &str) -> Result<TcpStream, RelayError> {
     let connect = async {
         let mut last = None;
         let targets =
@@ -55,6 +66,7 @@ pub async fn dial(config: &Config, addr: &str) -> Result<TcpStream, RelayError> 
 /// passes; the last error is returned then.
 pub async fn dial_until(
     config: &Config,
+    health: &Health,
     addr: &str,
     deadline: Instant,
     seed: u64,
@@ -62,7 +74,7 @@ pub async fn dial_until(
     let mut backoff = FIRST_BACKOFF;
     let mut attempt: u64 = 0;
     loop {
-        match dial(config, addr).await {
+        match dial(config, health, addr).await {
             Ok(stream) => return Ok(stream),
             Err(e) if Instant::now() + backoff >= deadline => return Err(e),
             Err(e) => {
@@ -88,12 +100,28 @@ fn unit_interval(seed: u64, attempt: u64) -> f64 {
 }
 
 /// Dials `addr` and reads its greeting, so that a relay pointed at the wrong place says so at
-/// start. The connection is then dropped; the donor counts it as an aborted connect.
-pub async fn probe(config: &Config, addr: &str) -> Result<Greeting, RelayError> {
-    let mut stream = dial(config, addr).await?;
+/// start. The connection is then dropped; the donor counts it as an aborted connect. Only a
+/// greeting is recorded in `health` as a success.
+pub async fn probe(config: &Config, health: &Health, addr: &str) -> Result<Greeting, RelayError> {
+    let greeting = match dial_once(config, addr).await {
+        Ok(mut stream) => read_greeting(config, &mut stream, addr).await,
+        Err(e) => Err(e),
+    };
+    match &greeting {
+        Ok(_) => health.record_success(addr),
+        Err(e) => health.record_failure(addr, e),
+    }
+    greeting
+}
+
+async fn read_greeting(
+    config: &Config,
+    stream: &mut TcpStream,
+    addr: &str,
+) -> Result<Greeting, RelayError> {
     let (_, payload) = timeout(
         config.connect_timeout,
-        read_packet(&mut stream, MAX_GREETING_BYTES),
+        read_packet(stream, MAX_GREETING_BYTES),
     )
     .await
     .map_err(|_| RelayError::UpstreamTimeout {
@@ -134,12 +162,18 @@ mod tests {
             tokio::net::TcpListener::bind(addr).await.unwrap()
         });
         let deadline = Instant::now() + Duration::from_secs(5);
-        let stream = dial_until(&config, &addr.to_string(), deadline, 1).await;
+        let health = Health::default();
+        let stream = dial_until(&config, &health, &addr.to_string(), deadline, 1).await;
         assert!(stream.is_ok(), "{stream:?}");
         drop(comes_back.await.unwrap());
 
         let gone = Instant::now() + Duration::from_millis(300);
-        assert!(dial_until(&config, "127.0.0.1:1", gone, 1).await.is_err());
+        assert!(
+            dial_until(&config, &health, "127.0.0.1:1", gone, 1)
+                .await
+                .is_err()
+        );
+        assert!(health.readiness().ready);
     }
 
     #[test]
