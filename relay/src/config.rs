@@ -167,7 +167,8 @@ pub struct Config {
     #[serde(skip_serializing)]
     pub admin_token: Option<Secret>,
 
-    /// Directory where the relay keeps its small state files; it must exist. No default.
+    /// Directory where the relay keeps its small state files (the affinity table, so that a
+    /// resume reaches its donor after a restart); it must exist. No default.
     #[arg(
         long,
         value_name = "DIR",
