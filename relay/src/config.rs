@@ -177,6 +177,41 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
 
+    /// TLS towards recipients: `preferred` offers it (with the relay's own certificate) when the
+    /// donor leg can have it too, `required` refuses recipients without it, `disabled` never
+    /// offers it, `passthrough` passes the recipient's TLS to the donor undecoded (clone
+    /// awareness is then off for TLS clones; needs `--server-tls-mode as-client`).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = ClientTlsMode::Preferred)]
+    pub client_tls_mode: ClientTlsMode,
+
+    /// TLS towards donors: `as-client` uses TLS exactly when the recipient does, `preferred`
+    /// and `required` likewise but `required` refuses a donor without TLS, `disabled` never.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = ServerTlsMode::AsClient)]
+    pub server_tls_mode: ServerTlsMode,
+
+    /// The relay's certificate chain towards recipients (PEM); without it the relay makes a
+    /// self-signed CA and certificate, kept in the state directory when there is one.
+    #[arg(long, value_name = "FILE", requires = "client_tls_key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_tls_cert: Option<PathBuf>,
+
+    /// The private key of `client_tls_cert` (PEM); it must not be readable by others.
+    #[arg(long, value_name = "FILE", requires = "client_tls_cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_tls_key: Option<PathBuf>,
+
+    /// How the donor's certificate is checked: `disabled` (as MySQL's own preferred mode),
+    /// `ca` (the chain against `--server-tls-ca`, not the name: stock mysqld certificates carry
+    /// no usable name), `identity` (chain and name).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = ServerTlsVerify::Disabled)]
+    pub server_tls_verify: ServerTlsVerify,
+
+    /// CA certificates (PEM) that donors' certificates must chain to, for `--server-tls-verify
+    /// ca` or `identity`.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_tls_ca: Option<PathBuf>,
+
     /// Check at start that each donor answers with a MySQL greeting (`--no-upstream-probe`
     /// turns it off).
     #[arg(
@@ -246,6 +281,35 @@ impl Default for StallSettings {
     fn default() -> Self {
         clap_defaults()
     }
+}
+
+/// TLS on the recipient's leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientTlsMode {
+    Disabled,
+    Preferred,
+    Required,
+    Passthrough,
+}
+
+/// TLS on the donor's leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    Disabled,
+    Preferred,
+    Required,
+    AsClient,
+}
+
+/// How the donor's certificate is verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsVerify {
+    Disabled,
+    Ca,
+    Identity,
 }
 
 /// How log lines are written.
@@ -549,6 +613,41 @@ impl Config {
             && dir.as_os_str().is_empty()
         {
             return Err(invalid("state_dir", "must not be empty"));
+        }
+        self.validate_tls()
+    }
+
+    /// The TLS modes must fit together, and each file they need must be named.
+    fn validate_tls(&self) -> Result<(), RelayError> {
+        use ClientTlsMode as C;
+        use ServerTlsMode as S;
+        match (self.client_tls_mode, self.server_tls_mode) {
+            (C::Passthrough, S::AsClient) => {}
+            (C::Passthrough, _) => {
+                return Err(invalid(
+                    "client_tls_mode",
+                    "passthrough needs server_tls_mode = as-client (the recipient's own TLS goes to the donor)",
+                ));
+            }
+            (C::Disabled, S::Required) | (C::Required, S::Disabled) => {
+                return Err(invalid(
+                    "server_tls_mode",
+                    "TLS on one leg only is not supported yet: use the same kind of mode on both legs",
+                ));
+            }
+            _ => {}
+        }
+        if self.client_tls_cert.is_some() != self.client_tls_key.is_some() {
+            return Err(invalid(
+                "client_tls_key",
+                "client_tls_cert and client_tls_key go together",
+            ));
+        }
+        if self.server_tls_verify != ServerTlsVerify::Disabled && self.server_tls_ca.is_none() {
+            return Err(invalid(
+                "server_tls_ca",
+                "needed when server_tls_verify is ca or identity",
+            ));
         }
         Ok(())
     }

@@ -20,8 +20,9 @@ use tracing::{debug, info, warn};
 use crate::admission::{self, Admission};
 use crate::copy;
 use crate::error::RelayError;
-use crate::handshake;
+use crate::handshake::{self, StageSettings};
 use crate::io::{Legs, Observed};
+use crate::leg::Leg;
 use crate::protocol::Direction;
 use crate::protocol::handshake::err_packet;
 use crate::session::{CloseReason, ConnHandle, ConnId};
@@ -32,11 +33,12 @@ use crate::{socket, stall, upstream};
 /// greeting when no donor can be reached, so its CLONE fails with a reason rather than EOF.
 const CR_CONN_HOST_ERROR: u16 = 2003;
 
-/// Both legs of a connection, kept by [`serve`] so it can reset them however the carry ends.
-#[derive(Debug)]
+/// Both legs of a connection once the handshake stage is done, kept by [`serve`] so it can
+/// reset them however the copy ends.
+#[derive(Debug, Default)]
 struct Sockets {
-    downstream: TcpStream,
-    upstream: Option<TcpStream>,
+    downstream: Option<Leg>,
+    upstream: Option<Leg>,
 }
 
 /// Serves one downstream connection to its end, records it in the session registry and the
@@ -56,12 +58,9 @@ pub async fn serve(
     let legs = Legs::default();
     let conn = Arc::new(relay.registry().open(id, peer, legs.clone()));
 
-    let mut sockets = Sockets {
-        downstream,
-        upstream: None,
-    };
+    let mut sockets = Sockets::default();
     let result = tokio::select! {
-        result = carry(&mut sockets, peer, &relay, &legs, &conn) => result,
+        result = carry(downstream, &mut sockets, peer, &relay, &legs, &conn) => result,
         _ = close_now.cancelled() => Err(RelayError::Shutdown),
         _ = conn.aborted() => Err(RelayError::Aborted),
     };
@@ -79,8 +78,8 @@ pub async fn serve(
     ) {
         // A real reset on both legs: the recipient sees the failure at once and resumes, and
         // the donor lets go of its end.
-        for stream in std::iter::once(&sockets.downstream).chain(sockets.upstream.as_ref()) {
-            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        for leg in sockets.downstream.iter().chain(&sockets.upstream) {
+            let _ = socket2::SockRef::from(leg.tcp()).set_linger(Some(Duration::ZERO));
         }
     }
 
@@ -135,9 +134,10 @@ pub async fn serve(
     }
 }
 
-/// Admission, dial, handshake stage, decorated copy. The sockets stay in `sockets` so the
-/// caller can reset them.
+/// Admission, dial, handshake stage, decorated copy. After the stage the legs stay in
+/// `sockets` so the caller can reset them.
 async fn carry(
+    mut downstream: TcpStream,
     sockets: &mut Sockets,
     peer: SocketAddr,
     relay: &Relay,
@@ -145,32 +145,34 @@ async fn carry(
     conn: &Arc<ConnHandle>,
 ) -> Result<(), RelayError> {
     let config = relay.config();
-    socket::tune(&sockets.downstream, config).map_err(RelayError::Downstream)?;
+    socket::tune(&downstream, config).map_err(RelayError::Downstream)?;
     let admission = admission::admit(relay, conn, peer);
-    let (upstream, donor) = match dial(&admission, relay, conn, &sockets.downstream).await {
+    let (upstream, donor) = match dial(&admission, relay, conn, &downstream).await {
         Ok(dialed) => dialed,
         Err(e) => {
-            refuse(&mut sockets.downstream, &e).await;
+            refuse(&mut downstream, &e).await;
             return Err(e);
         }
     };
-    let upstream = sockets.upstream.insert(upstream);
-    let downstream = &mut sockets.downstream;
-    let logging_in = handshake::run(
-        downstream,
-        upstream,
-        conn,
-        &donor,
-        admission.greeting_wait,
-        config.handshake_timeout,
-    )
-    .await?;
+    let stage = StageSettings {
+        upstream_addr: &donor,
+        greeting_wait: admission.greeting_wait,
+        handshake_timeout: config.handshake_timeout,
+        max_greeting_bytes: config.max_login_packet_bytes,
+        client_tls: config.client_tls_mode,
+        server_tls: config.server_tls_mode,
+        tls: relay.tls(),
+    };
+    let handshaken = handshake::run(downstream, upstream, conn.as_ref(), &stage).await?;
+    conn.set_tls(handshaken.downstream.is_tls(), handshaken.upstream.is_tls());
+    let downstream = sockets.downstream.insert(handshaken.downstream);
+    let upstream = sockets.upstream.insert(handshaken.upstream);
 
     let downstream = Observed::new(downstream, conn.clone(), Direction::Upstream);
     let upstream = Observed::new(upstream, conn.clone(), Direction::Downstream);
     tokio::select! {
         result = copy::relay(downstream, upstream, config.copy_buffer_bytes, legs) => result,
-        e = login_deadline(logging_in.login_due, config.handshake_timeout, conn) => Err(e),
+        e = login_deadline(handshaken.login_due, config.handshake_timeout, conn) => Err(e),
         silence = stall::watch(&config.stall, conn.flow(), legs) => Err(RelayError::Stalled { silence }),
     }
 }

@@ -52,6 +52,18 @@ pub enum RelayError {
     #[error("protocol breach: {0}")]
     Protocol(Violation),
 
+    /// The recipient's TLS handshake with the relay failed.
+    #[error("recipient TLS: {0}")]
+    DownstreamTls(String),
+
+    /// The relay's TLS handshake with the donor failed (its certificate, its protocol).
+    #[error("TLS to upstream {addr} failed: {reason}")]
+    UpstreamTls { addr: String, reason: String },
+
+    /// The TLS modes could not be met; the recipient was sent this reason in an ERR packet.
+    #[error("refused: {0}")]
+    TlsRefused(String),
+
     /// The recipient closed its connection before logging in (a TCP health check does that).
     #[error("the recipient left before logging in")]
     ClientLeft,
@@ -96,6 +108,9 @@ impl RelayError {
                 crate::protocol::ViolationKind::Compression => "protocol_compression",
             },
             RelayError::ClientLeft => "client_left",
+            RelayError::DownstreamTls(_) => "tls_downstream",
+            RelayError::UpstreamTls { .. } => "tls_upstream",
+            RelayError::TlsRefused(_) => "tls_refused",
             RelayError::HandshakeTimeout(_) => "handshake_timeout",
             RelayError::Stalled { .. } => "stalled",
             RelayError::Aborted => "aborted",
@@ -107,7 +122,11 @@ impl RelayError {
     pub fn is_rejection(&self) -> bool {
         matches!(
             self,
-            RelayError::Protocol(_) | RelayError::HandshakeTimeout(_)
+            RelayError::Protocol(_)
+                | RelayError::HandshakeTimeout(_)
+                | RelayError::DownstreamTls(_)
+                | RelayError::UpstreamTls { .. }
+                | RelayError::TlsRefused(_)
         )
     }
 

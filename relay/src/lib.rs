@@ -13,6 +13,7 @@
 //! - [`connection`]: one recipient connection from admission to close.
 //! - [`upstream`]: dialing the donor (with backoff for reconnects), the start-up probe.
 //! - [`handshake`]: the stage between dial and copy that owns both legs until login.
+//! - [`leg`]: a leg after the handshake: plain TCP or TLS, one `AsyncRead + AsyncWrite`.
 //! - [`copy`]: the bidirectional copy, generic over `AsyncRead + AsyncWrite`.
 //! - [`io`]: I/O decorators on the copy path (byte metering, protocol observation).
 //! - [`stall`]: telling a dead link from a quiet one while the donor owes data.
@@ -22,6 +23,7 @@
 //! - [`admin`]: the admin listener on axum (`/metrics`, `/sessions`, `/healthz`, `/readyz`,
 //!   resets behind a bearer token).
 //! - [`health`]: the outcome of the latest dials of each donor, for readiness.
+//! - [`tls`]: TLS for both legs (rustls): the relay's certificate, donor verification.
 //! - [`socket`]: socket tuning through socket2 (TCP_NODELAY, buffers, keepalive).
 //! - [`config`]: the relay's settings (flags, environment, TOML file) and their validation.
 //! - [`units`]: durations and sizes as people write them (`30s`, `256KiB`).
@@ -36,6 +38,7 @@ pub mod error;
 pub mod handshake;
 pub mod health;
 pub mod io;
+pub mod leg;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
@@ -43,6 +46,7 @@ pub mod session;
 pub mod socket;
 pub mod stall;
 pub mod state;
+pub mod tls;
 pub mod units;
 pub mod upstream;
 

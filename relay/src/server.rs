@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::config::Config;
+use crate::config::{ClientTlsMode, Config};
 use crate::connection;
 use crate::error::RelayError;
 use crate::socket;
@@ -39,6 +39,12 @@ impl Relay {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RelayError> {
+        self.tls().log_start();
+        if self.config().client_tls_mode == ClientTlsMode::Passthrough {
+            warn!(
+                "client TLS passthrough: clones over TLS pass undecoded, so their sessions, progress, stall detection and resume accounting are off"
+            );
+        }
         let permits = Arc::new(Semaphore::new(self.config().max_connections));
         let tasks = TaskTracker::new();
         let close_now = CancellationToken::new();

@@ -10,6 +10,7 @@ use crate::metrics::Metrics;
 use crate::protocol::Limits;
 use crate::session::affinity::AffinityStore;
 use crate::session::{Registry, SessionSettings};
+use crate::tls::Tls;
 
 /// A relay's shared state.
 #[derive(Debug, Clone)]
@@ -17,6 +18,7 @@ pub struct Relay {
     config: Arc<Config>,
     registry: Arc<Registry>,
     health: Arc<Health>,
+    tls: Arc<Tls>,
 }
 
 impl Relay {
@@ -24,7 +26,9 @@ impl Relay {
     /// earlier run is read from it.
     pub fn new(config: Config) -> Result<Self, RelayError> {
         config.validate()?;
+        let tls = Tls::load(&config)?;
         let settings = SessionSettings {
+            decode_inside_tls: config.client_tls_mode != crate::config::ClientTlsMode::Passthrough,
             resume_timeout: config.resume_timeout,
             limits: Limits {
                 max_login_packet_bytes: config.max_login_packet_bytes,
@@ -41,6 +45,7 @@ impl Relay {
             config: Arc::new(config),
             registry: Arc::new(registry),
             health: Arc::new(Health::default()),
+            tls: Arc::new(tls),
         })
     }
 
@@ -54,6 +59,11 @@ impl Relay {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.registry.metrics()
+    }
+
+    /// TLS for both legs.
+    pub fn tls(&self) -> &Tls {
+        &self.tls
     }
 
     /// The outcome of the latest dials of each donor, for `/readyz`.

@@ -130,6 +130,11 @@ struct Conversation {
     awaiting_clone_ok: bool,
     /// `COM_EXIT` sent; its COMPLETE returns the connection to the command phase.
     exiting: bool,
+    /// The relay terminates TLS on this connection, so the decoder sees the bytes inside it:
+    /// after an SSLRequest the login request follows (sequence id 2) instead of opaque bytes.
+    tls_terminated: bool,
+    /// The sequence id the login request must carry.
+    login_seq: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,8 +157,17 @@ impl Decoder {
                 compression: Compression::None,
                 awaiting_clone_ok: false,
                 exiting: false,
+                tls_terminated: false,
+                login_seq: 1,
             },
         }
+    }
+
+    /// A decoder for a connection whose TLS the relay terminates: it is fed the bytes inside
+    /// TLS, so an SSLRequest is followed by a readable login request.
+    pub fn inside_tls(mut self) -> Self {
+        self.talk.tls_terminated = true;
+        self
     }
 
     pub fn phase(&self) -> Phase {
@@ -322,7 +336,7 @@ impl Conversation {
                 Err(reason) => self.stop(dir, ViolationKind::Malformed, reason),
             },
             (Phase::Login, Upstream) => {
-                if h.seq != 1 {
+                if h.seq != self.login_seq {
                     return self.stop(
                         dir,
                         ViolationKind::OutOfProtocol,
@@ -333,9 +347,13 @@ impl Conversation {
                     Ok(login) => login,
                     Err(reason) => return self.stop(dir, ViolationKind::Malformed, reason),
                 };
-                if login.is_ssl_request {
-                    self.phase = Phase::Opaque;
+                if login.is_ssl_request && self.login_seq == 1 {
                     on_event(Event::TlsStarted);
+                    if self.tls_terminated {
+                        self.login_seq = 2;
+                        return Ok(());
+                    }
+                    self.phase = Phase::Opaque;
                     return Err(Stop::Switch);
                 }
                 let both = login.capabilities & self.server_capabilities;

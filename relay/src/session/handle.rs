@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{CloseReason, ConnId, Registry};
+use super::{CloseReason, ConnId, Registry, SessionSettings};
 use crate::io::Observer;
 use crate::protocol::clone::CommandKind;
 use crate::protocol::decoder::{Decoder, Event};
-use crate::protocol::{Direction, Limits, Phase, Violation};
+use crate::protocol::{Direction, Phase, Violation};
 use crate::stall::DataFlow;
 
 /// A relayed connection's link to the registry: it decodes what passes and records it.
@@ -30,13 +30,19 @@ impl ConnHandle {
     pub(super) fn new(
         registry: Arc<Registry>,
         id: ConnId,
-        limits: Limits,
+        settings: &SessionSettings,
         abort: CancellationToken,
     ) -> Self {
+        let decoder = Decoder::new(settings.limits);
+        let decoder = if settings.decode_inside_tls {
+            decoder.inside_tls()
+        } else {
+            decoder
+        };
         ConnHandle {
             registry,
             id,
-            decoder: Mutex::new(Decoder::new(limits)),
+            decoder: Mutex::new(decoder),
             past_login: AtomicBool::new(false),
             greeted: AtomicBool::new(false),
             abort,
@@ -76,6 +82,11 @@ impl ConnHandle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .owed()
+    }
+
+    /// Records whether each leg runs TLS.
+    pub fn set_tls(&self, downstream: bool, upstream: bool) {
+        self.registry.set_tls(self.id, downstream, upstream);
     }
 
     /// Records the donor this connection goes to (its first choice could not be reached).

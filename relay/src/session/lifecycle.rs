@@ -40,6 +40,8 @@ impl Registry {
             bytes_from_downstream: 0,
             bytes_from_upstream: 0,
             data_bytes: 0,
+            tls_downstream: false,
+            tls_upstream: false,
             close_reason: None,
         };
         let abort = CancellationToken::new();
@@ -57,7 +59,15 @@ impl Registry {
                 waits_for: None,
             },
         );
-        ConnHandle::new(self.clone(), id, self.settings.limits, abort)
+        ConnHandle::new(self.clone(), id, &self.settings, abort)
+    }
+
+    /// Records whether each leg of `conn` runs TLS.
+    pub(super) fn set_tls(&self, conn: ConnId, downstream: bool, upstream: bool) {
+        if let Some(c) = self.lock().conns.get_mut(&conn) {
+            c.record.tls_downstream = downstream;
+            c.record.tls_upstream = upstream;
+        }
     }
 
     /// The donor greeted `conn`: it no longer draws from a greeting-wait budget.

@@ -52,6 +52,8 @@ pub struct SessionSettings {
     /// Ended sessions kept for `/sessions`.
     pub keep_ended: usize,
     pub limits: Limits,
+    /// The relay terminates TLS, so decoders see the bytes inside it.
+    pub decode_inside_tls: bool,
 }
 
 impl Default for SessionSettings {
@@ -61,6 +63,7 @@ impl Default for SessionSettings {
             orphan_timeout: Duration::from_secs(60),
             keep_ended: 32,
             limits: Limits::default(),
+            decode_inside_tls: true,
         }
     }
 }

@@ -107,6 +107,9 @@ pub struct ConnRecord {
     pub bytes_from_downstream: u64,
     pub bytes_from_upstream: u64,
     pub data_bytes: u64,
+    /// TLS on the recipient's leg, and on the donor's.
+    pub tls_downstream: bool,
+    pub tls_upstream: bool,
     pub close_reason: Option<String>,
 }
 
