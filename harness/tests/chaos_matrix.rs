@@ -293,3 +293,54 @@ async fn seeded_chaos_matrix() -> anyhow::Result<()> {
     );
     rig.relay.stop().await
 }
+
+/// The table's words for a cell, without Docker: a clone the donor refused before any data
+/// is "n/a" (and still a failure), one that failed midway "DIFFER".
+#[test]
+fn a_clone_that_never_started_is_not_compared() {
+    let outcome = |state: &str, error_no: i64, data_bytes: u64| CloneOutcome {
+        state: state.into(),
+        error_no,
+        error_message: String::new(),
+        source: String::new(),
+        statement_time: Duration::ZERO,
+        total_time: Duration::ZERO,
+        data_bytes,
+        network_bytes: data_bytes,
+        file_copy_bytes: data_bytes,
+    };
+    let cell = |outcome, relayed_bytes, mismatched| Cell {
+        waited: Duration::ZERO,
+        outcome,
+        resumes: "0".into(),
+        relayed_bytes,
+        mismatched,
+        took: Duration::ZERO,
+    };
+    let refused = cell(Ok(outcome("Failed", 3634, 0)), 0, None);
+    assert_eq!(refused.checksums_word(), "n/a");
+    assert_eq!(refused.outcome_word(), "Failed 3634");
+    assert!(!refused.passed());
+    let busy = cell(Err("not started: donor busy".into()), 0, None);
+    assert_eq!((busy.checksums_word(), busy.passed()), ("n/a", false));
+    let broken = cell(Ok(outcome("Failed", 3862, 5 * MIB)), 7 * MIB, None);
+    assert_eq!(
+        (broken.checksums_word(), broken.passed()),
+        ("DIFFER", false)
+    );
+    let differs = cell(
+        Ok(outcome("Completed", 0, 100 * MIB)),
+        100 * MIB,
+        Some(vec!["drill.t1".into()]),
+    );
+    assert_eq!(
+        (differs.checksums_word(), differs.passed()),
+        ("DIFFER", false)
+    );
+    let good = cell(
+        Ok(outcome("Completed", 0, 100 * MIB)),
+        100 * MIB,
+        Some(vec![]),
+    );
+    assert_eq!((good.checksums_word(), good.passed()), ("equal", true));
+}
