@@ -10,6 +10,7 @@
 //! - [`dataset`]: seeding a donor with a data set of a chosen size, and checksumming it.
 //! - [`clone`]: running `CLONE INSTANCE` on a recipient and following it to its end.
 //! - [`relay`]: clone-relay running in-process for a test.
+//! - [`load`]: traffic on a relay besides a clone (idle logged-in clients, half logins).
 //! - [`drill`]: the whole scenario (donor, relay, recipients, clones, comparison), as
 //!   `clone-drill` runs it.
 
@@ -18,6 +19,7 @@ pub mod dataset;
 pub mod docker;
 pub mod drill;
 pub mod image;
+pub mod load;
 pub mod mysql;
 pub mod relay;
 

@@ -56,10 +56,15 @@ impl RelayFixture {
 
     /// A relay with the given settings, listening on free loopback ports.
     pub fn start_with(config: Config) -> Result<Self> {
+        Self::start_at(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config)
+    }
+
+    /// A relay with the given settings listening on `addr` (for example the address of a relay
+    /// just stopped, to restart it in place); its admin listener takes a free loopback port.
+    pub fn start_at(addr: SocketAddr, config: Config) -> Result<Self> {
         let relay = Relay::new(config)?;
-        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        let listener = clone_relay::bind(loopback)?;
-        let admin = clone_relay::bind(loopback)?;
+        let listener = clone_relay::bind(addr)?;
+        let admin = clone_relay::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
         let addr = listener.local_addr().context("relay listener address")?;
         let admin_addr = admin.local_addr().context("admin listener address")?;
         let (stop, stopped) = oneshot::channel::<()>();

@@ -1,137 +1,534 @@
-//! The admin listener (off unless `--admin` is given): `GET /metrics` in Prometheus text
-//! format, `GET /sessions` as JSON, `GET /healthz`, and `POST /sessions/{id}/reset` to reset a
-//! clone session's connections so that the recipient resumes it. A minimal HTTP/1.1 server: one request per
-//! connection, bounded in size and time.
+//! The admin listener (off unless `--admin` is given), on axum:
+//!
+//! - `GET /metrics`: Prometheus text: the relay's counters, then the admin listener's own.
+//! - `GET /sessions`: JSON of live and recent clone sessions.
+//! - `GET /healthz`: 200 while the relay runs.
+//! - `GET /readyz`: 200 when a donor's latest dial succeeded, or one did within the last
+//!   minute (see [`crate::health`]); else 503 with the reason. It never dials a donor itself.
+//! - `POST /sessions/{id}/reset`: resets every connection of a clone session so that the
+//!   recipient resumes it; `{"session": id, "connections_reset": n}`, 404 when none was live.
+//!
+//! Mutating endpoints need `Authorization: Bearer <token>` matching the configured admin token
+//! (compared in constant time); a missing or wrong token is 401 and changes nothing. Without a
+//! configured token they are off (403). Errors are JSON `{"error": "..."}` with their status:
+//! 400 for a malformed session id, 404 for an unknown path, 405 (with `Allow`) for a wrong
+//! method, 503 when busy or timed out.
+//!
+//! Bounds, so that a flood of admin requests never takes resources from the relay: at most
+//! [`MAX_CONNECTIONS`] admin connections are open (further ones wait in the listen backlog),
+//! each for at most [`CONNECTION_LIFETIME`] and one request (every response says
+//! `Connection: close`); at most [`MAX_CONCURRENT_REQUESTS`] requests run at once, and one
+//! that cannot start within [`QUEUE_WAIT`] gets 503; each runs within [`REQUEST_TIMEOUT`].
+//! A failed accept is retried, after [`ACCEPT_ERROR_BACKOFF`] unless the error concerned only
+//! that connection.
 
-use std::future::Future;
+use std::fmt::Write as _;
+use std::future::{Future, IntoFuture};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::debug;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+use tracing::{debug, info, warn};
 
-use crate::server::Relay;
+use crate::state::Relay;
 
-const MAX_REQUEST_BYTES: usize = 8 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Admin requests served at once.
+pub const MAX_CONCURRENT_REQUESTS: usize = 64;
+/// Admin connections open at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a request may wait for one of the [`MAX_CONCURRENT_REQUESTS`] slots before 503.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// How long a request may run once started before 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an admin connection may stay open, however slowly its client sends or reads.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(20);
+/// Pause after a failed accept that is not about one connection (for example EMFILE).
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves admin requests on `listener` until `shutdown` completes.
+/// Serves admin requests on `listener` until `shutdown` completes. Connections open then run
+/// to their end (each is bounded by [`CONNECTION_LIFETIME`]).
 pub async fn serve(listener: TcpListener, relay: Relay, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    debug!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            _ = &mut shutdown => return,
-        };
-        let relay = relay.clone();
-        tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &relay)).await {
-                debug!(%peer, error = %e, "admin request timed out");
-            }
-        });
-    }
+    let limits = Arc::new(Limits::default());
+    serve_router(listener, router(relay, limits.clone()), limits, shutdown).await;
 }
 
-async fn answer(mut stream: TcpStream, relay: &Relay) -> std::io::Result<()> {
-    let mut request = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 || request.len() + n > MAX_REQUEST_BYTES {
-            return respond(&mut stream, 400, "text/plain", "bad request\n").await;
-        }
-        request.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&request);
-    let mut words = line.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    if method == "POST" {
-        // POST /sessions/{id}/reset: reset a clone session's connections so it resumes.
-        let id = path
-            .strip_prefix("/sessions/")
-            .and_then(|rest| rest.strip_suffix("/reset"))
-            .and_then(|id| id.parse().ok());
-        return match id {
-            Some(id) => {
-                let n = relay.registry().abort_session(id);
-                let body = format!("{{\"session\": {id}, \"connections_reset\": {n}}}\n");
-                respond(
-                    &mut stream,
-                    if n > 0 { 200 } else { 404 },
-                    "application/json",
-                    &body,
-                )
-                .await
-            }
-            None => respond(&mut stream, 404, "text/plain", "not found\n").await,
-        };
-    }
-    if method != "GET" {
-        return respond(&mut stream, 405, "text/plain", "only GET and POST\n").await;
-    }
-    match path {
-        "/metrics" => {
-            let page = relay.metrics().render(&relay.registry().count_by_state());
-            respond(&mut stream, 200, "text/plain; version=0.0.4", &page).await
-        }
-        "/sessions" => {
-            let body = serde_json::to_string_pretty(&relay.registry().view())
-                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-            respond(&mut stream, 200, "application/json", &body).await
-        }
-        "/healthz" => respond(&mut stream, 200, "text/plain", "ok\n").await,
-        _ => respond(&mut stream, 404, "text/plain", "not found\n").await,
-    }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        _ => "Method Not Allowed",
+/// Serves `routes` under `limits` on `listener`, with the connection bounds, until `shutdown`.
+async fn serve_router(
+    listener: TcpListener,
+    routes: Router,
+    limits: Arc<Limits>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let listener = BoundedListener {
+        inner: listener,
+        permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
     };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    let app = routes.layer(middleware::from_fn_with_state(limits, limit));
+    tokio::select! {
+        result = axum::serve(listener, app).into_future() => {
+            if let Err(e) = result {
+                warn!(error = %e, "admin listener stopped");
+            }
+        }
+        () = shutdown => {}
+    }
 }
 
-/// A plain HTTP request (`GET` or `POST` without a body) against an admin listener: status and
-/// body. For tests and tools.
-pub async fn request(
-    addr: std::net::SocketAddr,
+/// The admin API's routes, over `relay`; `limits` only for their counts in `/metrics`.
+fn router(relay: Relay, limits: Arc<Limits>) -> Router {
+    let state = AdminState { relay, limits };
+    let mutating = Router::new()
+        .route("/sessions/{id}/reset", post(reset))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/sessions", get(sessions))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(mutating)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+#[derive(Debug, Clone)]
+struct AdminState {
+    relay: Relay,
+    limits: Arc<Limits>,
+}
+
+/// The request slots, and counts of their use for `/metrics`.
+#[derive(Debug)]
+struct Limits {
+    permits: Arc<Semaphore>,
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+    rejected: AtomicU64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            permits: Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS)),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Limits {
+    fn render(&self, page: &mut String) {
+        let gauges = [
+            (
+                "clone_relay_admin_requests_in_flight",
+                "gauge",
+                "Admin requests being served.",
+                self.in_flight.load(Ordering::SeqCst) as u64,
+            ),
+            (
+                "clone_relay_admin_requests_in_flight_peak",
+                "gauge",
+                "Most admin requests served at once since the listener started.",
+                self.peak.load(Ordering::SeqCst) as u64,
+            ),
+            (
+                "clone_relay_admin_requests_rejected_total",
+                "counter",
+                "Admin requests answered 503 because every request slot stayed taken.",
+                self.rejected.load(Ordering::SeqCst),
+            ),
+        ];
+        if !page.is_empty() && !page.ends_with('\n') {
+            page.push('\n');
+        }
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(
+                page,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+    }
+}
+
+/// Counts a request as in flight until it ends, even when its client goes away.
+struct InFlight<'a>(&'a Limits);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Outermost middleware: a request slot (503 after [`QUEUE_WAIT`]), the request timeout, and
+/// `Connection: close` on every response.
+async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
+    let mut response =
+        match tokio::time::timeout(QUEUE_WAIT, limits.permits.clone().acquire_owned()).await {
+            Ok(Ok(_permit)) => {
+                let in_flight = limits.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                let _guard = InFlight(&limits);
+                limits.peak.fetch_max(in_flight, Ordering::SeqCst);
+                match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+                    Ok(response) => response,
+                    Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "request timed out"),
+                }
+            }
+            _ => {
+                limits.rejected.fetch_add(1, Ordering::SeqCst);
+                let mut busy = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many admin requests at once; retry",
+                );
+                busy.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                busy
+            }
+        };
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Lets a request through only with the configured bearer token (compared in constant time).
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let Some(expected) = state.relay.config().admin_token.as_ref() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "no admin token is configured (CLONE_RELAY_ADMIN_TOKEN): mutating endpoints are off",
+        );
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let authorized = given.is_some_and(|token| expected.matches(token));
+    if !authorized {
+        debug!(
+            path = %request.uri().path(),
+            token_given = given.is_some(),
+            "admin request refused: missing or wrong bearer token"
+        );
+        let mut refused = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        refused
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return refused;
+    }
+    next.run(request).await
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let relay = &state.relay;
+    let stale: Vec<String> = (relay.registry().stale_donors().into_iter())
+        .map(|d| d.upstream)
+        .collect();
+    let mut page = relay
+        .metrics()
+        .render(&relay.registry().count_by_state(), &stale);
+    state.limits.render(&mut page);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response()
+}
+
+async fn sessions(State(state): State<AdminState>) -> Response {
+    match serde_json::to_string_pretty(&state.relay.registry().view()) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render sessions: {e}"),
+        ),
+    }
+}
+
+async fn healthz() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain")], "ok\n").into_response()
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let readiness = state.relay.health().readiness();
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness)).into_response()
+}
+
+async fn reset(State(state): State<AdminState>, id: Result<Path<u64>, PathRejection>) -> Response {
+    let Ok(Path(id)) = id else {
+        return error(StatusCode::BAD_REQUEST, "the session id must be a number");
+    };
+    let n = state.relay.registry().abort_session(id);
+    if n == 0 {
+        let body = json!({
+            "session": id,
+            "connections_reset": 0,
+            "error": format!("clone session {id} has no live connection"),
+        });
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
+    }
+    info!(
+        clone_session = id,
+        connections_reset = n,
+        "clone session reset on request"
+    );
+    Json(json!({"session": id, "connections_reset": n})).into_response()
+}
+
+async fn not_found(uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// A JSON error body with its status.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Accepts at most [`MAX_CONNECTIONS`] connections at once, each bounded by
+/// [`CONNECTION_LIFETIME`], and retries failed accepts.
+struct BoundedListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+impl axum::serve::Listener for BoundedListener {
+    type Io = BoundedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (BoundedStream, SocketAddr) {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, peer)) => {
+                    let deadline = Box::pin(tokio::time::sleep(CONNECTION_LIFETIME));
+                    return (
+                        BoundedStream {
+                            stream,
+                            deadline,
+                            _permit: permit,
+                        },
+                        peer,
+                    );
+                }
+                // About that connection only: the next one may be fine.
+                Err(e) if is_connection_error(&e) => debug!(error = %e, "admin accept failed"),
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// An admin connection: fails its reads and writes once its lifetime is over, and frees its
+/// connection slot when dropped.
+struct BoundedStream {
+    stream: TcpStream,
+    deadline: Pin<Box<Sleep>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl BoundedStream {
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn lifetime_over() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "admin connection open too long")
+}
+
+impl AsyncRead for BoundedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BoundedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// How long [`request`] waits for a whole answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A plain HTTP request (`GET`, or `POST` without a body) against an admin listener: status
+/// and body. For tests and tools.
+pub async fn request(addr: SocketAddr, method: &str, path: &str) -> io::Result<(u16, String)> {
+    request_with_token(addr, method, path, None).await
+}
+
+/// [`request`] with `Authorization: Bearer <token>` when a token is given.
+pub async fn request_with_token(
+    addr: SocketAddr,
     method: &str,
     path: &str,
-) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("{method} {path} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
+    token: Option<&str>,
+) -> io::Result<(u16, String)> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if method != "GET" && method != "HEAD" {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    head.push_str("\r\n");
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(head.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, io::Error>(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(CLIENT_TIMEOUT, exchange)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "admin request timed out"))??;
     let status = response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status line"))?;
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A route slow enough that the request slots fill up: in flight never exceeds the limit
+    /// (counted by the handler itself), requests beyond it wait and, past QUEUE_WAIT, get 503,
+    /// and the listener answers afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_beyond_the_limit_wait_then_get_503() {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let slow = {
+            let (in_flight, peak) = (in_flight.clone(), peak.clone());
+            move || async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                "done"
+            }
+        };
+        let routes = Router::new().route("/slow", get(slow));
+        let limits = Arc::new(Limits::default());
+        let listener = crate::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_router(
+            listener,
+            routes,
+            limits.clone(),
+            std::future::pending(),
+        ));
+
+        let started = tokio::time::Instant::now();
+        // More than MAX_CONNECTIONS, so that some wait past QUEUE_WAIT for a request slot.
+        let flood: Vec<_> = (0..400)
+            .map(|_| tokio::spawn(request(addr, "GET", "/slow")))
+            .collect();
+        let (mut ok, mut busy) = (0, 0);
+        for answer in flood {
+            let (status, body) = answer.await.unwrap().unwrap();
+            match status {
+                200 => ok += 1,
+                503 => {
+                    assert!(body.contains("too many admin requests"), "{body}");
+                    busy += 1;
+                }
+                other => panic!("status {other}: {body}"),
+            }
+        }
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(30), "the flood took {took:?}");
+        assert_eq!(peak.load(Ordering::SeqCst), MAX_CONCURRENT_REQUESTS);
+        assert_eq!(limits.peak.load(Ordering::SeqCst), MAX_CONCURRENT_REQUESTS);
+        assert_eq!(limits.rejected.load(Ordering::SeqCst), busy);
+        assert!(
+            ok >= MAX_CONCURRENT_REQUESTS && busy > 0,
+            "{ok} ok, {busy} busy"
+        );
+        assert_eq!(in_flight.load(Ordering::SeqCst), 0);
+        assert_eq!(request(addr, "GET", "/slow").await.unwrap().0, 200);
+    }
 }

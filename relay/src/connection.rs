@@ -1,6 +1,6 @@
-//! One recipient connection: choose and dial a donor, then carry bytes both ways through the
-//! protocol decoder until either side ends, a peer breaks the protocol, login takes too long, or
-//! the donor goes silent on a connection it owes data.
+//! One recipient connection from admission to close: admit, dial the donor, run the handshake
+//! stage, then copy both ways through the decorators until either side ends, a peer breaks the
+//! protocol, login takes too long, or the donor goes silent on a connection it owes data.
 //!
 //! When a connection of a clone in transfer fails, the other connections of its clone session
 //! are reset too, so the recipient's CLONE resumes (COM_REINIT) at once rather than when each
@@ -9,30 +9,37 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
-use crate::copy::{self, Legs};
+use crate::admission::{self, Admission};
+use crate::copy;
 use crate::error::RelayError;
-use crate::io::Observed;
-use crate::protocol::decoder::Direction;
+use crate::handshake::{self, StageSettings};
+use crate::io::{Legs, Observed};
+use crate::leg::Leg;
+use crate::protocol::Direction;
 use crate::protocol::handshake::err_packet;
-use crate::server::Relay;
 use crate::session::{CloseReason, ConnHandle, ConnId};
-use crate::{socket, upstream};
+use crate::state::Relay;
+use crate::{socket, stall, upstream};
 
 /// MySQL's client error for "can't connect to server", sent to the recipient in place of a
 /// greeting when no donor can be reached, so its CLONE fails with a reason rather than EOF.
 const CR_CONN_HOST_ERROR: u16 = 2003;
-/// How often a connection waiting for the donor's greeting looks for it.
-const GREETING_CHECK_EVERY: Duration = Duration::from_millis(100);
-/// How often the stall detector looks at a connection.
-const STALL_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Both legs of a connection once the handshake stage is done, kept by [`serve`] so it can
+/// reset them however the copy ends.
+#[derive(Debug, Default)]
+struct Sockets {
+    downstream: Option<Leg>,
+    upstream: Option<Leg>,
+}
 
 /// Serves one downstream connection to its end, records it in the session registry and the
 /// metrics, and logs how it ended with byte counts. `close_now` ends it early (relay shutdown
@@ -49,18 +56,13 @@ pub async fn serve(
     metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
     metrics.connections_active.fetch_add(1, Ordering::Relaxed);
     let legs = Legs::default();
-    let conn = Arc::new(relay.registry().open(id, peer, "", legs.clone()));
+    let conn = Arc::new(relay.registry().open(id, peer, legs.clone()));
 
-    let mut downstream = downstream;
-    let mut upstream = None;
+    let mut sockets = Sockets::default();
     let result = tokio::select! {
-        result = carry(&mut downstream, &mut upstream, peer, &relay, &legs, &conn) => result,
+        result = carry(downstream, &mut sockets, peer, &relay, &legs, &conn) => result,
         _ = close_now.cancelled() => Err(RelayError::Shutdown),
         _ = conn.aborted() => Err(RelayError::Aborted),
-    };
-    let result = match (result, conn.violation()) {
-        (Err(_), Some(violation)) => Err(RelayError::Protocol(violation)),
-        (result, _) => result,
     };
     if let Err(e) = &result
         && conn.owed_data()
@@ -76,8 +78,8 @@ pub async fn serve(
     ) {
         // A real reset on both legs: the recipient sees the failure at once and resumes, and
         // the donor lets go of its end.
-        for stream in std::iter::once(&downstream).chain(upstream.as_ref()) {
-            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        for leg in sockets.downstream.iter().chain(&sockets.upstream) {
+            let _ = socket2::SockRef::from(leg.tcp()).set_linger(Some(Duration::ZERO));
         }
     }
 
@@ -106,7 +108,7 @@ pub async fn serve(
     // The registry learns of the end (a lost main marks its clone resuming) before the sockets
     // close, so the recipient's immediate reconnect is recognised.
     conn.close(&reason);
-    drop((downstream, upstream));
+    drop(sockets);
 
     let duration_ms = started.elapsed().as_millis() as u64;
     match result {
@@ -132,58 +134,74 @@ pub async fn serve(
     }
 }
 
-/// The donors to try for a new connection from `peer`, in order: the donor of that recipient's
-/// clone if it has one under way (and no other: a resumed clone must reach the same donor),
-/// else the donors not busy with another clone, then the busy ones.
-fn donors_for(relay: &Relay, peer: SocketAddr) -> Vec<String> {
-    if let Some(donor) = relay.registry().affinity(peer.ip()) {
-        return vec![donor];
-    }
-    let busy = relay.registry().busy_upstreams();
-    let (free, taken): (Vec<&String>, Vec<&String>) = relay
-        .config()
-        .upstreams
-        .iter()
-        .partition(|u| !busy.contains(*u));
-    free.into_iter().chain(taken).cloned().collect()
-}
-
-/// Dials a donor into `upstream_slot` (so the caller keeps both sockets and can reset them),
-/// then copies until the end.
+/// Admission, dial, handshake stage, decorated copy. After the stage the legs stay in
+/// `sockets` so the caller can reset them.
 async fn carry(
-    downstream: &mut TcpStream,
-    upstream_slot: &mut Option<TcpStream>,
+    mut downstream: TcpStream,
+    sockets: &mut Sockets,
     peer: SocketAddr,
     relay: &Relay,
     legs: &Legs,
     conn: &Arc<ConnHandle>,
 ) -> Result<(), RelayError> {
     let config = relay.config();
-    socket::tune(downstream, config).map_err(RelayError::Downstream)?;
-    // A reconnect of a clone that is resuming waits for its donor; others try each donor once.
-    let resuming = relay.registry().resuming_from(peer.ip());
-    let deadline = tokio::time::Instant::now() + config.reconnect_dial_timeout;
+    socket::tune(&downstream, config).map_err(RelayError::Downstream)?;
+    let admission = admission::admit(relay, conn, peer);
+    let (upstream, donor) = match dial(&admission, relay, conn, &downstream).await {
+        Ok(dialed) => dialed,
+        Err(e) => {
+            refuse(&mut downstream, &e).await;
+            return Err(e);
+        }
+    };
+    let stage = StageSettings {
+        upstream_addr: &donor,
+        greeting_wait: admission.greeting_wait,
+        handshake_timeout: config.handshake_timeout,
+        max_greeting_bytes: config.max_login_packet_bytes,
+        client_tls: config.client_tls_mode,
+        server_tls: config.server_tls_mode,
+        tls: relay.tls(),
+    };
+    let handshaken = handshake::run(downstream, upstream, conn.as_ref(), &stage).await?;
+    conn.set_tls(handshaken.downstream.is_tls(), handshaken.upstream.is_tls());
+    let downstream = sockets.downstream.insert(handshaken.downstream);
+    let upstream = sockets.upstream.insert(handshaken.upstream);
+
+    let downstream = Observed::new(downstream, conn.clone(), Direction::Upstream);
+    let upstream = Observed::new(upstream, conn.clone(), Direction::Downstream);
+    tokio::select! {
+        result = copy::relay(downstream, upstream, config.copy_buffer_bytes, legs) => result,
+        e = login_deadline(handshaken.login_due, config.handshake_timeout, conn) => Err(e),
+        silence = stall::watch(&config.stall, conn.flow(), legs) => Err(RelayError::Stalled { silence }),
+    }
+}
+
+/// Dials the admitted donors in order; a resuming clone's reconnect keeps dialing its donor
+/// until the admission's patience runs out or the recipient gives up.
+async fn dial(
+    admission: &Admission,
+    relay: &Relay,
+    conn: &ConnHandle,
+    downstream: &TcpStream,
+) -> Result<(TcpStream, String), RelayError> {
+    let config = relay.config();
     let mut last_error = None;
-    let mut chosen = String::new();
-    for donor in donors_for(relay, peer) {
-        let dialed = if resuming {
-            // The recipient retries on its own; stop waiting for the donor when it gives up.
-            tokio::select! {
-                dialed = upstream::dial_until(config, &donor, deadline) => dialed,
-                _ = recipient_gone(downstream) => {
-                    return Err(RelayError::Downstream(std::io::ErrorKind::ConnectionAborted.into()));
-                }
-            }
-        } else {
-            upstream::dial(config, &donor).await
+    for (i, donor) in admission.donors.iter().enumerate() {
+        if i > 0 {
+            conn.reserve(donor);
+        }
+        let dialed = match admission.dial_patience {
+            Some(patience) => tokio::select! {
+                dialed = upstream::dial_until(config, relay.health(), donor, Instant::now() + patience, conn.id()) => dialed,
+                () = handshake::recipient_gone(downstream) => return Err(RelayError::ClientLeft),
+            },
+            None => upstream::dial(config, relay.health(), donor).await,
         };
         match dialed {
             Ok(stream) => {
-                conn.set_upstream(&donor);
-                *upstream_slot = Some(stream);
-                debug!(upstream = %donor, resuming, "upstream connected");
-                chosen = donor;
-                break;
+                debug!(upstream = %donor, resuming = admission.resuming, "upstream connected");
+                return Ok((stream, donor.clone()));
             }
             Err(e) => {
                 warn!(upstream = %donor, error = %e, "donor unreachable");
@@ -191,87 +209,34 @@ async fn carry(
             }
         }
     }
-    let Some(upstream) = upstream_slot.as_mut() else {
-        let e = last_error.expect("at least one donor was tried");
-        let refusal = err_packet(
-            0,
-            CR_CONN_HOST_ERROR,
-            b"HY000",
-            &format!("clone-relay: {e}"),
-        );
-        // Best effort: the recipient may be gone already.
-        let _ = downstream.write_all(&refusal).await;
-        let _ = downstream.shutdown().await;
-        return Err(e);
-    };
-
-    // A resuming clone's reconnect waits for a donor coming back from an outage; any other
-    // connection gives a silent donor the handshake timeout.
-    let greeting_wait = if resuming {
-        config.reconnect_dial_timeout
-    } else {
-        config.handshake_timeout
-    };
-    let downstream = Observed::new(downstream, conn.clone(), Direction::Upstream);
-    let upstream = Observed::new(upstream, conn.clone(), Direction::Downstream);
-    let copy = copy::relay(downstream, upstream, config.copy_buffer_bytes, legs);
-    tokio::select! {
-        result = copy => result,
-        e = login_deadline(config, &chosen, greeting_wait, conn) => Err(e),
-        silence = stall_watch(config, conn, legs) => Err(RelayError::Stalled { silence }),
-    }
+    Err(last_error.unwrap_or_else(|| RelayError::Config {
+        field: "upstream",
+        reason: "no donor configured".into(),
+    }))
 }
 
-/// Completes when the recipient closes its connection (it sends nothing before the greeting, so
-/// any readiness is its end; bytes it sent early are left for the decoder to judge).
-async fn recipient_gone(downstream: &TcpStream) {
-    let mut probe = [0u8; 1];
-    match downstream.peek(&mut probe).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
+/// Tells the recipient, in place of a greeting, that no donor could be reached. Best effort:
+/// the recipient may be gone already.
+async fn refuse(downstream: &mut TcpStream, e: &RelayError) {
+    if matches!(e, RelayError::ClientLeft) {
+        return;
     }
+    let refusal = err_packet(
+        0,
+        CR_CONN_HOST_ERROR,
+        b"HY000",
+        &format!("clone-relay: {e}"),
+    );
+    let _ = downstream.write_all(&refusal).await;
+    let _ = downstream.shutdown().await;
 }
 
-/// Completes with the error when a login takes too long. The recipient's part is bounded by the
-/// handshake timeout, counted from the donor's greeting; the donor's greeting by `greeting_wait`
-/// (long for a resuming clone's reconnect, so it is carried through an outage rather than cut).
-async fn login_deadline(
-    config: &Config,
-    donor: &str,
-    greeting_wait: Duration,
-    conn: &ConnHandle,
-) -> RelayError {
-    let greeting_due = tokio::time::Instant::now() + greeting_wait;
-    while !conn.greeted() {
-        if tokio::time::Instant::now() >= greeting_due {
-            return RelayError::UpstreamTimeout {
-                addr: donor.to_string(),
-                timeout: greeting_wait,
-            };
-        }
-        tokio::time::sleep(GREETING_CHECK_EVERY).await;
-    }
-    tokio::time::sleep(config.handshake_timeout).await;
+/// Completes with the error when the login is not done by `due` (the handshake timeout counted
+/// from the donor's greeting); never once it is done.
+async fn login_deadline(due: Instant, timeout: Duration, conn: &ConnHandle) -> RelayError {
+    tokio::time::sleep_until(due).await;
     if conn.past_login() {
         std::future::pending::<()>().await;
     }
-    RelayError::HandshakeTimeout(config.handshake_timeout)
-}
-
-/// Completes, with the length of the silence, when the donor stalls on a connection it owes
-/// data. While the relay still holds donor bytes the recipient has not taken, the recipient is
-/// the slow side (its disk, its own throttle) and the donor is not judged.
-async fn stall_watch(config: &Config, conn: &ConnHandle, legs: &Legs) -> Duration {
-    if !config.stall.enabled {
-        return std::future::pending().await;
-    }
-    loop {
-        tokio::time::sleep(STALL_CHECK_EVERY).await;
-        let undelivered = legs.upstream.bytes_read() > legs.downstream.bytes_written();
-        if undelivered {
-            conn.excuse_silence();
-        } else if let Some(silence) = conn.stalled(&config.stall) {
-            return silence;
-        }
-    }
+    RelayError::HandshakeTimeout(timeout)
 }

@@ -1,25 +1,15 @@
-//! The copy path: both directions at once, generic over the streams so that plain TCP, TLS and
-//! decorated streams share it. When one side finishes sending, the other side's write half is
-//! shut down and the opposite direction carries on (half-close).
-
-use std::sync::Arc;
+//! The copy path: both directions at once, generic over `AsyncRead + AsyncWrite` so that any
+//! decorated stream goes through it. When one side finishes sending, the other side's write half
+//! is shut down and the opposite direction carries on (half-close).
 
 use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional_with_sizes};
 
 use crate::error::RelayError;
-use crate::io::{LegStats, Metered};
-
-/// Counters of both legs of one connection.
-#[derive(Debug, Default, Clone)]
-pub struct Legs {
-    /// The recipient's side: bytes read here went to the donor.
-    pub downstream: Arc<LegStats>,
-    /// The donor's side: bytes read here went to the recipient.
-    pub upstream: Arc<LegStats>,
-}
+use crate::io::{Legs, Metered, violation_of};
 
 /// Copies between `downstream` and `upstream` until both directions have ended or one leg fails.
-/// The error says which leg failed; the byte counts stay readable in `legs` either way.
+/// The error says which leg failed, or which peer broke the protocol; the byte counts stay
+/// readable in `legs` either way.
 pub async fn relay<D, U>(
     downstream: D,
     upstream: U,
@@ -32,12 +22,18 @@ where
 {
     let mut down = Metered::new(downstream, legs.downstream.clone());
     let mut up = Metered::new(upstream, legs.upstream.clone());
-    match copy_bidirectional_with_sizes(&mut down, &mut up, buffer_bytes, buffer_bytes).await {
-        Ok(_) => Ok(()),
-        Err(e) if legs.upstream.failed() && !legs.downstream.failed() => {
-            Err(RelayError::Upstream(e))
-        }
-        Err(e) => Err(RelayError::Downstream(e)),
+    let Err(e) =
+        copy_bidirectional_with_sizes(&mut down, &mut up, buffer_bytes, buffer_bytes).await
+    else {
+        return Ok(());
+    };
+    if let Some(violation) = violation_of(&e) {
+        return Err(RelayError::Protocol(violation.clone()));
+    }
+    if legs.upstream.failed() && !legs.downstream.failed() {
+        Err(RelayError::Upstream(e))
+    } else {
+        Err(RelayError::Downstream(e))
     }
 }
 

@@ -3,7 +3,7 @@
 use std::io;
 use std::time::Duration;
 
-use crate::protocol::decoder::Violation;
+use crate::protocol::Violation;
 
 /// Errors of the relay library.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,22 @@ pub enum RelayError {
     #[error("protocol breach: {0}")]
     Protocol(Violation),
 
+    /// The recipient's TLS handshake with the relay failed.
+    #[error("recipient TLS: {0}")]
+    DownstreamTls(String),
+
+    /// The relay's TLS handshake with the donor failed (its certificate, its protocol).
+    #[error("TLS to upstream {addr} failed: {reason}")]
+    UpstreamTls { addr: String, reason: String },
+
+    /// The TLS modes could not be met; the recipient was sent this reason in an ERR packet.
+    #[error("refused: {0}")]
+    TlsRefused(String),
+
+    /// The recipient closed its connection before logging in (a TCP health check does that).
+    #[error("the recipient left before logging in")]
+    ClientLeft,
+
     /// The recipient did not finish logging in within the handshake timeout.
     #[error("no login within {}ms", .0.as_millis())]
     HandshakeTimeout(Duration),
@@ -86,13 +102,15 @@ impl RelayError {
             RelayError::Downstream(_) => "downstream_error",
             RelayError::Upstream(_) => "upstream_error",
             RelayError::Protocol(v) => match v.kind {
-                crate::protocol::decoder::ViolationKind::Oversize => "protocol_oversize",
-                crate::protocol::decoder::ViolationKind::Malformed => "protocol_malformed",
-                crate::protocol::decoder::ViolationKind::OutOfProtocol => {
-                    "protocol_out_of_protocol"
-                }
-                crate::protocol::decoder::ViolationKind::Compression => "protocol_compression",
+                crate::protocol::ViolationKind::Oversize => "protocol_oversize",
+                crate::protocol::ViolationKind::Malformed => "protocol_malformed",
+                crate::protocol::ViolationKind::OutOfProtocol => "protocol_out_of_protocol",
+                crate::protocol::ViolationKind::Compression => "protocol_compression",
             },
+            RelayError::ClientLeft => "client_left",
+            RelayError::DownstreamTls(_) => "tls_downstream",
+            RelayError::UpstreamTls { .. } => "tls_upstream",
+            RelayError::TlsRefused(_) => "tls_refused",
             RelayError::HandshakeTimeout(_) => "handshake_timeout",
             RelayError::Stalled { .. } => "stalled",
             RelayError::Aborted => "aborted",
@@ -104,7 +122,11 @@ impl RelayError {
     pub fn is_rejection(&self) -> bool {
         matches!(
             self,
-            RelayError::Protocol(_) | RelayError::HandshakeTimeout(_)
+            RelayError::Protocol(_)
+                | RelayError::HandshakeTimeout(_)
+                | RelayError::DownstreamTls(_)
+                | RelayError::UpstreamTls { .. }
+                | RelayError::TlsRefused(_)
         )
     }
 
@@ -112,6 +134,7 @@ impl RelayError {
     /// at debug rather than warn.
     pub fn is_peer_reset(&self) -> bool {
         match self {
+            RelayError::ClientLeft => true,
             RelayError::Downstream(e) | RelayError::Upstream(e) => matches!(
                 e.kind(),
                 io::ErrorKind::ConnectionReset

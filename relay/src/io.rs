@@ -1,8 +1,10 @@
 //! I/O decorators for the copy path. Each wraps a stream and adds one concern, so the copy loop
-//! stays a plain copy: [`Metered`] counts the bytes read from a leg and remembers whether that
-//! leg failed; [`Observed`] shows every byte read from a leg to the protocol decoder before it
-//! is forwarded, and turns a protocol breach into a read error so the bad bytes never reach the
-//! other side. Rate limiting slots in the same way.
+//! stays a plain copy: [`Metered`] counts the bytes moved on a leg and remembers whether that
+//! leg failed; [`Observed`] shows every byte read from a leg to an [`Observer`] (the
+//! connection's decoder) before it is forwarded, and turns a protocol breach into a read error
+//! whose inner error is the [`Violation`], so the bad bytes never reach the other side.
+//!
+//! Decorators report through [`LegStats`] and [`Observer`]; they know nothing of sessions.
 
 use std::io;
 use std::pin::Pin;
@@ -12,8 +14,33 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::protocol::decoder::Direction;
-use crate::session::ConnHandle;
+use crate::protocol::{Direction, Violation};
+
+/// Sees every byte read from a leg before it is forwarded. An error is a protocol breach: the
+/// bytes are not forwarded and the connection closes.
+pub trait Observer {
+    fn observe(&self, dir: Direction, bytes: &[u8]) -> Result<(), Violation>;
+}
+
+impl<O: Observer + ?Sized> Observer for Arc<O> {
+    fn observe(&self, dir: Direction, bytes: &[u8]) -> Result<(), Violation> {
+        (**self).observe(dir, bytes)
+    }
+}
+
+/// The protocol breach inside an I/O error made by [`Observed`], if that is what it is.
+pub fn violation_of(e: &io::Error) -> Option<&Violation> {
+    e.get_ref()?.downcast_ref::<Violation>()
+}
+
+/// Counters of both legs of one connection.
+#[derive(Debug, Default, Clone)]
+pub struct Legs {
+    /// The recipient's side: bytes read here went to the donor.
+    pub downstream: Arc<LegStats>,
+    /// The donor's side: bytes read here went to the recipient.
+    pub upstream: Arc<LegStats>,
+}
 
 /// What one leg has done, shared between the copy task and whoever reports on it.
 #[derive(Debug, Default)]
@@ -32,6 +59,12 @@ impl LegStats {
     /// Bytes written to this leg so far (accepted by its socket).
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` bytes as read, for tests of what reads the counters.
+    #[cfg(test)]
+    pub(crate) fn add_read(&self, n: u64) {
+        self.bytes_read.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Whether a read or write on this leg returned an error.
@@ -123,19 +156,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 /// A leg whose reads pass through the connection's decoder. `dir` is the way the bytes read here
 /// travel: reads from the recipient go upstream, reads from the donor go downstream.
 #[derive(Debug)]
-pub struct Observed<S> {
+pub struct Observed<S, O> {
     inner: S,
-    conn: Arc<ConnHandle>,
+    observer: O,
     dir: Direction,
 }
 
-impl<S> Observed<S> {
-    pub fn new(inner: S, conn: Arc<ConnHandle>, dir: Direction) -> Self {
-        Observed { inner, conn, dir }
+impl<S, O> Observed<S, O> {
+    pub fn new(inner: S, observer: O, dir: Direction) -> Self {
+        Observed {
+            inner,
+            observer,
+            dir,
+        }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Observed<S> {
+impl<S: AsyncRead + Unpin, O: Observer + Unpin> AsyncRead for Observed<S, O> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -144,20 +181,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Observed<S> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result
-            && let Err(violation) = self.conn.observe(self.dir, &buf.filled()[before..])
+            && let Err(violation) = self.observer.observe(self.dir, &buf.filled()[before..])
         {
             // Un-fill the buffer: nothing of a bad read is forwarded.
             buf.set_filled(before);
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                violation.to_string(),
-            )));
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, violation)));
         }
         result
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Observed<S> {
+impl<S: AsyncWrite + Unpin, O: Unpin> AsyncWrite for Observed<S, O> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -209,5 +243,39 @@ mod tests {
         // Writing to a closed duplex is an error, which the leg records.
         assert!(metered.write_all(b"x").await.is_err());
         assert!(stats.failed());
+    }
+
+    /// Refuses any read that contains a `!`.
+    struct NoBang;
+
+    impl Observer for NoBang {
+        fn observe(&self, dir: Direction, bytes: &[u8]) -> Result<(), Violation> {
+            match bytes.contains(&b'!') {
+                false => Ok(()),
+                true => Err(Violation {
+                    kind: crate::protocol::ViolationKind::Malformed,
+                    from: dir,
+                    detail: "a bang".into(),
+                }),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_breach_forwards_nothing_and_carries_the_violation() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut observed = Observed::new(a, NoBang, Direction::Upstream);
+        b.write_all(b"fine").await.unwrap();
+        let mut buf = [0u8; 32];
+        let n = observed.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"fine");
+
+        b.write_all(b"bad!").await.unwrap();
+        let mut rest = Vec::new();
+        let err = observed.read_buf(&mut rest).await.unwrap_err();
+        assert!(rest.is_empty(), "nothing of a bad read is handed on");
+        let violation = violation_of(&err).expect("the violation is the inner error");
+        assert_eq!(violation.detail, "a bang");
+        assert_eq!(violation.from, Direction::Upstream);
     }
 }

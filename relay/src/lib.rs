@@ -4,33 +4,53 @@
 //! donor and carries every byte between them.
 //!
 //! # Layout
-//! - [`config`]: the relay's settings and their validation.
-//! - [`server`]: binding the listener, the shared [`Relay`] state and its accept loop, [`run`].
-//! - [`connection`]: one downstream (recipient) connection: dial upstream, then copy through
-//!   the decoder, under a login deadline.
-//! - [`session`]: clone sessions: connections grouped by clone, with state, bytes, progress.
-//! - [`metrics`]: relay-wide counters in Prometheus text format.
-//! - [`admin`]: the admin listener (`/metrics`, `/sessions`).
-//! - [`upstream`]: dialing the donor, and the start-up probe of its greeting.
-//! - [`socket`]: socket tuning through socket2 (TCP_NODELAY, buffers, keepalive).
-//! - [`io`]: I/O decorators for the copy path (byte metering, protocol observation).
+//!
+//! One connection flows accept -> admit -> dial -> handshake -> decorated copy -> close:
+//!
+//! - [`server`]: binding the listener and the accept loop ([`run`], [`Relay::serve`]).
+//! - [`state`]: the shared [`Relay`] state: settings, session registry, counters.
+//! - [`admission`]: one decision per connection: which donor, how long it may wait.
+//! - [`connection`]: one recipient connection from admission to close.
+//! - [`upstream`]: dialing the donor (with backoff for reconnects), the start-up probe.
+//! - [`handshake`]: the stage between dial and copy that owns both legs until login.
+//! - [`leg`]: a leg after the handshake: plain TCP or TLS, one `AsyncRead + AsyncWrite`.
 //! - [`copy`]: the bidirectional copy, generic over `AsyncRead + AsyncWrite`.
+//! - [`io`]: I/O decorators on the copy path (byte metering, protocol observation).
+//! - [`stall`]: telling a dead link from a quiet one while the donor owes data.
+//! - [`session`]: clone sessions: connections grouped by clone, with state, bytes, progress.
 //! - [`protocol`]: the MySQL classic protocol and CLONE's sub-protocol, decoded as they pass.
+//! - [`metrics`]: relay-wide counters in Prometheus text format.
+//! - [`admin`]: the admin listener on axum (`/metrics`, `/sessions`, `/healthz`, `/readyz`,
+//!   resets behind a bearer token).
+//! - [`health`]: the outcome of the latest dials of each donor, for readiness.
+//! - [`tls`]: TLS for both legs (rustls): the relay's certificate, donor verification.
+//! - [`socket`]: socket tuning through socket2 (TCP_NODELAY, buffers, keepalive).
+//! - [`config`]: the relay's settings (flags, environment, TOML file) and their validation.
+//! - [`units`]: durations and sizes as people write them (`30s`, `256KiB`).
 //! - [`error`]: the library's error type, saying which side failed.
 
 pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod connection;
 pub mod copy;
 pub mod error;
+pub mod handshake;
+pub mod health;
 pub mod io;
+pub mod leg;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod socket;
+pub mod stall;
+pub mod state;
+pub mod tls;
+pub mod units;
 pub mod upstream;
 
 pub use config::Config;
 pub use error::RelayError;
-pub use server::{Relay, bind, run};
+pub use server::{bind, run};
+pub use state::Relay;

@@ -38,8 +38,13 @@ impl Metrics {
         self.closes.lock().expect("metrics lock").clone()
     }
 
-    /// The page, with the session counts by state passed in.
-    pub fn render(&self, sessions_by_state: &BTreeMap<&'static str, u64>) -> String {
+    /// The page, with what the session registry knows passed in: session counts by state, and
+    /// the donors that may still hold a clone nobody will resume.
+    pub fn render(
+        &self,
+        sessions_by_state: &BTreeMap<&'static str, u64>,
+        stale_upstreams: &[String],
+    ) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, value: u64| {
             let _ = writeln!(
@@ -111,6 +116,16 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP clone_relay_upstream_stale_clone Donors that may still hold a clone whose recipient will not resume it (new clones go elsewhere meanwhile).\n# TYPE clone_relay_upstream_stale_clone gauge"
+        );
+        for upstream in stale_upstreams {
+            let _ = writeln!(
+                out,
+                "clone_relay_upstream_stale_clone{{upstream=\"{upstream}\"}} 1"
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP clone_relay_connections_closed_total Connections ended, by reason.\n# TYPE clone_relay_connections_closed_total counter"
         );
         for (reason, n) in self.closes() {
@@ -133,12 +148,13 @@ mod tests {
         m.connections_accepted.fetch_add(3, Ordering::Relaxed);
         m.count_close("protocol_oversize");
         m.count_close("protocol_oversize");
-        let page = m.render(&[("completed", 1)].into());
+        let page = m.render(&[("completed", 1)].into(), &["db-a:3306".into()]);
         assert!(page.contains("clone_relay_connections_accepted_total 3\n"));
         assert!(
             page.contains("clone_relay_connections_closed_total{reason=\"protocol_oversize\"} 2\n")
         );
         assert!(page.contains("clone_relay_sessions{state=\"completed\"} 1\n"));
+        assert!(page.contains("clone_relay_upstream_stale_clone{upstream=\"db-a:3306\"} 1\n"));
         for line in page.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");

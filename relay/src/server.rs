@@ -1,5 +1,5 @@
 //! The accept loop: it only accepts, takes a connection permit and spawns; each connection runs
-//! in its own task and span.
+//! in its own task and span. Also binding the listener, and [`run`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,12 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::config::Config;
+use crate::config::{ClientTlsMode, Config};
 use crate::connection;
 use crate::error::RelayError;
-use crate::metrics::Metrics;
-use crate::session::Registry;
 use crate::socket;
+use crate::state::Relay;
 
 /// Pause after a failed accept (for example EMFILE) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -32,37 +31,7 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
     })
 }
 
-/// A relay's shared state: its settings, the clone sessions it follows, its counters. Cheap to
-/// clone; the admin endpoint and tests read the same state the connections write.
-#[derive(Debug, Clone)]
-pub struct Relay {
-    config: Arc<Config>,
-    registry: Arc<Registry>,
-}
-
 impl Relay {
-    /// A relay with validated settings.
-    pub fn new(config: Config) -> Result<Self, RelayError> {
-        config.validate()?;
-        let registry = Registry::new(config.session_settings(), Arc::new(Metrics::default()));
-        Ok(Relay {
-            config: Arc::new(config),
-            registry: Arc::new(registry),
-        })
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        self.registry.metrics()
-    }
-
     /// Serves `listener` until `shutdown` completes, then stops accepting and gives the
     /// connections in flight the configured grace period before closing them.
     pub async fn serve(
@@ -70,13 +39,19 @@ impl Relay {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RelayError> {
-        let permits = Arc::new(Semaphore::new(self.config.max_connections));
+        self.tls().log_start();
+        if self.config().client_tls_mode == ClientTlsMode::Passthrough {
+            warn!(
+                "client TLS passthrough: clones over TLS pass undecoded, so their sessions, progress, stall detection and resume accounting are off"
+            );
+        }
+        let permits = Arc::new(Semaphore::new(self.config().max_connections));
         let tasks = TaskTracker::new();
         let close_now = CancellationToken::new();
         let mut next_id: u64 = 0;
         tokio::pin!(shutdown);
         let expiry = tokio::spawn({
-            let registry = self.registry.clone();
+            let registry = self.registry().clone();
             async move {
                 let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
                 loop {
@@ -123,7 +98,7 @@ impl Relay {
         drop(listener);
         tasks.close();
         info!(in_flight = tasks.len(), "shutting down: no new connections");
-        if tokio::time::timeout(self.config.shutdown_grace, tasks.wait())
+        if tokio::time::timeout(self.config().shutdown_grace, tasks.wait())
             .await
             .is_err()
         {

@@ -9,6 +9,7 @@ use tracing::debug;
 
 use crate::config::Config;
 use crate::error::RelayError;
+use crate::health::Health;
 use crate::protocol::handshake::{Greeting, ServerHello, parse_server_hello};
 use crate::protocol::packet::read_packet;
 use crate::socket;
@@ -18,8 +19,18 @@ const MAX_GREETING_BYTES: usize = 16 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Connects to the donor `addr` within the connect timeout, tuned like every relay socket.
-pub async fn dial(config: &Config, addr: &str) -> Result<TcpStream, RelayError> {
+/// Connects to the donor `addr` within the connect timeout, tuned like every relay socket, and
+/// records the outcome in `health`.
+pub async fn dial(config: &Config, health: &Health, addr: &str) -> Result<TcpStream, RelayError> {
+    let dialed = dial_once(config, addr).await;
+    match &dialed {
+        Ok(_) => health.record_success(addr),
+        Err(e) => health.record_failure(addr, e),
+    }
+    dialed
+}
+
+async fn dial_once(config: &Config, addr: &str) -> Result<TcpStream, RelayError> {
     let connect = async {
         let mut last = None;
         let targets =
@@ -50,24 +61,26 @@ pub async fn dial(config: &Config, addr: &str) -> Result<TcpStream, RelayError> 
     Ok(stream)
 }
 
-/// Dials `addr` again and again (backoff doubling to 2 s, with jitter) until it answers or
-/// `deadline` passes; the last error is returned then.
+/// Dials `addr` again and again (backoff doubling to 2 s, with up to a quarter of jitter drawn
+/// from `seed`, so reconnects of several connections spread out) until it answers or `deadline`
+/// passes; the last error is returned then.
 pub async fn dial_until(
     config: &Config,
+    health: &Health,
     addr: &str,
     deadline: Instant,
+    seed: u64,
 ) -> Result<TcpStream, RelayError> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt: u64 = 0;
     loop {
-        match dial(config, addr).await {
+        match dial(config, health, addr).await {
             Ok(stream) => return Ok(stream),
             Err(e) if Instant::now() + backoff >= deadline => return Err(e),
             Err(e) => {
                 attempt += 1;
                 debug!(upstream = addr, attempt, error = %e, "donor not reachable yet; retrying");
-                // Up to a quarter of jitter, so reconnects of several clones spread out.
-                let jitter = backoff.mul_f64(0.25 * ((attempt * 7919 % 100) as f64 / 100.0));
+                let jitter = backoff.mul_f64(0.25 * unit_interval(seed, attempt));
                 tokio::time::sleep(backoff + jitter).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -75,13 +88,40 @@ pub async fn dial_until(
     }
 }
 
+/// A number in [0, 1) that depends only on `seed` and `attempt` (SplitMix64).
+fn unit_interval(seed: u64, attempt: u64) -> f64 {
+    let mut z = seed
+        .wrapping_add(attempt.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Dials `addr` and reads its greeting, so that a relay pointed at the wrong place says so at
-/// start. The connection is then dropped; the donor counts it as an aborted connect.
-pub async fn probe(config: &Config, addr: &str) -> Result<Greeting, RelayError> {
-    let mut stream = dial(config, addr).await?;
+/// start. The connection is then dropped; the donor counts it as an aborted connect. Only a
+/// greeting is recorded in `health` as a success.
+pub async fn probe(config: &Config, health: &Health, addr: &str) -> Result<Greeting, RelayError> {
+    let greeting = match dial_once(config, addr).await {
+        Ok(mut stream) => read_greeting(config, &mut stream, addr).await,
+        Err(e) => Err(e),
+    };
+    match &greeting {
+        Ok(_) => health.record_success(addr),
+        Err(e) => health.record_failure(addr, e),
+    }
+    greeting
+}
+
+async fn read_greeting(
+    config: &Config,
+    stream: &mut TcpStream,
+    addr: &str,
+) -> Result<Greeting, RelayError> {
     let (_, payload) = timeout(
         config.connect_timeout,
-        read_packet(&mut stream, MAX_GREETING_BYTES),
+        read_packet(stream, MAX_GREETING_BYTES),
     )
     .await
     .map_err(|_| RelayError::UpstreamTimeout {
@@ -122,11 +162,27 @@ mod tests {
             tokio::net::TcpListener::bind(addr).await.unwrap()
         });
         let deadline = Instant::now() + Duration::from_secs(5);
-        let stream = dial_until(&config, &addr.to_string(), deadline).await;
+        let health = Health::default();
+        let stream = dial_until(&config, &health, &addr.to_string(), deadline, 1).await;
         assert!(stream.is_ok(), "{stream:?}");
         drop(comes_back.await.unwrap());
 
         let gone = Instant::now() + Duration::from_millis(300);
-        assert!(dial_until(&config, "127.0.0.1:1", gone).await.is_err());
+        assert!(
+            dial_until(&config, &health, "127.0.0.1:1", gone, 1)
+                .await
+                .is_err()
+        );
+        assert!(health.readiness().ready);
+    }
+
+    #[test]
+    fn jitter_differs_between_connections_and_stays_in_range() {
+        let draws: Vec<f64> = (0..64).map(|seed| unit_interval(seed, 1)).collect();
+        assert!(draws.iter().all(|j| (0.0..1.0).contains(j)));
+        let distinct: std::collections::BTreeSet<u64> =
+            draws.iter().map(|j| (j * 1000.0) as u64).collect();
+        assert!(distinct.len() > 32, "{distinct:?}");
+        assert_eq!(unit_interval(7, 3), unit_interval(7, 3));
     }
 }

@@ -230,3 +230,44 @@ async fn garbage_from_the_client_closes_only_its_connection() {
         b"still here".iter().map(|b| b ^ 0x5a).collect::<Vec<_>>()
     );
 }
+
+/// A TCP health check on the relay port (connect, close, no byte) is a client that left before
+/// login: counted as that, with no protocol breach and no rejected connection on record.
+#[tokio::test]
+async fn a_health_check_is_a_client_that_left_not_a_breach() {
+    let upstream = fake_mysql().await;
+    let relay = clone_relay::Relay::new(Config::new(upstream.to_string())).unwrap();
+    let listener = clone_relay::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let relay = relay.clone();
+        async move {
+            relay
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+    for _ in 0..3 {
+        drop(TcpStream::connect(addr).await.unwrap());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while relay.metrics().closes().get("client_left") != Some(&3) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited 5 s for three client_left closes: {:?}",
+            relay.metrics().closes()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let closes = relay.metrics().closes();
+    assert!(
+        closes.keys().all(|k| !k.starts_with("protocol")),
+        "{closes:?}"
+    );
+    assert!(relay.registry().view().rejected.is_empty());
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

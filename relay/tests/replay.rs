@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clone_relay::copy::Legs;
+use clone_relay::io::{Legs, Observer};
 use clone_relay::metrics::Metrics;
 use clone_relay::protocol::PacketHeader;
 use clone_relay::protocol::clone::{CommandKind, Stage};
@@ -72,7 +72,9 @@ fn replay_with(rows: &[Value], settings: SessionSettings) -> Arc<Registry> {
         let conn = row["conn"].as_u64();
         match (row["event"].as_str(), conn) {
             (Some("open"), Some(id)) => {
-                conns.insert(id, registry.open(id, peer, "donor:3306", Legs::default()));
+                let handle = registry.open(id, peer, Legs::default());
+                handle.reserve("donor:3306");
+                conns.insert(id, handle);
             }
             (Some("close"), Some(id)) => {
                 if let Some(handle) = conns.remove(&id) {
@@ -253,8 +255,8 @@ fn compressed_framing_is_decoded() {
     assert!(acked_clone.is_some(), "ACK carries the clone's locator");
 }
 
-#[test]
-fn a_resume_that_dies_before_data_still_fails_in_time() {
+#[tokio::test(start_paused = true)]
+async fn a_resume_that_dies_before_data_still_fails_in_time() {
     let rows = capture("clone-9.7.4-reset-mid-transfer.jsonl");
     // Up to the resumed main's REINIT (conn 3), then conn 3 and its aux close.
     let reinit = rows
@@ -271,7 +273,7 @@ fn a_resume_that_dies_before_data_still_fails_in_time() {
     };
     let registry = replay_with(&cut, settings);
     assert_eq!(registry.view().sessions[0].state, SessionState::Resuming);
-    std::thread::sleep(std::time::Duration::from_millis(30));
+    tokio::time::advance(std::time::Duration::from_millis(30)).await;
     registry.expire_now();
     let session = &registry.view().sessions[0];
     assert_eq!(session.state, SessionState::Failed);

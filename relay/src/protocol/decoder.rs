@@ -17,35 +17,11 @@ use super::handshake::{
     parse_login_request, parse_server_hello,
 };
 use super::packet::{PacketHeader, PacketScanner};
+pub use super::{Direction, Limits, Phase, Violation, ViolationKind};
 
 /// Payload bytes of each packet the decoder looks at: enough for any locator set, descriptor or
 /// error message it reads.
 const HEAD_CAP: usize = 512;
-
-/// Which way bytes travel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// Recipient to donor (client to server).
-    Upstream,
-    /// Donor to recipient (server to client).
-    Downstream,
-}
-
-/// Where a connection is in its conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Greeting,
-    Login,
-    Auth,
-    Command,
-    Clone,
-    /// TLS (or a compression the relay cannot read) started: bytes pass undecoded.
-    Opaque,
-    /// The server refused the login or the connection.
-    Refused,
-}
 
 /// Something the decoder saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,67 +65,6 @@ pub enum Event {
         name: String,
         value: String,
     },
-}
-
-/// What kind of protocol breach closed a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ViolationKind {
-    /// A packet longer than the phase allows.
-    Oversize,
-    /// A packet that cannot be read as what the phase expects.
-    Malformed,
-    /// A packet at a time or from a side the protocol does not allow.
-    OutOfProtocol,
-    /// Bad compressed framing or zlib data.
-    Compression,
-}
-
-impl ViolationKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ViolationKind::Oversize => "oversize",
-            ViolationKind::Malformed => "malformed",
-            ViolationKind::OutOfProtocol => "out_of_protocol",
-            ViolationKind::Compression => "compression",
-        }
-    }
-}
-
-/// A protocol breach, with the side it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    pub kind: ViolationKind,
-    pub from: Direction,
-    pub detail: String,
-}
-
-impl std::fmt::Display for Violation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let side = match self.from {
-            Direction::Upstream => "recipient",
-            Direction::Downstream => "donor",
-        };
-        write!(f, "{} from the {side}: {}", self.kind.as_str(), self.detail)
-    }
-}
-
-/// Packet size limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Largest packet before auth completes (greeting, login, auth exchange).
-    pub max_login_packet_bytes: usize,
-    /// Largest logical packet afterwards (continuations included).
-    pub max_packet_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_login_packet_bytes: 64 * 1024,
-            max_packet_bytes: 64 * 1024 * 1024,
-        }
-    }
 }
 
 /// Before auth, packets over the login limit are handed over at their header, so a huge length
@@ -215,6 +130,11 @@ struct Conversation {
     awaiting_clone_ok: bool,
     /// `COM_EXIT` sent; its COMPLETE returns the connection to the command phase.
     exiting: bool,
+    /// The relay terminates TLS on this connection, so the decoder sees the bytes inside it:
+    /// after an SSLRequest the login request follows (sequence id 2) instead of opaque bytes.
+    tls_terminated: bool,
+    /// The sequence id the login request must carry.
+    login_seq: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,8 +157,17 @@ impl Decoder {
                 compression: Compression::None,
                 awaiting_clone_ok: false,
                 exiting: false,
+                tls_terminated: false,
+                login_seq: 1,
             },
         }
+    }
+
+    /// A decoder for a connection whose TLS the relay terminates: it is fed the bytes inside
+    /// TLS, so an SSLRequest is followed by a readable login request.
+    pub fn inside_tls(mut self) -> Self {
+        self.talk.tls_terminated = true;
+        self
     }
 
     pub fn phase(&self) -> Phase {
@@ -407,7 +336,7 @@ impl Conversation {
                 Err(reason) => self.stop(dir, ViolationKind::Malformed, reason),
             },
             (Phase::Login, Upstream) => {
-                if h.seq != 1 {
+                if h.seq != self.login_seq {
                     return self.stop(
                         dir,
                         ViolationKind::OutOfProtocol,
@@ -418,9 +347,13 @@ impl Conversation {
                     Ok(login) => login,
                     Err(reason) => return self.stop(dir, ViolationKind::Malformed, reason),
                 };
-                if login.is_ssl_request {
-                    self.phase = Phase::Opaque;
+                if login.is_ssl_request && self.login_seq == 1 {
                     on_event(Event::TlsStarted);
+                    if self.tls_terminated {
+                        self.login_seq = 2;
+                        return Ok(());
+                    }
+                    self.phase = Phase::Opaque;
                     return Err(Stop::Switch);
                 }
                 let both = login.capabilities & self.server_capabilities;

@@ -113,6 +113,37 @@ pub fn parse_server_hello(payload: &[u8]) -> Result<ServerHello, String> {
     }
 }
 
+/// Where the low two bytes of the capability flags sit in a HandshakeV10 greeting payload.
+fn greeting_capability_offset(payload: &[u8]) -> Result<usize, String> {
+    if payload.first() != Some(&PROTOCOL_V10) {
+        return Err("not a HandshakeV10 greeting".into());
+    }
+    let nul = payload[1..]
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or("greeting without a server version")?;
+    // After the version's NUL: the connection id (4), auth data (8), a filler (1).
+    let offset = 1 + nul + 1 + 4 + 8 + 1;
+    if payload.len() < offset + 2 {
+        return Err("greeting too short for capabilities".into());
+    }
+    Ok(offset)
+}
+
+/// Sets or clears CLIENT_SSL in a greeting payload: whether the relay offers TLS to the
+/// recipient. Nothing else of the greeting changes (its connection id passes through).
+pub fn set_greeting_ssl(payload: &mut [u8], offer: bool) -> Result<(), String> {
+    let at = greeting_capability_offset(payload)?;
+    let mut low = u16::from_le_bytes([payload[at], payload[at + 1]]);
+    if offer {
+        low |= CLIENT_SSL as u16;
+    } else {
+        low &= !(CLIENT_SSL as u16);
+    }
+    payload[at..at + 2].copy_from_slice(&low.to_le_bytes());
+    Ok(())
+}
+
 /// An ERR packet (with SQL state) as a whole physical packet.
 pub fn err_packet(seq: u8, code: u16, sql_state: &[u8; 5], message: &str) -> Vec<u8> {
     let mut payload = Vec::with_capacity(9 + message.len());
@@ -128,6 +159,30 @@ pub fn err_packet(seq: u8, code: u16, sql_state: &[u8; 5], message: &str) -> Vec
 mod tests {
     use super::*;
     use crate::protocol::unhex;
+
+    #[test]
+    fn the_ssl_offer_in_a_greeting_can_be_set_and_cleared() {
+        let mut greeting = vec![PROTOCOL_V10];
+        greeting.extend_from_slice(b"9.7.4\0");
+        greeting.extend_from_slice(&42u32.to_le_bytes());
+        greeting.extend_from_slice(&[7; 8]);
+        greeting.push(0);
+        greeting.extend_from_slice(&(CLIENT_PROTOCOL_41 as u16).to_le_bytes());
+        greeting.extend_from_slice(&[255, 2, 0, 0, 0]);
+        greeting.extend_from_slice(&[0; 13]);
+        let parsed = |g: &[u8]| match parse_server_hello(g).unwrap() {
+            ServerHello::Greeting(g) => g,
+            other => panic!("{other:?}"),
+        };
+        set_greeting_ssl(&mut greeting, true).unwrap();
+        let g = parsed(&greeting);
+        assert_eq!(g.capabilities & CLIENT_SSL, CLIENT_SSL);
+        assert_eq!(g.capabilities & CLIENT_PROTOCOL_41, CLIENT_PROTOCOL_41);
+        assert_eq!(g.connection_id, 42);
+        set_greeting_ssl(&mut greeting, false).unwrap();
+        assert_eq!(parsed(&greeting).capabilities & CLIENT_SSL, 0);
+        assert!(set_greeting_ssl(&mut [0xff, 1, 2], true).is_err());
+    }
 
     /// The greeting of a MySQL 9.7.4 donor, from `shared/testdata` (connection id 100).
     const GREETING_9_7_4: &str = "0a392e372e342d320064000000431e324a347e494700ffffff0200ffdf15000000000000000000006d2234376a3a68386b2375410063616368696e67";

@@ -1,0 +1,192 @@
+//! A clone through a busy relay, end to end with real MySQL: while a clone of about 110 MB runs
+//! through the relay on its defaults (the donor leg capped at 20 MiB/s by the chaos proxy), 200
+//! logged-in `mysql` clients sit idle on the relay and 100 connections stop in the middle of
+//! their login. The clone must complete with the donor's data and no resume, at about the speed
+//! of the same clone alone.
+
+use std::time::{Duration, Instant};
+
+use chaos::{ChaosProxy, Direction, FaultKind, FaultSpec};
+use harness::clone::clone_instance;
+use harness::dataset::Dataset;
+use harness::image::mysql_image;
+use harness::load::{HalfLogins, IdleClients};
+use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+
+const MIB: u64 = 1024 * 1024;
+const DATASET_BYTES: u64 = 110 * MIB;
+const CLONE_TIMEOUT: Duration = Duration::from_secs(300);
+const IDLE_CLIENTS: usize = 200;
+const HALF_LOGINS: usize = 100;
+/// Longer than anything the test does: the idle clients are ended explicitly.
+const IDLE_HOLD: Duration = Duration::from_secs(900);
+
+/// A cap on the donor-to-recipient direction, shared by all connections through the proxy.
+fn capped(rate_mib: u64) -> FaultSpec {
+    FaultSpec::new(FaultKind::Bandwidth {
+        rate_bytes_per_sec: rate_mib * MIB,
+        shared_group: Some("link".into()),
+    })
+    .direction(Direction::Downstream)
+}
+
+/// The donor's host-cache rows (IP, connect errors, blocked attempts), for the report.
+async fn host_cache(donor: &MysqlServer) -> anyhow::Result<Vec<Vec<String>>> {
+    donor
+        .rows(
+            "SELECT IP, SUM_CONNECT_ERRORS, COUNT_HOST_BLOCKED_ERRORS, COUNT_HANDSHAKE_ERRORS \
+             FROM performance_schema.host_cache",
+        )
+        .await
+}
+
+fn closed_by_reason(metrics: &str, reason: &str) -> u64 {
+    let prefix = format!("clone_relay_connections_closed_total{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clone_through_a_busy_relay_is_unaffected() -> anyhow::Result<()> {
+    if !docker_available("a_clone_through_a_busy_relay_is_unaffected").await {
+        return Ok(());
+    }
+    let image = mysql_image().await?;
+    let mut options = ServerOptions::donor();
+    // Every client of the relay is a donor connection too. The donor's own login timeout is
+    // longer than the relay's, so the relay is the one that cuts the half logins.
+    options.extra_args = vec![
+        "--max-connections=600".into(),
+        "--connect-timeout=60".into(),
+    ];
+    let donor = MysqlServer::start(&image, options).await?;
+    let dataset = Dataset::of_size(DATASET_BYTES);
+    let seeded = dataset.seed(&donor).await?;
+    let chaos = ChaosProxy::start(
+        "127.0.0.1:0".parse()?,
+        donor.addr().to_string(),
+        1,
+        vec![capped(20)],
+    )
+    .await?;
+    let config = RelayFixture::config(chaos.addr());
+    let handshake_timeout = config.handshake_timeout;
+    let relay = RelayFixture::start_with(config)?;
+    let recipient =
+        MysqlServer::start(&image, ServerOptions::recipient(2, &[relay.addr()])).await?;
+
+    // The same clone alone first, on the same path and recipient.
+    let alone = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT).await?;
+    assert!(alone.completed(), "clone alone: {alone:?}");
+    assert_eq!(
+        dataset.compare(&donor, &recipient).await?,
+        Vec::<String>::new()
+    );
+    let first = relay.sessions().sessions.last().map(|s| s.id);
+
+    let idle = IdleClients::start(&recipient, relay.addr(), IDLE_CLIENTS, IDLE_HOLD).await?;
+    let logged_in = idle
+        .wait_logged_in(&donor, Duration::from_secs(120))
+        .await?;
+    assert!(logged_in >= IDLE_CLIENTS, "{logged_in} idle clients");
+
+    let clone = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT);
+    let half_logins = async {
+        // The first clone's session is over: the wait is for the new one.
+        relay
+            .session_past(10 * MIB, Duration::from_secs(120))
+            .await?;
+        let opening = Instant::now();
+        let half = HalfLogins::open(relay.addr(), HALF_LOGINS).await?;
+        let opening = opening.elapsed();
+        // All of them are open now, with the clone still in transfer.
+        let view = relay.sessions();
+        let state = view.sessions.last().map(|s| s.state.as_str().to_string());
+        anyhow::Ok((half, opening, state, view.unassigned.len()))
+    };
+    let (busy, half_logins) = tokio::join!(clone, half_logins);
+    let (busy, (half, opening, state_then, outside_clone)) = (busy?, half_logins?);
+    assert_eq!(
+        state_then.as_deref(),
+        Some("transferring"),
+        "the half logins were open only after the clone's transfer"
+    );
+    assert!(
+        outside_clone >= IDLE_CLIENTS + HALF_LOGINS,
+        "{outside_clone} connections outside the clone while it ran"
+    );
+
+    assert!(busy.completed(), "clone through the busy relay: {busy:?}");
+    assert_eq!(
+        dataset.compare(&donor, &recipient).await?,
+        Vec::<String>::new()
+    );
+    let view = relay.sessions();
+    let session = view
+        .sessions
+        .iter()
+        .find(|s| first.is_none_or(|f| s.id > f))
+        .ok_or_else(|| anyhow::anyhow!("no session for the busy clone: {view:#?}"))?;
+    assert_eq!(session.state.as_str(), "completed", "{session:#?}");
+    assert_eq!(session.resume_count, 0, "{session:#?}");
+
+    // The half logins are cut by the relay's handshake timeout, counted from the donor's
+    // greeting; the idle clients are still there.
+    let lifetimes = half
+        .wait_closed(handshake_timeout + Duration::from_secs(15))
+        .await?;
+    let shortest = lifetimes.iter().min().copied().unwrap_or_default();
+    let longest = lifetimes.iter().max().copied().unwrap_or_default();
+    let metrics = relay.metrics_text().await?;
+    assert_eq!(
+        closed_by_reason(&metrics, "handshake_timeout"),
+        HALF_LOGINS as u64,
+        "{metrics}"
+    );
+    let still_idle = IdleClients::on_donor(&donor).await?;
+    assert!(
+        still_idle >= IDLE_CLIENTS,
+        "{still_idle} idle clients left after the clone"
+    );
+
+    // The donor has not blocked the relay's address for connection errors (MySQL keeps no
+    // host-cache entry for loopback peers, so the fresh login is what shows it).
+    let cache = host_cache(&donor).await?;
+    assert!(
+        cache
+            .iter()
+            .all(|row| row.get(2).is_none_or(|blocked| blocked == "0")),
+        "donor host cache: {cache:?}"
+    );
+    let fresh = IdleClients::fresh_login(&recipient, relay.addr()).await?;
+    assert_eq!(fresh, "fresh login");
+    let donor_counts = donor
+        .sql(
+            "SELECT GROUP_CONCAT(CONCAT(VARIABLE_NAME, '=', VARIABLE_VALUE)) FROM ( \
+               SELECT * FROM performance_schema.global_status \
+               WHERE VARIABLE_NAME IN ('Aborted_connects', 'Max_used_connections') \
+               UNION ALL SELECT * FROM performance_schema.global_variables \
+               WHERE VARIABLE_NAME = 'max_connect_errors') AS v",
+        )
+        .await?;
+
+    idle.stop(&donor, Duration::from_secs(30)).await?;
+
+    eprintln!(
+        "busy relay: data set {seeded} bytes; clone alone {:.1} s, busy {:.1} s; \
+         busy/alone = {:.2}x; {logged_in} idle clients on the donor, {HALF_LOGINS} half logins \
+         opened in {:.1} s, {outside_clone} relay connections outside the clone while it ran; \
+         each cut by the relay {:.1}-{:.1} s after it was sent; donor {}, host cache {cache:?}",
+        alone.statement_time.as_secs_f64(),
+        busy.statement_time.as_secs_f64(),
+        busy.statement_time.as_secs_f64() / alone.statement_time.as_secs_f64(),
+        opening.as_secs_f64(),
+        shortest.as_secs_f64(),
+        longest.as_secs_f64(),
+        donor_counts.trim(),
+    );
+    relay.stop().await
+}

@@ -1,0 +1,90 @@
+//! One leg of a relayed connection after the handshake stage: plain TCP, or TLS that the relay
+//! terminates (towards the recipient) or originates (towards the donor). Either way it is just
+//! `AsyncRead + AsyncWrite` to the copy path, and its TCP socket stays reachable for resets.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::{client, server};
+
+/// A leg's stream.
+#[derive(Debug)]
+pub enum Leg {
+    Plain(TcpStream),
+    /// TLS from the recipient, terminated by the relay.
+    FromRecipient(Box<server::TlsStream<TcpStream>>),
+    /// TLS to the donor, originated by the relay.
+    ToDonor(Box<client::TlsStream<TcpStream>>),
+}
+
+impl Leg {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Leg::Plain(s) => s,
+            Leg::FromRecipient(s) => s.get_ref().0,
+            Leg::ToDonor(s) => s.get_ref().0,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Leg::Plain(_))
+    }
+}
+
+macro_rules! each {
+    ($leg:expr, $s:ident => $body:expr) => {
+        match $leg.get_mut() {
+            Leg::Plain($s) => $body,
+            Leg::FromRecipient($s) => $body,
+            Leg::ToDonor($s) => $body,
+        }
+    };
+}
+
+impl AsyncRead for Leg {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Leg {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Leg::Plain(s) => s.is_write_vectored(),
+            Leg::FromRecipient(s) => s.is_write_vectored(),
+            Leg::ToDonor(s) => s.is_write_vectored(),
+        }
+    }
+}

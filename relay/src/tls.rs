@@ -1,0 +1,463 @@
+//! TLS material and policy for both legs, built once at start with rustls (ring provider):
+//! the acceptor that terminates the recipients' TLS with the relay's certificate, and the
+//! connector that speaks TLS to donors, verifying their certificates as configured.
+//!
+//! Without a configured certificate the relay makes its own small CA and a certificate signed
+//! by it (rcgen). With a state directory both are kept in `DIR/tls/` and reused on restart, so a
+//! recipient can pin the CA with `clone_ssl_ca`; the CA's SHA-256 fingerprint is logged.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::{info, warn};
+
+use crate::config::{ClientTlsMode, Config, ServerTlsMode, ServerTlsVerify};
+use crate::error::RelayError;
+
+/// The folder inside the state directory that holds the relay's own TLS material.
+const TLS_DIR: &str = "tls";
+/// The relay's CA certificate, for recipients to pin (`clone_ssl_ca`).
+pub const CA_FILE: &str = "ca.pem";
+const CERT_FILE: &str = "cert.pem";
+const KEY_FILE: &str = "key.pem";
+
+/// TLS for both legs, ready to use.
+#[derive(Clone)]
+pub struct Tls {
+    acceptor: Option<TlsAcceptor>,
+    connector: Option<TlsConnector>,
+    /// SHA-256 of the certificate that anchors the relay's chain (its CA, or the configured
+    /// chain's last certificate), as colon-separated hex.
+    pub fingerprint: Option<String>,
+    /// Where the relay's certificate came from.
+    pub origin: Option<CertOrigin>,
+}
+
+/// Where the relay's certificate towards recipients came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertOrigin {
+    /// The configured files.
+    Configured,
+    /// The relay's own, made by an earlier run and kept in this folder.
+    Kept(PathBuf),
+    /// The relay's own, made now and kept in this folder.
+    Made(PathBuf),
+    /// The relay's own, made now and kept nowhere: it changes at every start.
+    Ephemeral,
+}
+
+impl Tls {
+    /// Logs where the certificate comes from and its fingerprint, once the relay serves.
+    pub fn log_start(&self) {
+        let Some(fingerprint) = &self.fingerprint else {
+            return;
+        };
+        match &self.origin {
+            Some(CertOrigin::Ephemeral) => warn!(
+                %fingerprint,
+                "TLS towards recipients with a certificate made at start and kept nowhere: it changes at every start (set --state-dir to keep it)"
+            ),
+            Some(CertOrigin::Kept(dir) | CertOrigin::Made(dir)) => info!(
+                %fingerprint,
+                ca = %dir.join(CA_FILE).display(),
+                "TLS towards recipients with the relay's own certificate; recipients may pin its CA with clone_ssl_ca"
+            ),
+            _ => info!(%fingerprint, "TLS towards recipients with the configured certificate"),
+        }
+    }
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("terminates_recipient_tls", &self.acceptor.is_some())
+            .field("dials_donor_tls", &self.connector.is_some())
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Builds what the configured modes need; an unreadable or unsafe file is refused with an
+    /// error naming its setting.
+    pub fn load(config: &Config) -> Result<Self, RelayError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let terminates = matches!(
+            config.client_tls_mode,
+            ClientTlsMode::Preferred | ClientTlsMode::Required
+        );
+        let (acceptor, fingerprint, origin) = if terminates {
+            let (identity, origin) = match (&config.client_tls_cert, &config.client_tls_key) {
+                (Some(cert), Some(key)) => {
+                    (Identity::from_files(cert, key)?, CertOrigin::Configured)
+                }
+                _ => Identity::own(config.state_dir.as_deref())?,
+            };
+            let fingerprint = identity.fingerprint();
+            let server = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| tls_invalid("client_tls_mode", e))?
+                .with_no_client_auth()
+                .with_single_cert(identity.chain, identity.key)
+                .map_err(|e| tls_invalid("client_tls_cert", e))?;
+            (
+                Some(TlsAcceptor::from(Arc::new(server))),
+                Some(fingerprint),
+                Some(origin),
+            )
+        } else {
+            (None, None, None)
+        };
+        let connector = if config.server_tls_mode == ServerTlsMode::Disabled
+            || config.client_tls_mode == ClientTlsMode::Passthrough
+        {
+            None
+        } else {
+            let verifier = donor_verifier(config, provider.clone())?;
+            let client = ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| tls_invalid("server_tls_mode", e))?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth();
+            Some(TlsConnector::from(Arc::new(client)))
+        };
+        Ok(Tls {
+            acceptor,
+            connector,
+            fingerprint,
+            origin,
+        })
+    }
+
+    /// Terminates recipients' TLS, when the mode does.
+    pub fn acceptor(&self) -> Option<&TlsAcceptor> {
+        self.acceptor.as_ref()
+    }
+
+    /// Speaks TLS to donors, when the mode does.
+    pub fn connector(&self) -> Option<&TlsConnector> {
+        self.connector.as_ref()
+    }
+}
+
+/// The name the relay gives a donor in its TLS handshake: the host of `HOST:PORT` (an IP
+/// address or a DNS name); any valid name where the host is neither, since only `identity`
+/// verification reads it.
+pub fn donor_name(upstream: &str) -> ServerName<'static> {
+    let host = upstream
+        .rsplit_once(':')
+        .map_or(upstream, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    ServerName::try_from(host.to_string())
+        .unwrap_or_else(|_| ServerName::try_from("mysql").expect("a valid DNS name"))
+}
+
+/// A certificate chain with its key.
+struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    fn from_files(cert: &Path, key: &Path) -> Result<Self, RelayError> {
+        refuse_shared_key(key, "client_tls_key")?;
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| file_invalid("client_tls_cert", cert, e))?;
+        if chain.is_empty() {
+            return Err(file_invalid(
+                "client_tls_cert",
+                cert,
+                "no certificate in it",
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| file_invalid("client_tls_key", key, e))?;
+        Ok(Identity { chain, key })
+    }
+
+    /// The relay's own CA and certificate: read from `state_dir/tls/` when an earlier run left
+    /// them there, else made now (and kept there when there is a state directory).
+    fn own(state_dir: Option<&Path>) -> Result<(Self, CertOrigin), RelayError> {
+        let Some(state_dir) = state_dir else {
+            return Ok((make_own()?.identity()?, CertOrigin::Ephemeral));
+        };
+        let dir = state_dir.join(TLS_DIR);
+        let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+        if cert.exists() && key.exists() {
+            return Ok((Self::from_files(&cert, &key)?, CertOrigin::Kept(dir)));
+        }
+        let material = make_own()?;
+        material
+            .save(&dir)
+            .map_err(|e| file_invalid("state_dir", &dir, e))?;
+        Ok((material.identity()?, CertOrigin::Made(dir)))
+    }
+
+    /// SHA-256 of the chain's last certificate (the CA of the relay's own chain).
+    fn fingerprint(&self) -> String {
+        let anchor = self.chain.last().expect("a chain is never empty");
+        let digest = ring::digest::digest(&ring::digest::SHA256, anchor.as_ref());
+        let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+        hex.join(":")
+    }
+}
+
+/// The relay's own CA and the certificate it signs, as PEM.
+struct OwnMaterial {
+    /// The certificate, then the CA.
+    chain_pem: String,
+    ca_pem: String,
+    key_pem: String,
+}
+
+/// Makes a CA and a server certificate it signs.
+fn make_own() -> Result<OwnMaterial, RelayError> {
+    let made = || -> Result<OwnMaterial, rcgen::Error> {
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca.distinguished_name
+            .push(DnType::CommonName, "clone-relay CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+        let mut leaf = CertificateParams::new(vec!["clone-relay".to_string()])?;
+        leaf.distinguished_name
+            .push(DnType::CommonName, "clone-relay");
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        leaf.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let cert = leaf.signed_by(&key, &ca)?;
+        Ok(OwnMaterial {
+            chain_pem: format!("{}{}", cert.pem(), ca.pem()),
+            ca_pem: ca.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    };
+    made().map_err(|e| RelayError::Config {
+        field: "client_tls_cert",
+        reason: format!("cannot make the relay's own certificate: {e}"),
+    })
+}
+
+impl OwnMaterial {
+    fn identity(&self) -> Result<Identity, RelayError> {
+        let own = |e: rustls::pki_types::pem::Error| RelayError::Config {
+            field: "client_tls_cert",
+            reason: format!("the relay's own certificate: {e}"),
+        };
+        Ok(Identity {
+            chain: CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(own)?,
+            key: PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(own)?,
+        })
+    }
+
+    /// Writes the material to `dir`, the key readable by its owner only.
+    fn save(&self, dir: &Path) -> io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join(CERT_FILE), &self.chain_pem)?;
+        std::fs::write(dir.join(CA_FILE), &self.ca_pem)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join(KEY_FILE))?
+            .write_all(self.key_pem.as_bytes())
+    }
+}
+
+/// A private key file that others can read is refused: it names the setting and the fix.
+fn refuse_shared_key(path: &Path, field: &'static str) -> Result<(), RelayError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| file_invalid(field, path, e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(file_invalid(
+            field,
+            path,
+            format!("readable by others (mode {:o}); chmod 600 it", mode & 0o777),
+        ));
+    }
+    Ok(())
+}
+
+/// The verifier of donors' certificates for the configured mode.
+fn donor_verifier(
+    config: &Config,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, RelayError> {
+    let webpki = |path: &PathBuf| -> Result<Arc<WebPkiServerVerifier>, RelayError> {
+        let mut roots = RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| file_invalid("server_tls_ca", path, e))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(file_invalid(
+                "server_tls_ca",
+                path,
+                "no usable CA certificate in it",
+            ));
+        }
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| tls_invalid("server_tls_ca", e))
+    };
+    let ca_file = || {
+        config.server_tls_ca.as_ref().ok_or(RelayError::Config {
+            field: "server_tls_ca",
+            reason: "needed when server_tls_verify is ca or identity".into(),
+        })
+    };
+    Ok(match config.server_tls_verify {
+        ServerTlsVerify::Disabled => Arc::new(AnyCertificate { provider }),
+        ServerTlsVerify::Ca => Arc::new(ChainOnly {
+            inner: webpki(ca_file()?)?,
+        }),
+        ServerTlsVerify::Identity => webpki(ca_file()?)?,
+    })
+}
+
+/// Accepts any donor certificate (MySQL's own `preferred` mode does the same); the handshake's
+/// signatures are still checked, so the session keys belong to whoever holds that certificate.
+#[derive(Debug)]
+struct AnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Checks the donor's chain against the configured CAs but not its name, as MySQL's
+/// `VERIFY_CA` does: stock mysqld certificates name no host. The chain is checked before the
+/// name, so a name mismatch means the chain passed.
+#[derive(Debug)]
+struct ChainOnly {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn tls_invalid(field: &'static str, e: impl fmt::Display) -> RelayError {
+    RelayError::Config {
+        field,
+        reason: e.to_string(),
+    }
+}
+
+fn file_invalid(field: &'static str, path: &Path, e: impl fmt::Display) -> RelayError {
+    RelayError::Config {
+        field,
+        reason: format!("{}: {e}", path.display()),
+    }
+}

@@ -1,0 +1,289 @@
+//! Durations and byte sizes as people write them: `30s`, `250ms`, `5m`, `1m30s`; `256KiB`,
+//! `64MiB`, `1GiB` or a plain byte count. Parsers for clap, and serde modules for the config
+//! file that read these forms and write them back in the same form.
+//!
+//! A duration needs its unit (`ns`, `us`, `ms`, `s`, `m`, `h`): a bare number is refused,
+//! since `30` could mean seconds or milliseconds. A size is a byte count, optionally with `B`,
+//! `KiB`, `MiB`, `GiB` or `TiB` (powers of 1024); `KB`, `MB`... are refused as ambiguous.
+
+use std::time::Duration;
+
+const DURATION_UNITS: [(&str, u128); 6] = [
+    ("h", 3_600_000_000_000),
+    ("m", 60_000_000_000),
+    ("s", 1_000_000_000),
+    ("ms", 1_000_000),
+    ("us", 1_000),
+    ("ns", 1),
+];
+
+const SIZE_UNITS: [(&str, u64); 5] = [
+    ("TiB", 1 << 40),
+    ("GiB", 1 << 30),
+    ("MiB", 1 << 20),
+    ("KiB", 1 << 10),
+    ("B", 1),
+];
+
+/// Parses a duration such as `30s`, `250ms`, `5m` or `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration: write e.g. 30s or 250ms".into());
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{s:?} has no unit: a unit is needed, e.g. {s}s or {s}ms"
+        ));
+    }
+    let mut total: u128 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!(
+                "{s:?} is not a duration: write whole numbers with units, e.g. 30s, 250ms, 5m, 1m30s"
+            ));
+        }
+        let (number, after) = rest.split_at(digits);
+        if after.starts_with(['.', ',']) {
+            return Err(format!(
+                "{s:?}: write whole numbers, in a smaller unit if need be (1500ms, not 1.5s)"
+            ));
+        }
+        let unit_len = after.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let (unit, after) = after.split_at(unit_len);
+        let Some(&(_, nanos)) = DURATION_UNITS.iter().find(|(name, _)| *name == unit) else {
+            return Err(if unit.is_empty() {
+                format!("{s:?} has a number without a unit: a unit is needed (ns, us, ms, s, m, h)")
+            } else {
+                format!("{s:?} has an unknown unit {unit:?}: use ns, us, ms, s, m or h")
+            });
+        };
+        let number: u128 = number.parse().map_err(|_| format!("{s:?} is too large"))?;
+        total = number
+            .checked_mul(nanos)
+            .and_then(|n| total.checked_add(n))
+            .ok_or_else(|| format!("{s:?} is too large"))?;
+        rest = after;
+    }
+    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| format!("{s:?} is too large"))?;
+    Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
+}
+
+/// Writes a duration in the largest unit that keeps it whole: `5m`, `30s`, `250ms`.
+pub fn format_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".into();
+    }
+    for (unit, size) in DURATION_UNITS {
+        if nanos.is_multiple_of(size) {
+            return format!("{}{unit}", nanos / size);
+        }
+    }
+    unreachable!("every duration is a whole number of nanoseconds")
+}
+
+/// Parses a size such as `256KiB`, `64MiB`, `1GiB`, `4096B` or `4096`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let s = text.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(format!(
+            "{s:?} is not a size: write a byte count or e.g. 256KiB, 64MiB, 1GiB"
+        ));
+    }
+    let (number, unit) = s.split_at(digits);
+    let unit = unit.trim_start();
+    let multiplier = if unit.is_empty() {
+        1
+    } else {
+        match SIZE_UNITS.iter().find(|(name, _)| *name == unit) {
+            Some(&(_, m)) => m,
+            None => {
+                return Err(format!(
+                    "{s:?} has an unknown unit {unit:?}: use B, KiB, MiB, GiB or TiB (powers of 1024)"
+                ));
+            }
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Writes a size in the largest binary unit that keeps it whole (`256KiB`), else in bytes.
+pub fn format_size(bytes: usize) -> String {
+    let bytes = bytes as u64;
+    for (unit, size) in SIZE_UNITS {
+        if size > 1 && bytes >= size && bytes.is_multiple_of(size) {
+            return format!("{}{unit}", bytes / size);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Serde for a [`Duration`] written with its unit (`"30s"`); numbers are refused.
+pub mod duration {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        deserializer.deserialize_any(DurationVisitor)
+    }
+
+    struct DurationVisitor;
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a duration with its unit, e.g. \"30s\" or \"250ms\"")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            super::parse_duration(v).map_err(E::custom)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            Err(E::custom(format!(
+                "{v} has no unit: a unit is needed, e.g. \"{v}s\" or \"{v}ms\""
+            )))
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            Err(E::custom(format!(
+                "{v} has no unit: a unit is needed, e.g. \"{v}s\" or \"{v}ms\""
+            )))
+        }
+    }
+}
+
+/// Serde for a byte size: an integer (bytes) or a string with a unit (`"256KiB"`).
+pub mod size {
+    use std::fmt;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &usize, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_size(*bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+        deserializer.deserialize_any(SizeVisitor)
+    }
+
+    pub(super) struct SizeVisitor;
+
+    impl Visitor<'_> for SizeVisitor {
+        type Value = usize;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a size: a byte count or e.g. \"256KiB\", \"64MiB\"")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+            super::parse_size(v).map_err(E::custom)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::custom(format!("{v} is not a size")))
+        }
+    }
+}
+
+/// Serde for an optional byte size; absent means `None`.
+pub mod option_size {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        bytes: &Option<usize>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => serializer.serialize_str(&super::format_size(*bytes)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<usize>, D::Error> {
+        deserializer
+            .deserialize_any(super::size::SizeVisitor)
+            .map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration(" 10us "), Ok(Duration::from_micros(10)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        let bare = parse_duration("30").unwrap_err();
+        assert!(bare.contains("unit is needed"), "{bare}");
+        let trailing = parse_duration("1m30").unwrap_err();
+        assert!(trailing.contains("unit is needed"), "{trailing}");
+        for bad in ["", "s", "1.5s", "-1s", "5 s", "5sec", "1d", "ms5"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for text in [
+            "5m", "30s", "250ms", "1h", "90s", "1500ms", "7us", "3ns", "0s",
+        ] {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(format_duration(d), text);
+        }
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(format_duration(Duration::from_millis(8000)), "8s");
+    }
+
+    #[test]
+    fn sizes_take_binary_units_or_bytes() {
+        assert_eq!(parse_size("256KiB"), Ok(256 * 1024));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4096B"), Ok(4096));
+        assert_eq!(parse_size("2 MiB"), Ok(2 << 20));
+        let decimal = parse_size("64MB").unwrap_err();
+        assert!(decimal.contains("MiB"), "{decimal}");
+        for bad in ["", "KiB", "1.5MiB", "-1", "1kib", "99999999999TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(format_size(256 * 1024), "256KiB");
+        assert_eq!(format_size(64 << 20), "64MiB");
+        assert_eq!(format_size(1 << 30), "1GiB");
+        assert_eq!(format_size(1000), "1000");
+        assert_eq!(format_size(0), "0");
+        assert_eq!(format_size(1536), "1536");
+    }
+}
