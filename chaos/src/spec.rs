@@ -83,7 +83,7 @@ pub enum FaultKind {
         #[serde(default = "default_retransmit_ms")]
         retransmit_ms: u64,
     },
-    /// The link goes down again and again, on one of two clocks (exactly one is given):
+    /// The link goes down again and again, measured in one of two ways (exactly one is given):
     /// `period_ms`, for `down_ms` at the end of every period of time; or `period_bytes`, at every
     /// `period_bytes` bytes of the connection's stream in the fault's direction (a reset there,
     /// or those bytes held for `down_ms`), so that where it lands depends on bytes alone.

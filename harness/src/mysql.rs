@@ -10,12 +10,11 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use anyhow::{Context, Result, bail};
 use testcontainers::core::{ContainerPort, ExecCommand, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::time::Instant;
 
 use crate::image::ImageRef;
 

@@ -92,8 +92,8 @@ impl Fault for ByteFlap {
         let origin = *self.origin.get_or_insert(ctx.offset);
         let end = ctx.offset + pieces.iter().map(|p| p.bytes.len() as u64).sum::<u64>();
         match self.mode {
-            // The reset comes once the byte before the offset has passed, even if the stream
-            // then pauses: exactly `down - origin` bytes get through.
+            // The bytes up to the offset get through, then the reset comes at once (not with
+            // the next bytes, which may never come).
             FlapMode::Reset => {
                 let down = self.next_down(origin, ctx.offset.max(origin + 1));
                 if down > end {
