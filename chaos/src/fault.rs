@@ -3,7 +3,8 @@
 //!
 //! A fault may delay pieces (latency, bandwidth, loss, blackhole), split them (slicer), or end
 //! the connection (reset, timeout, limit_data, flap) now or at a time of its own, traffic or not.
-//! [`Scheduled`] wraps a fault with its activation: toxicity, target, trigger and duration.
+//! This module knows no fault in particular: [`crate::faults`] implements them, and
+//! [`crate::schedule`] wraps one with its activation.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -15,9 +16,8 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::faults;
 use crate::rng::Rng;
-use crate::spec::{Direction, FaultSpec};
+use crate::spec::Direction;
 
 /// Bytes on their way: the earliest time they may be written, and a pause to take just before
 /// writing them (a stall that counts from when the writer gets to them, as a retransmission
@@ -184,167 +184,6 @@ pub struct ConnInfo {
     pub index: u64,
     /// The clone role, where the embedder knows it.
     pub role: Option<String>,
-}
-
-/// A fault with its activation on one direction of one connection.
-#[derive(Debug)]
-pub struct Scheduled {
-    pub id: u64,
-    pub spec: FaultSpec,
-    fault: Box<dyn Fault>,
-    /// False when toxicity or target left this connection out.
-    applies: bool,
-    window: Option<Window>,
-    /// For a byte trigger: the offset at which the window opens.
-    armed_at: Option<u64>,
-    rng: Rng,
-    label: String,
-}
-
-/// Everything a fault needs when it is set up on a connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Setup<'a> {
-    pub seed: u64,
-    pub conn: &'a ConnInfo,
-    pub direction: Direction,
-    pub proxy_start: Instant,
-    pub conn_start: Instant,
-    pub buckets: &'a SharedBuckets,
-    pub log: &'a DecisionLog,
-}
-
-impl Scheduled {
-    pub fn new(id: u64, spec: FaultSpec, setup: Setup<'_>) -> Self {
-        let dir_key = match setup.direction {
-            Direction::Upstream => 1,
-            _ => 2,
-        };
-        let rng = Rng::new(setup.seed, setup.conn.index, dir_key, id);
-        let targeted =
-            spec.target
-                .connections
-                .as_ref()
-                .is_none_or(|c| c.contains(&setup.conn.index))
-                && spec.target.roles.as_ref().is_none_or(|roles| {
-                    setup.conn.role.as_ref().is_some_and(|r| roles.contains(r))
-                });
-        let toxic = spec.toxicity >= 1.0 || rng.chance(u64::MAX, spec.toxicity);
-        let applies = spec.direction.includes(setup.direction) && targeted && toxic;
-        let label = spec.label();
-        if applies {
-            setup.log.record(Decision {
-                connection: setup.conn.index,
-                direction: setup.direction,
-                fault: label.clone(),
-                offset: 0,
-                what: "applies".into(),
-            });
-        }
-        // The trigger names a moment; the fault lasts from there. A connection opened later
-        // meets the rest of that window (a schedule is one outage for everyone), not a window
-        // of its own.
-        let duration = spec.duration_ms.map(Duration::from_millis);
-        // Without a trigger a fault starts when it is set up: with the connection, or, for a
-        // fault added to live connections, now.
-        let mut start = Instant::now().max(setup.conn_start);
-        if let Some(at) = spec.trigger.at_ms {
-            start = setup.proxy_start + Duration::from_millis(at);
-        }
-        if let Some(after) = spec.trigger.after_ms {
-            start = start.max(setup.conn_start + Duration::from_millis(after));
-        }
-        let armed_at = spec.trigger.after_bytes;
-        let window = armed_at.is_none().then(|| Window {
-            from: start.max(setup.conn_start),
-            until: duration.map(|d| start + d),
-        });
-        Scheduled {
-            id,
-            fault: faults::build(&spec.fault, setup.buckets),
-            spec,
-            applies,
-            window,
-            armed_at,
-            rng,
-            label,
-        }
-    }
-
-    /// Applies the fault to a chunk read at `arrived` whose first byte is at `offset`.
-    pub fn apply(
-        &mut self,
-        log: &DecisionLog,
-        conn: u64,
-        dir: Direction,
-        arrived: Instant,
-        offset: u64,
-        pieces: Vec<Piece>,
-    ) -> Flow {
-        if !self.applies {
-            return Flow::pass(pieces);
-        }
-        let len: u64 = pieces.iter().map(|p| p.bytes.len() as u64).sum();
-        // A byte trigger opens the window at the chunk that reaches it; bytes before it pass.
-        let mut before = Vec::new();
-        let mut pieces = pieces;
-        let mut offset = offset;
-        if let Some(at) = self.armed_at {
-            if offset + len <= at {
-                return Flow::pass(pieces);
-            }
-            if offset < at {
-                let (head, tail) = split_at(pieces, (at - offset) as usize);
-                before = head;
-                pieces = tail;
-                offset = at;
-            }
-            self.armed_at = None;
-            let duration = self.spec.duration_ms.map(Duration::from_millis);
-            self.window = Some(Window {
-                from: arrived,
-                until: duration.map(|d| arrived + d),
-            });
-        }
-        let Some(window) = self.window else {
-            return Flow::pass(pieces);
-        };
-        if !window.contains(arrived) {
-            before.extend(pieces);
-            return Flow::pass(before);
-        }
-        let ctx = Ctx {
-            arrived,
-            offset,
-            window,
-            rng: self.rng,
-            log,
-            connection: conn,
-            direction: dir,
-            label: &self.label,
-        };
-        let mut flow = self.fault.apply(&ctx, pieces);
-        before.append(&mut flow.pieces);
-        flow.pieces = before;
-        flow
-    }
-
-    pub fn due_cut(&self, now: Instant) -> Option<(Instant, Cut)> {
-        match (self.applies, self.window) {
-            (true, Some(window)) => self
-                .fault
-                .due_cut(now, window)
-                .filter(|(at, _)| window.until.is_none_or(|u| *at < u)),
-            _ => None,
-        }
-    }
-
-    pub fn close_delay(&self) -> Duration {
-        if self.applies {
-            self.fault.close_delay()
-        } else {
-            Duration::ZERO
-        }
-    }
 }
 
 /// Splits pieces at `n` bytes: those before, those from there on.

@@ -4,9 +4,11 @@
 //!
 //! # Layout
 //! - [`spec`]: what a fault is, as declared (Rust, JSON, TOML), with validation.
-//! - [`fault`]: the [`fault::Fault`] trait, pieces, cuts, and activation (toxicity, target,
-//!   trigger, duration).
-//! - [`faults`]: the faults, one per file.
+//! - [`fault`]: the [`fault::Fault`] trait and what faults work on: pieces, cuts, windows, the
+//!   decision log.
+//! - [`faults`]: the faults, one per file, and building one from its spec.
+//! - [`schedule`]: a fault's activation on a connection (toxicity, target, trigger, duration);
+//!   imports [`fault`] and [`faults`], which do not import it.
 //! - [`rng`]: seeded, keyed randomness.
 //! - [`link`]: one connection, each direction through its chain, with backpressure.
 //! - [`proxy`]: the standalone fault proxy and its Rust control handle.
@@ -20,6 +22,7 @@ pub mod link;
 pub mod netfilter;
 pub mod proxy;
 pub mod rng;
+pub mod schedule;
 pub mod spec;
 
 pub use proxy::{ChaosError, ChaosProxy, Control};

@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::fault::{ConnInfo, Cut, DecisionLog, Flow, Piece, Scheduled, Setup, SharedBuckets};
+use crate::fault::{ConnInfo, Cut, DecisionLog, Flow, Piece, SharedBuckets};
+use crate::schedule::{Scheduled, Setup};
 use crate::spec::{Direction, FaultSpec};
 
 /// Chunks read but not yet written, per direction.

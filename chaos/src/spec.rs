@@ -83,9 +83,16 @@ pub enum FaultKind {
         #[serde(default = "default_retransmit_ms")]
         retransmit_ms: u64,
     },
-    /// The link goes down for `down_ms` at the end of every `period_ms`.
+    /// The link goes down again and again, measured in one of two ways (exactly one is given):
+    /// `period_ms`, for `down_ms` at the end of every period of time; or `period_bytes`, at every
+    /// `period_bytes` bytes of the connection's stream in the fault's direction (a reset there,
+    /// or those bytes held for `down_ms`), so that where it lands depends on bytes alone.
     Flap {
-        period_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        period_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        period_bytes: Option<u64>,
+        #[serde(default)]
         down_ms: u64,
         #[serde(default)]
         mode: FlapMode,
@@ -267,10 +274,29 @@ impl FaultSpec {
                 segment_bytes: 0, ..
             } => bad("fault.segment_bytes", "must be above 0"),
             FaultKind::Flap {
-                period_ms, down_ms, ..
-            } if *down_ms == 0 || down_ms >= period_ms => {
-                bad("fault.down_ms", "must be above 0 and below period_ms")
-            }
+                period_ms,
+                period_bytes,
+                down_ms,
+                mode,
+            } => match (period_ms, period_bytes) {
+                (None, None) => bad("fault.period_ms", "give period_ms or period_bytes"),
+                (Some(_), Some(_)) => bad(
+                    "fault.period_bytes",
+                    "give period_ms or period_bytes, not both",
+                ),
+                (Some(period_ms), None) if *down_ms == 0 || down_ms >= period_ms => {
+                    bad("fault.down_ms", "must be above 0 and below period_ms")
+                }
+                (None, Some(0)) => bad("fault.period_bytes", "must be above 0"),
+                (None, Some(_)) if *mode == FlapMode::Blackhole && *down_ms == 0 => {
+                    bad("fault.down_ms", "must be above 0")
+                }
+                (None, Some(_)) if *mode == FlapMode::Reset && *down_ms != 0 => bad(
+                    "fault.down_ms",
+                    "not used by a reset flap on period_bytes (the connection ends there)",
+                ),
+                _ => Ok(()),
+            },
             _ => Ok(()),
         }
     }
@@ -336,11 +362,66 @@ mod tests {
         let err = validate_all(&bad).unwrap_err();
         assert_eq!(err.field, "faults[0].fault.rate_bytes_per_sec");
         assert_eq!(bad[1].validate().unwrap_err().field, "toxicity");
-        let flap = FaultSpec::new(FaultKind::Flap {
-            period_ms: 100,
-            down_ms: 100,
-            mode: FlapMode::Reset,
-        });
-        assert_eq!(flap.validate().unwrap_err().field, "fault.down_ms");
+        let flap = |period_ms, period_bytes, down_ms, mode| {
+            FaultSpec::new(FaultKind::Flap {
+                period_ms,
+                period_bytes,
+                down_ms,
+                mode,
+            })
+            .validate()
+            .map_err(|e| e.field)
+        };
+        let (hole, reset) = (FlapMode::Blackhole, FlapMode::Reset);
+        assert_eq!(
+            flap(Some(100), None, 100, reset).unwrap_err(),
+            "fault.down_ms"
+        );
+        assert_eq!(flap(None, None, 10, hole).unwrap_err(), "fault.period_ms");
+        assert_eq!(
+            flap(Some(100), Some(1000), 10, hole).unwrap_err(),
+            "fault.period_bytes"
+        );
+        assert_eq!(
+            flap(None, Some(0), 10, hole).unwrap_err(),
+            "fault.period_bytes"
+        );
+        assert_eq!(
+            flap(None, Some(1000), 0, hole).unwrap_err(),
+            "fault.down_ms"
+        );
+        assert_eq!(
+            flap(None, Some(1000), 10, reset).unwrap_err(),
+            "fault.down_ms"
+        );
+        assert_eq!(flap(Some(100), None, 10, reset), Ok(()));
+        assert_eq!(flap(None, Some(1000), 10, hole), Ok(()));
+        assert_eq!(flap(None, Some(1000), 0, reset), Ok(()));
+    }
+
+    #[test]
+    fn a_flap_reads_either_clock_and_older_specs_still_read() {
+        let old: FaultSpec = toml::from_str(
+            "fault = { type = \"flap\", period_ms = 10000, down_ms = 2000, mode = \"reset\" }",
+        )
+        .unwrap();
+        assert_eq!(
+            old.fault,
+            FaultKind::Flap {
+                period_ms: Some(10_000),
+                period_bytes: None,
+                down_ms: 2000,
+                mode: FlapMode::Reset
+            }
+        );
+        let bytes: FaultSpec = serde_json::from_str(
+            r#"{"fault": {"type": "flap", "period_bytes": 1048576, "mode": "reset"}}"#,
+        )
+        .unwrap();
+        assert_eq!(bytes.validate(), Ok(()));
+        // Written back, the clock not used is left out, and the spec reads the same.
+        let json = serde_json::to_string(&bytes).unwrap();
+        assert!(!json.contains("period_ms"), "{json}");
+        assert_eq!(serde_json::from_str::<FaultSpec>(&json).unwrap(), bytes);
     }
 }

@@ -254,7 +254,8 @@ async fn flap_blackholes_and_resets() {
         vec![
             FaultSpec::new(FaultKind::Blackhole {}).lasting_ms(850),
             FaultSpec::new(FaultKind::Flap {
-                period_ms: 1000,
+                period_ms: Some(1000),
+                period_bytes: None,
                 down_ms: 200,
                 mode: FlapMode::Blackhole,
             }),
@@ -274,7 +275,8 @@ async fn flap_blackholes_and_resets() {
     let (server_side, _server) = duplex(1024);
     let start = Instant::now();
     let faults = vec![FaultSpec::new(FaultKind::Flap {
-        period_ms: 1000,
+        period_ms: Some(1000),
+        period_bytes: None,
         down_ms: 200,
         mode: FlapMode::Reset,
     })];
@@ -287,6 +289,93 @@ async fn flap_blackholes_and_resets() {
     .await;
     assert!(matches!(end, LinkEnd::Cut(Cut::Reset)), "{end:?}");
     assert!(near(start.elapsed(), 800 * MS, MS), "{:?}", start.elapsed());
+}
+
+fn byte_flap(period_bytes: u64, down_ms: u64, mode: FlapMode) -> FaultSpec {
+    FaultSpec::new(FaultKind::Flap {
+        period_ms: None,
+        period_bytes: Some(period_bytes),
+        down_ms,
+        mode,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn byte_flap_resets_at_its_offset_exactly_whatever_the_timing() {
+    for latency_ms in [0, 30] {
+        // Latency ahead of the flap moves when bytes arrive, not where the reset lands.
+        let mut faults = vec![byte_flap(12_345, 0, FlapMode::Reset)];
+        if latency_ms > 0 {
+            faults.insert(
+                0,
+                FaultSpec::new(FaultKind::Latency {
+                    latency_ms,
+                    jitter_ms: 10,
+                }),
+            );
+        }
+        let r = run(faults, data(50_000)).await;
+        assert_eq!(r.received, data(12_345), "latency {latency_ms} ms");
+        assert!(matches!(r.end, LinkEnd::Cut(Cut::Reset)), "{:?}", r.end);
+        let cuts: Vec<u64> = r
+            .log
+            .entries()
+            .iter()
+            .filter(|d| d.what == "link down: reset")
+            .map(|d| d.offset)
+            .collect();
+        assert_eq!(cuts, [12_345]);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn byte_flap_never_cuts_an_idle_link() {
+    let (mut client, client_side) = duplex(1024);
+    let (server_side, mut server) = duplex(1024);
+    let faults = vec![byte_flap(100, 0, FlapMode::Reset).direction(Direction::Upstream)];
+    let link = tokio::spawn(link::run(
+        client_side,
+        server_side,
+        context(faults, Arc::default()),
+        |_| {},
+    ));
+    client.write_all(&data(99)).await.unwrap();
+    let mut buf = [0u8; 99];
+    server.read_exact(&mut buf).await.unwrap();
+    // An hour of silence one byte short of the offset: still up.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(!link.is_finished());
+    client.write_all(b"x").await.unwrap();
+    let end = link.await.unwrap();
+    assert!(matches!(end, LinkEnd::Cut(Cut::Reset)), "{end:?}");
+    let mut last = [0u8; 1];
+    server.read_exact(&mut last).await.unwrap();
+    assert_eq!(&last, b"x");
+}
+
+#[tokio::test(start_paused = true)]
+async fn byte_flap_blackhole_pauses_at_every_offset() {
+    let r = run(
+        vec![byte_flap(3000, 200, FlapMode::Blackhole)],
+        data(10_000),
+    )
+    .await;
+    // Down at 3000, 6000 and 9000: three outages of 200 ms, every byte delivered in order.
+    assert_eq!(r.received, data(10_000));
+    assert!(matches!(r.end, LinkEnd::Finished), "{:?}", r.end);
+    assert!(
+        near(r.last_at.unwrap(), 600 * MS, 2 * MS),
+        "{:?}",
+        r.last_at
+    );
+    let downs: Vec<u64> = r
+        .log
+        .entries()
+        .iter()
+        .filter(|d| d.what == "link down: held")
+        .map(|d| d.offset)
+        .collect();
+    assert_eq!(downs, [3000, 6000, 9000]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -178,6 +178,104 @@ async fn the_control_api_changes_live_connections() {
     assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(0)));
 }
 
+/// One control API request that must get an answer.
+async fn api(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    control::call(addr, method, path, body).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_control_api_answers_every_request_with_a_status_and_json() {
+    let proxy = proxy_with(vec![]).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_addr = listener.local_addr().unwrap();
+    tokio::spawn(control::serve(listener, proxy.control().clone()));
+
+    // Add, replace, list, read decisions, reset: the same paths and shapes as ever.
+    let (status, added) = api(
+        api_addr,
+        "POST",
+        "/faults",
+        Some(r#"{"fault": {"type": "reset"}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{added}");
+    let id = added["id"].as_u64().unwrap();
+    let path = format!("/faults/{id}");
+    let (status, body) = api(
+        api_addr,
+        "PUT",
+        &path,
+        Some(r#"{"fault": {"type": "latency", "latency_ms": 5}}"#),
+    )
+    .await;
+    assert_eq!((status, body["id"].as_u64()), (200, Some(id)));
+    let (_, list) = api(api_addr, "GET", "/faults", None).await;
+    assert_eq!(list[0]["id"].as_u64(), Some(id));
+    assert_eq!(list[0]["spec"]["fault"]["latency_ms"].as_u64(), Some(5));
+    let (status, decisions) = api(api_addr, "GET", "/decisions", None).await;
+    assert_eq!((status, decisions["seed"].as_u64()), (200, Some(1)));
+    assert!(decisions["decisions"].is_array(), "{decisions}");
+    let (status, body) = api(api_addr, "POST", "/reset", None).await;
+    assert_eq!((status, body["faults"].as_u64()), (200, Some(0)));
+
+    // A spec that does not parse is 400, naming the field (inside `fault`, serde's message
+    // names a missing or unknown one; a wrong type there is placed at `fault`).
+    let (status, body) = api(
+        api_addr,
+        "POST",
+        "/faults",
+        Some(r#"{"fault": {"type": "reset"}, "toxicity": "high"}"#),
+    )
+    .await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("toxicity")));
+    let (status, body) = api(
+        api_addr,
+        "POST",
+        "/faults",
+        Some(r#"{"fault": {"type": "latency", "jitter_ms": 1}}"#),
+    )
+    .await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("fault")));
+    assert!(
+        body["error"].as_str().unwrap().contains("latency_ms"),
+        "{body}"
+    );
+    let (status, body) = api(api_addr, "POST", "/faults", Some("{not json")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    // So is one that does not validate.
+    let (status, body) = api(
+        api_addr,
+        "POST",
+        "/faults",
+        Some(r#"{"fault": {"type": "flap", "period_ms": 100, "period_bytes": 100}}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("fault.period_bytes"))
+    );
+    // An id that is not a number is 400; an unknown path 404; a wrong method 405.
+    let (status, body) = api(api_addr, "DELETE", "/faults/seven", None).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = api(api_addr, "GET", "/nowhere", None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("/nowhere"),
+        "{body}"
+    );
+    let (status, body) = api(api_addr, "DELETE", "/faults", None).await;
+    assert_eq!(status, 405, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    let (status, _) = api(api_addr, "GET", "/reset", None).await;
+    assert_eq!(status, 405);
+}
+
 #[tokio::test]
 async fn a_reset_is_a_real_rst() {
     let proxy = proxy_with(vec![FaultSpec::new(FaultKind::Reset {}).after_bytes(4)]).await;

@@ -64,36 +64,45 @@ pub async fn clone_instance(
     let _ = tokio::time::timeout_at(deadline.into(), recipient.sql(&statement)).await;
     let statement_time = started.elapsed();
 
+    // Each look at the status table is bounded by the deadline too (the recipient may be in
+    // the middle of its restart).
+    let mut last_seen = String::from("no row yet");
     loop {
         if Instant::now() > deadline {
             bail!(
-                "clone into {} did not end within {timeout:?}",
+                "clone into {} did not end within {timeout:?} (last clone_status: {last_seen})",
                 recipient.name()
             );
         }
-        if let Ok(rows) = recipient
-            .rows(
+        let rows = tokio::time::timeout_at(
+            deadline.into(),
+            recipient.rows(
                 "SELECT CONCAT(ID, '@', BEGIN_TIME), STATE, ERROR_NO, ERROR_MESSAGE, SOURCE \
                  FROM performance_schema.clone_status",
-            )
-            .await
+            ),
+        )
+        .await;
+        if let Ok(Ok(rows)) = rows
             && let Some([id, state, error_no, error_message, source]) =
                 rows.first().map(Vec::as_slice)
-            && previous.as_deref() != Some(id.as_str())
-            && (state == "Completed" || state == "Failed")
         {
-            let (data_bytes, network_bytes, file_copy_bytes) = progress(recipient).await?;
-            return Ok(CloneOutcome {
-                state: state.clone(),
-                error_no: error_no.parse().unwrap_or(-1),
-                error_message: error_message.clone(),
-                source: source.clone(),
-                statement_time,
-                total_time: started.elapsed(),
-                data_bytes,
-                network_bytes,
-                file_copy_bytes,
-            });
+            last_seen = format!("{state} ({id})");
+            if previous.as_deref() != Some(id.as_str())
+                && (state == "Completed" || state == "Failed")
+            {
+                let (data_bytes, network_bytes, file_copy_bytes) = progress(recipient).await?;
+                return Ok(CloneOutcome {
+                    state: state.clone(),
+                    error_no: error_no.parse().unwrap_or(-1),
+                    error_message: error_message.clone(),
+                    source: source.clone(),
+                    statement_time,
+                    total_time: started.elapsed(),
+                    data_bytes,
+                    network_bytes,
+                    file_copy_bytes,
+                });
+            }
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use testcontainers::core::{ContainerPort, ExecCommand, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::time::Instant;
 
 use crate::image::ImageRef;
 
@@ -28,6 +29,10 @@ const SOCKET: &str = "/var/run/mysqld/mysqld.sock";
 /// The port mysqld listens on inside an isolated server's own namespace.
 const ISOLATED_PORT: u16 = 3306;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long an exec's exit code may lag behind the end of its output.
+const EXIT_CODE_WAIT: Duration = Duration::from_secs(5);
+/// How often [`MysqlServer::wait_until_clone_free`] looks.
+const CLONE_FREE_POLL: Duration = Duration::from_millis(500);
 
 /// How to start one server.
 #[derive(Debug, Clone)]
@@ -189,10 +194,16 @@ impl MysqlServer {
             .with_context(|| format!("exec in {}", self.name))?;
         let stdout = exec.stdout_to_vec().await?;
         let stderr = exec.stderr_to_vec().await?;
+        // The engine may report the exit code a little after the output streams end.
+        let deadline = Instant::now() + EXIT_CODE_WAIT;
         let mut code = exec.exit_code().await?;
-        for _ in 0..100 {
-            if code.is_some() {
-                break;
+        while code.is_none() {
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}: `{}` closed its output but no exit code came within {EXIT_CODE_WAIT:?}",
+                    self.name,
+                    argv.first().copied().unwrap_or_default()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
             code = exec.exit_code().await?;
@@ -205,6 +216,55 @@ impl MysqlServer {
             );
         }
         Ok(String::from_utf8_lossy(&stdout).into_owned())
+    }
+
+    /// Connections of this server (as a donor) busy with a clone, as
+    /// `(processlist id, state, seconds)`: every thread whose command is `clone`. A donor
+    /// keeps such a thread for as long as a clone runs, and also while it holds a clone whose
+    /// connection failed, waiting for the recipient to resume it (up to
+    /// `clone_donor_timeout_after_network_failure`); its state then stays as it was (e.g.
+    /// `clone (file copy)`) and its time keeps growing.
+    pub async fn clone_threads(&self) -> Result<Vec<(String, String, String)>> {
+        let rows = self
+            .rows(
+                "SELECT PROCESSLIST_ID, IFNULL(PROCESSLIST_STATE, ''), \
+                 IFNULL(PROCESSLIST_TIME, 0) FROM performance_schema.threads \
+                 WHERE LOWER(PROCESSLIST_COMMAND) = 'clone' ORDER BY PROCESSLIST_ID",
+            )
+            .await?;
+        rows.into_iter()
+            .map(|row| match <[String; 3]>::try_from(row) {
+                Ok([id, state, time]) => Ok((id, state, time)),
+                Err(row) => Err(anyhow::anyhow!("unexpected threads row {row:?}")),
+            })
+            .collect()
+    }
+
+    /// Waits until this server (as a donor) has no clone in progress and none held for a
+    /// resume (see [`MysqlServer::clone_threads`]), so that a new clone is not refused with
+    /// 3634 "Too many concurrent clone operations". Fails after `within`, naming the threads
+    /// still busy.
+    pub async fn wait_until_clone_free(&self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let busy = self.clone_threads().await?;
+            if busy.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let busy: Vec<String> = busy
+                    .iter()
+                    .map(|(id, state, time)| format!("{id} ({state}, {time} s)"))
+                    .collect();
+                bail!(
+                    "{}: waited {within:?} for the donor to be free of clones, but connections \
+                     {} are still busy with one (running, or held for a resume)",
+                    self.name,
+                    busy.join(", ")
+                );
+            }
+            tokio::time::sleep(CLONE_FREE_POLL).await;
+        }
     }
 
     /// Rows of a query, each split into its columns.

@@ -9,6 +9,7 @@ use clone_relay::session::SessionsView;
 use clone_relay::{Config, Relay, RelayError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// A running relay with its admin listener; dropping it stops both.
 #[derive(Debug)]
@@ -129,12 +130,55 @@ impl RelayFixture {
     }
 
     /// Waits until the relay's latest session has carried `bytes` of clone data; returns its id.
-    pub async fn session_past(&self, bytes: u64) -> u64 {
+    /// Fails, saying what it waited for and how far the session got, when `within` passes
+    /// first or when that session ends short of `bytes` (a clone that failed or finished early
+    /// fails the wait at once instead of leaving it to the deadline). A session already over
+    /// when the wait begins belongs to an earlier clone and is not the one waited for.
+    pub async fn session_past(&self, bytes: u64, within: Duration) -> Result<u64> {
+        let deadline = Instant::now() + within;
+        let earlier = self
+            .sessions()
+            .sessions
+            .last()
+            .filter(|s| s.state.ended())
+            .map(|s| s.id);
         loop {
-            if let Some(s) = self.sessions().sessions.last()
-                && s.data_bytes >= bytes
-            {
-                return s.id;
+            let latest = self
+                .sessions()
+                .sessions
+                .last()
+                .filter(|s| Some(s.id) != earlier)
+                .cloned();
+            if let Some(s) = &latest {
+                if s.data_bytes >= bytes {
+                    return Ok(s.id);
+                }
+                if s.state.ended() {
+                    bail!(
+                        "waited for a clone session to carry {bytes} bytes of clone data, but \
+                         session {} ended {} after {} bytes",
+                        s.id,
+                        s.state.as_str(),
+                        s.data_bytes
+                    );
+                }
+            }
+            if Instant::now() >= deadline {
+                let seen = latest.map_or_else(
+                    || "no new session began".to_string(),
+                    |s| {
+                        format!(
+                            "session {} is {} after {} bytes",
+                            s.id,
+                            s.state.as_str(),
+                            s.data_bytes
+                        )
+                    },
+                );
+                bail!(
+                    "waited {within:?} for a clone session to carry {bytes} bytes of clone \
+                     data: {seen}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -30,31 +30,6 @@ fn capped(rate_mib: u64) -> FaultSpec {
     .direction(Direction::Downstream)
 }
 
-/// Waits until a session newer than `after` has carried `bytes` of clone data; its id.
-async fn session_past(
-    relay: &RelayFixture,
-    after: Option<u64>,
-    bytes: u64,
-    timeout: Duration,
-) -> anyhow::Result<u64> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = relay
-            .sessions()
-            .sessions
-            .iter()
-            .find(|s| after.is_none_or(|a| s.id > a) && s.data_bytes >= bytes)
-        {
-            return Ok(s.id);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "no new clone session passed {bytes} data bytes within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The donor's host-cache rows (IP, connect errors, blocked attempts), for the report.
 async fn host_cache(donor: &MysqlServer) -> anyhow::Result<Vec<Vec<String>>> {
     donor
@@ -120,7 +95,10 @@ async fn a_clone_through_a_busy_relay_is_unaffected() -> anyhow::Result<()> {
 
     let clone = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT);
     let half_logins = async {
-        session_past(&relay, first, 10 * MIB, Duration::from_secs(120)).await?;
+        // The first clone's session is over: the wait is for the new one.
+        relay
+            .session_past(10 * MIB, Duration::from_secs(120))
+            .await?;
         let opening = Instant::now();
         let half = HalfLogins::open(relay.addr(), HALF_LOGINS).await?;
         let opening = opening.elapsed();

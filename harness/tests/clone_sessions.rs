@@ -14,6 +14,8 @@ use tokio::net::TcpStream;
 
 const DATASET_BYTES: u64 = 100 * 1024 * 1024;
 const CLONE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bound on waiting for a clone session to reach a point of its transfer.
+const SESSION_WAIT: Duration = Duration::from_secs(120);
 const MIB: u64 = 1024 * 1024;
 
 /// A seeded donor, a relay in front of it (with `config` adjusted), and a recipient that may
@@ -132,10 +134,11 @@ async fn a_reset_mid_transfer_resumes_the_same_session() -> anyhow::Result<()> {
 
     let clone = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT);
     let cut = async {
-        let id = relay.session_past(30 * MIB).await;
-        relay.relay().registry().abort_session(id)
+        let id = relay.session_past(30 * MIB, SESSION_WAIT).await?;
+        anyhow::Ok(relay.relay().registry().abort_session(id))
     };
     let (outcome, reset) = tokio::join!(clone, cut);
+    let reset = reset?;
     let outcome: CloneOutcome = outcome?;
 
     assert!(reset >= 2, "main and aux were reset, got {reset}");
@@ -181,7 +184,7 @@ async fn hostile_connections_do_not_disturb_a_clone() -> anyhow::Result<()> {
 
     let clone = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT);
     let attack = async {
-        relay.session_past(10 * MIB).await;
+        relay.session_past(10 * MIB, SESSION_WAIT).await?;
         tokio::try_join!(
             // A login request without protocol 4.1.
             hostile(relay.addr(), b"\x20\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"),

@@ -18,6 +18,8 @@ use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
 const DATASET_BYTES: u64 = 100 * 1024 * 1024;
 const MIB: u64 = 1024 * 1024;
 const CLONE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Bound on waiting for a clone session to reach a point of its transfer.
+const SESSION_WAIT: Duration = Duration::from_secs(120);
 
 fn seed() -> u64 {
     std::env::var("CHAOS_SEED")
@@ -198,7 +200,7 @@ async fn a_clone_survives_ten_resets() -> anyhow::Result<()> {
         let mut next = 3 * MIB;
         for _ in 0..10 {
             // Each reset lands once the clone has resumed and carried 3 MiB more.
-            relay.session_past(next).await;
+            relay.session_past(next, SESSION_WAIT).await?;
             let id = control.add(
                 FaultSpec::new(FaultKind::Reset {})
                     .at_ms(control.now_ms())
@@ -292,12 +294,14 @@ async fn whole_link_blackhole(
     let rig = rig(vec![capped(20)], detect, donor_args, adjust).await?;
     let started = Instant::now();
     let cut = async {
-        rig.relay.session_past(10 * MIB).await;
+        rig.relay.session_past(10 * MIB, SESSION_WAIT).await?;
         let control = rig.chaos.control();
-        control.add(
-            FaultSpec::new(FaultKind::Blackhole {})
-                .at_ms(control.now_ms())
-                .lasting_ms(outage.as_millis() as u64),
+        anyhow::Ok(
+            control.add(
+                FaultSpec::new(FaultKind::Blackhole {})
+                    .at_ms(control.now_ms())
+                    .lasting_ms(outage.as_millis() as u64),
+            )?,
         )
     };
     let (outcome, cut) = tokio::join!(rig.clone(), cut);
@@ -392,10 +396,11 @@ async fn a_resumed_clone_returns_to_its_donor() -> anyhow::Result<()> {
     let started = Instant::now();
     let clone = clone_instance(&recipient, relay.addr(), CLONE_TIMEOUT);
     let cut = async {
-        let id = relay.session_past(20 * MIB).await;
-        relay.relay().registry().abort_session(id)
+        let id = relay.session_past(20 * MIB, SESSION_WAIT).await?;
+        anyhow::Ok(relay.relay().registry().abort_session(id))
     };
     let (outcome, reset) = tokio::join!(clone, cut);
+    let reset = reset?;
     let run = finish(outcome?, started, &relay, &dataset, &first, &recipient).await?;
 
     assert!(reset >= 2);

@@ -43,15 +43,6 @@ fn state_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Waits until `relay`'s latest session has carried `bytes` of clone data; its id.
-async fn session_past(relay: &RelayFixture, bytes: u64, timeout: Duration) -> anyhow::Result<u64> {
-    tokio::time::timeout(timeout, relay.session_past(bytes))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!("no clone session passed {bytes} data bytes within {timeout:?}")
-        })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_resume_after_a_relay_restart_reaches_its_donor() -> anyhow::Result<()> {
     if !docker_available("a_resume_after_a_relay_restart_reaches_its_donor").await {
@@ -87,7 +78,9 @@ async fn a_resume_after_a_relay_restart_reaches_its_donor() -> anyhow::Result<()
     let started = Instant::now();
     let clone = clone_instance(&recipient, addr, CLONE_TIMEOUT);
     let restart = async {
-        session_past(&first, RESTART_AT_BYTES, Duration::from_secs(120)).await?;
+        first
+            .session_past(RESTART_AT_BYTES, Duration::from_secs(120))
+            .await?;
         let remembered = std::fs::read_to_string(dir.join(affinity::FILE_NAME))?;
         let relay_1 = first.relay().clone();
         let stopping = Instant::now();

@@ -1,6 +1,6 @@
-//! Replays of real CLONE traffic between two MySQL 9.7.4 servers (`shared/testdata`): the
-//! decoder reads every packet, and the session registry puts all connections of a capture in
-//! one clone session with the right roles and one resume.
+//! Replays of real CLONE traffic between two MySQL 9.7.4 servers (`tests/captures`, described
+//! in its README): the decoder reads every packet, and the session registry puts all connections
+//! of a capture in one clone session with the right roles and one resume.
 
 mod common;
 use common::unhex;
@@ -20,25 +20,20 @@ use clone_relay::session::{
 };
 use serde_json::Value;
 
-/// The captures, or `None` (skip, outside CI) when `shared/` is not beside the checkout.
-fn capture(name: &str) -> Option<Vec<Value>> {
+/// A capture from `tests/captures`, one JSON value per line. A missing or unreadable capture
+/// fails the test.
+fn capture(name: &str) -> Vec<Value> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata")
+        .join("tests/captures")
         .join(name);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Some(
-            text.lines()
-                .map(|l| serde_json::from_str(l).expect("capture line is JSON"))
-                .collect(),
-        ),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("capture {} missing in CI: {e}", path.display())
-        }
-        Err(e) => {
-            eprintln!("skipping: capture {} not found ({e})", path.display());
-            None
-        }
-    }
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("capture {} unreadable: {e}", path.display()));
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("capture line is JSON"))
+        .collect();
+    assert!(!rows.is_empty(), "capture {} is empty", path.display());
+    rows
 }
 
 fn direction(row: &Value) -> Direction {
@@ -126,9 +121,7 @@ fn roles(registry: &Registry) -> Vec<(u64, Role)> {
 
 #[test]
 fn reset_mid_transfer_is_one_session_resumed_once() {
-    let Some(rows) = capture("clone-9.7.4-reset-mid-transfer.jsonl") else {
-        return;
-    };
+    let rows = capture("clone-9.7.4-reset-mid-transfer.jsonl");
     let registry = replay(&rows);
     assert_eq!(
         roles(&registry),
@@ -163,9 +156,7 @@ fn reset_mid_transfer_is_one_session_resumed_once() {
 
 #[test]
 fn workers_and_their_reconnects_join_the_session() {
-    let Some(rows) = capture("clone-9.7.4-workers-reset.jsonl") else {
-        return;
-    };
+    let rows = capture("clone-9.7.4-workers-reset.jsonl");
     let registry = replay(&rows);
     let roles = roles(&registry);
     let count = |role| roles.iter().filter(|(_, r)| *r == role).count();
@@ -198,15 +189,11 @@ fn workers_and_their_reconnects_join_the_session() {
 
 #[test]
 fn compressed_framing_is_decoded() {
-    let Some(rows) = capture("clone-9.7.4-compressed-raw.jsonl") else {
-        return;
-    };
+    let rows = capture("clone-9.7.4-compressed-raw.jsonl");
     // Raw reads are cut to 64 bytes in this capture, so the login exchange (longer) comes from
     // the uncompressed capture's greeting and this capture's login head, padded; after that,
     // every read that the capture kept whole is fed until the first cut one in each direction.
-    let Some(plain) = capture("clone-9.7.4-reset-mid-transfer.jsonl") else {
-        return;
-    };
+    let plain = capture("clone-9.7.4-reset-mid-transfer.jsonl");
     let greeting = wire_packet(&plain[1]);
     let mut per_conn: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
     for conn in [1u64, 2] {
@@ -270,9 +257,7 @@ fn compressed_framing_is_decoded() {
 
 #[tokio::test(start_paused = true)]
 async fn a_resume_that_dies_before_data_still_fails_in_time() {
-    let Some(rows) = capture("clone-9.7.4-reset-mid-transfer.jsonl") else {
-        return;
-    };
+    let rows = capture("clone-9.7.4-reset-mid-transfer.jsonl");
     // Up to the resumed main's REINIT (conn 3), then conn 3 and its aux close.
     let reinit = rows
         .iter()

@@ -13,7 +13,7 @@ mod timeout;
 
 pub use bandwidth::Bandwidth;
 pub use blackhole::Blackhole;
-pub use flap::Flap;
+pub use flap::{ByteFlap, Flap};
 pub use latency::Latency;
 pub use limit_data::LimitData;
 pub use loss::Loss;
@@ -80,13 +80,23 @@ pub fn build(kind: &FaultKind, buckets: &SharedBuckets) -> Box<dyn Fault> {
         }),
         FaultKind::Flap {
             period_ms,
+            period_bytes,
             down_ms,
             mode,
-        } => Box::new(Flap {
-            period: ms(*period_ms),
-            down: ms(*down_ms),
-            mode: *mode,
-        }),
+        } => match (period_ms, period_bytes) {
+            (_, Some(period)) => Box::new(ByteFlap {
+                period: *period,
+                down: ms(*down_ms),
+                mode: *mode,
+                origin: None,
+            }),
+            // Validation leaves exactly one of the two.
+            (period_ms, None) => Box::new(Flap {
+                period: ms(period_ms.unwrap_or_default()),
+                down: ms(*down_ms),
+                mode: *mode,
+            }),
+        },
     }
 }
 
