@@ -268,7 +268,7 @@ mod tests {
     use super::*;
     use crate::protocol::unhex;
 
-    // Payloads from shared/testdata/clone-9.7.4-workers-reset.jsonl.
+    // Payloads from relay/tests/captures/clone-9.7.4-workers-reset.jsonl.
     const ATTACH: &str = "02030100002c0100800c2200000000000064000000220000000100000000000000210000000000000022000000000100";
     const LOCS: &str =
         "01030100000c2200000000000064000000220000000100000000000000210000000000000022000000000200";
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn reads_a_donor_setting() {
-        // From shared/testdata: the donor's resume patience, in minutes.
+        // From the captures in relay/tests/captures: the donor's resume patience, in minutes.
         let head = unhex(
             "0829000000636c6f6e655f646f6e6f725f74696d656f75745f61667465725f6e6574776f726b5f6661696c7572650100000035",
         );

@@ -184,7 +184,7 @@ mod tests {
         assert!(set_greeting_ssl(&mut [0xff, 1, 2], true).is_err());
     }
 
-    /// The greeting of a MySQL 9.7.4 donor, from `shared/testdata` (connection id 100).
+    /// The greeting of a MySQL 9.7.4 donor, from the captures in `relay/tests/captures` (connection id 100).
     const GREETING_9_7_4: &str = "0a392e372e342d320064000000431e324a347e494700ffffff0200ffdf15000000000000000000006d2234376a3a68386b2375410063616368696e67";
 
     #[test]
