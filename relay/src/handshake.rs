@@ -29,7 +29,8 @@ use crate::error::RelayError;
 use crate::io::Observer;
 use crate::leg::Leg;
 use crate::protocol::handshake::{
-    CLIENT_SSL, ServerHello, err_packet, parse_login_request, parse_server_hello, set_greeting_ssl,
+    CLIENT_SSL, SSL_REQUEST_LEN, ServerHello, err_packet, parse_login_request, parse_server_hello,
+    set_greeting_ssl,
 };
 use crate::protocol::{Direction, HEADER_LEN, PacketHeader, Violation, ViolationKind};
 use crate::tls::{Tls, donor_name};
@@ -247,7 +248,14 @@ async fn upgrade(
         Err(RelayError::Downstream(e)) if recipient_left(&e) => return Err(RelayError::ClientLeft),
         other => other?,
     };
-    let ssl_request = ssl_request_for(&login);
+    let Some(ssl_request) = ssl_request_for(&login) else {
+        return refuse(
+            &mut recipient,
+            3,
+            "clone-relay: login request too short".into(),
+        )
+        .await;
+    };
     upstream
         .write_all(&ssl_request)
         .await
@@ -279,9 +287,9 @@ async fn upgrade(
 
 /// The SSLRequest the relay sends the donor: the recipient's capabilities and settings, from
 /// the head of its login request, with sequence id 1.
-fn ssl_request_for(login: &[u8]) -> Vec<u8> {
-    let head = &login[HEADER_LEN..HEADER_LEN + crate::protocol::handshake::SSL_REQUEST_LEN];
-    crate::protocol::frame(1, head)
+fn ssl_request_for(login: &[u8]) -> Option<Vec<u8>> {
+    let head = login.get(HEADER_LEN..HEADER_LEN + SSL_REQUEST_LEN)?;
+    Some(crate::protocol::frame(1, head))
 }
 
 /// Sends the recipient an ERR packet naming why the connection cannot go on, and fails with it.

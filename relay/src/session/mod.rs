@@ -124,7 +124,7 @@ impl Registry {
         self.affinity.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Live sessions (not ended), for tests and bounds checks.
+    /// Sessions held (live and recently ended), for tests and bounds checks.
     pub fn session_count(&self) -> usize {
         self.lock().sessions.len()
     }
