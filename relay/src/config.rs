@@ -1029,4 +1029,67 @@ mod tests {
         assert!(text.contains("copy_buffer = \"256KiB\""), "{text}");
         assert!(text.contains("connect_timeout = \"5s\""), "{text}");
     }
+
+    #[test]
+    fn tls_modes_come_from_flags_and_the_file_and_must_fit_together() {
+        let c = merged(&[], Some("upstream = \"a:1\"")).unwrap();
+        assert_eq!(c.client_tls_mode, ClientTlsMode::Preferred);
+        assert_eq!(c.server_tls_mode, ServerTlsMode::AsClient);
+        assert_eq!(c.server_tls_verify, ServerTlsVerify::Disabled);
+        let file =
+            "upstream = \"a:1\"\nclient_tls_mode = \"required\"\nserver_tls_mode = \"required\"";
+        let c = merged(&[], Some(file)).unwrap();
+        assert_eq!(c.client_tls_mode, ClientTlsMode::Required);
+        let c = merged(
+            &[
+                "--client-tls-mode",
+                "disabled",
+                "--server-tls-mode",
+                "disabled",
+            ],
+            Some(file),
+        )
+        .unwrap();
+        assert_eq!(c.client_tls_mode, ClientTlsMode::Disabled);
+
+        merged(
+            &["--upstream", "a:1", "--client-tls-mode", "passthrough"],
+            None,
+        )
+        .unwrap();
+        let e = merged(
+            &[
+                "--upstream",
+                "a:1",
+                "--client-tls-mode",
+                "passthrough",
+                "--server-tls-mode",
+                "required",
+            ],
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("invalid client_tls_mode"), "{e}");
+        let e = merged(
+            &[
+                "--upstream",
+                "a:1",
+                "--client-tls-mode",
+                "disabled",
+                "--server-tls-mode",
+                "required",
+            ],
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("invalid server_tls_mode"), "{e}");
+        let e = merged(&["--upstream", "a:1", "--server-tls-verify", "ca"], None).unwrap_err();
+        assert!(e.contains("invalid server_tls_ca"), "{e}");
+        let e = merged(
+            &[],
+            Some("upstream = \"a:1\"\nclient_tls_mode = \"sometimes\""),
+        )
+        .unwrap_err();
+        assert!(e.contains("client_tls_mode"), "{e}");
+    }
 }
