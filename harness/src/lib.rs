@@ -23,7 +23,7 @@ pub mod load;
 pub mod mysql;
 pub mod relay;
 
-pub use clone::{CloneOutcome, clone_instance};
+pub use clone::{CloneOutcome, Transport, clone_instance, clone_instance_with};
 pub use dataset::Dataset;
 pub use docker::docker_available;
 pub use mysql::{MysqlServer, ServerOptions};
