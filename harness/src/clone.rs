@@ -37,13 +37,46 @@ impl CloneOutcome {
     }
 }
 
-/// Clones from `donor` (a donor or a relay in front of one) into `recipient`, and waits for the
-/// end within `timeout`. A clone that fails is an `Ok` outcome with state `Failed`; only the
-/// harness's own trouble (timeout, unreadable status) is an error.
+/// How the recipient's clone connections travel: the `REQUIRE` clause of `CLONE INSTANCE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `REQUIRE NO SSL`: plaintext.
+    NoSsl,
+    /// No `REQUIRE` clause: TLS whenever the donor offers it, plaintext otherwise.
+    Default,
+    /// `REQUIRE SSL`: TLS or no clone.
+    RequireSsl,
+}
+
+impl Transport {
+    /// The clause as it ends the `CLONE INSTANCE` statement (empty for [`Transport::Default`]).
+    pub fn clause(self) -> &'static str {
+        match self {
+            Transport::NoSsl => " REQUIRE NO SSL",
+            Transport::Default => "",
+            Transport::RequireSsl => " REQUIRE SSL",
+        }
+    }
+}
+
+/// Clones from `donor` (a donor or a relay in front of one) into `recipient` in plaintext
+/// (`REQUIRE NO SSL`), and waits for the end within `timeout`. A clone that fails is an `Ok`
+/// outcome with state `Failed`; only the harness's own trouble (timeout, unreadable status) is
+/// an error.
 pub async fn clone_instance(
     recipient: &MysqlServer,
     donor: SocketAddr,
     timeout: Duration,
+) -> Result<CloneOutcome> {
+    clone_instance_with(recipient, donor, timeout, Transport::NoSsl).await
+}
+
+/// [`clone_instance`] with the transport of the clone's connections chosen by `transport`.
+pub async fn clone_instance_with(
+    recipient: &MysqlServer,
+    donor: SocketAddr,
+    timeout: Duration,
+    transport: Transport,
 ) -> Result<CloneOutcome> {
     // A recipient may clone more than once: the clone to follow is the one after this row.
     let previous = recipient
@@ -54,9 +87,10 @@ pub async fn clone_instance(
         .filter(|s| !s.is_empty());
     let started = Instant::now();
     let statement = format!(
-        "CLONE INSTANCE FROM '{DONOR_USER}'@'{}':{} IDENTIFIED BY '{DONOR_PASSWORD}' REQUIRE NO SSL",
+        "CLONE INSTANCE FROM '{DONOR_USER}'@'{}':{} IDENTIFIED BY '{DONOR_PASSWORD}'{}",
         donor.ip(),
-        donor.port()
+        donor.port(),
+        transport.clause()
     );
     let deadline = started + timeout;
     // The statement ends with an error either way once the recipient restarts; the status table
@@ -126,4 +160,16 @@ async fn progress(recipient: &MysqlServer) -> Result<(u64, u64, u64)> {
         }
     }
     Ok(totals)
+}
+
+/// Makes `recipient` verify the certificate of whatever it clones from against `ca_pem`
+/// (MySQL checks the chain, not the host name): the file goes next to the data directory and
+/// `clone_ssl_ca` names it. A global setting, lost at the recipient's restart after a clone:
+/// set it again before each clone.
+pub async fn set_clone_ssl_ca(recipient: &MysqlServer, ca_pem: &str) -> Result<()> {
+    let path = recipient.write_file("clone-ssl-ca.pem", ca_pem).await?;
+    recipient
+        .sql(&format!("SET GLOBAL clone_ssl_ca = '{path}'"))
+        .await?;
+    Ok(())
 }

@@ -10,6 +10,8 @@
 //! - [`dataset`]: seeding a donor with a data set of a chosen size, and checksumming it.
 //! - [`clone`]: running `CLONE INSTANCE` on a recipient and following it to its end.
 //! - [`relay`]: clone-relay running in-process for a test.
+//! - [`tap`]: a recording TCP proxy between the relay and a donor: what an eavesdropper on that
+//!   leg would see.
 //! - [`load`]: traffic on a relay besides a clone (idle logged-in clients, half logins).
 //! - [`drill`]: the whole scenario (donor, relay, recipients, clones, comparison), as
 //!   `clone-drill` runs it.
@@ -22,8 +24,9 @@ pub mod image;
 pub mod load;
 pub mod mysql;
 pub mod relay;
+pub mod tap;
 
-pub use clone::{CloneOutcome, clone_instance};
+pub use clone::{CloneOutcome, Transport, clone_instance, clone_instance_with};
 pub use dataset::Dataset;
 pub use docker::docker_available;
 pub use mysql::{MysqlServer, ServerOptions};

@@ -26,6 +26,9 @@ pub const DONOR_PASSWORD: &str = "clone-relay-drill";
 pub const CONTAINER_LABEL: &str = "org.clone-relay.harness";
 
 const SOCKET: &str = "/var/run/mysqld/mysqld.sock";
+/// The harness's folder inside a container; the data directory is `data` in it. Files written
+/// next to the data directory survive a clone (which replaces only the data directory).
+const STATE_DIR: &str = "/var/lib/clone-relay";
 /// The port mysqld listens on inside an isolated server's own namespace.
 const ISOLATED_PORT: u16 = 3306;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
@@ -143,6 +146,22 @@ impl MysqlServer {
     /// standard error.
     pub async fn shell(&self, command: &str) -> Result<String> {
         self.exec(&["sh", "-c", command]).await
+    }
+
+    /// A file of the server's data directory (for example `ca.pem`, the CA of the certificate
+    /// mysqld made for itself at its first start).
+    pub async fn read_data_file(&self, name: &str) -> Result<String> {
+        self.exec(&["cat", &format!("{STATE_DIR}/data/{name}")])
+            .await
+    }
+
+    /// Writes `contents` to a file called `name` next to the data directory (so it survives a
+    /// clone); returns its path inside the container.
+    pub async fn write_file(&self, name: &str, contents: &str) -> Result<String> {
+        let path = format!("{STATE_DIR}/{name}");
+        self.exec(&["sh", "-c", "printf '%s' \"$0\" > \"$1\"", contents, &path])
+            .await?;
+        Ok(path)
     }
 
     /// Drops packets entering and leaving an isolated server's interface at random with
@@ -307,7 +326,7 @@ fn start_script(port: u16, bind: &str, options: &ServerOptions) -> String {
     let server_id = options.server_id;
     format!(
         r#"set -eu
-state=/var/lib/clone-relay
+state={STATE_DIR}
 mkdir -p /var/run/mysqld /var/lib/mysql-files "$state"
 cat > "$state/init.sql" <<'SQL'
 CREATE USER IF NOT EXISTS '{DONOR_USER}'@'%' IDENTIFIED BY '{DONOR_PASSWORD}';

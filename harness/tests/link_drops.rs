@@ -1,6 +1,8 @@
 //! Link-drop survival, end to end with real MySQL and the chaos proxy on the relay's upstream
 //! leg: resets, silent deaths, a long blackhole, a blackhole past the donor's patience, and
 //! donor affinity. Every clone is checked table by table; every failure message has the seed.
+//! The resets and the silent death also run with TLS on both legs (no `REQUIRE` clause, the
+//! relay on its defaults), with the same assertions.
 //!
 //! `CLONE_RELAY_SOAK=1` adds the baselines: the same faults with the relay's detection off, to
 //! compare against MySQL on its own (they take minutes).
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chaos::{ChaosProxy, Direction, FaultKind, FaultSpec};
 use clone_relay::Config;
-use harness::clone::{CloneOutcome, clone_instance};
+use harness::clone::{CloneOutcome, Transport, clone_instance, clone_instance_with};
 use harness::dataset::Dataset;
 use harness::image::{ImageRef, mysql_image};
 use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
@@ -71,13 +73,14 @@ async fn recipient(image: &ImageRef, relay: &RelayFixture) -> anyhow::Result<Mys
 }
 
 /// A seeded donor behind the chaos proxy (with `faults`), the relay in front of it, and a
-/// recipient that clones through the relay.
+/// recipient that clones through the relay over `transport`.
 struct Rig {
     donor: MysqlServer,
     dataset: Dataset,
     chaos: ChaosProxy,
     relay: RelayFixture,
     recipient: MysqlServer,
+    transport: Transport,
 }
 
 async fn rig(
@@ -85,6 +88,7 @@ async fn rig(
     detect: bool,
     donor_args: &[&str],
     adjust: impl FnOnce(&mut Config),
+    transport: Transport,
 ) -> anyhow::Result<Rig> {
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, donor_args).await?;
@@ -105,6 +109,7 @@ async fn rig(
         chaos,
         relay,
         recipient,
+        transport,
     })
 }
 
@@ -129,9 +134,38 @@ impl Run {
     }
 }
 
+/// How a transport shows in the figures.
+fn describe(transport: Transport) -> &'static str {
+    match transport {
+        Transport::NoSsl => "plain",
+        Transport::Default | Transport::RequireSsl => "TLS on both legs",
+    }
+}
+
+/// Every connection the session kept had TLS on both legs when the clone asked for it, on
+/// neither when it did not.
+fn assert_transport(session: &clone_relay::session::SessionView, transport: Transport) {
+    let tls = transport != Transport::NoSsl;
+    for c in &session.connections {
+        assert!(
+            c.tls_downstream == tls && c.tls_upstream == tls,
+            "connection {} ({}): TLS downstream {}, upstream {}; expected {tls} on both",
+            c.id,
+            c.role.as_str(),
+            c.tls_downstream,
+            c.tls_upstream
+        );
+    }
+}
+
 impl Rig {
     fn clone(&self) -> impl std::future::Future<Output = anyhow::Result<CloneOutcome>> + '_ {
-        clone_instance(&self.recipient, self.relay.addr(), CLONE_TIMEOUT)
+        clone_instance_with(
+            &self.recipient,
+            self.relay.addr(),
+            CLONE_TIMEOUT,
+            self.transport,
+        )
     }
 
     async fn finish(&self, outcome: CloneOutcome, started: Instant) -> anyhow::Result<Run> {
@@ -189,8 +223,21 @@ async fn a_clone_survives_ten_resets() -> anyhow::Result<()> {
     if !docker_available("a_clone_survives_ten_resets").await {
         return Ok(());
     }
+    ten_resets(Transport::NoSsl).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_clone_survives_ten_resets() -> anyhow::Result<()> {
+    if !docker_available("a_tls_clone_survives_ten_resets").await {
+        return Ok(());
+    }
+    ten_resets(Transport::Default).await
+}
+
+/// Ten resets spread over the transfer: the clone resumes after each and ends faithful.
+async fn ten_resets(transport: Transport) -> anyhow::Result<()> {
     let seed = seed();
-    let rig = rig(vec![capped(8)], true, &[], |_| {}).await?;
+    let rig = rig(vec![capped(8)], true, &[], |_| {}, transport).await?;
     let (chaos, relay) = (&rig.chaos, &rig.relay);
 
     let started = Instant::now();
@@ -222,8 +269,10 @@ async fn a_clone_survives_ten_resets() -> anyhow::Result<()> {
         "seed {seed}: {} resumes",
         run.session.resume_count
     );
+    assert_transport(&run.session, transport);
     eprintln!(
-        "ten resets: {} resumes, {} bytes sent again, clone {:.1} s",
+        "ten resets ({}): {} resumes, {} bytes sent again, clone {:.1} s",
+        describe(transport),
         run.session.resume_count,
         run.session.resent_bytes,
         run.took.as_secs_f64()
@@ -232,11 +281,11 @@ async fn a_clone_survives_ten_resets() -> anyhow::Result<()> {
 }
 
 /// The clone's first connections go silent for good 3 s in; new connections work.
-async fn silent_death(detect: bool) -> anyhow::Result<Run> {
+async fn silent_death(detect: bool, transport: Transport) -> anyhow::Result<Run> {
     let silence = FaultSpec::new(FaultKind::Blackhole {})
         .connections(vec![1, 2])
         .after_ms(3000);
-    let rig = rig(vec![capped(20), silence], detect, &[], |_| {}).await?;
+    let rig = rig(vec![capped(20), silence], detect, &[], |_| {}, transport).await?;
     let started = Instant::now();
     let outcome = rig.clone().await?;
     rig.finish(outcome, started).await
@@ -247,9 +296,23 @@ async fn silent_connections_are_detected_and_the_clone_resumes() -> anyhow::Resu
     if !docker_available("silent_connections_are_detected_and_the_clone_resumes").await {
         return Ok(());
     }
+    silent_connections_detected(Transport::NoSsl).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_tls_connections_are_detected_and_the_clone_resumes() -> anyhow::Result<()> {
+    if !docker_available("silent_tls_connections_are_detected_and_the_clone_resumes").await {
+        return Ok(());
+    }
+    silent_connections_detected(Transport::Default).await
+}
+
+/// The silent death with the relay's detection: a prompt resume and a faithful clone.
+async fn silent_connections_detected(transport: Transport) -> anyhow::Result<()> {
     let seed = seed();
-    let run = silent_death(true).await?;
+    let run = silent_death(true, transport).await?;
     run.assert_faithful(seed);
+    assert_transport(&run.session, transport);
     assert!(
         run.session.resume_count >= 1,
         "seed {seed}: {:#?}",
@@ -269,11 +332,12 @@ async fn silent_connections_are_detected_and_the_clone_resumes() -> anyhow::Resu
         run.took
     );
     eprintln!(
-        "silent death with detection: resumed {resumed_at} ms in, clone {:.1} s",
+        "silent death with detection ({}): resumed {resumed_at} ms in, clone {:.1} s",
+        describe(transport),
         run.took.as_secs_f64()
     );
     if soak() {
-        let baseline = silent_death(false).await?;
+        let baseline = silent_death(false, transport).await?;
         eprintln!(
             "silent death without detection: {} after {:.1} s; with/without = {:.2}",
             baseline.outcome.state,
@@ -291,7 +355,14 @@ async fn whole_link_blackhole(
     donor_args: &[&str],
     adjust: impl FnOnce(&mut Config),
 ) -> anyhow::Result<Run> {
-    let rig = rig(vec![capped(20)], detect, donor_args, adjust).await?;
+    let rig = rig(
+        vec![capped(20)],
+        detect,
+        donor_args,
+        adjust,
+        Transport::NoSsl,
+    )
+    .await?;
     let started = Instant::now();
     let cut = async {
         rig.relay.session_past(10 * MIB, SESSION_WAIT).await?;

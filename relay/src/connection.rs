@@ -24,7 +24,7 @@ use crate::handshake::{self, StageSettings};
 use crate::io::{Legs, Observed};
 use crate::leg::Leg;
 use crate::protocol::Direction;
-use crate::protocol::handshake::err_packet;
+use crate::protocol::handshake::greeting_err_packet;
 use crate::session::{CloseReason, ConnHandle, ConnId};
 use crate::state::Relay;
 use crate::{socket, stall, upstream};
@@ -221,12 +221,7 @@ async fn refuse(downstream: &mut TcpStream, e: &RelayError) {
     if matches!(e, RelayError::ClientLeft) {
         return;
     }
-    let refusal = err_packet(
-        0,
-        CR_CONN_HOST_ERROR,
-        b"HY000",
-        &format!("clone-relay: {e}"),
-    );
+    let refusal = greeting_err_packet(CR_CONN_HOST_ERROR, &format!("clone-relay: {e}"));
     let _ = downstream.write_all(&refusal).await;
     let _ = downstream.shutdown().await;
 }

@@ -29,8 +29,8 @@ use crate::error::RelayError;
 use crate::io::Observer;
 use crate::leg::Leg;
 use crate::protocol::handshake::{
-    CLIENT_SSL, SSL_REQUEST_LEN, ServerHello, err_packet, parse_login_request, parse_server_hello,
-    set_greeting_ssl,
+    CLIENT_SSL, SSL_REQUEST_LEN, ServerHello, err_packet, greeting_err_packet, parse_login_request,
+    parse_server_hello, set_greeting_ssl,
 };
 use crate::protocol::{Direction, HEADER_LEN, PacketHeader, Violation, ViolationKind};
 use crate::tls::{Tls, donor_name};
@@ -312,9 +312,13 @@ async fn refuse_with<T>(
 }
 
 /// Sends the recipient an ERR packet and closes the way to it. Best effort: the recipient may
-/// be gone already.
+/// be gone already. With `seq` 0 the packet takes the greeting's place and has no SQL state.
 async fn send_err(downstream: &mut (impl AsyncWrite + Unpin), seq: u8, code: u16, reason: &str) {
-    let packet = err_packet(seq, code, b"HY000", reason);
+    let packet = if seq == 0 {
+        greeting_err_packet(code, reason)
+    } else {
+        err_packet(seq, code, b"HY000", reason)
+    };
     let _ = downstream.write_all(&packet).await;
     let _ = downstream.shutdown().await;
 }

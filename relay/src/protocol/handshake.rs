@@ -155,6 +155,17 @@ pub fn err_packet(seq: u8, code: u16, sql_state: &[u8; 5], message: &str) -> Vec
     super::packet::frame(seq, &payload)
 }
 
+/// An ERR packet sent in place of a greeting (sequence id 0), without the SQL state, as mysqld
+/// sends one: a client reads the SQL state only once protocol 4.1 is agreed, so before the
+/// greeting it would take `#HY000` for the start of the message.
+pub fn greeting_err_packet(code: u16, message: &str) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(3 + message.len());
+    payload.push(ERR_MARKER);
+    payload.extend_from_slice(&code.to_le_bytes());
+    payload.extend_from_slice(message.as_bytes());
+    super::packet::frame(0, &payload)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +236,13 @@ mod tests {
                 code: 1040,
                 message: "Too many connections".into()
             }
+        );
+        let packet = greeting_err_packet(2003, "donor unreachable");
+        assert_eq!(&packet[..7], b"\x14\x00\x00\x00\xff\xd3\x07");
+        assert_eq!(
+            &packet[7..],
+            b"donor unreachable",
+            "no SQL state before the message"
         );
     }
 

@@ -1,0 +1,588 @@
+//! TLS on both legs, end to end with real MySQL: clones with no `REQUIRE` clause and with
+//! `REQUIRE SSL` through the relay on its defaults, a recipient that pins the relay's CA across
+//! a relay restart, full authentication inside TLS, the refusals (a donor without TLS, a
+//! recipient without TLS, a donor certificate from another CA), each naming its cause and
+//! forwarding nothing in plaintext, and the donor's certificate verified against its own CA.
+//! A recording proxy (the tap) between the relay and the donor shows what an eavesdropper on
+//! the donor leg would see. Link drops over TLS are in `link_drops.rs`, next to the plain ones.
+//!
+//! The tests of this file run one at a time: each starts its own MySQL servers, and the first
+//! compares two clone times, which another test's clone running alongside would skew.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clone_relay::config::{ClientTlsMode, ServerTlsMode, ServerTlsVerify};
+use clone_relay::protocol::clone::Stage;
+use clone_relay::protocol::handshake::{CLIENT_SSL, ServerHello, parse_server_hello};
+use clone_relay::session::{Role, SessionView};
+use harness::clone::{CloneOutcome, Transport, clone_instance_with, set_clone_ssl_ca};
+use harness::dataset::Dataset;
+use harness::image::{ImageRef, mysql_image};
+use harness::mysql::DONOR_USER;
+use harness::tap::Tap;
+use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+use tokio::sync::{Mutex, MutexGuard};
+use tokio::time::Instant;
+
+const MIB: u64 = 1024 * 1024;
+const DATASET_BYTES: u64 = 110 * MIB;
+const CLONE_TIMEOUT: Duration = Duration::from_secs(600);
+/// A refused clone ends at its first connection.
+const REFUSED_CLONE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound on waiting for the donor to let go of a finished clone.
+const DONOR_FREE_WAIT: Duration = Duration::from_secs(60);
+/// Bound on waiting for the relay to list a refused connection.
+const REJECTION_WAIT: Duration = Duration::from_secs(10);
+/// The recipient options that make three workers attach as soon as data flows
+/// (shared/docs/clone-wire.md).
+const THREE_WORKERS: [&str; 2] = [
+    "--clone-autotune-concurrency=OFF",
+    "--clone-max-concurrency=4",
+];
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+/// Waits for the other tests of this file to finish.
+async fn turn() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
+}
+
+/// A fresh, empty state directory for a relay.
+fn state_dir(name: &str) -> anyhow::Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "clone-relay-tls-{name}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A donor started with `extra` mysqld options, seeded with `bytes` of data when `bytes > 0`.
+async fn donor(
+    image: &ImageRef,
+    extra: &[&str],
+    bytes: u64,
+) -> anyhow::Result<(MysqlServer, Dataset)> {
+    let mut options = ServerOptions::donor();
+    options.extra_args = extra.iter().map(ToString::to_string).collect();
+    let donor = MysqlServer::start(image, options).await?;
+    let dataset = Dataset::of_size(bytes);
+    if bytes > 0 {
+        dataset.seed(&donor).await?;
+    }
+    Ok((donor, dataset))
+}
+
+/// A recipient that may clone only through `relays`.
+async fn recipient(
+    image: &ImageRef,
+    relays: &[SocketAddr],
+    extra: &[&str],
+) -> anyhow::Result<MysqlServer> {
+    let mut options = ServerOptions::recipient(2, relays);
+    options.extra_args = extra.iter().map(ToString::to_string).collect();
+    MysqlServer::start(image, options).await
+}
+
+/// The clone completed and the recipient holds the donor's data, table by table.
+async fn assert_faithful(
+    what: &str,
+    outcome: &CloneOutcome,
+    dataset: &Dataset,
+    donor: &MysqlServer,
+    recipient: &MysqlServer,
+) -> anyhow::Result<()> {
+    assert!(outcome.completed(), "{what}: {outcome:?}");
+    assert_eq!(
+        dataset.compare(donor, recipient).await?,
+        Vec::<String>::new(),
+        "{what}: tables that differ from the donor's"
+    );
+    Ok(())
+}
+
+/// The relay's latest session, which must be a completed one other than `not`.
+fn latest_completed(relay: &RelayFixture, not: Option<u64>) -> SessionView {
+    let view = relay.sessions();
+    let session = view.sessions.last().cloned();
+    let session = session.unwrap_or_else(|| panic!("the relay has no session: {view:#?}"));
+    assert_ne!(Some(session.id), not, "no new session: {view:#?}");
+    assert_eq!(session.state.as_str(), "completed", "{session:#?}");
+    session
+}
+
+/// Every connection of the session had TLS on both legs (`tls` true) or on neither (false).
+fn assert_tls_on_both_legs(session: &SessionView, tls: bool) {
+    assert!(!session.connections.is_empty(), "{session:#?}");
+    for c in &session.connections {
+        assert!(
+            c.tls_downstream == tls && c.tls_upstream == tls,
+            "connection {} ({}) has TLS downstream {} and upstream {}, expected {tls} on both",
+            c.id,
+            c.role.as_str(),
+            c.tls_downstream,
+            c.tls_upstream
+        );
+    }
+}
+
+/// Waits until the relay lists a rejected connection whose reason contains `reason`; returns
+/// that reason.
+async fn rejection(relay: &RelayFixture, reason: &str) -> String {
+    let deadline = Instant::now() + REJECTION_WAIT;
+    loop {
+        let rejected = relay.sessions().rejected;
+        if let Some(found) = rejected
+            .iter()
+            .filter_map(|c| c.close_reason.clone())
+            .find(|r| r.contains(reason))
+        {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {REJECTION_WAIT:?} for the relay to list a connection rejected with a \
+             reason containing {reason:?}; rejected: {rejected:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A clone that must fail: its outcome, with the recipient's error message containing `cause`.
+async fn refused_clone(
+    recipient: &MysqlServer,
+    relay: &RelayFixture,
+    transport: Transport,
+    cause: &str,
+) -> anyhow::Result<CloneOutcome> {
+    let outcome =
+        clone_instance_with(recipient, relay.addr(), REFUSED_CLONE_TIMEOUT, transport).await?;
+    assert_eq!(outcome.state, "Failed", "{outcome:?}");
+    assert!(
+        outcome.error_message.contains(cause),
+        "the recipient's error does not name the cause {cause:?}: {outcome:?}"
+    );
+    Ok(outcome)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_legs_use_tls_on_the_relays_defaults_and_the_data_is_hidden() -> anyhow::Result<()> {
+    if !docker_available("both_legs_use_tls_on_the_relays_defaults_and_the_data_is_hidden").await {
+        return Ok(());
+    }
+    let _turn = turn().await;
+    let image = mysql_image().await?;
+    let (donor, dataset) = donor(&image, &[], DATASET_BYTES).await?;
+    // A value from the middle of the data: the tap looks for it on the donor leg.
+    let label = donor
+        .sql("SELECT label FROM drill.t1 ORDER BY id LIMIT 1 OFFSET 10000")
+        .await?;
+    let label = label.trim();
+    assert_eq!(label.len(), 64, "a label is a SHA-256 in hex: {label:?}");
+    let tap = Tap::start(donor.addr(), label.as_bytes()).await?;
+    let dir = state_dir("defaults")?;
+    let mut config = RelayFixture::config(tap.addr());
+    config.state_dir = Some(dir.clone());
+    let relay = RelayFixture::start_with(config)?;
+    let recipient = recipient(&image, &[relay.addr()], &THREE_WORKERS).await?;
+
+    // The control: a plaintext clone shows the value to the tap.
+    let plain =
+        clone_instance_with(&recipient, relay.addr(), CLONE_TIMEOUT, Transport::NoSsl).await?;
+    assert_faithful("REQUIRE NO SSL", &plain, &dataset, &donor, &recipient).await?;
+    let after_plain = tap.from_donor();
+    assert!(
+        after_plain.matches >= 1,
+        "the tap never saw the label {label} in {} bytes of a plaintext clone",
+        after_plain.bytes
+    );
+    let plain_session = latest_completed(&relay, None);
+    assert_tls_on_both_legs(&plain_session, false);
+    donor.wait_until_clone_free(DONOR_FREE_WAIT).await?;
+
+    // No REQUIRE clause: TLS, since the relay offers it as the donor does.
+    let tls =
+        clone_instance_with(&recipient, relay.addr(), CLONE_TIMEOUT, Transport::Default).await?;
+    assert_faithful("no REQUIRE clause", &tls, &dataset, &donor, &recipient).await?;
+    let after_tls = tap.from_donor();
+    let carried = after_tls.bytes - after_plain.bytes;
+    assert!(
+        carried >= tls.data_bytes,
+        "the TLS clone did not pass the tap: {carried} bytes through it, {} cloned",
+        tls.data_bytes
+    );
+    assert_eq!(
+        after_tls.matches, after_plain.matches,
+        "the tap saw the label {label} in plaintext during the TLS clone"
+    );
+
+    let session = latest_completed(&relay, Some(plain_session.id));
+    let roles: Vec<Role> = session.connections.iter().map(|c| c.role).collect();
+    for role in [Role::Main, Role::Aux, Role::Worker] {
+        assert!(roles.contains(&role), "no {} in {roles:?}", role.as_str());
+    }
+    let workers = roles.iter().filter(|r| **r == Role::Worker).count();
+    let progress = session
+        .progress
+        .as_ref()
+        .unwrap_or_else(|| panic!("no progress for the TLS clone: {session:#?}"));
+    assert!(
+        session.stages.iter().any(|c| c.to == Stage::FileCopy),
+        "the relay saw no FILE COPY stage through TLS: {session:#?}"
+    );
+    assert!(
+        session.data_bytes.abs_diff(tls.data_bytes) * 100 <= tls.data_bytes,
+        "the relay counted {} data bytes through TLS, the recipient {}",
+        session.data_bytes,
+        tls.data_bytes
+    );
+    assert_tls_on_both_legs(&session, true);
+    eprintln!(
+        "TLS on both legs: {} connections ({workers} workers), stage {:?} at {:?} %, relay saw \
+         {} data bytes, recipient {}; clone {:.1} s with TLS, {:.1} s plain: TLS/plain = {:.2}",
+        session.connections.len(),
+        progress.stage,
+        progress.percent,
+        session.data_bytes,
+        tls.data_bytes,
+        tls.statement_time.as_secs_f64(),
+        plain.statement_time.as_secs_f64(),
+        tls.statement_time.as_secs_f64() / plain.statement_time.as_secs_f64()
+    );
+    relay.stop().await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn require_ssl_with_the_relays_ca_pinned_survives_a_relay_restart() -> anyhow::Result<()> {
+    if !docker_available("require_ssl_with_the_relays_ca_pinned_survives_a_relay_restart").await {
+        return Ok(());
+    }
+    let _turn = turn().await;
+    let image = mysql_image().await?;
+    let (donor, dataset) = donor(&image, &["--require-secure-transport=ON"], DATASET_BYTES).await?;
+    let dir = state_dir("pinned")?;
+    let mut config = RelayFixture::config(donor.addr());
+    config.state_dir = Some(dir.clone());
+    let relay = RelayFixture::start_with(config.clone())?;
+    let ca_file = dir.join("tls").join(clone_relay::tls::CA_FILE);
+    let ca = std::fs::read_to_string(&ca_file)?;
+    let recipient = recipient(&image, &[relay.addr()], &[]).await?;
+
+    // Pinned to another CA, the recipient refuses the relay: the pin is really checked.
+    set_clone_ssl_ca(&recipient, &unrelated_ca()?).await?;
+    let wrong_pin = clone_instance_with(
+        &recipient,
+        relay.addr(),
+        REFUSED_CLONE_TIMEOUT,
+        Transport::RequireSsl,
+    )
+    .await?;
+    assert_eq!(wrong_pin.state, "Failed", "{wrong_pin:?}");
+    assert!(
+        wrong_pin
+            .error_message
+            .contains("certificate verify failed"),
+        "{wrong_pin:?}"
+    );
+    let relay_saw = rejection(&relay, "recipient TLS").await;
+    eprintln!(
+        "REQUIRE SSL pinned to another CA: recipient error {} ({}); relay: {relay_saw}",
+        wrong_pin.error_no, wrong_pin.error_message
+    );
+
+    set_clone_ssl_ca(&recipient, &ca).await?;
+    let first = clone_instance_with(
+        &recipient,
+        relay.addr(),
+        CLONE_TIMEOUT,
+        Transport::RequireSsl,
+    )
+    .await?;
+    assert_faithful(
+        "REQUIRE SSL, first relay",
+        &first,
+        &dataset,
+        &donor,
+        &recipient,
+    )
+    .await?;
+    assert_tls_on_both_legs(&latest_completed(&relay, None), true);
+
+    // The same address and state directory: the same certificate, so the pin still holds.
+    let fingerprint = relay.relay().tls().fingerprint.clone();
+    assert!(fingerprint.is_some());
+    let addr = relay.addr();
+    relay.stop().await?;
+    let relay = RelayFixture::start_at(addr, config)?;
+    assert_eq!(relay.relay().tls().fingerprint, fingerprint);
+    assert_eq!(std::fs::read_to_string(&ca_file)?, ca);
+    donor.wait_until_clone_free(DONOR_FREE_WAIT).await?;
+
+    // The recipient's restart after the first clone dropped its global settings.
+    set_clone_ssl_ca(&recipient, &ca).await?;
+    let second = clone_instance_with(
+        &recipient,
+        relay.addr(),
+        CLONE_TIMEOUT,
+        Transport::RequireSsl,
+    )
+    .await?;
+    assert_faithful(
+        "REQUIRE SSL, restarted relay",
+        &second,
+        &dataset,
+        &donor,
+        &recipient,
+    )
+    .await?;
+    assert_tls_on_both_legs(&latest_completed(&relay, None), true);
+    eprintln!(
+        "REQUIRE SSL with the relay's CA pinned ({}): {:.1} s, and {:.1} s after the restart",
+        fingerprint.unwrap_or_default(),
+        first.statement_time.as_secs_f64(),
+        second.statement_time.as_secs_f64()
+    );
+    relay.stop().await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_authentication_passes_inside_tls() -> anyhow::Result<()> {
+    if !docker_available("full_authentication_passes_inside_tls").await {
+        return Ok(());
+    }
+    let _turn = turn().await;
+    let image = mysql_image().await?;
+    let (donor, dataset) = donor(&image, &[], DATASET_BYTES).await?;
+    let relay = RelayFixture::start(donor.addr())?;
+    let recipient = recipient(&image, &[relay.addr()], &[]).await?;
+
+    // Setting the password (to the same one) empties caching_sha2_password's cache entry for the
+    // account, so the clone's first login is a full authentication: the password itself, inside
+    // TLS, read by the donor.
+    donor
+        .sql(&format!(
+            "ALTER USER '{DONOR_USER}'@'%' IDENTIFIED BY '{}'",
+            harness::mysql::DONOR_PASSWORD
+        ))
+        .await?;
+    let outcome =
+        clone_instance_with(&recipient, relay.addr(), CLONE_TIMEOUT, Transport::Default).await?;
+    assert_faithful(
+        "full authentication",
+        &outcome,
+        &dataset,
+        &donor,
+        &recipient,
+    )
+    .await?;
+    assert_tls_on_both_legs(&latest_completed(&relay, None), true);
+    relay.stop().await
+}
+
+/// Whether the greeting of the server at `addr` offers TLS.
+async fn offers_tls(addr: SocketAddr) -> anyhow::Result<bool> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let (_, greeting) = tokio::time::timeout(
+        Duration::from_secs(10),
+        clone_relay::protocol::packet::read_packet(&mut s, 4096),
+    )
+    .await??;
+    match parse_server_hello(&greeting).map_err(anyhow::Error::msg)? {
+        ServerHello::Greeting(g) => Ok(g.capabilities & CLIENT_SSL != 0),
+        other => anyhow::bail!("{addr} answered {other:?} instead of a greeting"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_donor_without_tls_is_refused_when_the_donor_leg_requires_it() -> anyhow::Result<()> {
+    if !docker_available("a_donor_without_tls_is_refused_when_the_donor_leg_requires_it").await {
+        return Ok(());
+    }
+    let _turn = turn().await;
+    let image = mysql_image().await?;
+    // An empty list of TLS versions turns TLS off on the classic protocol.
+    let (donor, _) = donor(&image, &["--tls-version="], 0).await?;
+    assert!(
+        !offers_tls(donor.addr()).await?,
+        "the donor still offers TLS"
+    );
+    let tap = Tap::start(donor.addr(), DONOR_USER.as_bytes()).await?;
+    let mut config = RelayFixture::config(tap.addr());
+    config.server_tls_mode = ServerTlsMode::Required;
+    let relay = RelayFixture::start_with(config)?;
+    let recipient = recipient(&image, &[relay.addr()], &[]).await?;
+
+    let outcome = refused_clone(&recipient, &relay, Transport::Default, "offers no TLS").await?;
+    // The refusal takes the greeting's place: the recipient must not read a SQL state into it.
+    assert!(
+        outcome.error_message.contains(": clone-relay: the donor"),
+        "{outcome:?}"
+    );
+    let reason = rejection(&relay, "offers no TLS").await;
+    assert_eq!(
+        tap.to_donor().bytes,
+        0,
+        "the relay sent the donor something"
+    );
+    eprintln!(
+        "donor without TLS: recipient error {} ({}); relay: {reason}",
+        outcome.error_no, outcome.error_message
+    );
+    relay.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_on_a_tls_donor_name_their_cause_and_forward_nothing() -> anyhow::Result<()> {
+    if !docker_available("refusals_on_a_tls_donor_name_their_cause_and_forward_nothing").await {
+        return Ok(());
+    }
+    let _turn = turn().await;
+    let image = mysql_image().await?;
+    let (donor, _) = donor(&image, &[], 0).await?;
+    assert!(offers_tls(donor.addr()).await?);
+
+    // (b) The recipient leg requires TLS; the recipient clones in plaintext.
+    let plain_tap = Tap::start(donor.addr(), DONOR_USER.as_bytes()).await?;
+    let mut config = RelayFixture::config(plain_tap.addr());
+    config.client_tls_mode = ClientTlsMode::Required;
+    let requires_tls = RelayFixture::start_with(config)?;
+
+    // (c) The donor's certificate is checked against a CA that did not sign it.
+    let dir = state_dir("other-ca")?;
+    let other_ca = dir.join("other-ca.pem");
+    std::fs::write(&other_ca, unrelated_ca()?)?;
+    let ca_tap = Tap::start(donor.addr(), DONOR_USER.as_bytes()).await?;
+    let mut config = RelayFixture::config(ca_tap.addr());
+    config.server_tls_verify = ServerTlsVerify::Ca;
+    config.server_tls_ca = Some(other_ca);
+    let verifies = RelayFixture::start_with(config)?;
+
+    let recipient = recipient(&image, &[requires_tls.addr(), verifies.addr()], &[]).await?;
+
+    let plain = refused_clone(
+        &recipient,
+        &requires_tls,
+        Transport::NoSsl,
+        "without TLS are refused",
+    )
+    .await?;
+    let plain_reason = rejection(&requires_tls, "without TLS").await;
+    assert_eq!(
+        plain_tap.to_donor().bytes,
+        0,
+        "the relay sent the donor part of a plaintext login"
+    );
+
+    let other = refused_clone(
+        &recipient,
+        &verifies,
+        Transport::Default,
+        "TLS to the donor",
+    )
+    .await?;
+    let other_reason = rejection(&verifies, "TLS to upstream").await;
+    let to_donor = ca_tap.to_donor();
+    assert!(to_donor.bytes > 0, "the relay never tried TLS to the donor");
+    assert_eq!(
+        to_donor.matches, 0,
+        "the donor received the login request's user name"
+    );
+    eprintln!(
+        "plaintext recipient under required TLS: recipient error {} ({}); relay: {plain_reason}",
+        plain.error_no, plain.error_message
+    );
+    eprintln!(
+        "donor certificate from another CA: recipient error {} ({}); relay: {other_reason}; \
+         {} bytes of SSLRequest and TLS handshake reached the donor",
+        other.error_no, other.error_message, to_donor.bytes
+    );
+    requires_tls.stop().await?;
+    verifies.stop().await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// A CA certificate (PEM) that signed nothing the donor has.
+fn unrelated_ca() -> anyhow::Result<String> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "not the donor's CA");
+    let key = rcgen::KeyPair::generate()?;
+    Ok(params.self_signed(&key)?.pem())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ca_verification_passes_with_the_donors_own_ca() -> anyhow::Result<()> {
+    if !docker_available("ca_verification_passes_with_the_donors_own_ca").await {
+        return Ok(());
+    }
+    let _turn = turn().await;
+    let image = mysql_image().await?;
+    let (donor, dataset) = donor(&image, &[], DATASET_BYTES).await?;
+    // The CA mysqld made for its own certificate at its first start; the certificate names no
+    // host, so `ca` (the chain without the name) passes and `identity` cannot.
+    let dir = state_dir("donor-ca")?;
+    let donor_ca = dir.join("donor-ca.pem");
+    std::fs::write(&donor_ca, donor.read_data_file("ca.pem").await?)?;
+    let verifying = |verify| {
+        let mut config = RelayFixture::config(donor.addr());
+        config.server_tls_verify = verify;
+        config.server_tls_ca = Some(donor_ca.clone());
+        RelayFixture::start_with(config)
+    };
+    let chain_only = verifying(ServerTlsVerify::Ca)?;
+    let with_name = verifying(ServerTlsVerify::Identity)?;
+    let recipient = recipient(&image, &[chain_only.addr(), with_name.addr()], &[]).await?;
+
+    let refused = refused_clone(
+        &recipient,
+        &with_name,
+        Transport::Default,
+        "TLS to the donor",
+    )
+    .await?;
+    let name_reason = rejection(&with_name, "TLS to upstream").await;
+    // webpki checks the chain before the name: a name mismatch means the chain passed.
+    assert!(
+        refused.error_message.contains("not valid for name"),
+        "{refused:?}"
+    );
+
+    let outcome = clone_instance_with(
+        &recipient,
+        chain_only.addr(),
+        CLONE_TIMEOUT,
+        Transport::Default,
+    )
+    .await?;
+    let rejected = chain_only.sessions().rejected;
+    assert!(
+        outcome.completed(),
+        "{outcome:?}; the relay rejected: {rejected:#?}"
+    );
+    assert_faithful("donor's own CA", &outcome, &dataset, &donor, &recipient).await?;
+    assert_tls_on_both_legs(&latest_completed(&chain_only, None), true);
+    eprintln!(
+        "donor certificate against its own CA: `identity` refused (recipient error {}: {}; \
+         relay: {name_reason}); `ca` passed: {} data bytes in {:.1} s",
+        refused.error_no,
+        refused.error_message,
+        outcome.data_bytes,
+        outcome.statement_time.as_secs_f64()
+    );
+    chain_only.stop().await?;
+    with_name.stop().await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
