@@ -242,6 +242,8 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     let relay = &state.relay;
     let stale: Vec<String> = (relay.registry().stale_donors().into_iter())
         .map(|d| d.upstream)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
     let mut page = relay
         .metrics()

@@ -187,25 +187,26 @@ async fn dial(
 ) -> Result<(TcpStream, String), RelayError> {
     let config = relay.config();
     let mut last_error = None;
-    for (i, donor) in admission.donors.iter().enumerate() {
-        if i > 0 {
-            conn.reserve(donor);
-        }
+    let mut tried: Vec<String> = Vec::new();
+    let mut next = admission.donors.first().cloned();
+    while let Some(donor) = next.take() {
         let dialed = match admission.dial_patience {
             Some(patience) => tokio::select! {
-                dialed = upstream::dial_until(config, relay.health(), donor, Instant::now() + patience, conn.id()) => dialed,
+                dialed = upstream::dial_until(config, relay.health(), &donor, Instant::now() + patience, conn.id()) => dialed,
                 () = handshake::recipient_gone(downstream) => return Err(RelayError::ClientLeft),
             },
-            None => upstream::dial(config, relay.health(), donor).await,
+            None => upstream::dial(config, relay.health(), &donor).await,
         };
         match dialed {
             Ok(stream) => {
                 debug!(upstream = %donor, resuming = admission.resuming, "upstream connected");
-                return Ok((stream, donor.clone()));
+                return Ok((stream, donor));
             }
             Err(e) => {
                 warn!(upstream = %donor, error = %e, "donor unreachable");
                 last_error = Some(e);
+                tried.push(donor);
+                next = conn.reserve_next(&admission.donors, &tried);
             }
         }
     }

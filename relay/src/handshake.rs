@@ -87,9 +87,11 @@ pub async fn run(
         Ok(ServerHello::Greeting(g)) => g.capabilities & CLIENT_SSL != 0,
         _ => false,
     };
-    let offer = match offer_tls(s, donor_offers_tls) {
-        Ok(offer) => offer,
-        Err(reason) => return refuse(&mut downstream, 0, reason).await,
+    let offer = match (&hello, offer_tls(s, donor_offers_tls)) {
+        // A donor's own refusal (too many connections, host blocked) passes as it is.
+        (Ok(ServerHello::Error { .. }), _) => None,
+        (_, Ok(offer)) => offer,
+        (_, Err(reason)) => return refuse(&mut downstream, 0, reason).await,
     };
     if let (Some(offer), Ok(ServerHello::Greeting(_))) = (offer, &hello) {
         set_greeting_ssl(&mut greeting[HEADER_LEN..], offer).expect("a parsed greeting");

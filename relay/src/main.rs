@@ -40,19 +40,25 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return usage_error(e.to_string()),
     };
+    // The TLS files are read here too, so a bad one is a bad setting (exit 2), and
+    // `--check-config` catches it.
+    let relay = match Relay::new(config) {
+        Ok(relay) => relay,
+        Err(e) => return usage_error(e.to_string()),
+    };
     if cli.check_config {
-        match config.to_toml() {
+        match relay.config().to_toml() {
             Ok(text) => print!("{text}"),
             Err(e) => return usage_error(format!("cannot print the settings: {e}")),
         }
-        if config.admin_token.is_some() {
+        if relay.config().admin_token.is_some() {
             println!("# admin_token is set");
         }
         return ExitCode::SUCCESS;
     }
-    init_tracing(config.log_format);
+    init_tracing(relay.config().log_format);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(relay)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("clone-relay: {e}");
@@ -66,10 +72,10 @@ fn usage_error(message: String) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn serve(config: Config) -> Result<(), RelayError> {
+async fn serve(relay: Relay) -> Result<(), RelayError> {
+    let config = relay.config();
     let listen = config.listen.expect("Config::load requires listen");
     let (admin_addr, probe) = (config.admin, config.upstream_probe);
-    let relay = Relay::new(config)?;
     let listener = clone_relay::bind(listen)?;
     let admin = admin_addr.map(clone_relay::bind).transpose()?;
     if probe {

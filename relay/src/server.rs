@@ -56,7 +56,9 @@ impl Relay {
                 let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
                 loop {
                     tick.tick().await;
-                    registry.expire_now();
+                    // It may write the affinity file: off the async workers.
+                    let registry = registry.clone();
+                    let _ = tokio::task::spawn_blocking(move || registry.expire_now()).await;
                 }
             }
         });

@@ -272,17 +272,20 @@ impl OwnMaterial {
     /// Writes the material to `dir`, the key readable by its owner only.
     fn save(&self, dir: &Path) -> io::Result<()> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join(CERT_FILE), &self.chain_pem)?;
         std::fs::write(dir.join(CA_FILE), &self.ca_pem)?;
-        std::fs::OpenOptions::new()
+        let path = dir.join(KEY_FILE);
+        let mut key = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(dir.join(KEY_FILE))?
-            .write_all(self.key_pem.as_bytes())
+            .open(&path)?;
+        // A file left by someone else keeps its mode on open: make it the owner's only.
+        key.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        key.write_all(self.key_pem.as_bytes())
     }
 }
 
@@ -297,7 +300,10 @@ fn refuse_shared_key(path: &Path, field: &'static str) -> Result<(), RelayError>
         return Err(file_invalid(
             field,
             path,
-            format!("readable by others (mode {:o}); chmod 600 it", mode & 0o777),
+            format!(
+                "readable by its group or others (mode {:o}); chmod 600 it",
+                mode & 0o777
+            ),
         ));
     }
     Ok(())

@@ -67,9 +67,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .ok_or_else(|| format!("{s:?} is too large"))?;
         rest = after;
     }
+    if total > MAX_DURATION.as_nanos() {
+        return Err(format!("{s:?} is too long: at most 30 days"));
+    }
     let secs = u64::try_from(total / 1_000_000_000).map_err(|_| format!("{s:?} is too large"))?;
     Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
 }
+
+/// The longest duration any setting takes: far beyond any useful timeout, and far from the
+/// overflow of a clock reading plus a duration.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
 
 /// Writes a duration in the largest unit that keeps it whole: `5m`, `30s`, `250ms`.
 pub fn format_duration(d: Duration) -> String {
@@ -285,5 +292,17 @@ mod tests {
         assert_eq!(format_size(1000), "1000");
         assert_eq!(format_size(0), "0");
         assert_eq!(format_size(1536), "1536");
+    }
+
+    #[test]
+    fn durations_past_thirty_days_are_refused() {
+        assert_eq!(parse_duration("720h").unwrap(), MAX_DURATION);
+        let e = parse_duration("4000000000000000h").unwrap_err();
+        assert!(e.contains("too l"), "{e}");
+        assert!(
+            parse_duration("721h")
+                .unwrap_err()
+                .contains("at most 30 days")
+        );
     }
 }

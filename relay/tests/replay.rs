@@ -73,7 +73,7 @@ fn replay_with(rows: &[Value], settings: SessionSettings) -> Arc<Registry> {
         match (row["event"].as_str(), conn) {
             (Some("open"), Some(id)) => {
                 let handle = registry.open(id, peer, Legs::default());
-                handle.reserve("donor:3306");
+                registry.admit(id, peer.ip(), &["donor:3306".to_string()]);
                 conns.insert(id, handle);
             }
             (Some("close"), Some(id)) => {

@@ -90,11 +90,30 @@ impl Registry {
         }
     }
 
-    /// Reserves `upstream` for `conn` (its first donor could not be reached).
-    pub fn reserve(&self, conn: ConnId, upstream: &str) {
-        if let Some(c) = self.lock().conns.get_mut(&conn) {
-            c.upstream = upstream.to_string();
+    /// Picks and reserves the next donor for `conn` among `candidates` (its admitted donors)
+    /// that it has not `tried`, under the lock: a free one first, as at admission, since other
+    /// clones may have taken some meanwhile.
+    pub fn reserve_next(
+        &self,
+        conn: ConnId,
+        candidates: &[String],
+        tried: &[String],
+    ) -> Option<String> {
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if let Some(c) = inner.conns.get_mut(&conn) {
+            c.upstream.clear();
         }
+        let left = candidates.iter().filter(|d| !tried.contains(d));
+        let taken = taken_donors(inner, now);
+        let (free, busy): (Vec<&String>, Vec<&String>) =
+            left.partition(|d| !taken.contains(d.as_str()));
+        let next = free.into_iter().chain(busy).next().cloned()?;
+        if let Some(c) = inner.conns.get_mut(&conn) {
+            c.upstream.clone_from(&next);
+        }
+        Some(next)
     }
 
     /// Gives back the greeting-wait slot `conn` holds (its donor greeted, or it closed).

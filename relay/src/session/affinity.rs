@@ -27,6 +27,41 @@ pub struct AffinityStore {
     path: Option<PathBuf>,
     max_age: Duration,
     entries: BTreeMap<IpAddr, Entry>,
+    /// Changed since the file was last written.
+    dirty: bool,
+}
+
+/// The table as it was when taken, to write to its file without holding any lock.
+#[derive(Debug)]
+pub struct AffinitySnapshot {
+    path: PathBuf,
+    entries: BTreeMap<IpAddr, Entry>,
+}
+
+/// Files are written one at a time, each with the latest table taken after the previous one.
+static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl AffinitySnapshot {
+    /// Writes the table: a new file, synced, renamed over the old one, so a crash leaves one or
+    /// the other whole.
+    pub fn save(self) {
+        let _one_at_a_time = WRITING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tmp = self.path.with_extension("json.tmp");
+        let result = serde_json::to_vec_pretty(&self.entries)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&tmp)?;
+                file.write_all(&bytes)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = result {
+            warn!(path = %self.path.display(), error = %e, "cannot save the affinity file");
+        }
+    }
 }
 
 impl AffinityStore {
@@ -36,6 +71,7 @@ impl AffinityStore {
             path: None,
             max_age: Duration::ZERO,
             entries: BTreeMap::new(),
+            dirty: false,
         }
     }
 
@@ -58,6 +94,7 @@ impl AffinityStore {
             path: Some(path),
             max_age,
             entries,
+            dirty: false,
         };
         let now = unix_ms();
         store.entries.retain(|_, e| !store_expired(e, max_age, now));
@@ -89,28 +126,24 @@ impl AffinityStore {
                 saved_at_ms: now,
             };
             self.entries.insert(ip, entry);
-            self.save();
+            self.dirty = true;
         }
     }
 
     /// Forgets `ip` (its clone ended).
     pub fn remove(&mut self, ip: IpAddr) {
         if self.entries.remove(&ip).is_some() {
-            self.save();
+            self.dirty = true;
         }
     }
 
-    /// Writes the table: a new file renamed over the old one, so a crash leaves one or the other.
-    fn save(&self) {
-        let Some(path) = &self.path else { return };
-        let tmp = path.with_extension("json.tmp");
-        let result = serde_json::to_vec_pretty(&self.entries)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = result {
-            warn!(path = %path.display(), error = %e, "cannot save the affinity file");
-        }
+    /// The table to write, if it changed since it was last taken.
+    pub fn take_changes(&mut self) -> Option<AffinitySnapshot> {
+        let path = self.path.clone()?;
+        std::mem::take(&mut self.dirty).then(|| AffinitySnapshot {
+            path,
+            entries: self.entries.clone(),
+        })
     }
 }
 
@@ -146,6 +179,8 @@ mod tests {
             store.keep(ip, "donor-b:3306");
             store.keep(other, "donor-a:3306");
             store.remove(other);
+            store.take_changes().expect("changed").save();
+            assert!(store.take_changes().is_none(), "written once");
         }
         let store = AffinityStore::load(&dir, hour);
         assert_eq!(store.get(ip), Some("donor-b:3306"));

@@ -89,9 +89,10 @@ impl ConnHandle {
         self.registry.set_tls(self.id, downstream, upstream);
     }
 
-    /// Records the donor this connection goes to (its first choice could not be reached).
-    pub fn reserve(&self, upstream: &str) {
-        self.registry.reserve(self.id, upstream);
+    /// Picks and reserves the next donor among `candidates` not yet `tried` (the first could
+    /// not be reached), free ones first.
+    pub fn reserve_next(&self, candidates: &[String], tried: &[String]) -> Option<String> {
+        self.registry.reserve_next(self.id, candidates, tried)
     }
 
     /// Whether the donor's greeting has passed (or the donor refused the connection).

@@ -126,9 +126,17 @@ impl Registry {
 
     /// Fails sessions whose recipient never resumed and forgets old ones; the relay calls this
     /// periodically.
+    /// It also writes the affinity file when it changed, outside the registry's lock (a slow
+    /// disk holds up only this call), so call it off the async workers.
     pub fn expire_now(&self) {
-        let mut inner = self.lock();
-        self.expire(&mut inner, Instant::now());
+        {
+            let mut inner = self.lock();
+            self.expire(&mut inner, Instant::now());
+        }
+        let snapshot = self.affinity().take_changes();
+        if let Some(snapshot) = snapshot {
+            snapshot.save();
+        }
     }
 
     /// Fails sessions whose recipient never resumed, forgets sessions that never had a main
@@ -161,22 +169,26 @@ impl Registry {
             .filter(|s| now.duration_since(s.last_activity) >= self.settings.orphan_timeout)
             .map(|s| s.id)
             .collect();
-        let ended: Vec<SessionId> = inner
+        // The affinity table learns of the sessions that ended before any is forgotten.
+        self.sync_affinity(inner);
+        // The oldest ended first, by when they ended: a long clone that just ended stays.
+        let mut ended: Vec<(Instant, SessionId)> = inner
             .sessions
             .values()
             .filter(|s| s.state.ended() && s.live.is_empty() && !s.holds_donor(now))
-            .map(|s| s.id)
+            .filter_map(|s| s.ended.map(|t| (t, s.id)))
             .collect();
+        ended.sort_unstable();
         let forget = ended.len().saturating_sub(self.settings.keep_ended);
-        for id in orphans.iter().chain(ended.iter().take(forget)) {
-            inner.sessions.remove(id);
+        let ended_ids = ended.iter().take(forget).map(|&(_, id)| id);
+        for id in orphans.iter().copied().chain(ended_ids) {
+            inner.sessions.remove(&id);
         }
         if !orphans.is_empty() || forget > 0 {
             inner
                 .by_clone
                 .retain(|_, id| inner.sessions.contains_key(id));
         }
-        self.sync_affinity(inner);
     }
 
     /// Brings the affinity table in line with the clones under way: each recipient with a clone

@@ -379,3 +379,65 @@ async fn the_greeting_wait_budget_of_a_resume_is_bounded() {
     let (_conn, admitted) = connect(&reg, 200, "10.0.0.1");
     assert!(admitted.long_wait);
 }
+
+/// A long clone that ends after many shorter ones is kept (the oldest ended go first, by when
+/// they ended), and its recipient leaves the affinity table.
+#[tokio::test(start_paused = true)]
+async fn a_clone_that_just_ended_is_kept_and_its_recipient_forgotten() {
+    let dir = std::env::temp_dir().join(format!("clone-relay-ended-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = affinity::AffinityStore::load(&dir, Duration::from_secs(3600));
+    let reg = Arc::new(Registry::with_affinity(
+        SessionSettings::default(),
+        Arc::new(Metrics::default()),
+        store,
+    ));
+    let (long, _) = connect(&reg, 1, "10.9.9.9");
+    send(&reg, 1, vec![command(CommandKind::Init, None)]);
+    send(&reg, 1, vec![command(CommandKind::Execute, None)]);
+    reg.expire_now();
+    let remembered = std::fs::read_to_string(dir.join(affinity::FILE_NAME)).unwrap();
+    assert!(remembered.contains("10.9.9.9"), "{remembered}");
+    for n in 0..40u64 {
+        let id = 100 + n;
+        let (conn, _) = connect(&reg, id, "10.0.0.1");
+        send(&reg, id, vec![command(CommandKind::Init, None)]);
+        send(&reg, id, vec![command(CommandKind::Execute, None)]);
+        send(&reg, id, vec![Event::CloneComplete]);
+        let exit = vec![command(CommandKind::Exit, None), Event::CloneComplete];
+        reg.apply(id, exit, Phase::Command);
+        drop(conn);
+        tokio::time::advance(SECOND).await;
+    }
+    send(&reg, 1, vec![Event::CloneComplete]);
+    let exit = vec![command(CommandKind::Exit, None), Event::CloneComplete];
+    reg.apply(1, exit, Phase::Command);
+    drop(long);
+    reg.expire_now();
+    let view = reg.view();
+    let first = view.sessions.iter().find(|s| s.id == 1);
+    assert_eq!(first.map(|s| s.state), Some(SessionState::Completed));
+    let remembered = std::fs::read_to_string(dir.join(affinity::FILE_NAME)).unwrap();
+    assert!(!remembered.contains("10.9.9.9"), "{remembered}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A fallback donor is decided again under the lock: one another clone took meanwhile is not
+/// picked while a free one is left.
+#[tokio::test(start_paused = true)]
+async fn the_next_donor_skips_one_taken_meanwhile() {
+    let three: Vec<String> = ["a:1", "b:1", "c:1"]
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    let reg = registry();
+    let _x = reg.open(1, peer("10.0.3.1", 1), Legs::default());
+    let x = reg.admit(1, "10.0.3.1".parse().unwrap(), &three);
+    let _y = reg.open(2, peer("10.0.3.2", 1), Legs::default());
+    let y = reg.admit(2, "10.0.3.2".parse().unwrap(), &three);
+    assert_eq!((x.donors[0].as_str(), y.donors[0].as_str()), ("a:1", "b:1"));
+    // a:1 is down: x moves on, past b:1 (y's) to c:1.
+    let next = reg.reserve_next(1, &x.donors, &["a:1".to_string()]);
+    assert_eq!(next.as_deref(), Some("c:1"));
+}
