@@ -6,12 +6,17 @@
 //! Without a configured certificate the relay makes its own small CA and a certificate signed
 //! by it (rcgen). With a state directory both are kept in `DIR/tls/` and reused on restart, so a
 //! recipient can pin the CA with `clone_ssl_ca`; the CA's SHA-256 fingerprint is logged.
+//!
+//! The material in use sits in a [`TlsStore`]: a reload (SIGHUP, or a change of a configured
+//! file) builds a new [`Tls`] from the files and swaps it in whole; each new connection takes
+//! the current one once, so connections already carried keep the TLS sessions they have.
 
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::SystemTime;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -47,7 +52,8 @@ pub struct Tls {
     /// chain's last certificate), as colon-separated hex.
     pub fingerprint: Option<String>,
     /// SHA-256 of the relay's own certificate towards recipients (the chain's first), as
-    /// colon-separated hex: it tells two certificates under the same CA apart.
+    /// colon-separated hex: it tells two certificates under the same CA apart (a reloaded one
+    /// from the one before).
     pub certificate_fingerprint: Option<String>,
     /// Where the relay's certificate came from.
     pub origin: Option<CertOrigin>,
@@ -57,6 +63,9 @@ pub struct Tls {
     allowed_subjects: Vec<String>,
     /// Whether the relay presents a client certificate to donors.
     presents_client_certificate: bool,
+    /// The relay's own certificate when it is kept nowhere: a reload keeps it rather than make
+    /// another, so recipients see the same certificate until the relay restarts.
+    ephemeral: Option<Arc<Identity>>,
 }
 
 /// Where the relay's certificate towards recipients came from.
@@ -123,19 +132,37 @@ impl Tls {
     /// Builds what the configured modes need; an unreadable or unsafe file is refused with an
     /// error naming its setting.
     pub fn load(config: &Config) -> Result<Self, RelayError> {
+        Self::build(config, None)
+    }
+
+    /// A new `Tls` from the configured files as they are now, for a reload: the same as
+    /// [`Tls::load`], except that the relay's own certificate, when it is kept nowhere, stays
+    /// the one this `Tls` has.
+    pub fn reload(&self, config: &Config) -> Result<Self, RelayError> {
+        Self::build(config, self.ephemeral.clone())
+    }
+
+    fn build(config: &Config, ephemeral: Option<Arc<Identity>>) -> Result<Self, RelayError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let terminates = matches!(
             config.client_tls_mode,
             ClientTlsMode::Preferred | ClientTlsMode::Required
         );
+        let mut kept_nowhere = None;
         let (acceptor, fingerprint, certificate_fingerprint, origin) = if terminates {
             let (identity, origin) = match (&config.client_tls_cert, &config.client_tls_key) {
                 (Some(cert), Some(key)) => (
                     Identity::from_files(cert, key, "client_tls_cert", "client_tls_key")?,
                     CertOrigin::Configured,
                 ),
-                _ => Identity::own(config.state_dir.as_deref())?,
+                _ => match (&config.state_dir, ephemeral) {
+                    (None, Some(identity)) => ((*identity).clone(), CertOrigin::Ephemeral),
+                    _ => Identity::own(config.state_dir.as_deref())?,
+                },
             };
+            if origin == CertOrigin::Ephemeral {
+                kept_nowhere = Some(Arc::new(identity.clone()));
+            }
             let fingerprint = identity.fingerprint();
             let certificate_fingerprint = sha256_hex(&identity.chain[0]);
             let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -195,6 +222,7 @@ impl Tls {
             verifies_recipients: terminates && config.client_tls_ca.is_some(),
             allowed_subjects: config.client_tls_allowed_subjects.clone(),
             presents_client_certificate,
+            ephemeral: kept_nowhere,
         })
     }
 
@@ -233,6 +261,92 @@ impl Tls {
     }
 }
 
+/// The TLS in use, swapped whole by a reload. Each new connection takes the current [`Tls`]
+/// once ([`TlsStore::current`]) and keeps it to its end, so a reload never touches a
+/// connection already carried.
+#[derive(Debug)]
+pub struct TlsStore {
+    current: RwLock<Arc<Tls>>,
+    /// Each configured TLS file with its stamp when the current `Tls` was last (re)built.
+    stamps: Mutex<Vec<(PathBuf, Stamp)>>,
+}
+
+/// What tells a changed file: its modification time and the SHA-256 of its contents (`None`:
+/// unreadable). The digest catches a rewrite within the clock's granularity.
+type Stamp = Option<(SystemTime, Vec<u8>)>;
+
+impl TlsStore {
+    /// A store holding `tls`, built from `config`'s files as they are now.
+    pub fn new(tls: Tls, config: &Config) -> Self {
+        TlsStore {
+            current: RwLock::new(Arc::new(tls)),
+            stamps: Mutex::new(stamps(config)),
+        }
+    }
+
+    /// The TLS for a new connection.
+    pub fn current(&self) -> Arc<Tls> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Builds a new `Tls` from the files and swaps it in; on failure the current one stays and
+    /// the error says why.
+    pub fn reload(&self, config: &Config) -> Result<Arc<Tls>, RelayError> {
+        let mut seen = self.stamps.lock().unwrap_or_else(PoisonError::into_inner);
+        // Stamped before reading, so a change made during the build is seen by the next poll.
+        *seen = stamps(config);
+        self.swap(config)
+    }
+
+    /// Like [`TlsStore::reload`], but only when a configured TLS file changed (its modification
+    /// time or its contents) since the last build or attempt (`None`: nothing changed). A
+    /// failed attempt is not repeated until a file changes again.
+    pub fn reload_if_changed(&self, config: &Config) -> Option<Result<Arc<Tls>, RelayError>> {
+        let mut seen = self.stamps.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = stamps(config);
+        if *seen == now {
+            return None;
+        }
+        *seen = now;
+        Some(self.swap(config))
+    }
+
+    fn swap(&self, config: &Config) -> Result<Arc<Tls>, RelayError> {
+        let new = Arc::new(self.current().reload(config)?);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = new.clone();
+        Ok(new)
+    }
+}
+
+/// The configured TLS files (certificates, keys, CAs of both legs), each with its stamp now.
+fn stamps(config: &Config) -> Vec<(PathBuf, Stamp)> {
+    [
+        &config.client_tls_cert,
+        &config.client_tls_key,
+        &config.client_tls_ca,
+        &config.server_tls_cert,
+        &config.server_tls_key,
+        &config.server_tls_ca,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|path| {
+        let stamp = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .and_then(|modified| {
+                let contents = std::fs::read(path)?;
+                let digest = ring::digest::digest(&ring::digest::SHA256, &contents);
+                Ok((modified, digest.as_ref().to_vec()))
+            })
+            .ok();
+        (path.clone(), stamp)
+    })
+    .collect()
+}
+
 /// The name the relay gives a donor in its TLS handshake: the host of `HOST:PORT` (an IP
 /// address or a DNS name); any valid name where the host is neither, since only `identity`
 /// verification reads it.
@@ -250,6 +364,15 @@ pub fn donor_name(upstream: &str) -> ServerName<'static> {
 struct Identity {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
 }
 
 impl Identity {

@@ -740,3 +740,194 @@ fn a_key_readable_by_others_is_refused_at_start() {
     Relay::new(config).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The certificate the relay showed this recipient (the first of its chain).
+fn certificate_seen(tls: &RecipientTls) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+/// A new connection's login and echo through the relay; the certificate it was shown.
+async fn new_connection_sees(
+    relay: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> CertificateDer<'static> {
+    let mut tls = tls_login(relay, connector).await.unwrap();
+    logged_in_and_echoed(&mut tls).await;
+    certificate_seen(&tls)
+}
+
+/// The relay's certificate for recipients, signed by `ca`, under the name the recipients check.
+fn relay_leaf(ca: &TestCa) -> Leaf {
+    ca.leaf("clone-relay", vec![dns("clone-relay")])
+}
+
+/// A relay whose certificate towards recipients is `leaf`, from files in `dir`.
+fn relay_with_files(donor: SocketAddr, dir: &Path, leaf: &Leaf) -> (Running, Config) {
+    let (cert, key) = write_identity(dir, "relay", leaf);
+    let mut config = Config::new(donor.to_string());
+    config.client_tls_cert = Some(cert);
+    config.client_tls_key = Some(key);
+    (start(config.clone()), config)
+}
+
+#[tokio::test]
+async fn a_changed_certificate_file_is_used_by_the_next_connection_and_live_ones_go_on() {
+    let (donor, seen) = fake_donor(Some(test_pki("donor"))).await;
+    let dir = scratch_dir("reload-poll");
+    let ca = TestCa::new("relay files");
+    let (first, second) = (relay_leaf(&ca), relay_leaf(&ca));
+    let (running, _) = relay_with_files(donor, &dir, &first);
+    let connector = trusting(ca.pem().as_bytes());
+    let before = running.relay.tls();
+
+    let mut live = tls_login(running.addr, &connector).await.unwrap();
+    logged_in_and_echoed(&mut live).await;
+    assert_eq!(certificate_seen(&live), first.chain[0]);
+
+    // New files in place of the old: the relay notices within its poll interval.
+    write_identity(&dir, "relay", &second);
+    let deadline = tokio::time::Instant::now() + 3 * clone_relay::server::TLS_POLL_INTERVAL;
+    loop {
+        let shown = new_connection_sees(running.addr, &connector).await;
+        if shown == second.chain[0] {
+            break;
+        }
+        assert_eq!(
+            shown, first.chain[0],
+            "neither the old certificate nor the new"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay still shows the old certificate {:?} after the files changed",
+            3 * clone_relay::server::TLS_POLL_INTERVAL
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = running.relay.tls();
+    assert_eq!(after.fingerprint, before.fingerprint, "the same CA");
+    assert_ne!(
+        after.certificate_fingerprint, before.certificate_fingerprint,
+        "another certificate"
+    );
+    assert!(running.relay.metrics().tls_reloads.load(Ordering::Relaxed) >= 1);
+
+    // The connection opened before the reload keeps its TLS session, on both legs.
+    echoed(&mut live, b"after the reload").await;
+    echoed(&mut live, b"and once more").await;
+    assert_eq!(certificate_seen(&live), first.chain[0]);
+    assert!(seen.tls_logins.load(Ordering::Relaxed) >= 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_broken_certificate_file_leaves_the_certificate_in_use() {
+    let (donor, _) = fake_donor(Some(test_pki("donor"))).await;
+    let dir = scratch_dir("reload-broken");
+    let ca = TestCa::new("relay files");
+    let (first, second) = (relay_leaf(&ca), relay_leaf(&ca));
+    let (running, config) = relay_with_files(donor, &dir, &first);
+    let connector = trusting(ca.pem().as_bytes());
+    let mut live = tls_login(running.addr, &connector).await.unwrap();
+    logged_in_and_echoed(&mut live).await;
+    let cert_file = config.client_tls_cert.clone().unwrap();
+
+    // Not PEM at all: the reload (as on SIGHUP) fails, naming the setting, and the old
+    // certificate stays in use.
+    std::fs::write(&cert_file, "not a certificate\n").unwrap();
+    let err = running.relay.reload_tls().unwrap_err().to_string();
+    assert!(err.contains("client_tls_cert"), "{err}");
+    assert_eq!(
+        new_connection_sees(running.addr, &connector).await,
+        first.chain[0]
+    );
+
+    // The new certificate with the old key: refused too.
+    std::fs::write(&cert_file, &second.chain_pem).unwrap();
+    let err = running.relay.reload_tls().unwrap_err().to_string();
+    assert!(err.contains("client_tls_cert"), "{err}");
+    assert_eq!(
+        new_connection_sees(running.addr, &connector).await,
+        first.chain[0]
+    );
+
+    // The poll tries a changed file once, fails the same way, and the relay carries on. (The
+    // test's runtime has one thread, so the poll runs only where the test awaits.)
+    let failures = |r: &Running| {
+        r.relay
+            .metrics()
+            .tls_reload_failures
+            .load(Ordering::Relaxed)
+    };
+    assert_eq!(failures(&running), 2);
+    std::fs::write(&cert_file, "-----BEGIN CERTIFICATE-----\ncut short").unwrap();
+    let deadline = tokio::time::Instant::now() + 3 * clone_relay::server::TLS_POLL_INTERVAL;
+    while failures(&running) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the poll never tried the changed file"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        new_connection_sees(running.addr, &connector).await,
+        first.chain[0]
+    );
+    echoed(&mut live, b"still here").await;
+
+    // Both files right again: the next reload takes them.
+    write_identity(&dir, "relay", &second);
+    running.relay.reload_tls().unwrap();
+    assert_eq!(
+        new_connection_sees(running.addr, &connector).await,
+        second.chain[0]
+    );
+    assert_eq!(failures(&running), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_reload_swaps_the_client_certificate_the_donor_sees() {
+    let clients = TestCa::new("donor's clients");
+    let (donor, seen) = fake_donor_demanding(Some(test_pki("donor")), Some(&clients.pem())).await;
+    let dir = scratch_dir("reload-client");
+    let (first, second) = (
+        clients.leaf("clone-relay", Vec::new()),
+        clients.leaf("clone-relay", Vec::new()),
+    );
+    let (cert, key) = write_identity(&dir, "relay-client", &first);
+    let mut config = Config::new(donor.to_string());
+    config.state_dir = Some(dir.clone());
+    config.server_tls_cert = Some(cert);
+    config.server_tls_key = Some(key);
+    let running = start(config);
+    let relay_ca = std::fs::read(dir.join("tls").join(clone_relay::tls::CA_FILE)).unwrap();
+    let connector = trusting(&relay_ca);
+
+    let mut live = tls_login(running.addr, &connector).await.unwrap();
+    logged_in_and_echoed(&mut live).await;
+    write_identity(&dir, "relay-client", &second);
+    running.relay.reload_tls().unwrap();
+    new_connection_sees(running.addr, &connector).await;
+    echoed(&mut live, b"after the reload").await;
+    assert_eq!(
+        seen.client_certificates.lock().unwrap().as_slice(),
+        [first.chain[0].clone(), second.chain[0].clone()],
+        "the donor saw the first certificate, then the reloaded one"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_certificate_the_relay_made_for_itself() {
+    let (donor, _) = fake_donor(Some(test_pki("donor"))).await;
+    // No state directory: the relay's own certificate lives in memory only.
+    let running = start(Config::new(donor.to_string()));
+    let before = running.relay.tls();
+    running.relay.reload_tls().unwrap();
+    let after = running.relay.tls();
+    assert_eq!(after.fingerprint, before.fingerprint);
+    assert_eq!(
+        after.certificate_fingerprint,
+        before.certificate_fingerprint
+    );
+}
