@@ -5,14 +5,16 @@
 //! forwarding nothing in plaintext, and the donor's certificate verified against its own CA.
 //! A recording proxy (the tap) between the relay and the donor shows what an eavesdropper on
 //! the donor leg would see. Mutual TLS: a donor account that `REQUIRE X509` with the relay
-//! presenting its client certificate, and recipients presenting theirs to the relay. Link drops
-//! over TLS are in `link_drops.rs`, next to the plain ones.
+//! presenting its client certificate, and recipients presenting theirs to the relay. A
+//! certificate reload in the middle of a TLS clone. Link drops over TLS are in `link_drops.rs`,
+//! next to the plain ones.
 //!
 //! The tests of this file run one at a time: each starts its own MySQL servers, and the first
 //! compares two clone times, which another test's clone running alongside would skew.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clone_relay::config::{ClientTlsMode, ServerTlsMode, ServerTlsVerify};
@@ -32,8 +34,12 @@ use tokio::time::Instant;
 
 const MIB: u64 = 1024 * 1024;
 const DATASET_BYTES: u64 = 110 * MIB;
-/// Enough data for a clone with workers; the mutual TLS test is about who may clone, not speed.
+/// Enough data for a clone with workers; the mutual TLS and reload tests are about who may
+/// clone and what a reload leaves alone, not speed.
 const MTLS_DATASET_BYTES: u64 = 32 * MIB;
+/// The donor leg's cap in the reload test, and the clone data carried when it reloads.
+const RELOAD_CAP_BYTES_PER_SEC: u64 = 14 * MIB;
+const RELOAD_AT_BYTES: u64 = 20 * MIB;
 const CLONE_TIMEOUT: Duration = Duration::from_secs(600);
 /// A refused clone ends at its first connection.
 const REFUSED_CLONE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -626,11 +632,20 @@ impl TestCa {
 
     /// A client certificate with the common name (and DNS name) `name`.
     fn client(&self, name: &str) -> anyhow::Result<Signed> {
+        self.sign(name, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// A server certificate with the common name (and DNS name) `name`.
+    fn server(&self, name: &str) -> anyhow::Result<Signed> {
+        self.sign(name, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    fn sign(&self, name: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> anyhow::Result<Signed> {
         let mut params = rcgen::CertificateParams::new(vec![name.to_string()])?;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
         let key = rcgen::KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -800,6 +815,179 @@ async fn a_donor_account_that_requires_x509_clones_through_the_relays_client_cer
     );
     with_cert.stop().await?;
     without_cert.stop().await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// The certificate (DER) the relay at `addr` shows a new TLS connection, checked against
+/// `ca_pem` under the name `clone-relay`: greeting, SSLRequest, TLS handshake, then gone.
+async fn certificate_shown(addr: SocketAddr, ca_pem: &str) -> anyhow::Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let (_, greeting) = tokio::time::timeout(
+        Duration::from_secs(10),
+        clone_relay::protocol::packet::read_packet(&mut s, 4096),
+    )
+    .await??;
+    match parse_server_hello(&greeting).map_err(anyhow::Error::msg)? {
+        ServerHello::Greeting(g) if g.capabilities & CLIENT_SSL != 0 => {}
+        other => anyhow::bail!("{addr} offers no TLS: {other:?}"),
+    }
+    // CLIENT_PROTOCOL_41 | CLIENT_SSL | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH, a 16 MiB
+    // packet limit, utf8mb4.
+    let mut request = vec![0u8; 32];
+    request[..4].copy_from_slice(&(0x200 | CLIENT_SSL | 0x8000 | 0x0008_0000).to_le_bytes());
+    request[4..8].copy_from_slice(&(16u32 << 20).to_le_bytes());
+    request[8] = 255;
+    s.write_all(&clone_relay::protocol::frame(1, &request))
+        .await?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(rustls::pki_types::ServerName::try_from("clone-relay")?, s)
+        .await?;
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .ok_or_else(|| anyhow::anyhow!("the relay showed no certificate"))?;
+    Ok(chain[0].to_vec())
+}
+
+/// The first certificate of a PEM chain, as DER.
+fn first_der(chain_pem: &str) -> anyhow::Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    Ok(
+        rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no certificate in the chain"))??
+            .to_vec(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_reload_during_a_tls_clone_leaves_it_whole() -> anyhow::Result<()> {
+    if !docker_available("a_certificate_reload_during_a_tls_clone_leaves_it_whole").await {
+        return Ok(());
+    }
+    let _turn = turn().await;
+    let image = mysql_image().await?;
+    let (donor, dataset) = donor(&image, &[], MTLS_DATASET_BYTES).await?;
+    // A cap on the donor leg, so the clone (about 150 MB with the system tablespaces) takes
+    // about ten seconds and the reload lands in its middle.
+    let chaos = chaos::ChaosProxy::start(
+        "127.0.0.1:0".parse()?,
+        donor.addr().to_string(),
+        1,
+        vec![
+            chaos::FaultSpec::new(chaos::FaultKind::Bandwidth {
+                rate_bytes_per_sec: RELOAD_CAP_BYTES_PER_SEC,
+                shared_group: Some("donor-leg".into()),
+            })
+            .direction(chaos::Direction::Downstream),
+        ],
+    )
+    .await?;
+
+    // The relay's certificate from files, and the one that replaces it, both from one CA that
+    // the recipient pins.
+    let dir = state_dir("reload")?;
+    let ca = TestCa::new("relay files")?;
+    let (first, second) = (ca.server("clone-relay")?, ca.server("clone-relay")?);
+    let (cert, key) = write_identity(&dir, "relay", &first)?;
+    let mut config = RelayFixture::config(chaos.addr());
+    config.client_tls_cert = Some(cert);
+    config.client_tls_key = Some(key);
+    let relay = RelayFixture::start_with(config)?;
+    assert_eq!(
+        certificate_shown(relay.addr(), &ca.pem()).await?,
+        first_der(&first.chain_pem)?
+    );
+    let recipient = recipient(&image, &[relay.addr()], &THREE_WORKERS).await?;
+    set_clone_ssl_ca(&recipient, &ca.pem()).await?;
+
+    let started = Instant::now();
+    let clone = clone_instance_with(
+        &recipient,
+        relay.addr(),
+        CLONE_TIMEOUT,
+        Transport::RequireSsl,
+    );
+    let reload = async {
+        relay
+            .session_past(RELOAD_AT_BYTES, Duration::from_secs(120))
+            .await?;
+        let before = relay.relay().tls().certificate_fingerprint.clone();
+        write_identity(&dir, "relay", &second)?;
+        // The relay notices the new files within its poll interval.
+        let deadline = Instant::now() + 3 * clone_relay::server::TLS_POLL_INTERVAL;
+        while relay.relay().tls().certificate_fingerprint == before {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the relay did not take the new certificate files within {:?}",
+                3 * clone_relay::server::TLS_POLL_INTERVAL
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let session = relay.sessions().sessions.last().cloned();
+        anyhow::Ok((started.elapsed(), session))
+    };
+    let (outcome, reloaded) = tokio::join!(clone, reload);
+    let (outcome, (reloaded_at, at_reload)) = (outcome?, reloaded?);
+    let rejected = relay.sessions().rejected;
+    assert!(
+        outcome.completed(),
+        "{outcome:?}; the relay rejected: {rejected:#?}"
+    );
+    assert_faithful(
+        "a certificate reload during the clone",
+        &outcome,
+        &dataset,
+        &donor,
+        &recipient,
+    )
+    .await?;
+    let at_reload = at_reload.ok_or_else(|| anyhow::anyhow!("no session at the reload"))?;
+    assert!(
+        !at_reload.state.ended(),
+        "the clone was over when the relay reloaded: {at_reload:#?}"
+    );
+    let session = latest_completed(&relay, None);
+    assert_eq!(session.id, at_reload.id, "{session:#?}");
+    assert!(
+        at_reload.data_bytes < session.data_bytes,
+        "the reload came after the last data: {} of {} bytes",
+        at_reload.data_bytes,
+        session.data_bytes
+    );
+    assert_eq!(session.resume_count, 0, "{session:#?}");
+    assert_tls_on_both_legs(&session, true);
+    assert!(rejected.is_empty(), "{rejected:#?}");
+    assert_eq!(
+        certificate_shown(relay.addr(), &ca.pem()).await?,
+        first_der(&second.chain_pem)?,
+        "a new connection after the reload"
+    );
+    eprintln!(
+        "certificate reload {:.1} s into a TLS clone, at {} of {} data bytes: the clone \
+         completed in {:.1} s over {} connections without a resume, and the next connection \
+         got the new certificate",
+        reloaded_at.as_secs_f64(),
+        at_reload.data_bytes,
+        session.data_bytes,
+        outcome.statement_time.as_secs_f64(),
+        session.connections.len()
+    );
+    relay.stop().await?;
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
