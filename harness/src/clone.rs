@@ -173,3 +173,21 @@ pub async fn set_clone_ssl_ca(recipient: &MysqlServer, ca_pem: &str) -> Result<(
         .await?;
     Ok(())
 }
+
+/// Makes `recipient` present a client certificate to whatever it clones from: the chain and key
+/// (PEM) go next to the data directory and `clone_ssl_cert` and `clone_ssl_key` name them. Global
+/// settings, lost at the recipient's restart after a clone, like `clone_ssl_ca`.
+pub async fn set_clone_ssl_identity(
+    recipient: &MysqlServer,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<()> {
+    let cert = recipient.write_file("clone-ssl-cert.pem", cert_pem).await?;
+    let key = recipient.write_file("clone-ssl-key.pem", key_pem).await?;
+    recipient
+        .sql(&format!(
+            "SET GLOBAL clone_ssl_cert = '{cert}'; SET GLOBAL clone_ssl_key = '{key}'"
+        ))
+        .await?;
+    Ok(())
+}

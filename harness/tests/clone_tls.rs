@@ -4,20 +4,26 @@
 //! recipient without TLS, a donor certificate from another CA), each naming its cause and
 //! forwarding nothing in plaintext, and the donor's certificate verified against its own CA.
 //! A recording proxy (the tap) between the relay and the donor shows what an eavesdropper on
-//! the donor leg would see. Link drops over TLS are in `link_drops.rs`, next to the plain ones.
+//! the donor leg would see. Mutual TLS: a donor account that `REQUIRE X509` with the relay
+//! presenting its client certificate, and recipients presenting theirs to the relay. A
+//! certificate reload in the middle of a TLS clone. Link drops over TLS are in `link_drops.rs`,
+//! next to the plain ones.
 //!
 //! The tests of this file run one at a time: each starts its own MySQL servers, and the first
 //! compares two clone times, which another test's clone running alongside would skew.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clone_relay::config::{ClientTlsMode, ServerTlsMode, ServerTlsVerify};
 use clone_relay::protocol::clone::Stage;
 use clone_relay::protocol::handshake::{CLIENT_SSL, ServerHello, parse_server_hello};
 use clone_relay::session::{Role, SessionView};
-use harness::clone::{CloneOutcome, Transport, clone_instance_with, set_clone_ssl_ca};
+use harness::clone::{
+    CloneOutcome, Transport, clone_instance_with, set_clone_ssl_ca, set_clone_ssl_identity,
+};
 use harness::dataset::Dataset;
 use harness::image::{ImageRef, mysql_image};
 use harness::mysql::DONOR_USER;
@@ -28,6 +34,12 @@ use tokio::time::Instant;
 
 const MIB: u64 = 1024 * 1024;
 const DATASET_BYTES: u64 = 110 * MIB;
+/// Enough data for a clone with workers; the mutual TLS and reload tests are about who may
+/// clone and what a reload leaves alone, not speed.
+const MTLS_DATASET_BYTES: u64 = 32 * MIB;
+/// The donor leg's cap in the reload test, and the clone data carried when it reloads.
+const RELOAD_CAP_BYTES_PER_SEC: u64 = 14 * MIB;
+const RELOAD_AT_BYTES: u64 = 20 * MIB;
 const CLONE_TIMEOUT: Duration = Duration::from_secs(600);
 /// A refused clone ends at its first connection.
 const REFUSED_CLONE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -583,6 +595,399 @@ async fn ca_verification_passes_with_the_donors_own_ca() -> anyhow::Result<()> {
     );
     chain_only.stop().await?;
     with_name.stop().await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// A CA made by the test, and certificates it signs.
+struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate chain (the certificate, then the CA) and its key, as PEM.
+struct Signed {
+    chain_pem: String,
+    key_pem: String,
+}
+
+impl TestCa {
+    fn new(name: &str) -> anyhow::Result<Self> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        Ok(TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate()?)?,
+        })
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A client certificate with the common name (and DNS name) `name`.
+    fn client(&self, name: &str) -> anyhow::Result<Signed> {
+        self.sign(name, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// A server certificate with the common name (and DNS name) `name`.
+    fn server(&self, name: &str) -> anyhow::Result<Signed> {
+        self.sign(name, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    fn sign(&self, name: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> anyhow::Result<Signed> {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()])?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        params.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Signed {
+            chain_pem: format!("{}{}", cert.pem(), self.issuer.pem()),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Writes `signed` into `dir` as `NAME.pem` and `NAME-key.pem` (readable by its owner only).
+fn write_identity(
+    dir: &std::path::Path,
+    name: &str,
+    signed: &Signed,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    std::fs::write(&cert, &signed.chain_pem)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&key)?
+        .write_all(signed.key_pem.as_bytes())?;
+    Ok((cert, key))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_donor_account_that_requires_x509_clones_through_the_relays_client_certificate()
+-> anyhow::Result<()> {
+    if !docker_available(
+        "a_donor_account_that_requires_x509_clones_through_the_relays_client_certificate",
+    )
+    .await
+    {
+        return Ok(());
+    }
+    let _turn = turn().await;
+    let image = mysql_image().await?;
+    let (donor, dataset) = donor(&image, &[], MTLS_DATASET_BYTES).await?;
+    // The donor trusts a CA of the test's for client certificates (ssl_ca, reloaded in place:
+    // the file is written once mysqld runs), and the clone account needs a certificate from it.
+    // The file keeps the donor's own CA too: mysqld checks its own certificate against ssl_ca.
+    // (mysqld ends the ca.pem it makes with a NUL byte, which no exec argument may carry.)
+    let donor_clients = TestCa::new("donor's clients")?;
+    let own_ca = donor.read_data_file("ca.pem").await?;
+    let bundle = format!(
+        "{}\n{}",
+        own_ca.trim_end_matches(['\0', '\n']),
+        donor_clients.pem()
+    );
+    let ca_path = donor.write_file("x509-clients-ca.pem", &bundle).await?;
+    donor
+        .sql(&format!(
+            "SET GLOBAL ssl_ca = '{ca_path}'; ALTER INSTANCE RELOAD TLS; \
+             ALTER USER '{DONOR_USER}'@'%' REQUIRE X509"
+        ))
+        .await?;
+
+    let dir = state_dir("x509")?;
+    let (relay_cert, relay_key) =
+        write_identity(&dir, "relay-client", &donor_clients.client("clone-relay")?)?;
+    // Recipients too must show a certificate to the relay, from a CA of their own, and be on
+    // its allow-list.
+    let recipients = TestCa::new("recipients")?;
+    let recipients_ca = dir.join("recipients-ca.pem");
+    std::fs::write(&recipients_ca, recipients.pem())?;
+    let recipient_identity = recipients.client("recipient-2")?;
+
+    let mut config = RelayFixture::config(donor.addr());
+    config.state_dir = Some(dir.join("state"));
+    std::fs::create_dir_all(dir.join("state"))?;
+    config.server_tls_cert = Some(relay_cert);
+    config.server_tls_key = Some(relay_key);
+    config.client_tls_mode = ClientTlsMode::Required;
+    config.client_tls_ca = Some(recipients_ca);
+    config.client_tls_allowed_subjects = vec!["recipient-2".into()];
+    let with_cert = RelayFixture::start_with(config)?;
+    let relay_ca = std::fs::read_to_string(dir.join("state/tls").join(clone_relay::tls::CA_FILE))?;
+    // The same relay without a client certificate towards the donor.
+    let without_cert = RelayFixture::start(donor.addr())?;
+    let recipient = recipient(&image, &[with_cert.addr(), without_cert.addr()], &[]).await?;
+
+    let refused = refused_clone(
+        &recipient,
+        &without_cert,
+        Transport::Default,
+        "Access denied",
+    )
+    .await?;
+    assert!(
+        without_cert.sessions().rejected.is_empty(),
+        "the relay itself refused: {:#?}",
+        without_cert.sessions().rejected
+    );
+    donor.wait_until_clone_free(DONOR_FREE_WAIT).await?;
+
+    // A recipient certificate from the right CA but not on the allow-list: refused by the
+    // relay, inside TLS, with the names the certificate carries.
+    set_clone_ssl_ca(&recipient, &relay_ca).await?;
+    let stranger = recipients.client("recipient-9")?;
+    set_clone_ssl_identity(&recipient, &stranger.chain_pem, &stranger.key_pem).await?;
+    let not_listed = refused_clone(
+        &recipient,
+        &with_cert,
+        Transport::RequireSsl,
+        "matches none of --client-tls-allowed-subjects",
+    )
+    .await?;
+    assert!(
+        not_listed.error_message.contains("CN=recipient-9"),
+        "{not_listed:?}"
+    );
+    let not_listed_reason = rejection(&with_cert, "matches none of").await;
+
+    set_clone_ssl_identity(
+        &recipient,
+        &recipient_identity.chain_pem,
+        &recipient_identity.key_pem,
+    )
+    .await?;
+    let outcome = clone_instance_with(
+        &recipient,
+        with_cert.addr(),
+        CLONE_TIMEOUT,
+        Transport::RequireSsl,
+    )
+    .await?;
+    let rejected = with_cert.sessions().rejected;
+    assert!(
+        outcome.completed(),
+        "{outcome:?}; the relay rejected: {rejected:#?}"
+    );
+    assert_eq!(
+        rejected.len(),
+        1,
+        "only the recipient not listed: {rejected:#?}"
+    );
+    assert_faithful(
+        "REQUIRE X509 through the relay's client certificate",
+        &outcome,
+        &dataset,
+        &donor,
+        &recipient,
+    )
+    .await?;
+    let session = latest_completed(&with_cert, None);
+    assert_tls_on_both_legs(&session, true);
+    eprintln!(
+        "REQUIRE X509: without the relay's client certificate the recipient got error {} ({}); \
+         a recipient certificate not on the allow-list got error {} ({}; relay: \
+         {not_listed_reason}); with both certificates right, {} data bytes over {} \
+         connections in {:.1} s",
+        refused.error_no,
+        refused.error_message,
+        not_listed.error_no,
+        not_listed.error_message,
+        outcome.data_bytes,
+        session.connections.len(),
+        outcome.statement_time.as_secs_f64()
+    );
+    with_cert.stop().await?;
+    without_cert.stop().await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// The certificate (DER) the relay at `addr` shows a new TLS connection, checked against
+/// `ca_pem` under the name `clone-relay`: greeting, SSLRequest, TLS handshake, then gone.
+async fn certificate_shown(addr: SocketAddr, ca_pem: &str) -> anyhow::Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let (_, greeting) = tokio::time::timeout(
+        Duration::from_secs(10),
+        clone_relay::protocol::packet::read_packet(&mut s, 4096),
+    )
+    .await??;
+    match parse_server_hello(&greeting).map_err(anyhow::Error::msg)? {
+        ServerHello::Greeting(g) if g.capabilities & CLIENT_SSL != 0 => {}
+        other => anyhow::bail!("{addr} offers no TLS: {other:?}"),
+    }
+    // CLIENT_PROTOCOL_41 | CLIENT_SSL | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH, a 16 MiB
+    // packet limit, utf8mb4.
+    let mut request = vec![0u8; 32];
+    request[..4].copy_from_slice(&(0x200 | CLIENT_SSL | 0x8000 | 0x0008_0000).to_le_bytes());
+    request[4..8].copy_from_slice(&(16u32 << 20).to_le_bytes());
+    request[8] = 255;
+    s.write_all(&clone_relay::protocol::frame(1, &request))
+        .await?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(rustls::pki_types::ServerName::try_from("clone-relay")?, s)
+        .await?;
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .ok_or_else(|| anyhow::anyhow!("the relay showed no certificate"))?;
+    Ok(chain[0].to_vec())
+}
+
+/// The first certificate of a PEM chain, as DER.
+fn first_der(chain_pem: &str) -> anyhow::Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    Ok(
+        rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no certificate in the chain"))??
+            .to_vec(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_reload_during_a_tls_clone_leaves_it_whole() -> anyhow::Result<()> {
+    if !docker_available("a_certificate_reload_during_a_tls_clone_leaves_it_whole").await {
+        return Ok(());
+    }
+    let _turn = turn().await;
+    let image = mysql_image().await?;
+    let (donor, dataset) = donor(&image, &[], MTLS_DATASET_BYTES).await?;
+    // A cap on the donor leg, so the clone (about 150 MB with the system tablespaces) takes
+    // about ten seconds and the reload lands in its middle.
+    let chaos = chaos::ChaosProxy::start(
+        "127.0.0.1:0".parse()?,
+        donor.addr().to_string(),
+        1,
+        vec![
+            chaos::FaultSpec::new(chaos::FaultKind::Bandwidth {
+                rate_bytes_per_sec: RELOAD_CAP_BYTES_PER_SEC,
+                shared_group: Some("donor-leg".into()),
+            })
+            .direction(chaos::Direction::Downstream),
+        ],
+    )
+    .await?;
+
+    // The relay's certificate from files, and the one that replaces it, both from one CA that
+    // the recipient pins.
+    let dir = state_dir("reload")?;
+    let ca = TestCa::new("relay files")?;
+    let (first, second) = (ca.server("clone-relay")?, ca.server("clone-relay")?);
+    let (cert, key) = write_identity(&dir, "relay", &first)?;
+    let mut config = RelayFixture::config(chaos.addr());
+    config.client_tls_cert = Some(cert);
+    config.client_tls_key = Some(key);
+    let relay = RelayFixture::start_with(config)?;
+    assert_eq!(
+        certificate_shown(relay.addr(), &ca.pem()).await?,
+        first_der(&first.chain_pem)?
+    );
+    let recipient = recipient(&image, &[relay.addr()], &THREE_WORKERS).await?;
+    set_clone_ssl_ca(&recipient, &ca.pem()).await?;
+
+    let started = Instant::now();
+    let clone = clone_instance_with(
+        &recipient,
+        relay.addr(),
+        CLONE_TIMEOUT,
+        Transport::RequireSsl,
+    );
+    let reload = async {
+        relay
+            .session_past(RELOAD_AT_BYTES, Duration::from_secs(120))
+            .await?;
+        let before = relay.relay().tls().certificate_fingerprint.clone();
+        write_identity(&dir, "relay", &second)?;
+        // The relay notices the new files within its poll interval.
+        let deadline = Instant::now() + 3 * clone_relay::server::TLS_POLL_INTERVAL;
+        while relay.relay().tls().certificate_fingerprint == before {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the relay did not take the new certificate files within {:?}",
+                3 * clone_relay::server::TLS_POLL_INTERVAL
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let session = relay.sessions().sessions.last().cloned();
+        anyhow::Ok((started.elapsed(), session))
+    };
+    let (outcome, reloaded) = tokio::join!(clone, reload);
+    let (outcome, (reloaded_at, at_reload)) = (outcome?, reloaded?);
+    let rejected = relay.sessions().rejected;
+    assert!(
+        outcome.completed(),
+        "{outcome:?}; the relay rejected: {rejected:#?}"
+    );
+    assert_faithful(
+        "a certificate reload during the clone",
+        &outcome,
+        &dataset,
+        &donor,
+        &recipient,
+    )
+    .await?;
+    let at_reload = at_reload.ok_or_else(|| anyhow::anyhow!("no session at the reload"))?;
+    assert!(
+        !at_reload.state.ended(),
+        "the clone was over when the relay reloaded: {at_reload:#?}"
+    );
+    let session = latest_completed(&relay, None);
+    assert_eq!(session.id, at_reload.id, "{session:#?}");
+    assert!(
+        at_reload.data_bytes < session.data_bytes,
+        "the reload came after the last data: {} of {} bytes",
+        at_reload.data_bytes,
+        session.data_bytes
+    );
+    assert_eq!(session.resume_count, 0, "{session:#?}");
+    assert_tls_on_both_legs(&session, true);
+    assert!(rejected.is_empty(), "{rejected:#?}");
+    assert_eq!(
+        certificate_shown(relay.addr(), &ca.pem()).await?,
+        first_der(&second.chain_pem)?,
+        "a new connection after the reload"
+    );
+    eprintln!(
+        "certificate reload {:.1} s into a TLS clone, at {} of {} data bytes: the clone \
+         completed in {:.1} s over {} connections without a resume, and the next connection \
+         got the new certificate",
+        reloaded_at.as_secs_f64(),
+        at_reload.data_bytes,
+        session.data_bytes,
+        outcome.statement_time.as_secs_f64(),
+        session.connections.len()
+    );
+    relay.stop().await?;
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -200,6 +200,29 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_tls_key: Option<PathBuf>,
 
+    /// CA certificates (PEM) that recipients' certificates must chain to: with it, a recipient
+    /// must present a valid certificate from one of them, or its TLS handshake fails. Needs
+    /// `--client-tls-mode required` (a recipient without TLS has no certificate to check).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_tls_ca: Option<PathBuf>,
+
+    /// Recipients allowed in, by their certificate: each entry is a subject common name, a DNS
+    /// name or an IP address of the certificate's subject alternative names; repeat the flag or
+    /// separate with commas. A recipient whose certificate matches none is refused with a MySQL
+    /// ERR packet. Empty (the default): any certificate from `--client-tls-ca`.
+    #[arg(
+        id = "client_tls_allowed_subjects",
+        long = "client-tls-allowed-subjects",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    #[serde(
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub client_tls_allowed_subjects: Vec<String>,
+
     /// How the donor's certificate is checked: `disabled` (as MySQL's own preferred mode),
     /// `ca` (the chain against `--server-tls-ca`, not the name: stock mysqld certificates carry
     /// no usable name), `identity` (chain and name).
@@ -211,6 +234,17 @@ pub struct Config {
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_tls_ca: Option<PathBuf>,
+
+    /// A client certificate chain (PEM) the relay presents to donors, for a donor account that
+    /// `REQUIRE X509` (or `REQUIRE SUBJECT`/`ISSUER`); without it the relay presents none.
+    #[arg(long, value_name = "FILE", requires = "server_tls_key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_tls_cert: Option<PathBuf>,
+
+    /// The private key of `server_tls_cert` (PEM); it must not be readable by others.
+    #[arg(long, value_name = "FILE", requires = "server_tls_cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_tls_key: Option<PathBuf>,
 
     /// Check at start that each donor answers with a MySQL greeting (`--no-upstream-probe`
     /// turns it off).
@@ -641,6 +675,42 @@ impl Config {
             return Err(invalid(
                 "client_tls_key",
                 "client_tls_cert and client_tls_key go together",
+            ));
+        }
+        if self.client_tls_ca.is_some() && self.client_tls_mode != C::Required {
+            return Err(invalid(
+                "client_tls_ca",
+                "needs client_tls_mode = required: a recipient without TLS has no certificate to check",
+            ));
+        }
+        if !self.client_tls_allowed_subjects.is_empty() && self.client_tls_ca.is_none() {
+            return Err(invalid(
+                "client_tls_allowed_subjects",
+                "needs client_tls_ca: only verified certificates have subjects to check",
+            ));
+        }
+        if let Some(bad) = self
+            .client_tls_allowed_subjects
+            .iter()
+            .find(|s| s.trim().is_empty() || s.trim() != s.as_str())
+        {
+            return Err(invalid(
+                "client_tls_allowed_subjects",
+                format!("{bad:?}: an entry must be a name without surrounding spaces"),
+            ));
+        }
+        if self.server_tls_cert.is_some() != self.server_tls_key.is_some() {
+            return Err(invalid(
+                "server_tls_key",
+                "server_tls_cert and server_tls_key go together",
+            ));
+        }
+        if self.server_tls_cert.is_some()
+            && (self.server_tls_mode == S::Disabled || self.client_tls_mode == C::Passthrough)
+        {
+            return Err(invalid(
+                "server_tls_cert",
+                "the relay dials no TLS to donors with these modes, so it would present no certificate",
             ));
         }
         if self.server_tls_verify != ServerTlsVerify::Disabled && self.server_tls_ca.is_none() {
@@ -1091,5 +1161,83 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("client_tls_mode"), "{e}");
+    }
+
+    #[test]
+    fn mutual_tls_settings_come_from_flags_and_the_file_and_are_checked() {
+        let c = merged(
+            &[
+                "--upstream",
+                "a:1",
+                "--client-tls-mode",
+                "required",
+                "--client-tls-ca",
+                "/etc/relay/recipients-ca.pem",
+                "--client-tls-allowed-subjects",
+                "recipient-a,10.0.0.7",
+                "--client-tls-allowed-subjects",
+                "recipient-b.example",
+                "--server-tls-cert",
+                "/etc/relay/client.pem",
+                "--server-tls-key",
+                "/etc/relay/client-key.pem",
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.client_tls_ca.as_deref(),
+            Some(Path::new("/etc/relay/recipients-ca.pem"))
+        );
+        assert_eq!(
+            c.client_tls_allowed_subjects,
+            ["recipient-a", "10.0.0.7", "recipient-b.example"]
+        );
+        assert_eq!(
+            c.server_tls_cert.as_deref(),
+            Some(Path::new("/etc/relay/client.pem"))
+        );
+        let text = c.to_toml().unwrap();
+        assert_eq!(merged(&[], Some(&text)).unwrap().to_toml().unwrap(), text);
+
+        let file = "upstream = \"a:1\"\nclient_tls_mode = \"required\"\n\
+                    client_tls_ca = \"ca.pem\"\nclient_tls_allowed_subjects = \"x, y\"";
+        let c = merged(&[], Some(file)).unwrap();
+        assert_eq!(c.client_tls_allowed_subjects, ["x", "y"]);
+
+        let field = |args: &[&str]| {
+            let mut all = vec!["--upstream", "a:1"];
+            all.extend_from_slice(args);
+            merged(&all, None).unwrap_err()
+        };
+        // A plaintext recipient has no certificate to check.
+        let e = field(&["--client-tls-ca", "ca.pem"]);
+        assert!(e.contains("invalid client_tls_ca"), "{e}");
+        let e = field(&[
+            "--client-tls-mode",
+            "required",
+            "--client-tls-allowed-subjects",
+            "x",
+        ]);
+        assert!(e.contains("invalid client_tls_allowed_subjects"), "{e}");
+        let e = field(&[
+            "--client-tls-mode",
+            "required",
+            "--client-tls-ca",
+            "ca.pem",
+            "--client-tls-allowed-subjects",
+            "x,,y",
+        ]);
+        assert!(e.contains("invalid client_tls_allowed_subjects"), "{e}");
+        let e = field(&["--server-tls-cert", "c.pem"]);
+        assert!(e.contains("--server-tls-key"), "{e}");
+        let mut c = Config::new("a:1");
+        c.server_tls_cert = Some("c.pem".into());
+        assert_eq!(field_of(&c), "server_tls_key");
+        c.server_tls_key = Some("k.pem".into());
+        c.validate().unwrap();
+        c.client_tls_mode = ClientTlsMode::Disabled;
+        c.server_tls_mode = ServerTlsMode::Disabled;
+        assert_eq!(field_of(&c), "server_tls_cert");
     }
 }

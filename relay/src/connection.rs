@@ -154,6 +154,8 @@ async fn carry(
             return Err(e);
         }
     };
+    // The TLS of this connection, to its end: a reload affects only connections after it.
+    let tls = relay.tls();
     let stage = StageSettings {
         upstream_addr: &donor,
         greeting_wait: admission.greeting_wait,
@@ -161,7 +163,7 @@ async fn carry(
         max_greeting_bytes: config.max_login_packet_bytes,
         client_tls: config.client_tls_mode,
         server_tls: config.server_tls_mode,
-        tls: relay.tls(),
+        tls: &tls,
     };
     let handshaken = handshake::run(downstream, upstream, conn.as_ref(), &stage).await?;
     conn.set_tls(handshaken.downstream.is_tls(), handshaken.upstream.is_tls());

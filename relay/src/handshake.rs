@@ -6,7 +6,8 @@
 //! 1. The donor's greeting reaches the recipient with CLIENT_SSL set or cleared as the modes
 //!    say (the relay offers TLS with its own certificate; nothing else in the greeting changes).
 //! 2. The recipient answers with an SSLRequest (sequence id 1): the relay accepts its TLS, reads
-//!    the login request (sequence id 2) inside it, sends the donor an SSLRequest of its own
+//!    the login request (sequence id 2) inside it, refuses it when the recipient's certificate
+//!    is not among the allowed subjects, sends the donor an SSLRequest of its own
 //!    (the recipient's, as it came), connects TLS to the donor, and forwards the login request.
 //!    Or it answers with a plain login request, which goes to the donor as it is.
 //! 3. The copy takes over with both legs as plain byte streams ([`Leg`]); the decoder sees the
@@ -250,6 +251,12 @@ async fn upgrade(
         Err(RelayError::Downstream(e)) if recipient_left(&e) => return Err(RelayError::ClientLeft),
         other => other?,
     };
+    if let Err(reason) = s
+        .tls
+        .admit_recipient(recipient.get_ref().1.peer_certificates())
+    {
+        return refuse(&mut recipient, 3, reason).await;
+    }
     let Some(ssl_request) = ssl_request_for(&login) else {
         return refuse(
             &mut recipient,

@@ -23,7 +23,8 @@
 //! - [`admin`]: the admin listener on axum (`/metrics`, `/sessions`, `/healthz`, `/readyz`,
 //!   resets behind a bearer token).
 //! - [`health`]: the outcome of the latest dials of each donor, for readiness.
-//! - [`tls`]: TLS for both legs (rustls): the relay's certificate, donor verification.
+//! - [`tls`]: TLS for both legs (rustls): the relay's certificate, donor verification, mutual
+//!   TLS on either leg, and the store that a reload swaps.
 //! - [`socket`]: socket tuning through socket2 (TCP_NODELAY, buffers, keepalive).
 //! - [`config`]: the relay's settings (flags, environment, TOML file) and their validation.
 //! - [`units`]: durations and sizes as people write them (`30s`, `256KiB`).

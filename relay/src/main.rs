@@ -102,6 +102,10 @@ async fn serve(relay: Relay) -> Result<(), RelayError> {
         }
         _ => {}
     }
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangup) => drop(tokio::spawn(reload_on_hangup(hangup, relay.clone()))),
+        Err(e) => warn!(error = %e, "no TLS reload on SIGHUP: cannot handle the signal"),
+    }
     let listen = listener.local_addr().unwrap_or(listen);
     info!(%listen, upstreams = ?relay.config().upstreams, "relay listening");
     relay.serve(listener, shutdown_signal()).await?;
@@ -159,6 +163,15 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// On every SIGHUP, reloads TLS from the configured files; a failed reload keeps the TLS in
+/// use (the relay logs why) and the relay carries on.
+async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, relay: Relay) {
+    while hangup.recv().await.is_some() {
+        info!("SIGHUP received: reloading TLS");
+        let _ = relay.reload_tls();
     }
 }
 

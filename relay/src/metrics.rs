@@ -20,6 +20,10 @@ pub struct Metrics {
     pub resume_outage_ms: AtomicU64,
     /// Clone data bytes the donor sent again after resumes.
     pub resent_bytes: AtomicU64,
+    /// TLS reloads (SIGHUP or a changed file) that took effect.
+    pub tls_reloads: AtomicU64,
+    /// TLS reloads that failed, leaving the TLS in use as it was.
+    pub tls_reload_failures: AtomicU64,
     /// Connection ends by reason (`normal`, `peer_reset`, `protocol_oversize`, ...).
     closes: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -109,6 +113,12 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP clone_relay_tls_reloads_total TLS reloads (SIGHUP or a changed file), by result; a failed one leaves the TLS in use.\n# TYPE clone_relay_tls_reloads_total counter\nclone_relay_tls_reloads_total{{result=\"ok\"}} {}\nclone_relay_tls_reloads_total{{result=\"failed\"}} {}",
+            load(&self.tls_reloads),
+            load(&self.tls_reload_failures)
+        );
+        let _ = writeln!(
+            out,
             "# HELP clone_relay_sessions Clone sessions known, by state.\n# TYPE clone_relay_sessions gauge"
         );
         for (state, n) in sessions_by_state {
@@ -148,12 +158,14 @@ mod tests {
         m.connections_accepted.fetch_add(3, Ordering::Relaxed);
         m.count_close("protocol_oversize");
         m.count_close("protocol_oversize");
+        m.tls_reload_failures.fetch_add(1, Ordering::Relaxed);
         let page = m.render(&[("completed", 1)].into(), &["db-a:3306".into()]);
         assert!(page.contains("clone_relay_connections_accepted_total 3\n"));
         assert!(
             page.contains("clone_relay_connections_closed_total{reason=\"protocol_oversize\"} 2\n")
         );
         assert!(page.contains("clone_relay_sessions{state=\"completed\"} 1\n"));
+        assert!(page.contains("clone_relay_tls_reloads_total{result=\"failed\"} 1\n"));
         assert!(page.contains("clone_relay_upstream_stale_clone{upstream=\"db-a:3306\"} 1\n"));
         for line in page.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();

@@ -22,6 +22,8 @@ use crate::state::Relay;
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// How often sessions that were never resumed are failed and old ones forgotten.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the configured TLS files are checked for a change (then TLS is reloaded).
+pub const TLS_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Binds the relay's listening socket.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
@@ -33,7 +35,8 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
 
 impl Relay {
     /// Serves `listener` until `shutdown` completes, then stops accepting and gives the
-    /// connections in flight the configured grace period before closing them.
+    /// connections in flight the configured grace period before closing them. Meanwhile it
+    /// reloads TLS when a configured TLS file changes (checked every [`TLS_POLL_INTERVAL`]).
     pub async fn serve(
         &self,
         listener: TcpListener,
@@ -59,6 +62,17 @@ impl Relay {
                     // It may write the affinity file: off the async workers.
                     let registry = registry.clone();
                     let _ = tokio::task::spawn_blocking(move || registry.expire_now()).await;
+                }
+            }
+        });
+        let tls_poll = tokio::spawn({
+            let relay = self.clone();
+            async move {
+                let mut tick = tokio::time::interval(TLS_POLL_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    relay.reload_tls_if_changed();
                 }
             }
         });
@@ -112,6 +126,7 @@ impl Relay {
             tasks.wait().await;
         }
         expiry.abort();
+        tls_poll.abort();
         Ok(())
     }
 }

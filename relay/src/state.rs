@@ -1,7 +1,10 @@
 //! The relay's shared state: its settings, the clone sessions it follows, its counters, the
-//! outcome of its dials of donors. Cheap to clone; the accept loop, the connections and the admin API all hold the same state.
+//! outcome of its dials of donors, its TLS (reloadable). Cheap to clone; the accept loop, the connections and the admin API all hold the same state.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::RelayError;
@@ -10,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::protocol::Limits;
 use crate::session::affinity::AffinityStore;
 use crate::session::{Registry, SessionSettings};
-use crate::tls::Tls;
+use crate::tls::{Tls, TlsStore};
 
 /// A relay's shared state.
 #[derive(Debug, Clone)]
@@ -18,7 +21,7 @@ pub struct Relay {
     config: Arc<Config>,
     registry: Arc<Registry>,
     health: Arc<Health>,
-    tls: Arc<Tls>,
+    tls: Arc<TlsStore>,
 }
 
 impl Relay {
@@ -41,6 +44,7 @@ impl Relay {
             None => AffinityStore::in_memory(),
         };
         let registry = Registry::with_affinity(settings, Arc::new(Metrics::default()), affinity);
+        let tls = TlsStore::new(tls, &config);
         Ok(Relay {
             config: Arc::new(config),
             registry: Arc::new(registry),
@@ -61,9 +65,49 @@ impl Relay {
         self.registry.metrics()
     }
 
-    /// TLS for both legs.
-    pub fn tls(&self) -> &Tls {
-        &self.tls
+    /// TLS for both legs, as it is now: a new connection takes it once and keeps it.
+    pub fn tls(&self) -> Arc<Tls> {
+        self.tls.current()
+    }
+
+    /// Builds TLS anew from the configured files (SIGHUP does this) and uses it for new
+    /// connections; live connections keep theirs. On failure the TLS in use stays, and the
+    /// reason is logged (warn) and returned.
+    pub fn reload_tls(&self) -> Result<(), RelayError> {
+        self.record_reload(self.tls.reload(&self.config))
+    }
+
+    /// [`Relay::reload_tls`] when a configured TLS file changed since the last look (the serve
+    /// loop polls this); whether a reload was tried.
+    pub fn reload_tls_if_changed(&self) -> bool {
+        match self.tls.reload_if_changed(&self.config) {
+            Some(result) => {
+                let _ = self.record_reload(result);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Logs and counts a reload's outcome.
+    fn record_reload(&self, result: Result<Arc<Tls>, RelayError>) -> Result<(), RelayError> {
+        let metrics = self.metrics();
+        match result {
+            Ok(tls) => {
+                metrics.tls_reloads.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    fingerprint = tls.fingerprint.as_deref().unwrap_or("-"),
+                    certificate = tls.certificate_fingerprint.as_deref().unwrap_or("-"),
+                    "TLS reloaded: new connections use it, live ones keep theirs"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                metrics.tls_reload_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "TLS reload failed: the TLS in use stays");
+                Err(e)
+            }
+        }
     }
 
     /// The outcome of the latest dials of each donor, for `/readyz`.

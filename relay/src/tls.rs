@@ -1,15 +1,22 @@
-//! TLS material and policy for both legs, built once at start with rustls (ring provider):
-//! the acceptor that terminates the recipients' TLS with the relay's certificate, and the
-//! connector that speaks TLS to donors, verifying their certificates as configured.
+//! TLS material and policy for both legs, built with rustls (ring provider): the acceptor that
+//! terminates the recipients' TLS with the relay's certificate (and, with a client CA, checks
+//! theirs), and the connector that speaks TLS to donors, verifying their certificates as
+//! configured and presenting the relay's client certificate when one is configured.
 //!
 //! Without a configured certificate the relay makes its own small CA and a certificate signed
 //! by it (rcgen). With a state directory both are kept in `DIR/tls/` and reused on restart, so a
 //! recipient can pin the CA with `clone_ssl_ca`; the CA's SHA-256 fingerprint is logged.
+//!
+//! The material in use sits in a [`TlsStore`]: a reload (SIGHUP, or a change of a configured
+//! file) builds a new [`Tls`] from the files and swaps it in whole; each new connection takes
+//! the current one once, so connections already carried keep the TLS sessions they have.
 
 use std::fmt;
 use std::io;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::SystemTime;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -20,6 +27,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
@@ -42,8 +51,21 @@ pub struct Tls {
     /// SHA-256 of the certificate that anchors the relay's chain (its CA, or the configured
     /// chain's last certificate), as colon-separated hex.
     pub fingerprint: Option<String>,
+    /// SHA-256 of the relay's own certificate towards recipients (the chain's first), as
+    /// colon-separated hex: it tells two certificates under the same CA apart (a reloaded one
+    /// from the one before).
+    pub certificate_fingerprint: Option<String>,
     /// Where the relay's certificate came from.
     pub origin: Option<CertOrigin>,
+    /// Whether recipients must present a certificate from `client_tls_ca`.
+    verifies_recipients: bool,
+    /// Names of which a recipient's certificate must carry one (empty: any verified one).
+    allowed_subjects: Vec<String>,
+    /// Whether the relay presents a client certificate to donors.
+    presents_client_certificate: bool,
+    /// The relay's own certificate when it is kept nowhere: a reload keeps it rather than make
+    /// another, so recipients see the same certificate until the relay restarts.
+    ephemeral: Option<Arc<Identity>>,
 }
 
 /// Where the relay's certificate towards recipients came from.
@@ -77,6 +99,15 @@ impl Tls {
             ),
             _ => info!(%fingerprint, "TLS towards recipients with the configured certificate"),
         }
+        if self.verifies_recipients {
+            info!(
+                allowed_subjects = ?self.allowed_subjects,
+                "recipients must present a certificate from --client-tls-ca"
+            );
+        }
+        if self.presents_client_certificate {
+            info!("the relay presents its client certificate (--server-tls-cert) to donors");
+        }
     }
 }
 
@@ -86,6 +117,13 @@ impl fmt::Debug for Tls {
             .field("terminates_recipient_tls", &self.acceptor.is_some())
             .field("dials_donor_tls", &self.connector.is_some())
             .field("fingerprint", &self.fingerprint)
+            .field("certificate_fingerprint", &self.certificate_fingerprint)
+            .field("verifies_recipients", &self.verifies_recipients)
+            .field("allowed_subjects", &self.allowed_subjects)
+            .field(
+                "presents_client_certificate",
+                &self.presents_client_certificate,
+            )
             .finish()
     }
 }
@@ -94,53 +132,122 @@ impl Tls {
     /// Builds what the configured modes need; an unreadable or unsafe file is refused with an
     /// error naming its setting.
     pub fn load(config: &Config) -> Result<Self, RelayError> {
+        Self::build(config, None)
+    }
+
+    /// A new `Tls` from the configured files as they are now, for a reload: the same as
+    /// [`Tls::load`], except that the relay's own certificate, when it is kept nowhere, stays
+    /// the one this `Tls` has.
+    pub fn reload(&self, config: &Config) -> Result<Self, RelayError> {
+        Self::build(config, self.ephemeral.clone())
+    }
+
+    fn build(config: &Config, ephemeral: Option<Arc<Identity>>) -> Result<Self, RelayError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let terminates = matches!(
             config.client_tls_mode,
             ClientTlsMode::Preferred | ClientTlsMode::Required
         );
-        let (acceptor, fingerprint, origin) = if terminates {
+        let mut kept_nowhere = None;
+        let (acceptor, fingerprint, certificate_fingerprint, origin) = if terminates {
             let (identity, origin) = match (&config.client_tls_cert, &config.client_tls_key) {
-                (Some(cert), Some(key)) => {
-                    (Identity::from_files(cert, key)?, CertOrigin::Configured)
-                }
-                _ => Identity::own(config.state_dir.as_deref())?,
+                (Some(cert), Some(key)) => (
+                    Identity::from_files(cert, key, "client_tls_cert", "client_tls_key")?,
+                    CertOrigin::Configured,
+                ),
+                _ => match (&config.state_dir, ephemeral) {
+                    (None, Some(identity)) => ((*identity).clone(), CertOrigin::Ephemeral),
+                    _ => Identity::own(config.state_dir.as_deref())?,
+                },
             };
+            if origin == CertOrigin::Ephemeral {
+                kept_nowhere = Some(Arc::new(identity.clone()));
+            }
             let fingerprint = identity.fingerprint();
-            let server = ServerConfig::builder_with_provider(provider.clone())
+            let certificate_fingerprint = sha256_hex(&identity.chain[0]);
+            let builder = ServerConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
-                .map_err(|e| tls_invalid("client_tls_mode", e))?
-                .with_no_client_auth()
+                .map_err(|e| tls_invalid("client_tls_mode", e))?;
+            let builder = match &config.client_tls_ca {
+                Some(ca) => builder.with_client_cert_verifier(recipient_verifier(ca, &provider)?),
+                None => builder.with_no_client_auth(),
+            };
+            let server = builder
                 .with_single_cert(identity.chain, identity.key)
                 .map_err(|e| tls_invalid("client_tls_cert", e))?;
             (
                 Some(TlsAcceptor::from(Arc::new(server))),
                 Some(fingerprint),
+                Some(certificate_fingerprint),
                 Some(origin),
             )
         } else {
-            (None, None, None)
+            (None, None, None, None)
         };
-        let connector = if config.server_tls_mode == ServerTlsMode::Disabled
-            || config.client_tls_mode == ClientTlsMode::Passthrough
-        {
-            None
-        } else {
+        let dials_tls = config.server_tls_mode != ServerTlsMode::Disabled
+            && config.client_tls_mode != ClientTlsMode::Passthrough;
+        let client_identity = match (&config.server_tls_cert, &config.server_tls_key) {
+            (Some(cert), Some(key)) if dials_tls => Some(Identity::from_files(
+                cert,
+                key,
+                "server_tls_cert",
+                "server_tls_key",
+            )?),
+            _ => None,
+        };
+        let presents_client_certificate = client_identity.is_some();
+        let connector = if dials_tls {
             let verifier = donor_verifier(config, provider.clone())?;
             let client = ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .map_err(|e| tls_invalid("server_tls_mode", e))?
                 .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth();
+                .with_custom_certificate_verifier(verifier);
+            let client = match client_identity {
+                Some(identity) => client
+                    .with_client_auth_cert(identity.chain, identity.key)
+                    .map_err(|e| tls_invalid("server_tls_cert", e))?,
+                None => client.with_no_client_auth(),
+            };
             Some(TlsConnector::from(Arc::new(client)))
+        } else {
+            None
         };
         Ok(Tls {
             acceptor,
             connector,
             fingerprint,
+            certificate_fingerprint,
             origin,
+            verifies_recipients: terminates && config.client_tls_ca.is_some(),
+            allowed_subjects: config.client_tls_allowed_subjects.clone(),
+            presents_client_certificate,
+            ephemeral: kept_nowhere,
         })
+    }
+
+    /// Whether a recipient whose TLS handshake passed may go on: with allowed subjects
+    /// configured, its certificate must carry one of them as its subject's common name or among
+    /// its DNS or IP subject alternative names. The refusal names what the certificate carries.
+    pub fn admit_recipient(&self, chain: Option<&[CertificateDer<'_>]>) -> Result<(), String> {
+        if self.allowed_subjects.is_empty() {
+            return Ok(());
+        }
+        let Some(leaf) = chain.and_then(<[_]>::first) else {
+            return Err(
+                "clone-relay: the recipient presented no certificate, and --client-tls-allowed-subjects is set"
+                    .into(),
+            );
+        };
+        let names = CertificateNames::of(leaf)
+            .map_err(|e| format!("clone-relay: the recipient's certificate cannot be read: {e}"))?;
+        if names.match_any(&self.allowed_subjects) {
+            Ok(())
+        } else {
+            Err(format!(
+                "clone-relay: the recipient's certificate ({names}) matches none of --client-tls-allowed-subjects"
+            ))
+        }
     }
 
     /// Terminates recipients' TLS, when the mode does.
@@ -152,6 +259,92 @@ impl Tls {
     pub fn connector(&self) -> Option<&TlsConnector> {
         self.connector.as_ref()
     }
+}
+
+/// The TLS in use, swapped whole by a reload. Each new connection takes the current [`Tls`]
+/// once ([`TlsStore::current`]) and keeps it to its end, so a reload never touches a
+/// connection already carried.
+#[derive(Debug)]
+pub struct TlsStore {
+    current: RwLock<Arc<Tls>>,
+    /// Each configured TLS file with its stamp when the current `Tls` was last (re)built.
+    stamps: Mutex<Vec<(PathBuf, Stamp)>>,
+}
+
+/// What tells a changed file: its modification time and the SHA-256 of its contents (`None`:
+/// unreadable). The digest catches a rewrite within the clock's granularity.
+type Stamp = Option<(SystemTime, Vec<u8>)>;
+
+impl TlsStore {
+    /// A store holding `tls`, built from `config`'s files as they are now.
+    pub fn new(tls: Tls, config: &Config) -> Self {
+        TlsStore {
+            current: RwLock::new(Arc::new(tls)),
+            stamps: Mutex::new(stamps(config)),
+        }
+    }
+
+    /// The TLS for a new connection.
+    pub fn current(&self) -> Arc<Tls> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Builds a new `Tls` from the files and swaps it in; on failure the current one stays and
+    /// the error says why.
+    pub fn reload(&self, config: &Config) -> Result<Arc<Tls>, RelayError> {
+        let mut seen = self.stamps.lock().unwrap_or_else(PoisonError::into_inner);
+        // Stamped before reading, so a change made during the build is seen by the next poll.
+        *seen = stamps(config);
+        self.swap(config)
+    }
+
+    /// Like [`TlsStore::reload`], but only when a configured TLS file changed (its modification
+    /// time or its contents) since the last build or attempt (`None`: nothing changed). A
+    /// failed attempt is not repeated until a file changes again.
+    pub fn reload_if_changed(&self, config: &Config) -> Option<Result<Arc<Tls>, RelayError>> {
+        let mut seen = self.stamps.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = stamps(config);
+        if *seen == now {
+            return None;
+        }
+        *seen = now;
+        Some(self.swap(config))
+    }
+
+    fn swap(&self, config: &Config) -> Result<Arc<Tls>, RelayError> {
+        let new = Arc::new(self.current().reload(config)?);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = new.clone();
+        Ok(new)
+    }
+}
+
+/// The configured TLS files (certificates, keys, CAs of both legs), each with its stamp now.
+fn stamps(config: &Config) -> Vec<(PathBuf, Stamp)> {
+    [
+        &config.client_tls_cert,
+        &config.client_tls_key,
+        &config.client_tls_ca,
+        &config.server_tls_cert,
+        &config.server_tls_key,
+        &config.server_tls_ca,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|path| {
+        let stamp = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .and_then(|modified| {
+                let contents = std::fs::read(path)?;
+                let digest = ring::digest::digest(&ring::digest::SHA256, &contents);
+                Ok((modified, digest.as_ref().to_vec()))
+            })
+            .ok();
+        (path.clone(), stamp)
+    })
+    .collect()
 }
 
 /// The name the relay gives a donor in its TLS handshake: the host of `HOST:PORT` (an IP
@@ -173,21 +366,32 @@ struct Identity {
     key: PrivateKeyDer<'static>,
 }
 
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
 impl Identity {
-    fn from_files(cert: &Path, key: &Path) -> Result<Self, RelayError> {
-        refuse_shared_key(key, "client_tls_key")?;
+    /// Reads a chain and its key; errors name `cert_field` or `key_field`. A key readable by
+    /// others is refused.
+    fn from_files(
+        cert: &Path,
+        key: &Path,
+        cert_field: &'static str,
+        key_field: &'static str,
+    ) -> Result<Self, RelayError> {
+        refuse_shared_key(key, key_field)?;
         let chain = CertificateDer::pem_file_iter(cert)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| file_invalid("client_tls_cert", cert, e))?;
+            .map_err(|e| file_invalid(cert_field, cert, e))?;
         if chain.is_empty() {
-            return Err(file_invalid(
-                "client_tls_cert",
-                cert,
-                "no certificate in it",
-            ));
+            return Err(file_invalid(cert_field, cert, "no certificate in it"));
         }
-        let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| file_invalid("client_tls_key", key, e))?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_invalid(key_field, key, e))?;
         Ok(Identity { chain, key })
     }
 
@@ -200,7 +404,10 @@ impl Identity {
         let dir = state_dir.join(TLS_DIR);
         let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
         if cert.exists() && key.exists() {
-            return Ok((Self::from_files(&cert, &key)?, CertOrigin::Kept(dir)));
+            return Ok((
+                Self::from_files(&cert, &key, "client_tls_cert", "client_tls_key")?,
+                CertOrigin::Kept(dir),
+            ));
         }
         let material = make_own()?;
         material
@@ -211,10 +418,90 @@ impl Identity {
 
     /// SHA-256 of the chain's last certificate (the CA of the relay's own chain).
     fn fingerprint(&self) -> String {
-        let anchor = self.chain.last().expect("a chain is never empty");
-        let digest = ring::digest::digest(&ring::digest::SHA256, anchor.as_ref());
-        let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
-        hex.join(":")
+        sha256_hex(self.chain.last().expect("a chain is never empty"))
+    }
+}
+
+/// SHA-256 of a certificate, as colon-separated hex.
+fn sha256_hex(cert: &CertificateDer<'_>) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    hex.join(":")
+}
+
+/// The names a certificate is known by: its subject's common names, and the DNS names and IP
+/// addresses among its subject alternative names.
+#[derive(Debug, Default)]
+struct CertificateNames {
+    common_names: Vec<String>,
+    dns_names: Vec<String>,
+    ip_addresses: Vec<IpAddr>,
+}
+
+impl CertificateNames {
+    fn of(cert: &CertificateDer<'_>) -> Result<Self, String> {
+        use x509_parser::extensions::GeneralName;
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| e.to_string())?;
+        let mut names = CertificateNames {
+            common_names: parsed
+                .subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+                .collect(),
+            ..CertificateNames::default()
+        };
+        let san = parsed
+            .subject_alternative_name()
+            .map_err(|e| e.to_string())?;
+        for name in san.iter().flat_map(|san| &san.value.general_names) {
+            match name {
+                GeneralName::DNSName(dns) => names.dns_names.push((*dns).to_owned()),
+                GeneralName::IPAddress(bytes) => {
+                    if let Ok(v4) = <[u8; 4]>::try_from(*bytes) {
+                        names.ip_addresses.push(IpAddr::from(v4));
+                    } else if let Ok(v6) = <[u8; 16]>::try_from(*bytes) {
+                        names.ip_addresses.push(IpAddr::from(v6));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(names)
+    }
+
+    /// Whether any of `allowed` is one of the names: a common name exactly, a DNS name without
+    /// regard to ASCII case, an IP address as an address (`::1` is `0:0::1`).
+    fn match_any(&self, allowed: &[String]) -> bool {
+        allowed.iter().any(|entry| {
+            self.common_names.iter().any(|cn| cn == entry)
+                || self
+                    .dns_names
+                    .iter()
+                    .any(|dns| dns.eq_ignore_ascii_case(entry))
+                || entry
+                    .parse::<IpAddr>()
+                    .is_ok_and(|ip| self.ip_addresses.contains(&ip))
+        })
+    }
+}
+
+impl fmt::Display for CertificateNames {
+    /// `CN=a, DNS:b, IP:192.0.2.1`, at most eight names (then `...`), or `no names`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 8;
+        let all: Vec<String> = (self.common_names.iter().map(|cn| format!("CN={cn}")))
+            .chain(self.dns_names.iter().map(|dns| format!("DNS:{dns}")))
+            .chain(self.ip_addresses.iter().map(|ip| format!("IP:{ip}")))
+            .collect();
+        if all.is_empty() {
+            return f.write_str("no names");
+        }
+        f.write_str(&all[..all.len().min(SHOWN)].join(", "))?;
+        if all.len() > SHOWN {
+            f.write_str(", ...")?;
+        }
+        Ok(())
     }
 }
 
@@ -309,24 +596,38 @@ fn refuse_shared_key(path: &Path, field: &'static str) -> Result<(), RelayError>
     Ok(())
 }
 
+/// CA certificates from a PEM file; the error names `field`.
+fn read_roots(path: &Path, field: &'static str) -> Result<RootCertStore, RelayError> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| file_invalid(field, path, e))?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(file_invalid(field, path, "no usable CA certificate in it"));
+    }
+    Ok(roots)
+}
+
+/// The verifier of recipients' certificates: a valid chain to one of the CAs in `ca_file` (in
+/// its validity period, for client authentication) is required.
+fn recipient_verifier(
+    ca_file: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, RelayError> {
+    let roots = read_roots(ca_file, "client_tls_ca")?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| tls_invalid("client_tls_ca", e))
+}
+
 /// The verifier of donors' certificates for the configured mode.
 fn donor_verifier(
     config: &Config,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ServerCertVerifier>, RelayError> {
     let webpki = |path: &PathBuf| -> Result<Arc<WebPkiServerVerifier>, RelayError> {
-        let mut roots = RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| file_invalid("server_tls_ca", path, e))?;
-        let (added, _) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(file_invalid(
-                "server_tls_ca",
-                path,
-                "no usable CA certificate in it",
-            ));
-        }
+        let roots = read_roots(path, "server_tls_ca")?;
         WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| tls_invalid("server_tls_ca", e))
@@ -465,5 +766,52 @@ fn file_invalid(field: &'static str, path: &Path, e: impl fmt::Display) -> Relay
     RelayError::Config {
         field,
         reason: format!("{}: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names_of(params: CertificateParams) -> CertificateNames {
+        let cert = params.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        CertificateNames::of(cert.der()).unwrap()
+    }
+
+    #[test]
+    fn names_match_by_common_name_dns_name_or_ip_address() {
+        let mut params = CertificateParams::new(vec![
+            "Recipient.Example".to_string(),
+            "2001:db8::7".to_string(),
+        ])
+        .unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Clone Recipient");
+        let names = names_of(params);
+        assert_eq!(
+            names.to_string(),
+            "CN=Clone Recipient, DNS:Recipient.Example, IP:2001:db8::7"
+        );
+        let allows = |entry: &str| names.match_any(&[entry.to_string()]);
+        assert!(allows("Clone Recipient"));
+        assert!(!allows("clone recipient"), "a common name matches exactly");
+        assert!(allows("recipient.example"), "DNS names ignore ASCII case");
+        assert!(
+            allows("2001:0db8:0:0::7"),
+            "an address is compared as an address"
+        );
+        assert!(!allows("recipient"));
+        assert!(!allows("2001:db8::8"));
+        assert!(!names.match_any(&[]));
+    }
+
+    #[test]
+    fn a_certificate_without_names_says_so() {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let names = names_of(params);
+        assert_eq!(names.to_string(), "no names");
+        assert!(!names.match_any(&["".to_string(), "x".to_string()]));
     }
 }

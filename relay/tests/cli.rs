@@ -329,3 +329,62 @@ fn an_upstream_that_is_not_mysql_is_named() {
     assert!(line.contains("not a MySQL server"), "{line}");
     server.join().unwrap();
 }
+
+/// Reads the child's log lines into `log` until one contains `marker`.
+fn read_log_until(stderr: &mut impl BufRead, log: &mut String, marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log.contains(marker) {
+        assert!(Instant::now() < deadline, "no {marker:?} in: {log}");
+        if stderr.read_line(log).unwrap() == 0 {
+            panic!("relay exited before {marker:?}: {log}");
+        }
+    }
+}
+
+fn hangup(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn sighup_reloads_tls_and_a_failed_reload_keeps_the_relay_running() {
+    let state = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("clone-relay-cli-sighup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(&state).unwrap();
+    let donor = fake_donor();
+    let mut child = command(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &donor,
+        "--state-dir",
+        state.to_str().unwrap(),
+    ])
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    read_log_until(&mut stderr, &mut log, "relay listening");
+
+    hangup(&child);
+    read_log_until(&mut stderr, &mut log, "TLS reloaded");
+
+    // The relay's own certificate, broken in its state directory: the reload fails, says why,
+    // and the relay runs on.
+    std::fs::write(state.join("tls").join("cert.pem"), "broken").unwrap();
+    hangup(&child);
+    read_log_until(&mut stderr, &mut log, "TLS reload failed");
+    assert!(log.contains("client_tls_cert"), "{log}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the relay stopped: {log}"
+    );
+    stop(&mut child);
+    std::fs::remove_dir_all(&state).unwrap();
+}
