@@ -733,7 +733,7 @@ fn a_key_readable_by_others_is_refused_at_start() {
     config.client_tls_key = None;
     let err = Relay::new(config.clone()).unwrap_err().to_string();
     assert!(
-        err.contains("server_tls_key") && err.contains("readable by others"),
+        err.contains("server_tls_key") && err.contains("readable by its group or others"),
         "{err}"
     );
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
