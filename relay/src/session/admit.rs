@@ -46,24 +46,23 @@ impl Registry {
             .filter(unfinished)
             .find(|s| s.state == SessionState::Resuming)
             .map(|s| s.id);
-        let mut restored = false;
-        let affine = resuming
+        let from_session = resuming
             .and_then(|id| inner.sessions.get(&id))
             .or_else(|| inner.sessions.values().rev().find(unfinished))
-            .map(|s| s.upstream.clone())
-            .or_else(|| {
-                inner
-                    .conns
-                    .values()
-                    .filter(|c| c.peer_ip == ip && !c.upstream.is_empty())
-                    .max_by_key(|c| c.record.id)
-                    .map(|c| c.upstream.clone())
-            })
-            .or_else(|| {
-                let remembered = self.affinity().get(ip).map(str::to_string);
-                restored = remembered.is_some();
-                remembered
-            });
+            .map(|s| s.upstream.clone());
+        let from_live_conn = || {
+            inner
+                .conns
+                .values()
+                .filter(|c| c.peer_ip == ip && !c.upstream.is_empty())
+                .max_by_key(|c| c.record.id)
+                .map(|c| c.upstream.clone())
+        };
+        let remembered = self.affinity().get(ip).map(str::to_string);
+        // With no session of its own yet, a recipient the affinity file remembers is resuming a
+        // clone from before the restart, whether or not another of its sockets came first.
+        let restored = from_session.is_none() && remembered.is_some();
+        let affine = from_session.or_else(from_live_conn).or(remembered);
         let donors = match affine {
             Some(donor) => vec![donor],
             None => {

@@ -441,3 +441,33 @@ async fn the_next_donor_skips_one_taken_meanwhile() {
     let next = reg.reserve_next(1, &x.donors, &["a:1".to_string()]);
     assert_eq!(next.as_deref(), Some("c:1"));
 }
+
+/// After a restart, every reconnect of a remembered recipient draws from the restored budget,
+/// not only the first one.
+#[tokio::test(start_paused = true)]
+async fn every_reconnect_after_a_restart_may_wait_for_its_donor() {
+    let dir = std::env::temp_dir().join(format!("clone-relay-restored-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        let mut store = affinity::AffinityStore::load(&dir, Duration::from_secs(3600));
+        store.keep("10.0.4.1".parse().unwrap(), DONORS[1]);
+        store.take_changes().unwrap().save();
+    }
+    let store = affinity::AffinityStore::load(&dir, Duration::from_secs(3600));
+    let reg = Arc::new(Registry::with_affinity(
+        SessionSettings::default(),
+        Arc::new(Metrics::default()),
+        store,
+    ));
+    let (_first, first) = connect(&reg, 1, "10.0.4.1");
+    let (_second, second) = connect(&reg, 2, "10.0.4.1");
+    for admitted in [&first, &second] {
+        assert_eq!(admitted.donors, [DONORS[1]]);
+        assert!(admitted.resuming && admitted.long_wait, "{admitted:?}");
+    }
+    // Another recipient is not affected.
+    let (_other, other) = connect(&reg, 3, "10.0.4.2");
+    assert!(!other.resuming && !other.long_wait);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
