@@ -16,6 +16,13 @@ use crate::protocol::decoder::Event;
 const DONOR_PATIENCE_SETTING: &str = "clone_donor_timeout_after_network_failure";
 /// MySQL allows up to 30 minutes for it; anything larger is not a real setting.
 const MAX_DONOR_PATIENCE_MINUTES: u64 = 30;
+/// ER_CLONE_ENCRYPTION: the donor sends encrypted tablespaces, or encrypted redo or undo, only
+/// over a TLS connection, and its connection (the relay's donor leg) is plain.
+pub const ER_CLONE_ENCRYPTION: i32 = 3872;
+/// The reason the relay gives for [`ER_CLONE_ENCRYPTION`] on a plain donor leg.
+pub const ENCRYPTED_OVER_PLAIN_DONOR_LEG: &str = "the donor sends encrypted data only over TLS \
+     and the relay's donor leg is plain: set --server-tls-mode to preferred or required (under \
+     as-client the donor leg is plain whenever the recipient clones without TLS)";
 
 impl Registry {
     /// Applies what the decoder saw on `conn`, now in `phase`.
@@ -226,19 +233,40 @@ fn on_complete(inner: &mut Inner, conn: ConnId, now: Instant) {
     }
 }
 
-/// The donor's ERROR: recorded on the session; on the main connection it ends the clone.
+/// The donor's ERROR: recorded on the session, with the relay's reason when it knows the fix;
+/// on the main connection it ends the clone.
 fn on_error(inner: &mut Inner, conn: ConnId, errno: i32, message: String, now: Instant) {
     let Some(c) = inner.conns.get(&conn) else {
         return;
     };
     let is_main = c.record.role == Role::Main;
+    let reason = explain(errno, c.record.tls_upstream);
     if let Some(s) = c.session.and_then(|id| inner.sessions.get_mut(&id)) {
-        warn!(clone_session = s.id, errno, %message, "donor reported a clone error");
-        s.error = Some(CloneErrorView { errno, message });
+        match reason {
+            Some(reason) => warn!(
+                clone_session = s.id,
+                errno,
+                %message,
+                reason,
+                "donor reported a clone error"
+            ),
+            None => warn!(clone_session = s.id, errno, %message, "donor reported a clone error"),
+        }
+        s.error = Some(CloneErrorView {
+            errno,
+            message,
+            reason: reason.map(str::to_string),
+        });
         if is_main {
             s.set_state(SessionState::Failed, now);
         }
     }
+}
+
+/// The cause and fix of a donor's error that the relay's own settings explain: `tls_upstream`
+/// tells whether the connection's donor leg runs TLS.
+fn explain(errno: i32, tls_upstream: bool) -> Option<&'static str> {
+    (errno == ER_CLONE_ENCRYPTION && !tls_upstream).then_some(ENCRYPTED_OVER_PLAIN_DONOR_LEG)
 }
 
 /// The donor's resume patience, read from its CONFIG responses.

@@ -157,6 +157,7 @@ impl Registry {
                 s.error = Some(CloneErrorView {
                     errno: 0,
                     message: format!("the recipient did not resume within {} s", limit.as_secs()),
+                    reason: None,
                 });
                 s.donor_holds_until = Some(lost + patience);
                 s.set_state(SessionState::Failed, now);

@@ -26,6 +26,7 @@ mod view;
 mod tests;
 
 pub use admit::Admitted;
+pub use apply::{ENCRYPTED_OVER_PLAIN_DONOR_LEG, ER_CLONE_ENCRYPTION};
 pub use handle::ConnHandle;
 pub use state::{Change, CloneErrorView, ConnRecord, ResumeRecord, Role, SessionState};
 pub use view::{Progress, SessionView, SessionsView, StaleDonorView};

@@ -139,6 +139,9 @@ pub struct Change<T> {
 pub struct CloneErrorView {
     pub errno: i32,
     pub message: String,
+    /// The relay's reading of the error when it knows the cause and the fix (for example an
+    /// encrypted clone over a plain donor leg).
+    pub reason: Option<String>,
 }
 
 /// A connection the relay carries now.

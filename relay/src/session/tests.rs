@@ -188,6 +188,46 @@ async fn a_donor_error_on_main_fails_the_clone() {
     assert_eq!(s.error.unwrap().message, "network");
 }
 
+/// The donor's ERROR 3872 on `conn` of a fresh clone whose donor legs run TLS or not.
+fn encryption_refused(tls_upstream: bool) -> SessionView {
+    let reg = registry();
+    let _conns = start_clone(&reg, clone_id(5));
+    for conn in 1..=3 {
+        reg.set_tls(conn, tls_upstream, tls_upstream);
+    }
+    send(
+        &reg,
+        1,
+        vec![Event::CloneError {
+            errno: ER_CLONE_ENCRYPTION,
+            message: "Clone needs SSL connection for encrypted table.".into(),
+        }],
+    );
+    only_session(&reg)
+}
+
+#[tokio::test(start_paused = true)]
+async fn encrypted_data_refused_over_a_plain_donor_leg_names_the_fix() {
+    let s = encryption_refused(false);
+    assert_eq!(s.state, SessionState::Failed);
+    let error = s.error.unwrap();
+    assert_eq!(error.errno, 3872);
+    assert_eq!(
+        error.message,
+        "Clone needs SSL connection for encrypted table."
+    );
+    let reason = error
+        .reason
+        .expect("a reason for 3872 on a plain donor leg");
+    assert_eq!(reason, ENCRYPTED_OVER_PLAIN_DONOR_LEG);
+    assert!(reason.contains("--server-tls-mode"), "{reason}");
+
+    // The same error over a TLS donor leg is not the relay's doing: no reason is made up.
+    let s = encryption_refused(true);
+    assert_eq!(s.state, SessionState::Failed);
+    assert_eq!(s.error.unwrap().reason, None);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_resume_is_recorded_with_its_outage_and_the_blocks_sent_again() {
     let reg = registry();
