@@ -29,6 +29,13 @@ const SOCKET: &str = "/var/run/mysqld/mysqld.sock";
 /// The harness's folder inside a container; the data directory is `data` in it. Files written
 /// next to the data directory survive a clone (which replaces only the data directory).
 const STATE_DIR: &str = "/var/lib/clone-relay";
+/// The keyring file of a server started with [`ServerOptions::keyring`], next to the data
+/// directory.
+pub const KEYRING_FILE: &str = "/var/lib/clone-relay/keyring/component_keyring_file";
+/// Where mysqld looks for its global manifest (next to its binary) and for the keyring
+/// component's configuration (the plugin directory) in the harness image.
+const MANIFEST: &str = "/usr/sbin/mysqld.my";
+const KEYRING_CONFIG: &str = "/usr/lib/mysql/plugin/component_keyring_file.cnf";
 /// The port mysqld listens on inside an isolated server's own namespace.
 const ISOLATED_PORT: u16 = 3306;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
@@ -50,6 +57,15 @@ pub struct ServerOptions {
     pub extra_args: Vec<String>,
     /// A network namespace of its own (for kernel-level faults), port published on loopback.
     pub isolated: bool,
+    /// The `component_keyring_file` keyring loaded from the first start (initialisation
+    /// included), so that InnoDB can encrypt tablespaces (`ENCRYPTION='Y'`) and a recipient can
+    /// receive encrypted ones: the global manifest `mysqld.my` next to mysqld names the component,
+    /// its configuration `component_keyring_file.cnf` in the plugin directory names the keyring
+    /// file, kept next to the data directory ([`KEYRING_FILE`]) so that a clone, which replaces
+    /// the data directory, leaves it in place. A recipient needs one too: the donor sends each
+    /// tablespace key decrypted (over TLS only) and the recipient encrypts it with its own master
+    /// key.
+    pub keyring: bool,
 }
 
 impl ServerOptions {
@@ -60,6 +76,7 @@ impl ServerOptions {
             valid_donors: Vec::new(),
             extra_args: Vec::new(),
             isolated: false,
+            keyring: false,
         }
     }
 
@@ -70,6 +87,7 @@ impl ServerOptions {
             valid_donors: valid_donors.iter().map(ToString::to_string).collect(),
             extra_args: Vec::new(),
             isolated: false,
+            keyring: false,
         }
     }
 }
@@ -324,11 +342,24 @@ fn start_script(port: u16, bind: &str, options: &ServerOptions) -> String {
     };
     let extra = options.extra_args.join(" ");
     let server_id = options.server_id;
+    // Written before the first mysqld (the initialisation) runs: the keyring is there from
+    // the start.
+    let keyring = if options.keyring {
+        format!(
+            r#"mkdir -p "$(dirname {KEYRING_FILE})"
+printf '%s\n' '{{"components": "file://component_keyring_file"}}' > {MANIFEST}
+printf '%s\n' '{{"path": "{KEYRING_FILE}", "read_only": false}}' > {KEYRING_CONFIG}
+chmod 0444 {MANIFEST} {KEYRING_CONFIG}
+"#
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"set -eu
 state={STATE_DIR}
 mkdir -p /var/run/mysqld /var/lib/mysql-files "$state"
-cat > "$state/init.sql" <<'SQL'
+{keyring}cat > "$state/init.sql" <<'SQL'
 CREATE USER IF NOT EXISTS '{DONOR_USER}'@'%' IDENTIFIED BY '{DONOR_PASSWORD}';
 GRANT BACKUP_ADMIN ON *.* TO '{DONOR_USER}'@'%';
 SQL

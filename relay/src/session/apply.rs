@@ -233,8 +233,9 @@ fn on_complete(inner: &mut Inner, conn: ConnId, now: Instant) {
     }
 }
 
-/// The donor's ERROR: recorded on the session, with the relay's reason when it knows the fix;
-/// on the main connection it ends the clone.
+/// The donor's ERROR: recorded on the session (the latest, unless an earlier one has the
+/// relay's reason), with the relay's reason when it knows the fix; on the main connection it
+/// ends the clone.
 fn on_error(inner: &mut Inner, conn: ConnId, errno: i32, message: String, now: Instant) {
     let Some(c) = inner.conns.get(&conn) else {
         return;
@@ -252,11 +253,15 @@ fn on_error(inner: &mut Inner, conn: ConnId, errno: i32, message: String, now: I
             ),
             None => warn!(clone_session = s.id, errno, %message, "donor reported a clone error"),
         }
-        s.error = Some(CloneErrorView {
-            errno,
-            message,
-            reason: reason.map(str::to_string),
-        });
+        // An error the relay explains is the clone's cause: a later one it does not explain
+        // (another connection failing after it) leaves it in place.
+        if reason.is_some() || s.error.as_ref().is_none_or(|e| e.reason.is_none()) {
+            s.error = Some(CloneErrorView {
+                errno,
+                message,
+                reason: reason.map(str::to_string),
+            });
+        }
         if is_main {
             s.set_state(SessionState::Failed, now);
         }

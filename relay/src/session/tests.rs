@@ -222,6 +222,31 @@ async fn encrypted_data_refused_over_a_plain_donor_leg_names_the_fix() {
     assert_eq!(reason, ENCRYPTED_OVER_PLAIN_DONOR_LEG);
     assert!(reason.contains("--server-tls-mode"), "{reason}");
 
+    // A later error the relay does not explain leaves the cause in place.
+    let reg = registry();
+    let _conns = start_clone(&reg, clone_id(6));
+    let refused = Event::CloneError {
+        errno: ER_CLONE_ENCRYPTION,
+        message: "Clone needs SSL connection for encrypted table.".into(),
+    };
+    send(&reg, 3, vec![refused]);
+    send(
+        &reg,
+        1,
+        vec![Event::CloneError {
+            errno: 1158,
+            message: "network".into(),
+        }],
+    );
+    let s = only_session(&reg);
+    assert_eq!(s.state, SessionState::Failed);
+    let error = s.error.unwrap();
+    assert_eq!(error.errno, 3872);
+    assert_eq!(
+        error.reason.as_deref(),
+        Some(ENCRYPTED_OVER_PLAIN_DONOR_LEG)
+    );
+
     // The same error over a TLS donor leg is not the relay's doing: no reason is made up.
     let s = encryption_refused(true);
     assert_eq!(s.state, SessionState::Failed);
