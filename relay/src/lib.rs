@@ -40,6 +40,7 @@ pub mod handshake;
 pub mod health;
 pub mod io;
 pub mod leg;
+pub mod limit;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

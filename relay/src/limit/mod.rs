@@ -1,0 +1,175 @@
+//! Bandwidth caps at scopes that combine: the whole relay (every clone sharing the link) and
+//! each clone session (all of its connections), each in both directions, to the donor and to
+//! the recipient. A connection draws from its relay's buckets from the start and from its
+//! session's once the wire says which clone it belongs to; a byte passes when every bucket it
+//! draws from lets it through.
+//!
+//! - [`clock`]: the clock the limiters run on, and why.
+//! - [`bucket`]: one cap on governor, sized to stay accurate, with a turn queue for fairness.
+//! - [`chain`]: the buckets of one direction of a connection, and how a charge is paid.
+//! - [`stream`]: [`Limited`], the copy path's decorator.
+
+pub mod bucket;
+mod chain;
+mod clock;
+mod stream;
+
+pub use bucket::Bucket;
+pub use chain::{Chain, pay};
+pub use stream::Limited;
+
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::Direction;
+
+/// A cap in each direction, bytes per second; `None` is no cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caps {
+    pub to_donor: Option<u64>,
+    pub to_recipient: Option<u64>,
+}
+
+impl Caps {
+    pub fn both(rate: Option<u64>) -> Caps {
+        Caps {
+            to_donor: rate,
+            to_recipient: rate,
+        }
+    }
+}
+
+/// The caps of both scopes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Targets {
+    pub relay: Caps,
+    pub session: Caps,
+}
+
+/// A pair of buckets, one per direction.
+#[derive(Debug)]
+pub struct Pair {
+    pub to_donor: Arc<Bucket>,
+    pub to_recipient: Arc<Bucket>,
+}
+
+impl Pair {
+    fn new(caps: Caps) -> Pair {
+        Pair {
+            to_donor: Arc::new(Bucket::new(caps.to_donor)),
+            to_recipient: Arc::new(Bucket::new(caps.to_recipient)),
+        }
+    }
+
+    fn set(&self, caps: Caps) {
+        self.to_donor.set_rate(caps.to_donor);
+        self.to_recipient.set_rate(caps.to_recipient);
+    }
+
+    /// The bucket bytes travelling `dir` draw from.
+    pub fn toward(&self, dir: Direction) -> &Arc<Bucket> {
+        match dir {
+            Direction::Upstream => &self.to_donor,
+            Direction::Downstream => &self.to_recipient,
+        }
+    }
+}
+
+/// The relay's limits: its own buckets and every live session's. Each session has buckets of
+/// its own, dropped with it.
+#[derive(Debug)]
+pub struct RelayLimits {
+    targets: RwLock<Targets>,
+    relay: Pair,
+    sessions: Mutex<Vec<Weak<Pair>>>,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits::new(Targets::default())
+    }
+}
+
+impl RelayLimits {
+    pub fn new(targets: Targets) -> RelayLimits {
+        RelayLimits {
+            targets: RwLock::new(targets),
+            relay: Pair::new(targets.relay),
+            sessions: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn targets(&self) -> Targets {
+        *self.targets.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The relay-wide buckets.
+    pub fn relay(&self) -> &Pair {
+        &self.relay
+    }
+
+    /// Applies new caps to the relay's buckets and to every live session's; connections follow
+    /// within a fraction of a second.
+    pub fn set(&self, targets: Targets) {
+        *self.targets.write().unwrap_or_else(PoisonError::into_inner) = targets;
+        self.relay.set(targets.relay);
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        sessions.retain(|s| match s.upgrade() {
+            Some(session) => {
+                session.set(targets.session);
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// New buckets for a session, under the current session caps.
+    pub fn new_session(&self) -> Arc<Pair> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        // Created under the lock, so a concurrent `set` cannot miss it.
+        let pair = Arc::new(Pair::new(self.targets().session));
+        sessions.retain(|s| s.strong_count() > 0);
+        sessions.push(Arc::downgrade(&pair));
+        pair
+    }
+
+    /// The chains of a new connection: the relay's buckets only.
+    pub fn connection(&self) -> ConnLimits {
+        ConnLimits {
+            to_donor: Chain::new(vec![self.relay.to_donor.clone()]),
+            to_recipient: Chain::new(vec![self.relay.to_recipient.clone()]),
+        }
+    }
+
+    /// Whether any cap is set, at either scope.
+    pub fn any(&self) -> bool {
+        self.targets() != Targets::default()
+    }
+}
+
+/// The chains of one connection, one per direction.
+#[derive(Debug, Clone, Default)]
+pub struct ConnLimits {
+    pub to_donor: Chain,
+    pub to_recipient: Chain,
+}
+
+impl ConnLimits {
+    /// Makes the connection draw from its session's buckets too.
+    pub fn join(&self, session: &Pair) {
+        self.to_donor.join(session.to_donor.clone());
+        self.to_recipient.join(session.to_recipient.clone());
+    }
+
+    /// The chain of bytes travelling `dir`.
+    pub fn toward(&self, dir: Direction) -> &Chain {
+        match dir {
+            Direction::Upstream => &self.to_donor,
+            Direction::Downstream => &self.to_recipient,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
