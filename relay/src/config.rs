@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::error::RelayError;
-use crate::units::{self, parse_duration, parse_size};
+use crate::limit::{Caps, Targets};
+use crate::units::{self, parse_duration, parse_rate, parse_size};
 
 /// Everything the relay needs to run. As flags and TOML keys, the names are those given in
 /// `#[arg(long)]` and `#[serde(rename)]`; the stall settings are a `[stall]` table in the file.
@@ -103,6 +104,10 @@ pub struct Config {
     /// Stall detection on main and worker connections while the donor owes data.
     #[command(flatten)]
     pub stall: StallSettings,
+
+    /// Bandwidth caps: the whole relay's and each clone session's.
+    #[command(flatten)]
+    pub limits: LimitSettings,
 
     /// How long a reconnect of a resuming clone may wait for its donor to come back.
     #[arg(long, value_name = "DURATION", default_value = "4m", value_parser = parse_duration)]
@@ -314,6 +319,112 @@ pub struct StallSettings {
 impl Default for StallSettings {
     fn default() -> Self {
         clap_defaults()
+    }
+}
+
+/// Bandwidth caps, in bytes or bits per second (`100MiB/s`, `500Mbit/s`, `1.5GB/s`); unset is
+/// no cap. `rate` caps the whole relay (every clone together) and `session_rate` each clone
+/// session (all of its connections), each in both directions counted apart; the `_to_donor` and
+/// `_to_recipient` settings override one direction. Bytes are counted on the relay's own
+/// sockets, TLS records included.
+///
+/// On the command line these are `--rate`, `--session-rate`, `--rate-to-donor`... ; in the file,
+/// the keys `relay`, `session`, `relay_to_donor`... of a `[limits]` table. `PUT /limits` on the
+/// admin API and SIGHUP (rereading the file) change them while clones run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Cap on the whole relay, each direction (e.g. 100MiB/s).
+    #[arg(id = "limits.relay", long = "rate", value_name = "RATE", value_parser = parse_rate)]
+    #[serde(with = "units::option_rate", skip_serializing_if = "Option::is_none")]
+    pub relay: Option<u64>,
+
+    /// Cap on each clone session, each direction (e.g. 20MiB/s).
+    #[arg(
+        id = "limits.session",
+        long = "session-rate",
+        value_name = "RATE",
+        value_parser = parse_rate
+    )]
+    #[serde(with = "units::option_rate", skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
+
+    /// Cap on the whole relay towards donors, over `--rate`.
+    #[arg(
+        id = "limits.relay_to_donor",
+        long = "rate-to-donor",
+        value_name = "RATE",
+        value_parser = parse_rate
+    )]
+    #[serde(with = "units::option_rate", skip_serializing_if = "Option::is_none")]
+    pub relay_to_donor: Option<u64>,
+
+    /// Cap on the whole relay towards recipients (the clone data), over `--rate`.
+    #[arg(
+        id = "limits.relay_to_recipient",
+        long = "rate-to-recipient",
+        value_name = "RATE",
+        value_parser = parse_rate
+    )]
+    #[serde(with = "units::option_rate", skip_serializing_if = "Option::is_none")]
+    pub relay_to_recipient: Option<u64>,
+
+    /// Cap on each session towards its donor, over `--session-rate`.
+    #[arg(
+        id = "limits.session_to_donor",
+        long = "session-rate-to-donor",
+        value_name = "RATE",
+        value_parser = parse_rate
+    )]
+    #[serde(with = "units::option_rate", skip_serializing_if = "Option::is_none")]
+    pub session_to_donor: Option<u64>,
+
+    /// Cap on each session towards its recipient (the clone data), over `--session-rate`.
+    #[arg(
+        id = "limits.session_to_recipient",
+        long = "session-rate-to-recipient",
+        value_name = "RATE",
+        value_parser = parse_rate
+    )]
+    #[serde(with = "units::option_rate", skip_serializing_if = "Option::is_none")]
+    pub session_to_recipient: Option<u64>,
+}
+
+impl LimitSettings {
+    /// The caps per scope and direction, overrides applied.
+    pub fn targets(&self) -> Targets {
+        Targets {
+            relay: Caps {
+                to_donor: self.relay_to_donor.or(self.relay),
+                to_recipient: self.relay_to_recipient.or(self.relay),
+            },
+            session: Caps {
+                to_donor: self.session_to_donor.or(self.session),
+                to_recipient: self.session_to_recipient.or(self.session),
+            },
+        }
+    }
+
+    /// Each cap of `self`, else `other`'s.
+    pub fn or(self, other: LimitSettings) -> LimitSettings {
+        LimitSettings {
+            relay: self.relay.or(other.relay),
+            session: self.session.or(other.session),
+            relay_to_donor: self.relay_to_donor.or(other.relay_to_donor),
+            relay_to_recipient: self.relay_to_recipient.or(other.relay_to_recipient),
+            session_to_donor: self.session_to_donor.or(other.session_to_donor),
+            session_to_recipient: self.session_to_recipient.or(other.session_to_recipient),
+        }
+    }
+
+    /// The `[limits]` table of a settings file, no cap for what it leaves out.
+    pub fn from_file(text: &str) -> Result<LimitSettings, String> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        match table.get("limits") {
+            None => Ok(LimitSettings::default()),
+            Some(limits) => LimitSettings::deserialize(limits.clone())
+                .map_err(|e| format!("[limits]: {}", e.message())),
+        }
     }
 }
 
@@ -850,6 +961,37 @@ mod tests {
             Merge::File(reason) => reason,
             Merge::Invalid(e) => e.to_string(),
         })
+    }
+
+    #[test]
+    fn limits_come_from_flags_and_the_file_with_overrides_per_direction() {
+        let c = merged(&["--upstream", "db:3306", "--session-rate", "20MiB/s"], None).unwrap();
+        assert_eq!(c.limits.session, Some(20 << 20));
+        assert_eq!(c.limits.targets().session, Caps::both(Some(20 << 20)));
+        assert_eq!(c.limits.targets().relay, Caps::both(None));
+
+        let file = "upstream = \"db:3306\"\n[limits]\nrelay = \"1Gbit/s\"\nsession_to_recipient = \"1.5MB/s\"\n";
+        let c = merged(&["--rate-to-donor", "1MiB/s"], Some(file)).unwrap();
+        let targets = c.limits.targets();
+        assert_eq!(targets.relay.to_recipient, Some(125_000_000));
+        assert_eq!(targets.relay.to_donor, Some(1 << 20));
+        assert_eq!(targets.session.to_recipient, Some(1_500_000));
+        assert_eq!(targets.session.to_donor, None);
+        assert_eq!(LimitSettings::from_file(file).unwrap(), LimitSettings {
+                relay_to_donor: None,
+                ..c.limits
+            });
+
+        let err = merged(&["--upstream", "db:3306", "--rate", "fast"], None).unwrap_err();
+        assert!(err.contains("rate") && err.contains("fast"), "{err}");
+        let err = merged(&[], Some("upstream = \"db:3306\"\n[limits]\nsession = \"10MiB\"\n"))
+            .unwrap_err();
+        assert!(err.contains("session") && err.contains("/s"), "{err}");
+        let err = LimitSettings::from_file("[limits]\nsesion = \"1MiB/s\"\n").unwrap_err();
+        assert!(err.contains("sesion"), "{err}");
+        // Written back as read.
+        let round = toml::to_string(&c).unwrap();
+        assert!(round.contains("relay = \"125000000B/s\""), "{round}");
     }
 
     #[test]

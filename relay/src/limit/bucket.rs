@@ -32,6 +32,8 @@ pub const BURST_WINDOW: Duration = Duration::from_millis(20);
 pub const MIN_SLICE: u64 = 16 << 10;
 /// A waiter's share per turn is this much of the cap, at least [`MIN_SLICE`].
 pub const SLICE_WINDOW: Duration = Duration::from_micros(100);
+/// Shortest time a [`Bucket::recent_rate`] figure covers.
+pub const RATE_SAMPLE: Duration = Duration::from_secs(1);
 /// Longest single sleep of a waiter, so a changed cap applies soon.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
@@ -97,6 +99,8 @@ pub struct Bucket {
     turns: tokio::sync::Mutex<()>,
     granted: AtomicU64,
     created: Instant,
+    /// The latest rate sample: when it was taken, the count then, the rate it gave.
+    sample: std::sync::Mutex<(Instant, u64, u64)>,
 }
 
 impl Bucket {
@@ -106,6 +110,7 @@ impl Bucket {
             turns: tokio::sync::Mutex::new(()),
             granted: AtomicU64::new(0),
             created: Instant::now(),
+            sample: std::sync::Mutex::new((Instant::now(), 0, 0)),
         }
     }
 
@@ -143,6 +148,21 @@ impl Bucket {
             true => (self.granted() as f64 / secs) as u64,
             false => 0,
         }
+    }
+
+    /// The rate let through over the latest [`RATE_SAMPLE`] or more: the sample is renewed when
+    /// it is that old, so readers a second or more apart each get a fresh figure.
+    pub fn recent_rate(&self) -> u64 {
+        let mut sample = self.sample.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, count, rate) = *sample;
+        let elapsed = at.elapsed();
+        if elapsed >= RATE_SAMPLE {
+            let now = self.granted();
+            let rate = ((now - count) as f64 / elapsed.as_secs_f64()) as u64;
+            *sample = (Instant::now(), now, rate);
+            return rate;
+        }
+        rate
     }
 
     pub(super) fn count(&self, bytes: u64) {

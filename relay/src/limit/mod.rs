@@ -18,11 +18,15 @@ pub use bucket::Bucket;
 pub use chain::{Chain, pay};
 pub use stream::Limited;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::Direction;
+
+/// A clone session's id, as the session registry numbers them.
+pub type SessionId = u64;
 
 /// A cap in each direction, bytes per second; `None` is no cap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +71,14 @@ impl Pair {
         self.to_recipient.set_rate(caps.to_recipient);
     }
 
+    /// The caps and what passed, for the admin API.
+    pub fn view(&self) -> PairView {
+        PairView {
+            to_donor: BucketView::of(&self.to_donor),
+            to_recipient: BucketView::of(&self.to_recipient),
+        }
+    }
+
     /// The bucket bytes travelling `dir` draw from.
     pub fn toward(&self, dir: Direction) -> &Arc<Bucket> {
         match dir {
@@ -76,13 +88,59 @@ impl Pair {
     }
 }
 
+/// One bucket as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BucketView {
+    /// The cap as written (`20MiB/s`), or null for none.
+    pub cap: Option<String>,
+    pub cap_bytes_per_second: Option<u64>,
+    /// Bytes let through over the latest second or more.
+    pub achieved_bytes_per_second: u64,
+    /// Bytes let through since the bucket was made.
+    pub passed_bytes: u64,
+}
+
+impl BucketView {
+    fn of(bucket: &Bucket) -> BucketView {
+        let rate = bucket.rate();
+        BucketView {
+            cap: rate.map(crate::units::format_rate),
+            cap_bytes_per_second: rate,
+            achieved_bytes_per_second: bucket.recent_rate(),
+            passed_bytes: bucket.granted(),
+        }
+    }
+}
+
+/// Both directions of a scope, as the admin API shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairView {
+    pub to_donor: BucketView,
+    pub to_recipient: BucketView,
+}
+
+/// The relay's limits as `GET /limits` shows them: the relay's buckets, and the caps each
+/// session gets (a session's own figures are in `/sessions`).
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitsView {
+    pub relay: PairView,
+    pub session_caps: CapsView,
+}
+
+/// Caps as written, null for none.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapsView {
+    pub to_donor: Option<String>,
+    pub to_recipient: Option<String>,
+}
+
 /// The relay's limits: its own buckets and every live session's. Each session has buckets of
-/// its own, dropped with it.
+/// its own, held by its connections and dropped with the last of them.
 #[derive(Debug)]
 pub struct RelayLimits {
     targets: RwLock<Targets>,
     relay: Pair,
-    sessions: Mutex<Vec<Weak<Pair>>>,
+    sessions: Mutex<HashMap<SessionId, Weak<Pair>>>,
 }
 
 impl Default for RelayLimits {
@@ -96,7 +154,7 @@ impl RelayLimits {
         RelayLimits {
             targets: RwLock::new(targets),
             relay: Pair::new(targets.relay),
-            sessions: Mutex::new(Vec::new()),
+            sessions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -115,7 +173,7 @@ impl RelayLimits {
         *self.targets.write().unwrap_or_else(PoisonError::into_inner) = targets;
         self.relay.set(targets.relay);
         let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        sessions.retain(|s| match s.upgrade() {
+        sessions.retain(|_, s| match s.upgrade() {
             Some(session) => {
                 session.set(targets.session);
                 true
@@ -124,14 +182,24 @@ impl RelayLimits {
         });
     }
 
-    /// New buckets for a session, under the current session caps.
-    pub fn new_session(&self) -> Arc<Pair> {
+    /// The buckets of clone session `id`, made under the current session caps if it has none
+    /// live.
+    pub fn session(&self, id: SessionId) -> Arc<Pair> {
         let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        // Created under the lock, so a concurrent `set` cannot miss it.
+        if let Some(pair) = sessions.get(&id).and_then(Weak::upgrade) {
+            return pair;
+        }
+        // Made under the lock, so a concurrent `set` cannot miss it.
         let pair = Arc::new(Pair::new(self.targets().session));
-        sessions.retain(|s| s.strong_count() > 0);
-        sessions.push(Arc::downgrade(&pair));
+        sessions.retain(|_, s| s.strong_count() > 0);
+        sessions.insert(id, Arc::downgrade(&pair));
         pair
+    }
+
+    /// The live buckets of clone session `id`, if it has any.
+    pub fn session_if_live(&self, id: SessionId) -> Option<Arc<Pair>> {
+        let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        sessions.get(&id).and_then(Weak::upgrade)
     }
 
     /// The chains of a new connection: the relay's buckets only.
@@ -139,6 +207,18 @@ impl RelayLimits {
         ConnLimits {
             to_donor: Chain::new(vec![self.relay.to_donor.clone()]),
             to_recipient: Chain::new(vec![self.relay.to_recipient.clone()]),
+        }
+    }
+
+    /// The relay's figures and the session caps, for `GET /limits`.
+    pub fn view(&self) -> LimitsView {
+        let session = self.targets().session;
+        LimitsView {
+            relay: self.relay.view(),
+            session_caps: CapsView {
+                to_donor: session.to_donor.map(crate::units::format_rate),
+                to_recipient: session.to_recipient.map(crate::units::format_rate),
+            },
         }
     }
 

@@ -119,13 +119,13 @@ async fn nested_scopes_give_each_session_the_lesser_cap_and_a_fair_share() {
     };
 
     // One session alone gets its own cap, below the relay's.
-    let session = limits.new_session();
+    let session = limits.session(1);
     run_streams(4, 256 * KIB, WINDOW, |_| chain_in(&session)).await;
     let granted = session.to_recipient.granted();
     assert_rate_within(granted, WINDOW, 30 * MIB, 0.01, "one session");
 
     // Four sessions of two connections each share the relay's 100 MiB/s: 25 each.
-    let sessions: Vec<_> = (0..4).map(|_| limits.new_session()).collect();
+    let sessions: Vec<_> = (2..6).map(|id| limits.session(id)).collect();
     let relay_before = limits.relay().to_recipient.granted();
     run_streams(8, 256 * KIB, WINDOW, |i| chain_in(&sessions[i / 2])).await;
     let relay = limits.relay().to_recipient.granted() - relay_before;
