@@ -36,12 +36,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::extract::rejection::JsonRejection;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
@@ -480,14 +480,29 @@ pub async fn request_with_token(
     path: &str,
     token: Option<&str>,
 ) -> io::Result<(u16, String)> {
+    request_with_json(addr, method, path, token, None).await
+}
+
+/// [`request_with_token`] with a JSON body.
+pub async fn request_with_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json: Option<&str>,
+) -> io::Result<(u16, String)> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(token) = token {
         head.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
-    if method != "GET" && method != "HEAD" {
+    if let Some(json) = json {
+        head.push_str("Content-Type: application/json\r\n");
+        head.push_str(&format!("Content-Length: {}\r\n", json.len()));
+    } else if method != "GET" && method != "HEAD" {
         head.push_str("Content-Length: 0\r\n");
     }
     head.push_str("\r\n");
+    head.push_str(json.unwrap_or_default());
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.write_all(head.as_bytes()).await?;

@@ -965,7 +965,11 @@ mod tests {
 
     #[test]
     fn limits_come_from_flags_and_the_file_with_overrides_per_direction() {
-        let c = merged(&["--upstream", "db:3306", "--session-rate", "20MiB/s"], None).unwrap();
+        let c = merged(
+            &["--upstream", "db:3306", "--session-rate", "20MiB/s"],
+            None,
+        )
+        .unwrap();
         assert_eq!(c.limits.session, Some(20 << 20));
         assert_eq!(c.limits.targets().session, Caps::both(Some(20 << 20)));
         assert_eq!(c.limits.targets().relay, Caps::both(None));
@@ -977,15 +981,21 @@ mod tests {
         assert_eq!(targets.relay.to_donor, Some(1 << 20));
         assert_eq!(targets.session.to_recipient, Some(1_500_000));
         assert_eq!(targets.session.to_donor, None);
-        assert_eq!(LimitSettings::from_file(file).unwrap(), LimitSettings {
+        assert_eq!(
+            LimitSettings::from_file(file).unwrap(),
+            LimitSettings {
                 relay_to_donor: None,
                 ..c.limits
-            });
+            }
+        );
 
         let err = merged(&["--upstream", "db:3306", "--rate", "fast"], None).unwrap_err();
         assert!(err.contains("rate") && err.contains("fast"), "{err}");
-        let err = merged(&[], Some("upstream = \"db:3306\"\n[limits]\nsession = \"10MiB\"\n"))
-            .unwrap_err();
+        let err = merged(
+            &[],
+            Some("upstream = \"db:3306\"\n[limits]\nsession = \"10MiB\"\n"),
+        )
+        .unwrap_err();
         assert!(err.contains("session") && err.contains("/s"), "{err}");
         let err = LimitSettings::from_file("[limits]\nsesion = \"1MiB/s\"\n").unwrap_err();
         assert!(err.contains("sesion"), "{err}");

@@ -23,6 +23,7 @@ use crate::error::RelayError;
 use crate::handshake::{self, StageSettings};
 use crate::io::{Legs, Observed};
 use crate::leg::Leg;
+use crate::limit::Limited;
 use crate::protocol::Direction;
 use crate::protocol::handshake::greeting_err_packet;
 use crate::session::{CloseReason, ConnHandle, ConnId};
@@ -170,6 +171,9 @@ async fn carry(
     let downstream = sockets.downstream.insert(handshaken.downstream);
     let upstream = sockets.upstream.insert(handshaken.upstream);
 
+    let limits = conn.limits(relay.limits());
+    let downstream = Limited::new(downstream, limits.to_donor.clone());
+    let upstream = Limited::new(upstream, limits.to_recipient.clone());
     let downstream = Observed::new(downstream, conn.clone(), Direction::Upstream);
     let upstream = Observed::new(upstream, conn.clone(), Direction::Downstream);
     tokio::select! {

@@ -114,7 +114,11 @@ async fn serve(relay: Relay, reload: Reload) -> Result<(), RelayError> {
         _ => {}
     }
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(hangup) => drop(tokio::spawn(reload_on_hangup(hangup, relay.clone(), reload))),
+        Ok(hangup) => drop(tokio::spawn(reload_on_hangup(
+            hangup,
+            relay.clone(),
+            reload,
+        ))),
         Err(e) => warn!(error = %e, "no reload on SIGHUP: cannot handle the signal"),
     }
     let listen = listener.local_addr().unwrap_or(listen);
@@ -192,7 +196,9 @@ async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, relay: Relay,
             .and_then(|text| LimitSettings::from_file(&text));
         match limits {
             Ok(limits) => relay.set_limits(&reload.flag_limits.or(limits)),
-            Err(e) => warn!(file = %file.display(), error = %e, "bandwidth caps not reloaded: the caps in use stay"),
+            Err(e) => {
+                warn!(file = %file.display(), error = %e, "bandwidth caps not reloaded: the caps in use stay")
+            }
         }
     }
 }

@@ -155,7 +155,12 @@ impl Metrics {
 /// `_achieved_bytes_per_second`), by direction.
 pub fn render_limits(out: &mut String, limits: &RelayLimits) {
     let targets = limits.targets();
-    let directions = |caps: Caps| [("to_donor", caps.to_donor), ("to_recipient", caps.to_recipient)];
+    let directions = |caps: Caps| {
+        [
+            ("to_donor", caps.to_donor),
+            ("to_recipient", caps.to_recipient),
+        ]
+    };
     let _ = writeln!(
         out,
         "# HELP clone_relay_limit_cap_bytes_per_second Bandwidth cap by scope and direction.\n# TYPE clone_relay_limit_cap_bytes_per_second gauge"
@@ -171,7 +176,10 @@ pub fn render_limits(out: &mut String, limits: &RelayLimits) {
         }
     }
     let relay = limits.relay();
-    let buckets = [("to_donor", &relay.to_donor), ("to_recipient", &relay.to_recipient)];
+    let buckets = [
+        ("to_donor", &relay.to_donor),
+        ("to_recipient", &relay.to_recipient),
+    ];
     let _ = writeln!(
         out,
         "# HELP clone_relay_limit_passed_bytes_total Bytes the relay's buckets let through, by direction.\n# TYPE clone_relay_limit_passed_bytes_total counter"

@@ -60,7 +60,8 @@ impl Gcra {
         let cell = (u128::from(rate) * u128::from(min_interval))
             .div_ceil(1_000_000_000)
             .max(1) as u64;
-        let interval_ns = (u128::from(cell) * 1_000_000_000 + u128::from(rate) / 2) / u128::from(rate);
+        let interval_ns =
+            (u128::from(cell) * 1_000_000_000 + u128::from(rate) / 2) / u128::from(rate);
         let window = (u128::from(rate) * BURST_WINDOW.as_nanos() / 1_000_000_000) as u64;
         let share = (u128::from(rate) * SLICE_WINDOW.as_nanos() / 1_000_000_000) as u64;
         let slice = share.max(MIN_SLICE).min(window).max(cell);

@@ -49,7 +49,10 @@ async fn run_streams(
 fn assert_rate_within(bytes: u64, window: Duration, cap: u64, tolerance: f64, what: &str) {
     let rate = bytes as f64 / window.as_secs_f64();
     let error = (rate - cap as f64).abs() / cap as f64;
-    println!("{what}: {:+.3}% of the cap", (rate / cap as f64 - 1.0) * 100.0);
+    println!(
+        "{what}: {:+.3}% of the cap",
+        (rate / cap as f64 - 1.0) * 100.0
+    );
     assert!(
         error <= tolerance,
         "{what}: {rate:.0} B/s against a cap of {cap} B/s ({:.3}% off)",
@@ -69,7 +72,10 @@ fn cells_keep_the_interval_error_under_a_tenth_of_a_percent() {
         let gcra = bucket::Gcra::new(rate);
         let exact_ns = gcra.cell as f64 * 1e9 / rate as f64;
         let interval_ns = exact_ns.round();
-        assert!(interval_ns >= 4_000.0 || gcra.cell == 1, "{rate}: {interval_ns}");
+        assert!(
+            interval_ns >= 4_000.0 || gcra.cell == 1,
+            "{rate}: {interval_ns}"
+        );
         assert!((interval_ns - exact_ns).abs() / exact_ns < 0.001, "{rate}");
         assert!(
             u64::from(gcra.burst_cells) * gcra.cell > gcra.slice,
@@ -132,7 +138,13 @@ async fn nested_scopes_give_each_session_the_lesser_cap_and_a_fair_share() {
     assert_rate_within(relay, WINDOW, 100 * MIB, 0.01, "the relay");
     for (i, session) in sessions.iter().enumerate() {
         let what = format!("session {i} of four");
-        assert_rate_within(session.to_recipient.granted(), WINDOW, 25 * MIB, 0.02, &what);
+        assert_rate_within(
+            session.to_recipient.granted(),
+            WINDOW,
+            25 * MIB,
+            0.02,
+            &what,
+        );
     }
     // The other direction was never charged.
     assert_eq!(limits.relay().to_donor.granted(), 0);
