@@ -155,6 +155,13 @@ async fn carry(
             return Err(e);
         }
     };
+    if config.socket_buffer_bytes.is_none()
+        && let Some(bytes) = relay.limits().receive_buffer()
+    {
+        for leg in [&downstream, &upstream] {
+            let _ = socket::bound_receive_buffer(leg, bytes);
+        }
+    }
     // The TLS of this connection, to its end: a reload affects only connections after it.
     let tls = relay.tls();
     let stage = StageSettings {

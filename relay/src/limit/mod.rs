@@ -222,9 +222,17 @@ impl RelayLimits {
         }
     }
 
-    /// Whether any cap is set, at either scope.
-    pub fn any(&self) -> bool {
-        self.targets() != Targets::default()
+    /// The receive buffer for a connection's sockets while a cap is set: 50 ms of the lowest
+    /// cap (enough to keep it busy across a zone's round trip), between 64 KiB and 4 MiB; `None`
+    /// without caps (the kernel's autotuning stays).
+    pub fn receive_buffer(&self) -> Option<usize> {
+        let targets = self.targets();
+        let lowest = [targets.relay, targets.session]
+            .iter()
+            .flat_map(|c| [c.to_donor, c.to_recipient])
+            .flatten()
+            .min()?;
+        Some(((lowest / 20) as usize).clamp(64 << 10, 4 << 20))
     }
 }
 
