@@ -182,15 +182,17 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
 
-    /// TLS towards recipients: `preferred` offers it (with the relay's own certificate) when the
-    /// donor leg can have it too, `required` refuses recipients without it, `disabled` never
+    /// TLS towards recipients: `preferred` offers it (with the relay's own certificate), whether
+    /// or not the donor leg has TLS, `required` refuses recipients without it, `disabled` never
     /// offers it, `passthrough` passes the recipient's TLS to the donor undecoded (clone
     /// awareness is then off for TLS clones; needs `--server-tls-mode as-client`).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = ClientTlsMode::Preferred)]
     pub client_tls_mode: ClientTlsMode,
 
-    /// TLS towards donors: `as-client` uses TLS exactly when the recipient does, `preferred`
-    /// and `required` likewise but `required` refuses a donor without TLS, `disabled` never.
+    /// TLS towards donors: `as-client` uses TLS when the recipient does and the donor offers it,
+    /// `preferred` whenever the donor offers it, `required` always (a donor without TLS is
+    /// refused), `disabled` never. With TLS on one leg only the relay carries
+    /// caching_sha2_password's full authentication across (see the README).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = ServerTlsMode::AsClient)]
     pub server_tls_mode: ServerTlsMode,
 
@@ -774,12 +776,6 @@ impl Config {
                     "passthrough needs server_tls_mode = as-client (the recipient's own TLS goes to the donor)",
                 ));
             }
-            (C::Disabled, S::Required) | (C::Required, S::Disabled) => {
-                return Err(invalid(
-                    "server_tls_mode",
-                    "TLS on one leg only is not supported yet: use the same kind of mode on both legs",
-                ));
-            }
             _ => {}
         }
         if self.client_tls_cert.is_some() != self.client_tls_key.is_some() {
@@ -1292,19 +1288,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("invalid client_tls_mode"), "{e}");
-        let e = merged(
-            &[
-                "--upstream",
-                "a:1",
-                "--client-tls-mode",
-                "disabled",
-                "--server-tls-mode",
-                "required",
-            ],
-            None,
-        )
-        .unwrap_err();
-        assert!(e.contains("invalid server_tls_mode"), "{e}");
+        // TLS on one leg only, either way.
+        for (client, server) in [("disabled", "required"), ("required", "disabled")] {
+            let c = merged(
+                &[
+                    "--upstream",
+                    "a:1",
+                    "--client-tls-mode",
+                    client,
+                    "--server-tls-mode",
+                    server,
+                ],
+                None,
+            )
+            .unwrap();
+            assert_ne!(
+                c.client_tls_mode == ClientTlsMode::Disabled,
+                c.server_tls_mode == ServerTlsMode::Disabled
+            );
+        }
         let e = merged(&["--upstream", "a:1", "--server-tls-verify", "ca"], None).unwrap_err();
         assert!(e.contains("invalid server_tls_ca"), "{e}");
         let e = merged(

@@ -1,22 +1,28 @@
-//! The handshake stage, between the dial and the copy. It owns both sockets while the donor's
-//! greeting and the recipient's login request pass, each read whole and shown to the
-//! connection's decoder, and it sets up TLS on both legs the way MySQL does it, inside the
-//! classic protocol:
+//! The handshake stage, between the dial and the copy. It owns both sockets until the donor's
+//! OK (or ERR) ends authentication, reads every packet whole, shows each to the connection's
+//! decoder as the recipient's conversation has it, and sets up TLS on each leg the way MySQL
+//! does it, inside the classic protocol:
 //!
-//! 1. The donor's greeting reaches the recipient with CLIENT_SSL set or cleared as the modes
-//!    say (the relay offers TLS with its own certificate; nothing else in the greeting changes).
-//! 2. The recipient answers with an SSLRequest (sequence id 1): the relay accepts its TLS, reads
-//!    the login request (sequence id 2) inside it, refuses it when the recipient's certificate
-//!    is not among the allowed subjects, sends the donor an SSLRequest of its own
-//!    (the recipient's, as it came), connects TLS to the donor, and forwards the login request.
-//!    Or it answers with a plain login request, which goes to the donor as it is.
-//! 3. The copy takes over with both legs as plain byte streams ([`Leg`]); the decoder sees the
-//!    bytes inside TLS.
+//! 1. The donor's greeting reaches the recipient with CLIENT_SSL set or cleared as the client
+//!    mode says: the relay offers TLS with its own certificate whenever it terminates TLS,
+//!    whether or not the donor offers it (nothing else in the greeting changes).
+//! 2. The recipient answers with an SSLRequest (sequence id 1): the relay accepts its TLS and
+//!    reads the login request (sequence id 2) inside it, refusing it when the recipient's
+//!    certificate is not among the allowed subjects. Or it answers with a plain login request.
+//! 3. The donor leg gets TLS as the server mode says (`as-client`: when the recipient's has it
+//!    and the donor offers it; `preferred`: when the donor offers it; `required`: always;
+//!    `disabled`: never): an SSLRequest of the relay's own, then TLS. The login request goes to
+//!    the donor with CLIENT_SSL saying what the donor leg does.
+//! 4. The auth exchange is carried packet by packet ([`crate::auth`]), each leg with its own
+//!    sequence ids, bridging caching_sha2_password's full authentication when one leg has TLS
+//!    and the other not.
+//! 5. The copy takes over with both legs as plain byte streams ([`Leg`]).
 //!
 //! A mode that cannot be met is refused with a MySQL ERR packet naming the cause, before any
 //! login byte reaches the donor. In `passthrough` the greeting and the recipient's TLS pass
-//! untouched (and undecoded). Waits are bounded: the greeting by the admission's greeting wait,
-//! the rest (TLS handshakes included) by the handshake timeout counted from the greeting.
+//! untouched (and undecoded), and the copy carries the login. Waits are bounded: the greeting
+//! by the admission's greeting wait, the rest (TLS handshakes and the auth exchange included) by
+//! the handshake timeout counted from the greeting.
 
 use std::time::Duration;
 
@@ -25,10 +31,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::auth::{self, Exchange};
 use crate::config::{ClientTlsMode, ServerTlsMode};
 use crate::error::RelayError;
 use crate::io::Observer;
 use crate::leg::Leg;
+use crate::protocol::auth::{NONCE_LEN, SeqCounter, greeting_nonce, set_login_ssl};
 use crate::protocol::handshake::{
     CLIENT_SSL, SSL_REQUEST_LEN, ServerHello, err_packet, greeting_err_packet, parse_login_request,
     parse_server_hello, set_greeting_ssl,
@@ -114,80 +122,77 @@ pub async fn run(
         });
     }
 
+    let nonce = greeting_nonce(&greeting[HEADER_LEN..]);
     let login_due = Instant::now() + s.handshake_timeout;
+    let donor = Donor {
+        offers_tls: donor_offers_tls,
+        nonce,
+    };
     let legs = tokio::time::timeout_at(
         login_due,
         log_in(
-            &mut downstream,
-            &mut upstream,
+            downstream,
+            upstream,
             observer,
             s,
             offer == Some(true),
+            donor,
         ),
     )
     .await;
     match legs {
-        Ok(Ok(Legs::Plain)) => Ok(Handshaken {
-            downstream: Leg::Plain(downstream),
-            upstream: Leg::Plain(upstream),
+        Ok(Ok((downstream, upstream))) => Ok(Handshaken {
+            downstream,
+            upstream,
             login_due,
         }),
-        Ok(Ok(Legs::Upgrade)) => {
-            let (downstream, upstream) =
-                tokio::time::timeout_at(login_due, upgrade(downstream, upstream, observer, s))
-                    .await
-                    .map_err(|_| RelayError::HandshakeTimeout(s.handshake_timeout))??;
-            Ok(Handshaken {
-                downstream,
-                upstream,
-                login_due,
-            })
-        }
-        Ok(Err(e)) => {
-            drain(&downstream);
-            Err(e)
-        }
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(RelayError::HandshakeTimeout(s.handshake_timeout)),
     }
+}
+
+/// What the donor's greeting told.
+#[derive(Debug, Clone, Copy)]
+struct Donor {
+    offers_tls: bool,
+    nonce: Option<[u8; NONCE_LEN]>,
 }
 
 /// Whether the greeting offers TLS to the recipient (`None`: leave it as the donor sent it), or
 /// why the connection cannot go on.
 fn offer_tls(s: &StageSettings<'_>, donor_offers: bool) -> Result<Option<bool>, String> {
-    let relay_can = s.tls.acceptor().is_some() && s.tls.connector().is_some();
     match s.client_tls {
         ClientTlsMode::Passthrough => Ok(None),
-        ClientTlsMode::Disabled => Ok(Some(false)),
         _ if s.server_tls == ServerTlsMode::Required && !donor_offers => Err(format!(
             "clone-relay: the donor {} offers no TLS and --server-tls-mode is required",
             s.upstream_addr
         )),
-        ClientTlsMode::Required if !donor_offers => Err(format!(
-            "clone-relay: the donor {} offers no TLS and --client-tls-mode is required (TLS on one leg only is not supported yet)",
-            s.upstream_addr
-        )),
-        ClientTlsMode::Required | ClientTlsMode::Preferred => Ok(Some(relay_can && donor_offers)),
+        ClientTlsMode::Disabled => Ok(Some(false)),
+        ClientTlsMode::Required | ClientTlsMode::Preferred => Ok(Some(s.tls.acceptor().is_some())),
     }
 }
 
-/// How the legs go on after the first login packet.
-enum Legs {
-    /// Both stay plain (the login request has been forwarded).
-    Plain,
-    /// The recipient sent an SSLRequest the relay accepts: both legs become TLS.
-    Upgrade,
+/// Whether the donor leg uses TLS, once the recipient's leg is known.
+fn donor_tls(s: &StageSettings<'_>, recipient_tls: bool, donor_offers: bool) -> bool {
+    let wanted = match s.server_tls {
+        ServerTlsMode::Disabled => false,
+        ServerTlsMode::Preferred | ServerTlsMode::Required => true,
+        ServerTlsMode::AsClient => recipient_tls,
+    };
+    wanted && donor_offers && s.tls.connector().is_some()
 }
 
-/// Reads the recipient's first login packet and decides: forwarded as it is, refused, or an
-/// SSLRequest to accept.
+/// Reads the recipient's first login packet and carries the login: refused, passed through
+/// (`passthrough`), or with each leg set up and the auth exchange carried to its end.
 async fn log_in(
-    downstream: &mut TcpStream,
-    upstream: &mut TcpStream,
+    mut downstream: TcpStream,
+    mut upstream: TcpStream,
     observer: &impl Observer,
     s: &StageSettings<'_>,
     offered: bool,
-) -> Result<Legs, RelayError> {
-    let first = match read_packet(downstream, observer, Direction::Upstream).await {
+    donor: Donor,
+) -> Result<(Leg, Leg), RelayError> {
+    let first = match read_packet(&mut downstream, observer, Direction::Upstream).await {
         Err(RelayError::Downstream(e)) if recipient_left(&e) => return Err(RelayError::ClientLeft),
         other => other?,
     };
@@ -201,47 +206,50 @@ async fn log_in(
         if wants_tls {
             debug!("TLS passed through undecoded: clone awareness is off for this connection");
         }
-        return Ok(Legs::Plain);
+        return Ok((Leg::Plain(downstream), Leg::Plain(upstream)));
     }
-    match (wants_tls, offered) {
-        (true, true) => Ok(Legs::Upgrade),
-        (true, false) => refuse(downstream, 2, "clone-relay: TLS was not offered".into()).await,
-        (false, _) if s.client_tls == ClientTlsMode::Required => {
-            refuse_with(
-                downstream,
-                2,
-                ER_SECURE_TRANSPORT_REQUIRED,
-                "clone-relay: connections without TLS are refused (--client-tls-mode required)".into(),
-            )
-            .await
-        }
-        (false, _) if s.server_tls == ServerTlsMode::Required => {
-            refuse_with(
-                downstream,
-                2,
-                ER_SECURE_TRANSPORT_REQUIRED,
-                "clone-relay: the donor leg requires TLS, so the recipient must use TLS too (TLS on one leg only is not supported yet)".into(),
-            )
-            .await
-        }
-        (false, _) => {
-            upstream.write_all(&first).await.map_err(RelayError::Upstream)?;
-            Ok(Legs::Plain)
+    let refusal = match (wants_tls, offered) {
+        (true, false) => Some((
+            CR_SSL_CONNECTION_ERROR,
+            "clone-relay: TLS was not offered".to_string(),
+        )),
+        (false, _) if s.client_tls == ClientTlsMode::Required => Some((
+            ER_SECURE_TRANSPORT_REQUIRED,
+            "clone-relay: connections without TLS are refused (--client-tls-mode required)"
+                .to_string(),
+        )),
+        _ => None,
+    };
+    if let Some((code, reason)) = refusal {
+        let refused = refuse_with(&mut downstream, 2, code, reason).await;
+        drain(&downstream);
+        return refused;
+    }
+    let (mut recipient, login) = if wants_tls {
+        accept(downstream, observer, s).await?
+    } else {
+        (Leg::Plain(downstream), first)
+    };
+    match carry_login(&mut recipient, upstream, observer, s, login, donor).await {
+        Ok(upstream) => Ok((recipient, upstream)),
+        Err(e) => {
+            if let Leg::Plain(downstream) = &recipient {
+                drain(downstream);
+            }
+            Err(e)
         }
     }
 }
 
-/// TLS on both legs: accept the recipient's, read its login request inside, then connect TLS to
-/// the donor with an SSLRequest of the relay's own and forward the login. A donor whose TLS
-/// fails is reported to the recipient inside its TLS, and nothing of the login reaches it.
-async fn upgrade(
+/// Accepts the recipient's TLS and reads its login request inside; refuses a recipient whose
+/// certificate is not among the allowed subjects.
+async fn accept(
     downstream: TcpStream,
-    mut upstream: TcpStream,
     observer: &impl Observer,
     s: &StageSettings<'_>,
-) -> Result<(Leg, Leg), RelayError> {
-    let (Some(acceptor), Some(connector)) = (s.tls.acceptor(), s.tls.connector()) else {
-        unreachable!("TLS is offered only when the relay has both sides of it");
+) -> Result<(Leg, Vec<u8>), RelayError> {
+    let Some(acceptor) = s.tls.acceptor() else {
+        unreachable!("TLS is offered only when the relay terminates it");
     };
     let mut recipient = acceptor
         .accept(downstream)
@@ -257,48 +265,103 @@ async fn upgrade(
     {
         return refuse(&mut recipient, 3, reason).await;
     }
-    let Some(ssl_request) = ssl_request_for(&login) else {
-        return refuse(
-            &mut recipient,
-            3,
-            "clone-relay: login request too short".into(),
-        )
-        .await;
-    };
-    upstream
-        .write_all(&ssl_request)
-        .await
-        .map_err(RelayError::Upstream)?;
-    let donor = match connector
-        .connect(donor_name(s.upstream_addr), upstream)
-        .await
-    {
-        Ok(donor) => donor,
-        Err(e) => {
-            let reason = format!(
-                "clone-relay: TLS to the donor {} failed: {e}",
-                s.upstream_addr
-            );
-            send_err(&mut recipient, 3, CR_SSL_CONNECTION_ERROR, &reason).await;
-            return Err(RelayError::UpstreamTls {
-                addr: s.upstream_addr.to_string(),
-                reason: e.to_string(),
-            });
+    Ok((Leg::FromRecipient(Box::new(recipient)), login))
+}
+
+/// Sets up the donor leg (TLS with an SSLRequest of the relay's own when the server mode says
+/// so), sends the login request with the donor leg's sequence id and CLIENT_SSL, and carries the
+/// auth exchange. A donor whose TLS fails is reported to the recipient, and nothing of the
+/// login reaches it.
+async fn carry_login(
+    recipient: &mut Leg,
+    mut upstream: TcpStream,
+    observer: &impl Observer,
+    s: &StageSettings<'_>,
+    mut login: Vec<u8>,
+    donor: Donor,
+) -> Result<Leg, RelayError> {
+    let recipient_tls = recipient.is_tls();
+    let mut recipient_seq = SeqCounter::new(0);
+    recipient_seq.received(login[3]);
+    let donor_tls = donor_tls(s, recipient_tls, donor.offers_tls);
+    let mut donor_seq = SeqCounter::new(1);
+    let mut donor_leg = if donor_tls {
+        let Some(ssl_request) = ssl_request_for(&login) else {
+            return refuse(
+                recipient,
+                recipient_seq.take(),
+                "clone-relay: login request too short".into(),
+            )
+            .await;
+        };
+        upstream
+            .write_all(&ssl_request)
+            .await
+            .map_err(RelayError::Upstream)?;
+        donor_seq.take();
+        let connector = s
+            .tls
+            .connector()
+            .expect("TLS to donors only with a connector");
+        match connector
+            .connect(donor_name(s.upstream_addr), upstream)
+            .await
+        {
+            Ok(tls) => Leg::ToDonor(Box::new(tls)),
+            Err(e) => {
+                let reason = format!(
+                    "clone-relay: TLS to the donor {} failed: {e}",
+                    s.upstream_addr
+                );
+                send_err(
+                    recipient,
+                    recipient_seq.take(),
+                    CR_SSL_CONNECTION_ERROR,
+                    &reason,
+                )
+                .await;
+                return Err(RelayError::UpstreamTls {
+                    addr: s.upstream_addr.to_string(),
+                    reason: e.to_string(),
+                });
+            }
         }
+    } else {
+        Leg::Plain(upstream)
     };
-    let mut donor = Leg::ToDonor(Box::new(donor));
-    donor
+    if recipient_tls != donor_tls {
+        debug!(
+            recipient_tls,
+            donor_tls, "TLS on one leg only: the relay carries the auth exchange across"
+        );
+    }
+    set_login_ssl(&mut login[HEADER_LEN..], donor_tls);
+    login[3] = donor_seq.take();
+    donor_leg
         .write_all(&login)
         .await
         .map_err(RelayError::Upstream)?;
-    Ok((Leg::FromRecipient(Box::new(recipient)), donor))
+    let exchange = Exchange {
+        recipient_tls,
+        donor_tls,
+        nonce: donor.nonce,
+        rsa_key: s.tls.rsa_key(),
+        max_packet: s.max_greeting_bytes,
+        recipient_seq,
+        donor_seq,
+    };
+    auth::carry(recipient, &mut donor_leg, observer, exchange).await?;
+    Ok(donor_leg)
 }
 
-/// The SSLRequest the relay sends the donor: the recipient's capabilities and settings, from
-/// the head of its login request, with sequence id 1.
+/// The SSLRequest the relay sends the donor: the recipient's capabilities (CLIENT_SSL set) and
+/// settings, from the head of its login request, with sequence id 1.
 fn ssl_request_for(login: &[u8]) -> Option<Vec<u8>> {
-    let head = login.get(HEADER_LEN..HEADER_LEN + SSL_REQUEST_LEN)?;
-    Some(crate::protocol::frame(1, head))
+    let mut head = login
+        .get(HEADER_LEN..HEADER_LEN + SSL_REQUEST_LEN)?
+        .to_vec();
+    set_login_ssl(&mut head, true);
+    Some(crate::protocol::frame(1, &head))
 }
 
 /// Sends the recipient an ERR packet naming why the connection cannot go on, and fails with it.
