@@ -173,14 +173,16 @@ async fn carry(
         server_tls: config.server_tls_mode,
         tls: &tls,
     };
+    // Reads are paid from the relay's buckets from here on, and from the session's once the
+    // wire names the clone; reads from the recipient travel to the donor.
+    let limits = conn.limits(relay.limits());
+    let downstream = Limited::new(downstream, limits.to_donor.clone());
+    let upstream = Limited::new(upstream, limits.to_recipient.clone());
     let handshaken = handshake::run(downstream, upstream, conn.as_ref(), &stage).await?;
     conn.set_tls(handshaken.downstream.is_tls(), handshaken.upstream.is_tls());
     let downstream = sockets.downstream.insert(handshaken.downstream);
     let upstream = sockets.upstream.insert(handshaken.upstream);
 
-    let limits = conn.limits(relay.limits());
-    let downstream = Limited::new(downstream, limits.to_donor.clone());
-    let upstream = Limited::new(upstream, limits.to_recipient.clone());
     let downstream = Observed::new(downstream, conn.clone(), Direction::Upstream);
     let upstream = Observed::new(upstream, conn.clone(), Direction::Downstream);
     tokio::select! {

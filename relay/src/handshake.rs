@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::leg::Wire;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -77,8 +79,8 @@ pub struct Handshaken {
 /// `upstream` (the donor) through `observer`, setting up TLS on both legs where the modes and
 /// the recipient ask for it.
 pub async fn run(
-    mut downstream: TcpStream,
-    mut upstream: TcpStream,
+    mut downstream: Wire,
+    mut upstream: Wire,
     observer: &impl Observer,
     s: &StageSettings<'_>,
 ) -> Result<Handshaken, RelayError> {
@@ -89,7 +91,7 @@ pub async fn run(
                 timeout: s.greeting_wait,
             })??
         }
-        () = recipient_gone(&downstream) => return Err(RelayError::ClientLeft),
+        () = recipient_gone(downstream.get_ref()) => return Err(RelayError::ClientLeft),
     };
     let hello = parse_server_hello(&greeting[HEADER_LEN..]);
     let donor_offers_tls = match &hello {
@@ -185,8 +187,8 @@ fn donor_tls(s: &StageSettings<'_>, recipient_tls: bool, donor_offers: bool) -> 
 /// Reads the recipient's first login packet and carries the login: refused, passed through
 /// (`passthrough`), or with each leg set up and the auth exchange carried to its end.
 async fn log_in(
-    mut downstream: TcpStream,
-    mut upstream: TcpStream,
+    mut downstream: Wire,
+    mut upstream: Wire,
     observer: &impl Observer,
     s: &StageSettings<'_>,
     offered: bool,
@@ -222,7 +224,7 @@ async fn log_in(
     };
     if let Some((code, reason)) = refusal {
         let refused = refuse_with(&mut downstream, 2, code, reason).await;
-        drain(&downstream);
+        drain(downstream.get_ref());
         return refused;
     }
     let (mut recipient, login) = if wants_tls {
@@ -234,7 +236,7 @@ async fn log_in(
         Ok(upstream) => Ok((recipient, upstream)),
         Err(e) => {
             if let Leg::Plain(downstream) = &recipient {
-                drain(downstream);
+                drain(downstream.get_ref());
             }
             Err(e)
         }
@@ -244,7 +246,7 @@ async fn log_in(
 /// Accepts the recipient's TLS and reads its login request inside; refuses a recipient whose
 /// certificate is not among the allowed subjects.
 async fn accept(
-    downstream: TcpStream,
+    downstream: Wire,
     observer: &impl Observer,
     s: &StageSettings<'_>,
 ) -> Result<(Leg, Vec<u8>), RelayError> {
@@ -274,7 +276,7 @@ async fn accept(
 /// login reaches it.
 async fn carry_login(
     recipient: &mut Leg,
-    mut upstream: TcpStream,
+    mut upstream: Wire,
     observer: &impl Observer,
     s: &StageSettings<'_>,
     mut login: Vec<u8>,
@@ -397,7 +399,7 @@ async fn send_err(downstream: &mut (impl AsyncWrite + Unpin), seq: u8, code: u16
 
 /// Reads the donor's greeting whole (bounded by `max` bytes) before anything sees it, since the
 /// relay may change its TLS offer.
-async fn read_greeting(upstream: &mut TcpStream, max: usize) -> Result<Vec<u8>, RelayError> {
+async fn read_greeting(upstream: &mut Wire, max: usize) -> Result<Vec<u8>, RelayError> {
     let mut packet = vec![0u8; HEADER_LEN];
     upstream
         .read_exact(&mut packet)
