@@ -472,3 +472,151 @@ pub async fn recipient_gone(downstream: &TcpStream) {
         Ok(_) => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::protocol::handshake::{CLIENT_PROTOCOL_41, PROTOCOL_V10};
+    use crate::protocol::{frame, unhex};
+    use crate::tls::Tls;
+
+    /// The greeting of a MySQL 9.7.4 donor (connection id 100), from the captures.
+    const GREETING_9_7_4: &str = "0a392e372e342d320064000000431e324a347e494700ffffff0200ffdf15000000000000000000006d2234376a3a68386b2375410063616368696e67";
+
+    #[derive(Debug, Default)]
+    struct Seen(Mutex<Vec<(Direction, Vec<u8>)>>);
+
+    impl Observer for Seen {
+        fn observe(&self, dir: Direction, bytes: &[u8]) -> Result<(), Violation> {
+            self.0.lock().unwrap().push((dir, bytes.to_vec()));
+            Ok(())
+        }
+    }
+
+    /// Two connected loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap());
+        let (near, far) = tokio::join!(near, listener.accept());
+        (near.unwrap(), far.unwrap().0)
+    }
+
+    /// A login request payload from a client with `caps` (protocol 4.1 added).
+    fn login(caps: u32) -> Vec<u8> {
+        let mut p = (caps | CLIENT_PROTOCOL_41).to_le_bytes().to_vec();
+        p.extend_from_slice(&[0, 0, 0, 1, 255]);
+        p.extend_from_slice(&[0; 23]);
+        p.extend_from_slice(b"donor_clone\0");
+        p.push(32);
+        p.extend_from_slice(&[0x5a; 32]);
+        p.extend_from_slice(b"caching_sha2_password\0");
+        p
+    }
+
+    async fn read_one(s: &mut (impl AsyncRead + Unpin)) -> (u8, Vec<u8>) {
+        let (header, payload) = crate::protocol::packet::read_packet(s, 1 << 16)
+            .await
+            .unwrap();
+        (header.seq, payload)
+    }
+
+    #[tokio::test]
+    async fn a_donor_without_tls_still_gets_a_tls_recipient_and_ids_and_flags_are_rewritten() {
+        let mut config = Config::new("127.0.0.1:3306");
+        config.client_tls_mode = ClientTlsMode::Preferred;
+        config.server_tls_mode = ServerTlsMode::AsClient;
+        let tls = Tls::load(&config).unwrap();
+        // The recipient's TLS client: a relay set to dial TLS without verification has one.
+        let mut dialer = Config::new("127.0.0.1:3306");
+        dialer.client_tls_mode = ClientTlsMode::Disabled;
+        dialer.server_tls_mode = ServerTlsMode::Preferred;
+        let dialer = Tls::load(&dialer).unwrap();
+        let connector = dialer.connector().unwrap().clone();
+        let settings = StageSettings {
+            upstream_addr: "127.0.0.1:3306",
+            greeting_wait: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            max_greeting_bytes: 64 * 1024,
+            client_tls: config.client_tls_mode,
+            server_tls: config.server_tls_mode,
+            tls: &tls,
+        };
+        let (mut recipient, downstream) = pair().await;
+        let (upstream, mut donor) = pair().await;
+        let seen = Seen::default();
+
+        let donor_side = async {
+            let mut greeting = unhex(GREETING_9_7_4);
+            set_greeting_ssl(&mut greeting, false).unwrap();
+            donor.write_all(&frame(0, &greeting)).await.unwrap();
+            let (seq, payload) = read_one(&mut donor).await;
+            assert_eq!(seq, 1, "the login is the donor leg's first packet");
+            let caps = u32::from_le_bytes(payload[..4].try_into().unwrap());
+            assert_eq!(
+                caps & CLIENT_SSL,
+                0,
+                "CLIENT_SSL cleared for a plain donor leg"
+            );
+            assert_eq!(payload[4..], login(CLIENT_SSL)[4..]);
+            donor
+                .write_all(&frame(2, &[1, crate::protocol::auth::FAST_AUTH_SUCCESS]))
+                .await
+                .unwrap();
+            donor
+                .write_all(&frame(3, &[0, 0, 0, 2, 0, 0, 0]))
+                .await
+                .unwrap();
+        };
+        let recipient_side = async {
+            let (seq, greeting) = read_one(&mut recipient).await;
+            assert_eq!((seq, greeting[0]), (0, PROTOCOL_V10));
+            let offered = match parse_server_hello(&greeting).unwrap() {
+                ServerHello::Greeting(g) => g.capabilities & CLIENT_SSL != 0,
+                other => panic!("{other:?}"),
+            };
+            assert!(offered, "the relay offers TLS though the donor does not");
+            let request = login(CLIENT_SSL);
+            recipient
+                .write_all(&frame(1, &request[..SSL_REQUEST_LEN]))
+                .await
+                .unwrap();
+            let mut tls = connector
+                .connect(donor_name("clone-relay"), recipient)
+                .await
+                .unwrap();
+            tls.write_all(&frame(2, &request)).await.unwrap();
+            assert_eq!(read_one(&mut tls).await, (3, vec![1, 3]));
+            assert_eq!(
+                read_one(&mut tls).await.0,
+                4,
+                "OK in the recipient's numbering"
+            );
+            tls
+        };
+        let (handshaken, (), _tls) = tokio::join!(
+            run(downstream, upstream, &seen, &settings),
+            donor_side,
+            recipient_side
+        );
+        let handshaken = handshaken.unwrap();
+        assert!(handshaken.downstream.is_tls());
+        assert!(!handshaken.upstream.is_tls());
+        // The observer saw the recipient's conversation: its sequence ids, every packet.
+        let seen = seen.0.lock().unwrap();
+        let last: Vec<(Direction, u8, u8)> = seen
+            .iter()
+            .rev()
+            .take(2)
+            .map(|(d, p)| (*d, p[3], p[4]))
+            .collect();
+        assert_eq!(
+            last,
+            [(Direction::Downstream, 4, 0), (Direction::Downstream, 3, 1)]
+        );
+    }
+}
