@@ -481,6 +481,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::limit::Chain;
     use crate::protocol::handshake::{CLIENT_PROTOCOL_41, PROTOCOL_V10};
     use crate::protocol::{frame, unhex};
     use crate::tls::Tls;
@@ -599,7 +600,12 @@ mod tests {
             tls
         };
         let (handshaken, (), _tls) = tokio::join!(
-            run(downstream, upstream, &seen, &settings),
+            run(
+                Wire::new(downstream, Chain::default()),
+                Wire::new(upstream, Chain::default()),
+                &seen,
+                &settings
+            ),
             donor_side,
             recipient_side
         );
