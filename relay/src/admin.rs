@@ -5,6 +5,10 @@
 //! - `GET /healthz`: 200 while the relay runs.
 //! - `GET /readyz`: 200 when a donor's latest dial succeeded, or one did within the last
 //!   minute (see [`crate::health`]); else 503 with the reason. It never dials a donor itself.
+//! - `GET /limits`: the bandwidth caps, and the rate each of the relay's buckets let through.
+//! - `PUT /limits`: replaces the bandwidth caps, as a JSON object with the keys of the settings
+//!   file's `[limits]` table (`{"session": "40MiB/s"}`; a key left out is no cap); live
+//!   connections follow within a second. 400 names a bad key or value.
 //! - `POST /sessions/{id}/reset`: resets every connection of a clone session so that the
 //!   recipient resumes it; `{"session": id, "connections_reset": n}`, 404 when none was live.
 //!
@@ -32,12 +36,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -46,6 +51,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tracing::{debug, info, warn};
 
+use crate::config::LimitSettings;
 use crate::state::Relay;
 
 /// Admin requests served at once.
@@ -95,10 +101,12 @@ fn router(relay: Relay, limits: Arc<Limits>) -> Router {
     let state = AdminState { relay, limits };
     let mutating = Router::new()
         .route("/sessions/{id}/reset", post(reset))
+        .route("/limits", put(set_limits))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/sessions", get(sessions))
+        .route("/limits", get(show_limits))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(mutating)
@@ -248,18 +256,48 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     let mut page = relay
         .metrics()
         .render(&relay.registry().count_by_state(), &stale);
+    crate::metrics::render_limits(&mut page, relay.limits());
     state.limits.render(&mut page);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response()
 }
 
 async fn sessions(State(state): State<AdminState>) -> Response {
-    match serde_json::to_string_pretty(&state.relay.registry().view()) {
+    let mut view = state.relay.registry().view();
+    for session in &mut view.sessions {
+        session.bandwidth = state
+            .relay
+            .limits()
+            .session_if_live(session.id)
+            .map(|pair| pair.view());
+    }
+    match serde_json::to_string_pretty(&view) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot render sessions: {e}"),
         ),
     }
+}
+
+async fn show_limits(State(state): State<AdminState>) -> Response {
+    Json(state.relay.limits().view()).into_response()
+}
+
+async fn set_limits(
+    State(state): State<AdminState>,
+    body: Result<Json<LimitSettings>, JsonRejection>,
+) -> Response {
+    let settings = match body {
+        Ok(Json(settings)) => settings,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("bad limits: {}", e.body_text()),
+            );
+        }
+    };
+    state.relay.set_limits(&settings);
+    Json(state.relay.limits().view()).into_response()
 }
 
 async fn healthz() -> Response {
@@ -442,14 +480,29 @@ pub async fn request_with_token(
     path: &str,
     token: Option<&str>,
 ) -> io::Result<(u16, String)> {
+    request_with_json(addr, method, path, token, None).await
+}
+
+/// [`request_with_token`] with a JSON body.
+pub async fn request_with_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json: Option<&str>,
+) -> io::Result<(u16, String)> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(token) = token {
         head.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
-    if method != "GET" && method != "HEAD" {
+    if let Some(json) = json {
+        head.push_str("Content-Type: application/json\r\n");
+        head.push_str(&format!("Content-Length: {}\r\n", json.len()));
+    } else if method != "GET" && method != "HEAD" {
         head.push_str("Content-Length: 0\r\n");
     }
     head.push_str("\r\n");
+    head.push_str(json.unwrap_or_default());
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.write_all(head.as_bytes()).await?;

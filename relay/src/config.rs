@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::error::RelayError;
-use crate::units::{self, parse_duration, parse_size};
+use crate::limit::{Caps, Targets};
+use crate::units::{self, parse_duration, parse_rate, parse_size};
 
 /// Everything the relay needs to run. As flags and TOML keys, the names are those given in
 /// `#[arg(long)]` and `#[serde(rename)]`; the stall settings are a `[stall]` table in the file.
@@ -104,6 +105,10 @@ pub struct Config {
     #[command(flatten)]
     pub stall: StallSettings,
 
+    /// Bandwidth caps: the whole relay's and each clone session's.
+    #[command(flatten)]
+    pub limits: LimitSettings,
+
     /// How long a reconnect of a resuming clone may wait for its donor to come back.
     #[arg(long, value_name = "DURATION", default_value = "4m", value_parser = parse_duration)]
     #[serde(with = "units::duration")]
@@ -177,15 +182,17 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
 
-    /// TLS towards recipients: `preferred` offers it (with the relay's own certificate) when the
-    /// donor leg can have it too, `required` refuses recipients without it, `disabled` never
+    /// TLS towards recipients: `preferred` offers it (with the relay's own certificate), whether
+    /// or not the donor leg has TLS, `required` refuses recipients without it, `disabled` never
     /// offers it, `passthrough` passes the recipient's TLS to the donor undecoded (clone
     /// awareness is then off for TLS clones; needs `--server-tls-mode as-client`).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = ClientTlsMode::Preferred)]
     pub client_tls_mode: ClientTlsMode,
 
-    /// TLS towards donors: `as-client` uses TLS exactly when the recipient does, `preferred`
-    /// and `required` likewise but `required` refuses a donor without TLS, `disabled` never.
+    /// TLS towards donors: `as-client` uses TLS when the recipient does and the donor offers it,
+    /// `preferred` whenever the donor offers it, `required` always (a donor without TLS is
+    /// refused), `disabled` never. With TLS on one leg only the relay carries
+    /// caching_sha2_password's full authentication across (see the README).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = ServerTlsMode::AsClient)]
     pub server_tls_mode: ServerTlsMode,
 
@@ -314,6 +321,112 @@ pub struct StallSettings {
 impl Default for StallSettings {
     fn default() -> Self {
         clap_defaults()
+    }
+}
+
+/// Bandwidth caps, in bytes or bits per second (`100MiB/s`, `500Mbit/s`, `1.5GB/s`); unset is
+/// no cap. `rate` caps the whole relay (every clone together) and `session_rate` each clone
+/// session (all of its connections), each in both directions counted apart; the `_to_donor` and
+/// `_to_recipient` settings override one direction. Bytes are counted on the relay's own
+/// sockets, TLS records included.
+///
+/// On the command line these are `--rate`, `--session-rate`, `--rate-to-donor`... ; in the file,
+/// the keys `relay`, `session`, `relay_to_donor`... of a `[limits]` table. `PUT /limits` on the
+/// admin API and SIGHUP (rereading the file) change them while clones run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Cap on the whole relay, each direction (e.g. 100MiB/s).
+    #[arg(id = "limits.relay", long = "rate", value_name = "RATE", value_parser = parse_rate)]
+    #[serde(with = "units::option_rate", skip_serializing_if = "Option::is_none")]
+    pub relay: Option<u64>,
+
+    /// Cap on each clone session, each direction (e.g. 20MiB/s).
+    #[arg(
+        id = "limits.session",
+        long = "session-rate",
+        value_name = "RATE",
+        value_parser = parse_rate
+    )]
+    #[serde(with = "units::option_rate", skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
+
+    /// Cap on the whole relay towards donors, over `--rate`.
+    #[arg(
+        id = "limits.relay_to_donor",
+        long = "rate-to-donor",
+        value_name = "RATE",
+        value_parser = parse_rate
+    )]
+    #[serde(with = "units::option_rate", skip_serializing_if = "Option::is_none")]
+    pub relay_to_donor: Option<u64>,
+
+    /// Cap on the whole relay towards recipients (the clone data), over `--rate`.
+    #[arg(
+        id = "limits.relay_to_recipient",
+        long = "rate-to-recipient",
+        value_name = "RATE",
+        value_parser = parse_rate
+    )]
+    #[serde(with = "units::option_rate", skip_serializing_if = "Option::is_none")]
+    pub relay_to_recipient: Option<u64>,
+
+    /// Cap on each session towards its donor, over `--session-rate`.
+    #[arg(
+        id = "limits.session_to_donor",
+        long = "session-rate-to-donor",
+        value_name = "RATE",
+        value_parser = parse_rate
+    )]
+    #[serde(with = "units::option_rate", skip_serializing_if = "Option::is_none")]
+    pub session_to_donor: Option<u64>,
+
+    /// Cap on each session towards its recipient (the clone data), over `--session-rate`.
+    #[arg(
+        id = "limits.session_to_recipient",
+        long = "session-rate-to-recipient",
+        value_name = "RATE",
+        value_parser = parse_rate
+    )]
+    #[serde(with = "units::option_rate", skip_serializing_if = "Option::is_none")]
+    pub session_to_recipient: Option<u64>,
+}
+
+impl LimitSettings {
+    /// The caps per scope and direction, overrides applied.
+    pub fn targets(&self) -> Targets {
+        Targets {
+            relay: Caps {
+                to_donor: self.relay_to_donor.or(self.relay),
+                to_recipient: self.relay_to_recipient.or(self.relay),
+            },
+            session: Caps {
+                to_donor: self.session_to_donor.or(self.session),
+                to_recipient: self.session_to_recipient.or(self.session),
+            },
+        }
+    }
+
+    /// Each cap of `self`, else `other`'s.
+    pub fn or(self, other: LimitSettings) -> LimitSettings {
+        LimitSettings {
+            relay: self.relay.or(other.relay),
+            session: self.session.or(other.session),
+            relay_to_donor: self.relay_to_donor.or(other.relay_to_donor),
+            relay_to_recipient: self.relay_to_recipient.or(other.relay_to_recipient),
+            session_to_donor: self.session_to_donor.or(other.session_to_donor),
+            session_to_recipient: self.session_to_recipient.or(other.session_to_recipient),
+        }
+    }
+
+    /// The `[limits]` table of a settings file, no cap for what it leaves out.
+    pub fn from_file(text: &str) -> Result<LimitSettings, String> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        match table.get("limits") {
+            None => Ok(LimitSettings::default()),
+            Some(limits) => LimitSettings::deserialize(limits.clone())
+                .map_err(|e| format!("[limits]: {}", e.message())),
+        }
     }
 }
 
@@ -663,12 +776,6 @@ impl Config {
                     "passthrough needs server_tls_mode = as-client (the recipient's own TLS goes to the donor)",
                 ));
             }
-            (C::Disabled, S::Required) | (C::Required, S::Disabled) => {
-                return Err(invalid(
-                    "server_tls_mode",
-                    "TLS on one leg only is not supported yet: use the same kind of mode on both legs",
-                ));
-            }
             _ => {}
         }
         if self.client_tls_cert.is_some() != self.client_tls_key.is_some() {
@@ -850,6 +957,47 @@ mod tests {
             Merge::File(reason) => reason,
             Merge::Invalid(e) => e.to_string(),
         })
+    }
+
+    #[test]
+    fn limits_come_from_flags_and_the_file_with_overrides_per_direction() {
+        let c = merged(
+            &["--upstream", "db:3306", "--session-rate", "20MiB/s"],
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.limits.session, Some(20 << 20));
+        assert_eq!(c.limits.targets().session, Caps::both(Some(20 << 20)));
+        assert_eq!(c.limits.targets().relay, Caps::both(None));
+
+        let file = "upstream = \"db:3306\"\n[limits]\nrelay = \"1Gbit/s\"\nsession_to_recipient = \"1.5MB/s\"\n";
+        let c = merged(&["--rate-to-donor", "1MiB/s"], Some(file)).unwrap();
+        let targets = c.limits.targets();
+        assert_eq!(targets.relay.to_recipient, Some(125_000_000));
+        assert_eq!(targets.relay.to_donor, Some(1 << 20));
+        assert_eq!(targets.session.to_recipient, Some(1_500_000));
+        assert_eq!(targets.session.to_donor, None);
+        assert_eq!(
+            LimitSettings::from_file(file).unwrap(),
+            LimitSettings {
+                relay_to_donor: None,
+                ..c.limits
+            }
+        );
+
+        let err = merged(&["--upstream", "db:3306", "--rate", "fast"], None).unwrap_err();
+        assert!(err.contains("rate") && err.contains("fast"), "{err}");
+        let err = merged(
+            &[],
+            Some("upstream = \"db:3306\"\n[limits]\nsession = \"10MiB\"\n"),
+        )
+        .unwrap_err();
+        assert!(err.contains("session") && err.contains("/s"), "{err}");
+        let err = LimitSettings::from_file("[limits]\nsesion = \"1MiB/s\"\n").unwrap_err();
+        assert!(err.contains("sesion"), "{err}");
+        // Written back as read.
+        let round = toml::to_string(&c).unwrap();
+        assert!(round.contains("relay = \"125000000B/s\""), "{round}");
     }
 
     #[test]
@@ -1140,19 +1288,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("invalid client_tls_mode"), "{e}");
-        let e = merged(
-            &[
-                "--upstream",
-                "a:1",
-                "--client-tls-mode",
-                "disabled",
-                "--server-tls-mode",
-                "required",
-            ],
-            None,
-        )
-        .unwrap_err();
-        assert!(e.contains("invalid server_tls_mode"), "{e}");
+        // TLS on one leg only, either way.
+        for (client, server) in [("disabled", "required"), ("required", "disabled")] {
+            let c = merged(
+                &[
+                    "--upstream",
+                    "a:1",
+                    "--client-tls-mode",
+                    client,
+                    "--server-tls-mode",
+                    server,
+                ],
+                None,
+            )
+            .unwrap();
+            assert_ne!(
+                c.client_tls_mode == ClientTlsMode::Disabled,
+                c.server_tls_mode == ServerTlsMode::Disabled
+            );
+        }
         let e = merged(&["--upstream", "a:1", "--server-tls-verify", "ca"], None).unwrap_err();
         assert!(e.contains("invalid server_tls_ca"), "{e}");
         let e = merged(

@@ -23,6 +23,7 @@ use crate::error::RelayError;
 use crate::handshake::{self, StageSettings};
 use crate::io::{Legs, Observed};
 use crate::leg::Leg;
+use crate::limit::Limited;
 use crate::protocol::Direction;
 use crate::protocol::handshake::greeting_err_packet;
 use crate::session::{CloseReason, ConnHandle, ConnId};
@@ -154,6 +155,13 @@ async fn carry(
             return Err(e);
         }
     };
+    if config.socket_buffer_bytes.is_none()
+        && let Some(bytes) = relay.limits().receive_buffer()
+    {
+        for leg in [&downstream, &upstream] {
+            let _ = socket::bound_receive_buffer(leg, bytes);
+        }
+    }
     // The TLS of this connection, to its end: a reload affects only connections after it.
     let tls = relay.tls();
     let stage = StageSettings {
@@ -165,6 +173,11 @@ async fn carry(
         server_tls: config.server_tls_mode,
         tls: &tls,
     };
+    // Reads are paid from the relay's buckets from here on, and from the session's once the
+    // wire names the clone; reads from the recipient travel to the donor.
+    let limits = conn.limits(relay.limits());
+    let downstream = Limited::new(downstream, limits.to_donor.clone());
+    let upstream = Limited::new(upstream, limits.to_recipient.clone());
     let handshaken = handshake::run(downstream, upstream, conn.as_ref(), &stage).await?;
     conn.set_tls(handshaken.downstream.is_tls(), handshaken.upstream.is_tls());
     let downstream = sockets.downstream.insert(handshaken.downstream);

@@ -64,6 +64,12 @@ pub enum RelayError {
     #[error("refused: {0}")]
     TlsRefused(String),
 
+    /// The relay could not carry the auth exchange between legs of different kinds (a donor's
+    /// public key it cannot read, a password it cannot decrypt); the recipient was sent this
+    /// reason in an ERR packet.
+    #[error("auth exchange: {0}")]
+    Auth(String),
+
     /// The recipient closed its connection before logging in (a TCP health check does that).
     #[error("the recipient left before logging in")]
     ClientLeft,
@@ -111,6 +117,7 @@ impl RelayError {
             RelayError::DownstreamTls(_) => "tls_downstream",
             RelayError::UpstreamTls { .. } => "tls_upstream",
             RelayError::TlsRefused(_) => "tls_refused",
+            RelayError::Auth(_) => "auth_exchange",
             RelayError::HandshakeTimeout(_) => "handshake_timeout",
             RelayError::Stalled { .. } => "stalled",
             RelayError::Aborted => "aborted",
@@ -127,6 +134,7 @@ impl RelayError {
                 | RelayError::DownstreamTls(_)
                 | RelayError::UpstreamTls { .. }
                 | RelayError::TlsRefused(_)
+                | RelayError::Auth(_)
         )
     }
 

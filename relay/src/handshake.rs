@@ -1,34 +1,44 @@
-//! The handshake stage, between the dial and the copy. It owns both sockets while the donor's
-//! greeting and the recipient's login request pass, each read whole and shown to the
-//! connection's decoder, and it sets up TLS on both legs the way MySQL does it, inside the
-//! classic protocol:
+//! The handshake stage, between the dial and the copy. It owns both sockets until the donor's
+//! OK (or ERR) ends authentication, reads every packet whole, shows each to the connection's
+//! decoder as the recipient's conversation has it, and sets up TLS on each leg the way MySQL
+//! does it, inside the classic protocol:
 //!
-//! 1. The donor's greeting reaches the recipient with CLIENT_SSL set or cleared as the modes
-//!    say (the relay offers TLS with its own certificate; nothing else in the greeting changes).
-//! 2. The recipient answers with an SSLRequest (sequence id 1): the relay accepts its TLS, reads
-//!    the login request (sequence id 2) inside it, refuses it when the recipient's certificate
-//!    is not among the allowed subjects, sends the donor an SSLRequest of its own
-//!    (the recipient's, as it came), connects TLS to the donor, and forwards the login request.
-//!    Or it answers with a plain login request, which goes to the donor as it is.
-//! 3. The copy takes over with both legs as plain byte streams ([`Leg`]); the decoder sees the
-//!    bytes inside TLS.
+//! 1. The donor's greeting reaches the recipient with CLIENT_SSL set or cleared as the client
+//!    mode says: the relay offers TLS with its own certificate whenever it terminates TLS,
+//!    whether or not the donor offers it (nothing else in the greeting changes).
+//! 2. The recipient answers with an SSLRequest (sequence id 1): the relay accepts its TLS and
+//!    reads the login request (sequence id 2) inside it, refusing it when the recipient's
+//!    certificate is not among the allowed subjects. Or it answers with a plain login request.
+//! 3. The donor leg gets TLS as the server mode says (`as-client`: when the recipient's has it
+//!    and the donor offers it; `preferred`: when the donor offers it; `required`: always;
+//!    `disabled`: never): an SSLRequest of the relay's own, then TLS. The login request goes to
+//!    the donor with CLIENT_SSL saying what the donor leg does.
+//! 4. The auth exchange is carried packet by packet ([`crate::auth`]), each leg with its own
+//!    sequence ids, bridging caching_sha2_password's full authentication when one leg has TLS
+//!    and the other not.
+//! 5. The copy takes over with both legs as plain byte streams ([`Leg`]).
 //!
 //! A mode that cannot be met is refused with a MySQL ERR packet naming the cause, before any
 //! login byte reaches the donor. In `passthrough` the greeting and the recipient's TLS pass
-//! untouched (and undecoded). Waits are bounded: the greeting by the admission's greeting wait,
-//! the rest (TLS handshakes included) by the handshake timeout counted from the greeting.
+//! untouched (and undecoded), and the copy carries the login. Waits are bounded: the greeting
+//! by the admission's greeting wait, the rest (TLS handshakes and the auth exchange included) by
+//! the handshake timeout counted from the greeting.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::leg::Wire;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::auth::{self, Exchange};
 use crate::config::{ClientTlsMode, ServerTlsMode};
 use crate::error::RelayError;
 use crate::io::Observer;
 use crate::leg::Leg;
+use crate::protocol::auth::{NONCE_LEN, SeqCounter, greeting_nonce, set_login_ssl};
 use crate::protocol::handshake::{
     CLIENT_SSL, SSL_REQUEST_LEN, ServerHello, err_packet, greeting_err_packet, parse_login_request,
     parse_server_hello, set_greeting_ssl,
@@ -69,8 +79,8 @@ pub struct Handshaken {
 /// `upstream` (the donor) through `observer`, setting up TLS on both legs where the modes and
 /// the recipient ask for it.
 pub async fn run(
-    mut downstream: TcpStream,
-    mut upstream: TcpStream,
+    mut downstream: Wire,
+    mut upstream: Wire,
     observer: &impl Observer,
     s: &StageSettings<'_>,
 ) -> Result<Handshaken, RelayError> {
@@ -81,7 +91,7 @@ pub async fn run(
                 timeout: s.greeting_wait,
             })??
         }
-        () = recipient_gone(&downstream) => return Err(RelayError::ClientLeft),
+        () = recipient_gone(downstream.get_ref()) => return Err(RelayError::ClientLeft),
     };
     let hello = parse_server_hello(&greeting[HEADER_LEN..]);
     let donor_offers_tls = match &hello {
@@ -114,80 +124,77 @@ pub async fn run(
         });
     }
 
+    let nonce = greeting_nonce(&greeting[HEADER_LEN..]);
     let login_due = Instant::now() + s.handshake_timeout;
+    let donor = Donor {
+        offers_tls: donor_offers_tls,
+        nonce,
+    };
     let legs = tokio::time::timeout_at(
         login_due,
         log_in(
-            &mut downstream,
-            &mut upstream,
+            downstream,
+            upstream,
             observer,
             s,
             offer == Some(true),
+            donor,
         ),
     )
     .await;
     match legs {
-        Ok(Ok(Legs::Plain)) => Ok(Handshaken {
-            downstream: Leg::Plain(downstream),
-            upstream: Leg::Plain(upstream),
+        Ok(Ok((downstream, upstream))) => Ok(Handshaken {
+            downstream,
+            upstream,
             login_due,
         }),
-        Ok(Ok(Legs::Upgrade)) => {
-            let (downstream, upstream) =
-                tokio::time::timeout_at(login_due, upgrade(downstream, upstream, observer, s))
-                    .await
-                    .map_err(|_| RelayError::HandshakeTimeout(s.handshake_timeout))??;
-            Ok(Handshaken {
-                downstream,
-                upstream,
-                login_due,
-            })
-        }
-        Ok(Err(e)) => {
-            drain(&downstream);
-            Err(e)
-        }
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(RelayError::HandshakeTimeout(s.handshake_timeout)),
     }
+}
+
+/// What the donor's greeting told.
+#[derive(Debug, Clone, Copy)]
+struct Donor {
+    offers_tls: bool,
+    nonce: Option<[u8; NONCE_LEN]>,
 }
 
 /// Whether the greeting offers TLS to the recipient (`None`: leave it as the donor sent it), or
 /// why the connection cannot go on.
 fn offer_tls(s: &StageSettings<'_>, donor_offers: bool) -> Result<Option<bool>, String> {
-    let relay_can = s.tls.acceptor().is_some() && s.tls.connector().is_some();
     match s.client_tls {
         ClientTlsMode::Passthrough => Ok(None),
-        ClientTlsMode::Disabled => Ok(Some(false)),
         _ if s.server_tls == ServerTlsMode::Required && !donor_offers => Err(format!(
             "clone-relay: the donor {} offers no TLS and --server-tls-mode is required",
             s.upstream_addr
         )),
-        ClientTlsMode::Required if !donor_offers => Err(format!(
-            "clone-relay: the donor {} offers no TLS and --client-tls-mode is required (TLS on one leg only is not supported yet)",
-            s.upstream_addr
-        )),
-        ClientTlsMode::Required | ClientTlsMode::Preferred => Ok(Some(relay_can && donor_offers)),
+        ClientTlsMode::Disabled => Ok(Some(false)),
+        ClientTlsMode::Required | ClientTlsMode::Preferred => Ok(Some(s.tls.acceptor().is_some())),
     }
 }
 
-/// How the legs go on after the first login packet.
-enum Legs {
-    /// Both stay plain (the login request has been forwarded).
-    Plain,
-    /// The recipient sent an SSLRequest the relay accepts: both legs become TLS.
-    Upgrade,
+/// Whether the donor leg uses TLS, once the recipient's leg is known.
+fn donor_tls(s: &StageSettings<'_>, recipient_tls: bool, donor_offers: bool) -> bool {
+    let wanted = match s.server_tls {
+        ServerTlsMode::Disabled => false,
+        ServerTlsMode::Preferred | ServerTlsMode::Required => true,
+        ServerTlsMode::AsClient => recipient_tls,
+    };
+    wanted && donor_offers && s.tls.connector().is_some()
 }
 
-/// Reads the recipient's first login packet and decides: forwarded as it is, refused, or an
-/// SSLRequest to accept.
+/// Reads the recipient's first login packet and carries the login: refused, passed through
+/// (`passthrough`), or with each leg set up and the auth exchange carried to its end.
 async fn log_in(
-    downstream: &mut TcpStream,
-    upstream: &mut TcpStream,
+    mut downstream: Wire,
+    mut upstream: Wire,
     observer: &impl Observer,
     s: &StageSettings<'_>,
     offered: bool,
-) -> Result<Legs, RelayError> {
-    let first = match read_packet(downstream, observer, Direction::Upstream).await {
+    donor: Donor,
+) -> Result<(Leg, Leg), RelayError> {
+    let first = match read_packet(&mut downstream, observer, Direction::Upstream).await {
         Err(RelayError::Downstream(e)) if recipient_left(&e) => return Err(RelayError::ClientLeft),
         other => other?,
     };
@@ -201,47 +208,50 @@ async fn log_in(
         if wants_tls {
             debug!("TLS passed through undecoded: clone awareness is off for this connection");
         }
-        return Ok(Legs::Plain);
+        return Ok((Leg::Plain(downstream), Leg::Plain(upstream)));
     }
-    match (wants_tls, offered) {
-        (true, true) => Ok(Legs::Upgrade),
-        (true, false) => refuse(downstream, 2, "clone-relay: TLS was not offered".into()).await,
-        (false, _) if s.client_tls == ClientTlsMode::Required => {
-            refuse_with(
-                downstream,
-                2,
-                ER_SECURE_TRANSPORT_REQUIRED,
-                "clone-relay: connections without TLS are refused (--client-tls-mode required)".into(),
-            )
-            .await
-        }
-        (false, _) if s.server_tls == ServerTlsMode::Required => {
-            refuse_with(
-                downstream,
-                2,
-                ER_SECURE_TRANSPORT_REQUIRED,
-                "clone-relay: the donor leg requires TLS, so the recipient must use TLS too (TLS on one leg only is not supported yet)".into(),
-            )
-            .await
-        }
-        (false, _) => {
-            upstream.write_all(&first).await.map_err(RelayError::Upstream)?;
-            Ok(Legs::Plain)
+    let refusal = match (wants_tls, offered) {
+        (true, false) => Some((
+            CR_SSL_CONNECTION_ERROR,
+            "clone-relay: TLS was not offered".to_string(),
+        )),
+        (false, _) if s.client_tls == ClientTlsMode::Required => Some((
+            ER_SECURE_TRANSPORT_REQUIRED,
+            "clone-relay: connections without TLS are refused (--client-tls-mode required)"
+                .to_string(),
+        )),
+        _ => None,
+    };
+    if let Some((code, reason)) = refusal {
+        let refused = refuse_with(&mut downstream, 2, code, reason).await;
+        drain(downstream.get_ref());
+        return refused;
+    }
+    let (mut recipient, login) = if wants_tls {
+        accept(downstream, observer, s).await?
+    } else {
+        (Leg::Plain(downstream), first)
+    };
+    match carry_login(&mut recipient, upstream, observer, s, login, donor).await {
+        Ok(upstream) => Ok((recipient, upstream)),
+        Err(e) => {
+            if let Leg::Plain(downstream) = &recipient {
+                drain(downstream.get_ref());
+            }
+            Err(e)
         }
     }
 }
 
-/// TLS on both legs: accept the recipient's, read its login request inside, then connect TLS to
-/// the donor with an SSLRequest of the relay's own and forward the login. A donor whose TLS
-/// fails is reported to the recipient inside its TLS, and nothing of the login reaches it.
-async fn upgrade(
-    downstream: TcpStream,
-    mut upstream: TcpStream,
+/// Accepts the recipient's TLS and reads its login request inside; refuses a recipient whose
+/// certificate is not among the allowed subjects.
+async fn accept(
+    downstream: Wire,
     observer: &impl Observer,
     s: &StageSettings<'_>,
-) -> Result<(Leg, Leg), RelayError> {
-    let (Some(acceptor), Some(connector)) = (s.tls.acceptor(), s.tls.connector()) else {
-        unreachable!("TLS is offered only when the relay has both sides of it");
+) -> Result<(Leg, Vec<u8>), RelayError> {
+    let Some(acceptor) = s.tls.acceptor() else {
+        unreachable!("TLS is offered only when the relay terminates it");
     };
     let mut recipient = acceptor
         .accept(downstream)
@@ -257,48 +267,103 @@ async fn upgrade(
     {
         return refuse(&mut recipient, 3, reason).await;
     }
-    let Some(ssl_request) = ssl_request_for(&login) else {
-        return refuse(
-            &mut recipient,
-            3,
-            "clone-relay: login request too short".into(),
-        )
-        .await;
-    };
-    upstream
-        .write_all(&ssl_request)
-        .await
-        .map_err(RelayError::Upstream)?;
-    let donor = match connector
-        .connect(donor_name(s.upstream_addr), upstream)
-        .await
-    {
-        Ok(donor) => donor,
-        Err(e) => {
-            let reason = format!(
-                "clone-relay: TLS to the donor {} failed: {e}",
-                s.upstream_addr
-            );
-            send_err(&mut recipient, 3, CR_SSL_CONNECTION_ERROR, &reason).await;
-            return Err(RelayError::UpstreamTls {
-                addr: s.upstream_addr.to_string(),
-                reason: e.to_string(),
-            });
+    Ok((Leg::FromRecipient(Box::new(recipient)), login))
+}
+
+/// Sets up the donor leg (TLS with an SSLRequest of the relay's own when the server mode says
+/// so), sends the login request with the donor leg's sequence id and CLIENT_SSL, and carries the
+/// auth exchange. A donor whose TLS fails is reported to the recipient, and nothing of the
+/// login reaches it.
+async fn carry_login(
+    recipient: &mut Leg,
+    mut upstream: Wire,
+    observer: &impl Observer,
+    s: &StageSettings<'_>,
+    mut login: Vec<u8>,
+    donor: Donor,
+) -> Result<Leg, RelayError> {
+    let recipient_tls = recipient.is_tls();
+    let mut recipient_seq = SeqCounter::new(0);
+    recipient_seq.received(login[3]);
+    let donor_tls = donor_tls(s, recipient_tls, donor.offers_tls);
+    let mut donor_seq = SeqCounter::new(1);
+    let mut donor_leg = if donor_tls {
+        let Some(ssl_request) = ssl_request_for(&login) else {
+            return refuse(
+                recipient,
+                recipient_seq.take(),
+                "clone-relay: login request too short".into(),
+            )
+            .await;
+        };
+        upstream
+            .write_all(&ssl_request)
+            .await
+            .map_err(RelayError::Upstream)?;
+        donor_seq.take();
+        let connector = s
+            .tls
+            .connector()
+            .expect("TLS to donors only with a connector");
+        match connector
+            .connect(donor_name(s.upstream_addr), upstream)
+            .await
+        {
+            Ok(tls) => Leg::ToDonor(Box::new(tls)),
+            Err(e) => {
+                let reason = format!(
+                    "clone-relay: TLS to the donor {} failed: {e}",
+                    s.upstream_addr
+                );
+                send_err(
+                    recipient,
+                    recipient_seq.take(),
+                    CR_SSL_CONNECTION_ERROR,
+                    &reason,
+                )
+                .await;
+                return Err(RelayError::UpstreamTls {
+                    addr: s.upstream_addr.to_string(),
+                    reason: e.to_string(),
+                });
+            }
         }
+    } else {
+        Leg::Plain(upstream)
     };
-    let mut donor = Leg::ToDonor(Box::new(donor));
-    donor
+    if recipient_tls != donor_tls {
+        debug!(
+            recipient_tls,
+            donor_tls, "TLS on one leg only: the relay carries the auth exchange across"
+        );
+    }
+    set_login_ssl(&mut login[HEADER_LEN..], donor_tls);
+    login[3] = donor_seq.take();
+    donor_leg
         .write_all(&login)
         .await
         .map_err(RelayError::Upstream)?;
-    Ok((Leg::FromRecipient(Box::new(recipient)), donor))
+    let exchange = Exchange {
+        recipient_tls,
+        donor_tls,
+        nonce: donor.nonce,
+        rsa_key: s.tls.rsa_key(),
+        max_packet: s.max_greeting_bytes,
+        recipient_seq,
+        donor_seq,
+    };
+    auth::carry(recipient, &mut donor_leg, observer, exchange).await?;
+    Ok(donor_leg)
 }
 
-/// The SSLRequest the relay sends the donor: the recipient's capabilities and settings, from
-/// the head of its login request, with sequence id 1.
+/// The SSLRequest the relay sends the donor: the recipient's capabilities (CLIENT_SSL set) and
+/// settings, from the head of its login request, with sequence id 1.
 fn ssl_request_for(login: &[u8]) -> Option<Vec<u8>> {
-    let head = login.get(HEADER_LEN..HEADER_LEN + SSL_REQUEST_LEN)?;
-    Some(crate::protocol::frame(1, head))
+    let mut head = login
+        .get(HEADER_LEN..HEADER_LEN + SSL_REQUEST_LEN)?
+        .to_vec();
+    set_login_ssl(&mut head, true);
+    Some(crate::protocol::frame(1, &head))
 }
 
 /// Sends the recipient an ERR packet naming why the connection cannot go on, and fails with it.
@@ -334,7 +399,7 @@ async fn send_err(downstream: &mut (impl AsyncWrite + Unpin), seq: u8, code: u16
 
 /// Reads the donor's greeting whole (bounded by `max` bytes) before anything sees it, since the
 /// relay may change its TLS offer.
-async fn read_greeting(upstream: &mut TcpStream, max: usize) -> Result<Vec<u8>, RelayError> {
+async fn read_greeting(upstream: &mut Wire, max: usize) -> Result<Vec<u8>, RelayError> {
     let mut packet = vec![0u8; HEADER_LEN];
     upstream
         .read_exact(&mut packet)
@@ -405,5 +470,159 @@ pub async fn recipient_gone(downstream: &TcpStream) {
     match downstream.peek(&mut probe).await {
         Ok(0) | Err(_) => {}
         Ok(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::limit::Chain;
+    use crate::protocol::handshake::{CLIENT_PROTOCOL_41, PROTOCOL_V10};
+    use crate::protocol::{frame, unhex};
+    use crate::tls::Tls;
+
+    /// The greeting of a MySQL 9.7.4 donor (connection id 100), from the captures.
+    const GREETING_9_7_4: &str = "0a392e372e342d320064000000431e324a347e494700ffffff0200ffdf15000000000000000000006d2234376a3a68386b2375410063616368696e67";
+
+    #[derive(Debug, Default)]
+    struct Seen(Mutex<Vec<(Direction, Vec<u8>)>>);
+
+    impl Observer for Seen {
+        fn observe(&self, dir: Direction, bytes: &[u8]) -> Result<(), Violation> {
+            self.0.lock().unwrap().push((dir, bytes.to_vec()));
+            Ok(())
+        }
+    }
+
+    /// Two connected loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap());
+        let (near, far) = tokio::join!(near, listener.accept());
+        (near.unwrap(), far.unwrap().0)
+    }
+
+    /// A login request payload from a client with `caps` (protocol 4.1 added).
+    fn login(caps: u32) -> Vec<u8> {
+        let mut p = (caps | CLIENT_PROTOCOL_41).to_le_bytes().to_vec();
+        p.extend_from_slice(&[0, 0, 0, 1, 255]);
+        p.extend_from_slice(&[0; 23]);
+        p.extend_from_slice(b"donor_clone\0");
+        p.push(32);
+        p.extend_from_slice(&[0x5a; 32]);
+        p.extend_from_slice(b"caching_sha2_password\0");
+        p
+    }
+
+    async fn read_one(s: &mut (impl AsyncRead + Unpin)) -> (u8, Vec<u8>) {
+        let (header, payload) = crate::protocol::packet::read_packet(s, 1 << 16)
+            .await
+            .unwrap();
+        (header.seq, payload)
+    }
+
+    #[tokio::test]
+    async fn a_donor_without_tls_still_gets_a_tls_recipient_and_ids_and_flags_are_rewritten() {
+        let mut config = Config::new("127.0.0.1:3306");
+        config.client_tls_mode = ClientTlsMode::Preferred;
+        config.server_tls_mode = ServerTlsMode::AsClient;
+        let tls = Tls::load(&config).unwrap();
+        // The recipient's TLS client: a relay set to dial TLS without verification has one.
+        let mut dialer = Config::new("127.0.0.1:3306");
+        dialer.client_tls_mode = ClientTlsMode::Disabled;
+        dialer.server_tls_mode = ServerTlsMode::Preferred;
+        let dialer = Tls::load(&dialer).unwrap();
+        let connector = dialer.connector().unwrap().clone();
+        let settings = StageSettings {
+            upstream_addr: "127.0.0.1:3306",
+            greeting_wait: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            max_greeting_bytes: 64 * 1024,
+            client_tls: config.client_tls_mode,
+            server_tls: config.server_tls_mode,
+            tls: &tls,
+        };
+        let (mut recipient, downstream) = pair().await;
+        let (upstream, mut donor) = pair().await;
+        let seen = Seen::default();
+
+        let donor_side = async {
+            let mut greeting = unhex(GREETING_9_7_4);
+            set_greeting_ssl(&mut greeting, false).unwrap();
+            donor.write_all(&frame(0, &greeting)).await.unwrap();
+            let (seq, payload) = read_one(&mut donor).await;
+            assert_eq!(seq, 1, "the login is the donor leg's first packet");
+            let caps = u32::from_le_bytes(payload[..4].try_into().unwrap());
+            assert_eq!(
+                caps & CLIENT_SSL,
+                0,
+                "CLIENT_SSL cleared for a plain donor leg"
+            );
+            assert_eq!(payload[4..], login(CLIENT_SSL)[4..]);
+            donor
+                .write_all(&frame(2, &[1, crate::protocol::auth::FAST_AUTH_SUCCESS]))
+                .await
+                .unwrap();
+            donor
+                .write_all(&frame(3, &[0, 0, 0, 2, 0, 0, 0]))
+                .await
+                .unwrap();
+        };
+        let recipient_side = async {
+            let (seq, greeting) = read_one(&mut recipient).await;
+            assert_eq!((seq, greeting[0]), (0, PROTOCOL_V10));
+            let offered = match parse_server_hello(&greeting).unwrap() {
+                ServerHello::Greeting(g) => g.capabilities & CLIENT_SSL != 0,
+                other => panic!("{other:?}"),
+            };
+            assert!(offered, "the relay offers TLS though the donor does not");
+            let request = login(CLIENT_SSL);
+            recipient
+                .write_all(&frame(1, &request[..SSL_REQUEST_LEN]))
+                .await
+                .unwrap();
+            let mut tls = connector
+                .connect(donor_name("clone-relay"), recipient)
+                .await
+                .unwrap();
+            tls.write_all(&frame(2, &request)).await.unwrap();
+            assert_eq!(read_one(&mut tls).await, (3, vec![1, 3]));
+            assert_eq!(
+                read_one(&mut tls).await.0,
+                4,
+                "OK in the recipient's numbering"
+            );
+            tls
+        };
+        let (handshaken, (), _tls) = tokio::join!(
+            run(
+                Wire::new(downstream, Chain::default()),
+                Wire::new(upstream, Chain::default()),
+                &seen,
+                &settings
+            ),
+            donor_side,
+            recipient_side
+        );
+        let handshaken = handshaken.unwrap();
+        assert!(handshaken.downstream.is_tls());
+        assert!(!handshaken.upstream.is_tls());
+        // The observer saw the recipient's conversation: its sequence ids, every packet.
+        let seen = seen.0.lock().unwrap();
+        let last: Vec<(Direction, u8, u8)> = seen
+            .iter()
+            .rev()
+            .take(2)
+            .map(|(d, p)| (*d, p[3], p[4]))
+            .collect();
+        assert_eq!(
+            last,
+            [(Direction::Downstream, 4, 0), (Direction::Downstream, 3, 1)]
+        );
     }
 }

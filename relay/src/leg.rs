@@ -1,6 +1,7 @@
 //! One leg of a relayed connection after the handshake stage: plain TCP, or TLS that the relay
 //! terminates (towards the recipient) or originates (towards the donor). Either way it is just
 //! `AsyncRead + AsyncWrite` to the copy path, and its TCP socket stays reachable for resets.
+//! Below TLS sits the bandwidth decorator ([`Wire`]).
 
 use std::io;
 use std::pin::Pin;
@@ -10,23 +11,29 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::{client, server};
 
+use crate::limit::Limited;
+
+/// A leg's TCP socket, its reads paid from the connection's bandwidth buckets: under TLS, so
+/// the caps count what crosses the wire.
+pub type Wire = Limited<TcpStream>;
+
 /// A leg's stream.
 #[derive(Debug)]
 pub enum Leg {
-    Plain(TcpStream),
+    Plain(Wire),
     /// TLS from the recipient, terminated by the relay.
-    FromRecipient(Box<server::TlsStream<TcpStream>>),
+    FromRecipient(Box<server::TlsStream<Wire>>),
     /// TLS to the donor, originated by the relay.
-    ToDonor(Box<client::TlsStream<TcpStream>>),
+    ToDonor(Box<client::TlsStream<Wire>>),
 }
 
 impl Leg {
     /// The TCP socket underneath.
     pub fn tcp(&self) -> &TcpStream {
         match self {
-            Leg::Plain(s) => s,
-            Leg::FromRecipient(s) => s.get_ref().0,
-            Leg::ToDonor(s) => s.get_ref().0,
+            Leg::Plain(s) => s.get_ref(),
+            Leg::FromRecipient(s) => s.get_ref().0.get_ref(),
+            Leg::ToDonor(s) => s.get_ref().0.get_ref(),
         }
     }
 

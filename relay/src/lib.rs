@@ -13,6 +13,9 @@
 //! - [`connection`]: one recipient connection from admission to close.
 //! - [`upstream`]: dialing the donor (with backoff for reconnects), the start-up probe.
 //! - [`handshake`]: the stage between dial and copy that owns both legs until login.
+//! - [`auth`]: the auth exchange carried packet by packet across the legs, bridging
+//!   caching_sha2_password's full authentication when only one leg has TLS.
+//! - [`password`]: caching_sha2_password's RSA password exchange (nonce mask, RSA-OAEP).
 //! - [`leg`]: a leg after the handshake: plain TCP or TLS, one `AsyncRead + AsyncWrite`.
 //! - [`copy`]: the bidirectional copy, generic over `AsyncRead + AsyncWrite`.
 //! - [`io`]: I/O decorators on the copy path (byte metering, protocol observation).
@@ -32,6 +35,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod copy;
@@ -40,7 +44,9 @@ pub mod handshake;
 pub mod health;
 pub mod io;
 pub mod leg;
+pub mod limit;
 pub mod metrics;
+pub mod password;
 pub mod protocol;
 pub mod server;
 pub mod session;

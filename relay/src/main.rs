@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
-use clone_relay::config::LogFormat;
+use clone_relay::config::{LimitSettings, LogFormat};
 use clone_relay::{Config, Relay, RelayError, upstream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -58,7 +58,11 @@ fn main() -> ExitCode {
     }
     init_tracing(relay.config().log_format);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(serve(relay)) {
+    let reload = Reload {
+        file: cli.config,
+        flag_limits: cli.settings.limits,
+    };
+    match runtime.block_on(serve(relay, reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("clone-relay: {e}");
@@ -72,7 +76,14 @@ fn usage_error(message: String) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn serve(relay: Relay) -> Result<(), RelayError> {
+/// What SIGHUP rereads: the settings file's `[limits]`, under the caps given as flags.
+#[derive(Debug)]
+struct Reload {
+    file: Option<PathBuf>,
+    flag_limits: LimitSettings,
+}
+
+async fn serve(relay: Relay, reload: Reload) -> Result<(), RelayError> {
     let config = relay.config();
     let listen = config.listen.expect("Config::load requires listen");
     let (admin_addr, probe) = (config.admin, config.upstream_probe);
@@ -103,8 +114,12 @@ async fn serve(relay: Relay) -> Result<(), RelayError> {
         _ => {}
     }
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(hangup) => drop(tokio::spawn(reload_on_hangup(hangup, relay.clone()))),
-        Err(e) => warn!(error = %e, "no TLS reload on SIGHUP: cannot handle the signal"),
+        Ok(hangup) => drop(tokio::spawn(reload_on_hangup(
+            hangup,
+            relay.clone(),
+            reload,
+        ))),
+        Err(e) => warn!(error = %e, "no reload on SIGHUP: cannot handle the signal"),
     }
     let listen = listener.local_addr().unwrap_or(listen);
     info!(%listen, upstreams = ?relay.config().upstreams, "relay listening");
@@ -166,12 +181,25 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// On every SIGHUP, reloads TLS from the configured files; a failed reload keeps the TLS in
-/// use (the relay logs why) and the relay carries on.
-async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, relay: Relay) {
+/// On every SIGHUP, reloads TLS from the configured files and the bandwidth caps from the
+/// settings file (a cap given as a flag stays); a failed reload keeps what is in use (the relay
+/// logs why) and the relay carries on.
+async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, relay: Relay, reload: Reload) {
     while hangup.recv().await.is_some() {
-        info!("SIGHUP received: reloading TLS");
+        info!("SIGHUP received: reloading TLS and bandwidth caps");
         let _ = relay.reload_tls();
+        let Some(file) = &reload.file else {
+            continue;
+        };
+        let limits = std::fs::read_to_string(file)
+            .map_err(|e| e.to_string())
+            .and_then(|text| LimitSettings::from_file(&text));
+        match limits {
+            Ok(limits) => relay.set_limits(&reload.flag_limits.or(limits)),
+            Err(e) => {
+                warn!(file = %file.display(), error = %e, "bandwidth caps not reloaded: the caps in use stay")
+            }
+        }
     }
 }
 

@@ -6,6 +6,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use crate::limit::{Caps, RelayLimits};
+
 /// Relay-wide counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -145,6 +147,60 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// The bandwidth caps (`_cap_bytes_per_second`, absent for no cap) of both scopes, and what the
+/// relay's own buckets let through (`_passed_bytes_total`, and over the latest second or more,
+/// `_achieved_bytes_per_second`), by direction.
+pub fn render_limits(out: &mut String, limits: &RelayLimits) {
+    let targets = limits.targets();
+    let directions = |caps: Caps| {
+        [
+            ("to_donor", caps.to_donor),
+            ("to_recipient", caps.to_recipient),
+        ]
+    };
+    let _ = writeln!(
+        out,
+        "# HELP clone_relay_limit_cap_bytes_per_second Bandwidth cap by scope and direction.\n# TYPE clone_relay_limit_cap_bytes_per_second gauge"
+    );
+    for (scope, caps) in [("relay", targets.relay), ("session", targets.session)] {
+        for (direction, cap) in directions(caps) {
+            if let Some(cap) = cap {
+                let _ = writeln!(
+                    out,
+                    "clone_relay_limit_cap_bytes_per_second{{scope=\"{scope}\",direction=\"{direction}\"}} {cap}"
+                );
+            }
+        }
+    }
+    let relay = limits.relay();
+    let buckets = [
+        ("to_donor", &relay.to_donor),
+        ("to_recipient", &relay.to_recipient),
+    ];
+    let _ = writeln!(
+        out,
+        "# HELP clone_relay_limit_passed_bytes_total Bytes the relay's buckets let through, by direction.\n# TYPE clone_relay_limit_passed_bytes_total counter"
+    );
+    for (direction, bucket) in buckets {
+        let _ = writeln!(
+            out,
+            "clone_relay_limit_passed_bytes_total{{scope=\"relay\",direction=\"{direction}\"}} {}",
+            bucket.granted()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP clone_relay_limit_achieved_bytes_per_second Rate the relay's buckets let through over the latest second or more.\n# TYPE clone_relay_limit_achieved_bytes_per_second gauge"
+    );
+    for (direction, bucket) in buckets {
+        let _ = writeln!(
+            out,
+            "clone_relay_limit_achieved_bytes_per_second{{scope=\"relay\",direction=\"{direction}\"}} {}",
+            bucket.recent_rate()
+        );
     }
 }
 

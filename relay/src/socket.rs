@@ -28,6 +28,12 @@ pub fn tune(stream: &TcpStream, config: &Config) -> io::Result<()> {
     sock.set_tcp_user_timeout(Some(config.user_timeout))
 }
 
+/// Bounds SO_RCVBUF on a connection whose reads are capped, so the kernel does not take in
+/// megabytes at full speed ahead of the cap (the kernel doubles the figure for bookkeeping).
+pub fn bound_receive_buffer(stream: &TcpStream, bytes: usize) -> io::Result<()> {
+    SockRef::from(stream).set_recv_buffer_size(bytes)
+}
+
 /// A listener with SO_REUSEADDR (a restarted relay can rebind at once) and a deep backlog.
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;

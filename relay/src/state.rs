@@ -6,9 +6,10 @@ use std::sync::atomic::Ordering;
 
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, LimitSettings};
 use crate::error::RelayError;
 use crate::health::Health;
+use crate::limit::RelayLimits;
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
 use crate::session::affinity::AffinityStore;
@@ -22,6 +23,7 @@ pub struct Relay {
     registry: Arc<Registry>,
     health: Arc<Health>,
     tls: Arc<TlsStore>,
+    limits: Arc<RelayLimits>,
 }
 
 impl Relay {
@@ -45,7 +47,9 @@ impl Relay {
         };
         let registry = Registry::with_affinity(settings, Arc::new(Metrics::default()), affinity);
         let tls = TlsStore::new(tls, &config);
+        let limits = Arc::new(RelayLimits::new(config.limits.targets()));
         Ok(Relay {
+            limits,
             config: Arc::new(config),
             registry: Arc::new(registry),
             health: Arc::new(Health::default()),
@@ -107,6 +111,20 @@ impl Relay {
                 warn!(error = %e, "TLS reload failed: the TLS in use stays");
                 Err(e)
             }
+        }
+    }
+
+    /// The bandwidth caps and their buckets.
+    pub fn limits(&self) -> &Arc<RelayLimits> {
+        &self.limits
+    }
+
+    /// Applies new bandwidth caps to the relay, its sessions and their live connections.
+    pub fn set_limits(&self, settings: &LimitSettings) {
+        let targets = settings.targets();
+        if targets != self.limits.targets() {
+            info!(limits = ?settings, "bandwidth caps changed");
+            self.limits.set(targets);
         }
     }
 

@@ -7,6 +7,11 @@
 //! by it (rcgen). With a state directory both are kept in `DIR/tls/` and reused on restart, so a
 //! recipient can pin the CA with `clone_ssl_ca`; the CA's SHA-256 fingerprint is logged.
 //!
+//! For caching_sha2_password's full authentication between a recipient without TLS and a donor
+//! with it, the relay has an RSA key of its own ([`RsaKey`], 2048 bits), made when the modes
+//! allow that combination and kept in `DIR/tls/rsa-key.pem` (or in memory without a state
+//! directory); a reload keeps it.
+//!
 //! The material in use sits in a [`TlsStore`]: a reload (SIGHUP, or a change of a configured
 //! file) builds a new [`Tls`] from the files and swaps it in whole; each new connection takes
 //! the current one once, so connections already carried keep the TLS sessions they have.
@@ -42,6 +47,10 @@ const TLS_DIR: &str = "tls";
 pub const CA_FILE: &str = "ca.pem";
 const CERT_FILE: &str = "cert.pem";
 const KEY_FILE: &str = "key.pem";
+/// The relay's RSA key for caching_sha2_password (PKCS#8), beside its certificates.
+pub const RSA_KEY_FILE: &str = "rsa-key.pem";
+/// Size of the relay's RSA key, as MySQL's own auto-generated keys.
+const RSA_BITS: usize = 2048;
 
 /// TLS for both legs, ready to use.
 #[derive(Clone)]
@@ -66,6 +75,99 @@ pub struct Tls {
     /// The relay's own certificate when it is kept nowhere: a reload keeps it rather than make
     /// another, so recipients see the same certificate until the relay restarts.
     ephemeral: Option<Arc<Identity>>,
+    /// The relay's RSA key, when the modes allow a recipient without TLS and a donor with it.
+    rsa: Option<Arc<RsaKey>>,
+}
+
+/// The relay's RSA key pair for caching_sha2_password: it serves the public half to recipients
+/// without TLS that ask for it, and decrypts the password they send with the private half.
+pub struct RsaKey {
+    private: rsa::PrivateKey,
+    public_pem: String,
+}
+
+impl fmt::Debug for RsaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RsaKey").finish_non_exhaustive()
+    }
+}
+
+impl RsaKey {
+    /// A new key (this takes a moment).
+    pub fn generate() -> Result<Self, RelayError> {
+        let private = rsa::PrivateKey::new(&mut getrandom::SysRng, RSA_BITS)
+            .map_err(|e| rsa_invalid(format!("cannot make the relay's RSA key: {e}")))?;
+        Self::from_private(private)
+    }
+
+    fn from_private(private: rsa::PrivateKey) -> Result<Self, RelayError> {
+        use rsa::pkcs8::{EncodePublicKey, LineEnding};
+        let public_pem = private
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| rsa_invalid(e.to_string()))?;
+        Ok(RsaKey {
+            private,
+            public_pem,
+        })
+    }
+
+    /// The key kept in `state_dir/tls/`, made and kept there now when absent; made in memory
+    /// without a state directory.
+    fn own(state_dir: Option<&Path>) -> Result<Self, RelayError> {
+        use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+        let Some(state_dir) = state_dir else {
+            return Self::generate();
+        };
+        let dir = state_dir.join(TLS_DIR);
+        let path = dir.join(RSA_KEY_FILE);
+        if path.exists() {
+            refuse_shared_key(&path, "state_dir")?;
+            let pem = zeroize::Zeroizing::new(
+                std::fs::read_to_string(&path).map_err(|e| file_invalid("state_dir", &path, e))?,
+            );
+            let private = rsa::PrivateKey::from_pkcs8_pem(&pem)
+                .map_err(|e| file_invalid("state_dir", &path, e))?;
+            return Self::from_private(private);
+        }
+        let key = Self::generate()?;
+        let pem = key
+            .private
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| rsa_invalid(e.to_string()))?;
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| write_private(&path, pem.as_bytes()))
+            .map_err(|e| file_invalid("state_dir", &path, e))?;
+        Ok(key)
+    }
+
+    pub fn private(&self) -> &rsa::PrivateKey {
+        &self.private
+    }
+
+    /// The public key as PEM (SubjectPublicKeyInfo), as a MySQL server sends its own.
+    pub fn public_pem(&self) -> &str {
+        &self.public_pem
+    }
+}
+
+fn rsa_invalid(reason: String) -> RelayError {
+    RelayError::Config {
+        field: "state_dir",
+        reason,
+    }
+}
+
+/// Whether the modes allow a recipient leg without TLS with a donor leg with TLS, where the
+/// relay needs its own RSA key.
+fn needs_rsa_key(config: &Config) -> bool {
+    matches!(
+        config.client_tls_mode,
+        ClientTlsMode::Disabled | ClientTlsMode::Preferred
+    ) && matches!(
+        config.server_tls_mode,
+        ServerTlsMode::Preferred | ServerTlsMode::Required
+    )
 }
 
 /// Where the relay's certificate towards recipients came from.
@@ -132,17 +234,29 @@ impl Tls {
     /// Builds what the configured modes need; an unreadable or unsafe file is refused with an
     /// error naming its setting.
     pub fn load(config: &Config) -> Result<Self, RelayError> {
-        Self::build(config, None)
+        Self::build(config, None, None)
     }
 
     /// A new `Tls` from the configured files as they are now, for a reload: the same as
     /// [`Tls::load`], except that the relay's own certificate, when it is kept nowhere, stays
     /// the one this `Tls` has.
+    /// The relay's RSA key stays the one this `Tls` has.
     pub fn reload(&self, config: &Config) -> Result<Self, RelayError> {
-        Self::build(config, self.ephemeral.clone())
+        Self::build(config, self.ephemeral.clone(), self.rsa.clone())
     }
 
-    fn build(config: &Config, ephemeral: Option<Arc<Identity>>) -> Result<Self, RelayError> {
+    fn build(
+        config: &Config,
+        ephemeral: Option<Arc<Identity>>,
+        rsa: Option<Arc<RsaKey>>,
+    ) -> Result<Self, RelayError> {
+        let rsa = match rsa {
+            Some(key) => Some(key),
+            None if needs_rsa_key(config) => {
+                Some(Arc::new(RsaKey::own(config.state_dir.as_deref())?))
+            }
+            None => None,
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let terminates = matches!(
             config.client_tls_mode,
@@ -223,6 +337,7 @@ impl Tls {
             allowed_subjects: config.client_tls_allowed_subjects.clone(),
             presents_client_certificate,
             ephemeral: kept_nowhere,
+            rsa,
         })
     }
 
@@ -258,6 +373,11 @@ impl Tls {
     /// Speaks TLS to donors, when the mode does.
     pub fn connector(&self) -> Option<&TlsConnector> {
         self.connector.as_ref()
+    }
+
+    /// The relay's RSA key, when the modes allow a recipient without TLS and a donor with it.
+    pub fn rsa_key(&self) -> Option<&RsaKey> {
+        self.rsa.as_deref()
     }
 }
 
@@ -558,22 +678,26 @@ impl OwnMaterial {
 
     /// Writes the material to `dir`, the key readable by its owner only.
     fn save(&self, dir: &Path) -> io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join(CERT_FILE), &self.chain_pem)?;
         std::fs::write(dir.join(CA_FILE), &self.ca_pem)?;
-        let path = dir.join(KEY_FILE);
-        let mut key = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)?;
-        // A file left by someone else keeps its mode on open: make it the owner's only.
-        key.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        key.write_all(self.key_pem.as_bytes())
+        write_private(&dir.join(KEY_FILE), self.key_pem.as_bytes())
     }
+}
+
+/// Writes a private key file readable by its owner only.
+fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut key = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // A file left by someone else keeps its mode on open: make it the owner's only.
+    key.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    key.write_all(contents)
 }
 
 /// A private key file that others can read is refused: it names the setting and the fix.

@@ -2,6 +2,8 @@
 //! `64MiB`, `1GiB` or a plain byte count. Parsers for clap, and serde modules for the config
 //! file that read these forms and write them back in the same form.
 //!
+//! Rates are bytes or bits per second: `100MiB/s`, `500Mbit/s`, `1.5GB/s`.
+//!
 //! A duration needs its unit (`ns`, `us`, `ms`, `s`, `m`, `h`): a bare number is refused,
 //! since `30` could mean seconds or milliseconds. A size is a byte count, optionally with `B`,
 //! `KiB`, `MiB`, `GiB` or `TiB` (powers of 1024); `KB`, `MB`... are refused as ambiguous.
@@ -134,6 +136,117 @@ pub fn format_size(bytes: usize) -> String {
     bytes.to_string()
 }
 
+/// Rate units: binary and decimal bytes, and decimal bits, each per second.
+const RATE_UNITS: [(&str, u128, u128); 14] = [
+    // (unit, numerator, denominator) of bytes per unit.
+    ("B", 1, 1),
+    ("KiB", 1 << 10, 1),
+    ("MiB", 1 << 20, 1),
+    ("GiB", 1 << 30, 1),
+    ("TiB", 1 << 40, 1),
+    ("kB", 1_000, 1),
+    ("KB", 1_000, 1),
+    ("MB", 1_000_000, 1),
+    ("GB", 1_000_000_000, 1),
+    ("bit", 1, 8),
+    ("kbit", 1_000, 8),
+    ("Kbit", 1_000, 8),
+    ("Mbit", 1_000_000, 8),
+    ("Gbit", 1_000_000_000, 8),
+];
+
+/// The lowest rate accepted: below it a single MySQL packet header would wait seconds.
+pub const MIN_RATE: u64 = 1 << 10;
+/// The highest rate accepted (far above what one host carries).
+pub const MAX_RATE: u64 = 1 << 40;
+
+/// Parses a rate such as `100MiB/s`, `500Mbit/s` or `1.5GB/s` into bytes per second (rounded to
+/// the nearest byte).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let s = text.trim();
+    let example = "write e.g. 100MiB/s, 500Mbit/s or 1.5GB/s";
+    let Some(amount) = s.strip_suffix("/s") else {
+        return Err(format!("{s:?} is not a rate: {example}"));
+    };
+    let number_len = amount
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.')
+        .count();
+    let (number, unit) = amount.split_at(number_len);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || fraction.contains('.') || fraction.len() > 9 {
+        return Err(format!("{s:?} is not a rate: {example}"));
+    }
+    let Some(&(_, per_unit, divisor)) = RATE_UNITS.iter().find(|(name, ..)| *name == unit.trim())
+    else {
+        return Err(format!(
+            "{s:?} has an unknown unit {unit:?}: use B, KiB, MiB, GiB, TiB, kB, MB, GB, bit, kbit, Mbit or Gbit, then /s"
+        ));
+    };
+    let scale = 10u128.pow(fraction.len() as u32);
+    let digits: u128 = format!("{whole}{fraction}")
+        .parse()
+        .map_err(|_| format!("{s:?} is too large"))?;
+    let denominator = scale * divisor;
+    let bytes = digits
+        .checked_mul(per_unit)
+        .map(|n| (n + denominator / 2) / denominator)
+        .filter(|&n| n <= u128::from(MAX_RATE))
+        .ok_or_else(|| format!("{s:?} is too large: at most {}", format_rate(MAX_RATE)))?;
+    let bytes = bytes as u64;
+    if bytes < MIN_RATE {
+        return Err(format!(
+            "{s:?} is too low: at least {} (leave the setting out for no cap)",
+            format_rate(MIN_RATE)
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Writes a rate in the largest binary unit that keeps it whole (`100MiB/s`), else in bytes.
+pub fn format_rate(bytes_per_second: u64) -> String {
+    let size = format_size(bytes_per_second as usize);
+    match size.bytes().all(|b| b.is_ascii_digit()) {
+        true => format!("{size}B/s"),
+        false => format!("{size}/s"),
+    }
+}
+
+/// Serde for an optional rate written as text (`"100MiB/s"`); absent means no cap.
+pub mod option_rate {
+    use std::fmt;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(rate: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+        match rate {
+            Some(rate) => serializer.serialize_str(&super::format_rate(*rate)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<u64>, D::Error> {
+        deserializer.deserialize_any(RateVisitor).map(Some)
+    }
+
+    struct RateVisitor;
+
+    impl Visitor<'_> for RateVisitor {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a rate such as \"100MiB/s\", \"500Mbit/s\" or \"1.5GB/s\"")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            super::parse_rate(v).map_err(E::custom)
+        }
+    }
+}
+
 /// Serde for a [`Duration`] written with its unit (`"30s"`); numbers are refused.
 pub mod duration {
     use std::fmt;
@@ -241,6 +354,26 @@ pub mod option_size {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_take_bytes_or_bits_per_second() {
+        assert_eq!(parse_rate("100MiB/s"), Ok(100 << 20));
+        assert_eq!(parse_rate("500Mbit/s"), Ok(62_500_000));
+        assert_eq!(parse_rate("1.5GB/s"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("64KiB/s"), Ok(64 << 10));
+        assert_eq!(parse_rate(" 20 MiB/s "), Ok(20 << 20));
+        assert_eq!(parse_rate("2048B/s"), Ok(2048));
+        for bad in ["100MiB", "fast/s", "1.2.3MB/s", "10mib/s", "/s", "1Tbyte/s"] {
+            assert!(parse_rate(bad).is_err(), "{bad} is refused");
+        }
+        assert!(parse_rate("100B/s").unwrap_err().contains("too low"));
+        assert!(parse_rate("2TiB/s").unwrap_err().contains("too large"));
+        assert_eq!(format_rate(100 << 20), "100MiB/s");
+        assert_eq!(format_rate(62_500_000), "62500000B/s");
+        for rate in [64 << 10, 62_500_000, 10 << 30] {
+            assert_eq!(parse_rate(&format_rate(rate)), Ok(rate));
+        }
+    }
 
     #[test]
     fn durations_need_a_unit() {

@@ -1,15 +1,18 @@
-//! MySQL classic protocol: what the relay needs to follow a clone, and nothing it would have to
-//! rewrite.
+//! MySQL classic protocol: what the relay needs to follow a clone, and the few fields it
+//! rewrites before auth ends (sequence ids, the login's TLS flag).
 //!
 //! - [`packet`]: the 4-byte packet header, and a scanner that finds packet boundaries and heads
 //!   without copying payloads.
 //! - [`compressed`]: the compressed framing (7-byte headers, zlib bodies).
 //! - [`handshake`]: the server greeting, the client's login request, OK and ERR packets.
+//! - [`auth`]: the auth exchange's packets (nonce, auth switch, caching_sha2_password's
+//!   more-data packets) and the relay's edits on the way (sequence ids, CLIENT_SSL).
 //! - [`clone`]: the CLONE sub-protocol: commands, responses, locators, descriptors.
 //! - [`decoder`]: one connection's conversation, both directions, as a stream of events.
 //!
 //! The types every layer shares (direction, phase, violation, limits) live here, at the top.
 
+pub mod auth;
 pub mod clone;
 pub mod compressed;
 pub mod decoder;

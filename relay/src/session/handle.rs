@@ -2,13 +2,14 @@
 //! path's [`Observer`]), records what it sees, and keeps the data flow the stall watch reads.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{CloseReason, ConnId, Registry, SessionSettings};
 use crate::io::Observer;
+use crate::limit::{ConnLimits, Pair, RelayLimits};
 use crate::protocol::clone::CommandKind;
 use crate::protocol::decoder::{Decoder, Event};
 use crate::protocol::{Direction, Phase, Violation};
@@ -24,6 +25,8 @@ pub struct ConnHandle {
     greeted: AtomicBool,
     abort: CancellationToken,
     flow: Mutex<DataFlow>,
+    limits: OnceLock<(Arc<RelayLimits>, ConnLimits)>,
+    session_limits: OnceLock<Arc<Pair>>,
 }
 
 impl ConnHandle {
@@ -47,6 +50,8 @@ impl ConnHandle {
             greeted: AtomicBool::new(false),
             abort,
             flow: Mutex::new(DataFlow::default()),
+            limits: OnceLock::new(),
+            session_limits: OnceLock::new(),
         }
     }
 
@@ -82,6 +87,30 @@ impl ConnHandle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .owed()
+    }
+
+    /// The connection's bandwidth chains under `limits`: the relay's buckets now, its
+    /// session's too once the wire names its clone.
+    pub fn limits(&self, limits: &Arc<RelayLimits>) -> ConnLimits {
+        self.limits
+            .get_or_init(|| (limits.clone(), limits.connection()))
+            .1
+            .clone()
+    }
+
+    /// Draws from the session's buckets too, once the connection's clone is known.
+    fn join_session_limits(&self) {
+        if self.session_limits.get().is_some() {
+            return;
+        }
+        let Some((limits, chains)) = self.limits.get() else {
+            return;
+        };
+        if let Some(session) = self.registry.session_of(self.id) {
+            let pair = limits.session(session);
+            chains.join(&pair);
+            let _ = self.session_limits.set(pair);
+        }
     }
 
     /// Records whether each leg runs TLS.
@@ -135,6 +164,7 @@ impl Observer for ConnHandle {
         self.track_flow(dir, bytes.len(), &events);
         if !events.is_empty() {
             self.registry.apply(self.id, events, phase);
+            self.join_session_limits();
         }
         result
     }

@@ -125,6 +125,11 @@ impl Registry {
         self.affinity.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The clone session connection `conn` belongs to, once the wire has said.
+    pub fn session_of(&self, conn: ConnId) -> Option<SessionId> {
+        self.lock().conns.get(&conn).and_then(|c| c.session)
+    }
+
     /// Sessions held (live and recently ended), for tests and bounds checks.
     pub fn session_count(&self) -> usize {
         self.lock().sessions.len()

@@ -11,6 +11,7 @@ use super::state::{
     Change, CloneErrorView, ConnRecord, LiveConn, ResumeRecord, Session, SessionState,
 };
 use super::{ConnId, Registry, SessionId};
+use crate::limit::PairView;
 use crate::protocol::clone::{CloneId, Stage};
 
 /// Progress of the current stage, from the donor's STATE descriptors (which carry each stage's
@@ -58,6 +59,8 @@ pub struct SessionView {
     pub connections: Vec<ConnRecord>,
     /// Closed connections no longer listed.
     pub connections_not_listed: u64,
+    /// The session's bandwidth caps and what they let through, while it has live connections.
+    pub bandwidth: Option<PairView>,
 }
 
 /// A donor that may still hold a clone whose recipient will not resume it: new clones go to
@@ -186,6 +189,7 @@ impl Session {
             donor_holds_for_ms: stale_donor(self, now).map(|d| d.holds_for_ms),
             connections,
             connections_not_listed: self.closed.dropped,
+            bandwidth: None,
         }
     }
 

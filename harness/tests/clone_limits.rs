@@ -1,0 +1,191 @@
+//! Bandwidth caps end to end with real MySQL: a clone of more than 200 MB under a 20 MiB/s
+//! session cap holds it (by the relay's own count on the wire and by the recipient's
+//! `clone_progress`), follows a change to 40 MiB/s through the admin API within a second, and
+//! holds the cap again with TLS on both legs; checksums equal after each clone.
+
+use std::time::Duration;
+
+use clone_relay::admin::request_with_json;
+use clone_relay::config::Secret;
+use harness::clone::{Transport, clone_instance_with};
+use harness::dataset::{Dataset, mismatches};
+use harness::image::mysql_image;
+use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+use tokio::time::Instant;
+
+const MIB: u64 = 1 << 20;
+const DATASET_BYTES: u64 = 210 * MIB;
+const MIN_SEEDED_BYTES: u64 = 200 * MIB;
+const CLONE_TIMEOUT: Duration = Duration::from_secs(300);
+const TOKEN: &str = "clone-limits-token-0123456789";
+/// How long each rate is measured.
+const WINDOW: Duration = Duration::from_secs(5);
+
+/// One reading of the bytes the session's cap let through to the recipient (on the wire, TLS
+/// records included) and of the recipient's own count of network bytes.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    at: Instant,
+    wire: u64,
+    recipient: u64,
+}
+
+async fn read(relay: &RelayFixture, session: u64, recipient: &MysqlServer) -> Reading {
+    let recipient_bytes = recipient
+        .sql("SELECT SUM(NETWORK) FROM performance_schema.clone_progress")
+        .await
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let wire = relay
+        .relay()
+        .limits()
+        .session_if_live(session)
+        .map_or(0, |pair| pair.to_recipient.granted());
+    Reading {
+        at: Instant::now(),
+        wire,
+        recipient: recipient_bytes,
+    }
+}
+
+/// Rates between two readings, bytes per second: (wire, recipient).
+fn rates(a: Reading, b: Reading) -> (f64, f64) {
+    let secs = (b.at - a.at).as_secs_f64();
+    (
+        (b.wire - a.wire) as f64 / secs,
+        (b.recipient - a.recipient) as f64 / secs,
+    )
+}
+
+fn assert_near(rate: f64, cap: u64, tolerance: f64, what: &str) {
+    let off = rate / cap as f64 - 1.0;
+    println!(
+        "{what}: {:.2} MiB/s, {:+.2}% of the cap",
+        rate / MIB as f64,
+        off * 100.0
+    );
+    assert!(
+        off.abs() <= tolerance,
+        "{what}: {rate:.0} B/s against a cap of {cap} B/s"
+    );
+}
+
+async fn set_session_cap(relay: &RelayFixture, cap: &str) -> anyhow::Result<()> {
+    let body = format!(r#"{{"session": "{cap}"}}"#);
+    let (status, answer) = request_with_json(
+        relay.admin_addr(),
+        "PUT",
+        "/limits",
+        Some(TOKEN),
+        Some(&body),
+    )
+    .await?;
+    anyhow::ensure!(status == 200, "PUT /limits: {status} {answer}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_cap_holds_follows_a_live_change_and_counts_tls_on_the_wire() -> anyhow::Result<()>
+{
+    if !docker_available("a_session_cap_holds_follows_a_live_change_and_counts_tls_on_the_wire")
+        .await
+    {
+        return Ok(());
+    }
+    let image = mysql_image().await?;
+    let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
+    let dataset = Dataset::of_size(DATASET_BYTES);
+    let seeded = dataset.seed(&donor).await?;
+    assert!(seeded >= MIN_SEEDED_BYTES, "seeded only {seeded} bytes");
+    let mut config = RelayFixture::config(donor.addr());
+    config.limits.session = Some(20 * MIB);
+    config.admin_token = Some(Secret::new(TOKEN));
+    let relay = RelayFixture::start_with(config)?;
+    let recipient =
+        MysqlServer::start(&image, ServerOptions::recipient(2, &[relay.addr()])).await?;
+
+    // Plain legs: 20 MiB/s, then 40 MiB/s set through the admin API mid-clone.
+    let clone = clone_instance_with(&recipient, relay.addr(), CLONE_TIMEOUT, Transport::NoSsl);
+    let measure = async {
+        let session = relay
+            .session_past(16 * MIB, Duration::from_secs(120))
+            .await?;
+        let start = read(&relay, session, &recipient).await;
+        tokio::time::sleep(WINDOW).await;
+        let end = read(&relay, session, &recipient).await;
+        let (wire, at_recipient) = rates(start, end);
+        assert_near(wire, 20 * MIB, 0.03, "plain, on the wire");
+        assert_near(
+            at_recipient,
+            20 * MIB,
+            0.03,
+            "plain, the recipient's clone_progress",
+        );
+
+        set_session_cap(&relay, "40MiB/s").await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let start = read(&relay, session, &recipient).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let end = read(&relay, session, &recipient).await;
+        let (wire, _) = rates(start, end);
+        assert_near(
+            wire,
+            40 * MIB,
+            0.05,
+            "a second after the change to 40 MiB/s",
+        );
+        anyhow::Ok(())
+    };
+    let (outcome, measured) = tokio::join!(clone, measure);
+    measured?;
+    let outcome = outcome?;
+    assert!(outcome.completed(), "clone failed: {outcome:?}");
+    assert!(outcome.data_bytes >= MIN_SEEDED_BYTES, "{outcome:?}");
+    let donor_sums = dataset.checksums(&donor).await?;
+    assert_eq!(
+        mismatches(&donor_sums, &dataset.checksums(&recipient).await?),
+        Vec::<String>::new()
+    );
+
+    // TLS on both legs at 20 MiB/s: the cap counts the TLS records on the wire.
+    donor
+        .wait_until_clone_free(Duration::from_secs(120))
+        .await?;
+    set_session_cap(&relay, "20MiB/s").await?;
+    let clone = clone_instance_with(
+        &recipient,
+        relay.addr(),
+        CLONE_TIMEOUT,
+        Transport::RequireSsl,
+    );
+    let measure = async {
+        let session = relay
+            .session_past(16 * MIB, Duration::from_secs(120))
+            .await?;
+        let start = read(&relay, session, &recipient).await;
+        tokio::time::sleep(WINDOW).await;
+        let end = read(&relay, session, &recipient).await;
+        let (wire, _) = rates(start, end);
+        assert_near(wire, 20 * MIB, 0.03, "TLS on both legs, on the wire");
+        anyhow::Ok(session)
+    };
+    let (outcome, measured) = tokio::join!(clone, measure);
+    let session = measured?;
+    let outcome = outcome?;
+    assert!(outcome.completed(), "TLS clone failed: {outcome:?}");
+    let view = relay.sessions();
+    let tls_session = view.sessions.iter().find(|s| s.id == session).unwrap();
+    assert!(
+        tls_session
+            .connections
+            .iter()
+            .all(|c| c.tls_downstream && c.tls_upstream),
+        "every connection of the TLS clone ran TLS on both legs"
+    );
+    assert_eq!(
+        mismatches(&donor_sums, &dataset.checksums(&recipient).await?),
+        Vec::<String>::new()
+    );
+    relay.stop().await
+}
