@@ -1,5 +1,6 @@
 //! A donor's clone stream on loopback: direct, through clone-relay (copy buffers of 8 KiB,
-//! 64 KiB, 256 KiB; decoding as in production), and through the chaos proxy with no faults.
+//! 64 KiB, 256 KiB; decoding as in production; and with a bandwidth cap far above the rate, for
+//! the limiter's cost), and through the chaos proxy with no faults.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,9 +19,18 @@ async fn transfer(addr: SocketAddr, expected: u64) -> Duration {
     started.elapsed()
 }
 
-fn relay_to(rt: &Runtime, upstream: SocketAddr, copy_buffer_bytes: usize) -> SocketAddr {
+/// A cap no loopback stream reaches: the limiter charges every read, never waits.
+const FAR_ABOVE: u64 = 1 << 40;
+
+fn relay_to(
+    rt: &Runtime,
+    upstream: SocketAddr,
+    copy_buffer_bytes: usize,
+    cap: Option<u64>,
+) -> SocketAddr {
     let mut config = Config::new(upstream.to_string());
     config.copy_buffer_bytes = copy_buffer_bytes;
+    config.limits.relay = cap;
     let _guard = rt.enter();
     let listener = clone_relay::bind("127.0.0.1:0".parse().expect("addr")).expect("bind relay");
     let addr = listener.local_addr().expect("relay address");
@@ -44,12 +54,13 @@ fn throughput(c: &mut Criterion) {
                 .sum()
         })
     });
-    for (name, buffer) in [
-        ("relay_8k", 8 * 1024),
-        ("relay_64k", 64 * 1024),
-        ("relay_256k", 256 * 1024),
+    for (name, buffer, cap) in [
+        ("relay_8k", 8 * 1024, None),
+        ("relay_64k", 64 * 1024, None),
+        ("relay_256k", 256 * 1024, None),
+        ("relay_256k_capped_far_above", 256 * 1024, Some(FAR_ABOVE)),
     ] {
-        let relay = relay_to(&rt, donor, buffer);
+        let relay = relay_to(&rt, donor, buffer, cap);
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 (0..iters)

@@ -50,7 +50,10 @@ pub enum FaultKind {
         #[serde(default)]
         jitter_ms: u64,
     },
-    /// A rate cap, per connection, or shared by every connection naming the same group.
+    /// A rate cap, per connection, or shared by every connection naming the same group. It is
+    /// paced by hand (each piece waits for the next free send time), not by the relay's governor
+    /// limiter, so a seeded run replays the same waits; it models a thin link, and is not the
+    /// relay's own bandwidth cap (see clone-relay's `limit` module).
     Bandwidth {
         rate_bytes_per_sec: u64,
         #[serde(default)]

@@ -21,6 +21,8 @@ pub struct DrillOptions {
     pub direct: bool,
     /// Bound on each clone, restart included.
     pub clone_timeout: Duration,
+    /// The relay's per-session bandwidth cap, bytes per second (none: uncapped).
+    pub session_rate: Option<u64>,
 }
 
 impl Default for DrillOptions {
@@ -29,6 +31,7 @@ impl Default for DrillOptions {
             dataset_bytes: 200 * 1024 * 1024,
             direct: true,
             clone_timeout: Duration::from_secs(600),
+            session_rate: None,
         }
     }
 }
@@ -57,6 +60,10 @@ pub struct DrillReport {
     pub seed_time: Duration,
     pub via_relay: CloneRun,
     pub direct: Option<CloneRun>,
+    /// The session cap the relay ran under, if any.
+    pub session_rate: Option<u64>,
+    /// The relayed clone's mean rate from the donor as the relay counted it, bytes per second.
+    pub relay_rate: f64,
 }
 
 impl DrillReport {
@@ -75,7 +82,9 @@ pub async fn run(options: &DrillOptions) -> Result<DrillReport> {
     let seed_time = seeding.elapsed();
     let donor_sums = dataset.checksums(&donor).await?;
 
-    let relay = RelayFixture::start(donor.addr())?;
+    let mut config = RelayFixture::config(donor.addr());
+    config.limits.session = options.session_rate;
+    let relay = RelayFixture::start_with(config)?;
     let relayed = MysqlServer::start(&image, ServerOptions::recipient(2, &[relay.addr()]));
     let direct = async {
         match options.direct {
@@ -104,9 +113,19 @@ pub async fn run(options: &DrillOptions) -> Result<DrillReport> {
         outcome,
         mismatched_tables: mismatches(&donor_sums, &sums),
     };
+    let relay_rate = relay
+        .sessions()
+        .sessions
+        .last()
+        .filter(|s| s.duration_ms > 0)
+        .map_or(0.0, |s| {
+            s.bytes_from_upstream as f64 * 1000.0 / s.duration_ms as f64
+        });
     relay.stop().await?;
 
     Ok(DrillReport {
+        session_rate: options.session_rate,
+        relay_rate,
         image,
         tables: dataset.tables,
         dataset_bytes,

@@ -160,6 +160,19 @@ impl MysqlServer {
         .await
     }
 
+    /// The address this server reaches the host by: its default route's gateway (the Docker
+    /// bridge's address on the host, for an isolated server). A relay listening there is
+    /// reached from this server's own address.
+    pub async fn host_gateway(&self) -> Result<std::net::IpAddr> {
+        let route = self.shell("ip -4 route show default").await?;
+        route
+            .split_whitespace()
+            .skip_while(|word| *word != "via")
+            .nth(1)
+            .and_then(|ip| ip.parse().ok())
+            .with_context(|| format!("no default gateway in {:?} of {}", route.trim(), self.name))
+    }
+
     /// Runs a shell command in the container; its standard output, or an error with its
     /// standard error.
     pub async fn shell(&self, command: &str) -> Result<String> {

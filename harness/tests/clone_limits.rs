@@ -1,8 +1,10 @@
 //! Bandwidth caps end to end with real MySQL: a clone of more than 200 MB under a 20 MiB/s
 //! session cap holds it (by the relay's own count on the wire and by the recipient's
 //! `clone_progress`), follows a change to 40 MiB/s through the admin API within a second, and
-//! holds the cap again with TLS on both legs; checksums equal after each clone.
+//! holds the cap again with TLS on both legs; two clones at once (two donors, two recipients
+//! with addresses of their own) share a relay cap evenly. Checksums equal after each clone.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clone_relay::admin::request_with_json;
@@ -186,6 +188,135 @@ async fn a_session_cap_holds_follows_a_live_change_and_counts_tls_on_the_wire() 
     assert_eq!(
         mismatches(&donor_sums, &dataset.checksums(&recipient).await?),
         Vec::<String>::new()
+    );
+    relay.stop().await
+}
+
+/// Two clones through one relay capped at 40 MiB/s for the whole relay: each gets half. The
+/// relay tells recipients apart by address, so each recipient has a network namespace of its
+/// own and reaches the relay on the host's bridge address; a donor serves one clone at a time,
+/// so each clone has its own donor.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_clones_at_once_share_a_relay_cap_evenly() -> anyhow::Result<()> {
+    if !docker_available("two_clones_at_once_share_a_relay_cap_evenly").await {
+        return Ok(());
+    }
+    const EACH_BYTES: u64 = 120 * MIB;
+    let image = mysql_image().await?;
+    let dataset = Dataset::of_size(EACH_BYTES);
+    let mut donors = Vec::new();
+    for (name, id) in [("donor-a", 1), ("donor-b", 3)] {
+        let mut options = ServerOptions::donor();
+        options.name = name.into();
+        options.server_id = id;
+        donors.push(MysqlServer::start(&image, options).await?);
+    }
+    let (a, b) = tokio::join!(dataset.seed(&donors[0]), dataset.seed(&donors[1]));
+    let (a, b) = (a?, b?);
+    anyhow::ensure!(
+        a == b,
+        "both donors hold the same data set: {a} and {b} bytes"
+    );
+    let mut recipients = Vec::new();
+    for id in [2, 4] {
+        let mut options = ServerOptions::recipient(id, &[]);
+        options.isolated = true;
+        recipients.push(MysqlServer::start(&image, options).await?);
+    }
+    let gateway = recipients[0].host_gateway().await?;
+    anyhow::ensure!(gateway == recipients[1].host_gateway().await?);
+
+    let mut config = RelayFixture::config_for(&[donors[0].addr(), donors[1].addr()]);
+    config.limits.relay = Some(40 * MIB);
+    let relay = RelayFixture::start_at(SocketAddr::new(gateway, 0), config)?;
+    for recipient in &recipients {
+        recipient
+            .sql(&format!(
+                "SET GLOBAL clone_valid_donor_list = '{}'",
+                relay.addr()
+            ))
+            .await?;
+    }
+
+    let measure = async {
+        // Both clones under way, past their first blocks.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let sessions = loop {
+            let busy: Vec<u64> = (relay.sessions().sessions.iter())
+                .filter(|s| !s.state.ended() && s.data_bytes >= 16 * MIB)
+                .map(|s| s.id)
+                .collect();
+            if busy.len() == 2 {
+                break busy;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "two clones never ran at once");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let passed = |id: u64| {
+            relay
+                .relay()
+                .limits()
+                .session_if_live(id)
+                .map_or(0, |pair| pair.to_recipient.granted())
+        };
+        let at = Instant::now();
+        let start: Vec<u64> = sessions.iter().map(|&id| passed(id)).collect();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let secs = at.elapsed().as_secs_f64();
+        let rates: Vec<f64> = (sessions.iter().zip(&start))
+            .map(|(&id, &before)| (passed(id) - before) as f64 / secs)
+            .collect();
+        assert_near(rates.iter().sum(), 40 * MIB, 0.03, "both clones together");
+        for (i, rate) in rates.iter().enumerate() {
+            assert_near(*rate, 20 * MIB, 0.05, &format!("clone {i} of two"));
+        }
+        anyhow::Ok(())
+    };
+    let (first, second, measured) = tokio::join!(
+        clone_instance_with(
+            &recipients[0],
+            relay.addr(),
+            CLONE_TIMEOUT,
+            Transport::NoSsl
+        ),
+        clone_instance_with(
+            &recipients[1],
+            relay.addr(),
+            CLONE_TIMEOUT,
+            Transport::NoSsl
+        ),
+        measure
+    );
+    measured?;
+    let donor_sums = [
+        dataset.checksums(&donors[0]).await?,
+        dataset.checksums(&donors[1]).await?,
+    ];
+    for (recipient, outcome) in recipients.iter().zip([first?, second?]) {
+        assert!(outcome.completed(), "clone failed: {outcome:?}");
+        // Each recipient holds exactly one donor's data.
+        let sums = dataset.checksums(recipient).await?;
+        assert!(
+            donor_sums.iter().any(|d| mismatches(d, &sums).is_empty()),
+            "{} matches neither donor",
+            recipient.name()
+        );
+    }
+    assert!(
+        relay
+            .sessions()
+            .sessions
+            .iter()
+            .all(|s| s.resume_count == 0),
+        "no resumes"
+    );
+    let upstreams: std::collections::BTreeSet<String> = (relay.sessions().sessions.iter())
+        .map(|s| s.upstream.clone())
+        .collect();
+    assert_eq!(
+        upstreams.len(),
+        2,
+        "each clone had its own donor: {upstreams:?}"
     );
     relay.stop().await
 }

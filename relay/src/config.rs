@@ -392,6 +392,28 @@ pub struct LimitSettings {
     pub session_to_recipient: Option<u64>,
 }
 
+impl fmt::Display for LimitSettings {
+    /// The caps that are set, as `key=rate` in the file's terms; `no caps` when none is.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let caps = [
+            ("relay", self.relay),
+            ("session", self.session),
+            ("relay_to_donor", self.relay_to_donor),
+            ("relay_to_recipient", self.relay_to_recipient),
+            ("session_to_donor", self.session_to_donor),
+            ("session_to_recipient", self.session_to_recipient),
+        ];
+        let set: Vec<String> = caps
+            .iter()
+            .filter_map(|(key, rate)| rate.map(|r| format!("{key}={}", units::format_rate(r))))
+            .collect();
+        match set.is_empty() {
+            true => f.write_str("no caps"),
+            false => f.write_str(&set.join(" ")),
+        }
+    }
+}
+
 impl LimitSettings {
     /// The caps per scope and direction, overrides applied.
     pub fn targets(&self) -> Targets {
@@ -424,8 +446,8 @@ impl LimitSettings {
         let table: toml::Table = toml::from_str(text).map_err(|e| e.message().to_owned())?;
         match table.get("limits") {
             None => Ok(LimitSettings::default()),
-            Some(limits) => LimitSettings::deserialize(limits.clone())
-                .map_err(|e| format!("[limits]: {}", e.message())),
+            Some(limits) => serde_path_to_error::deserialize(limits.clone())
+                .map_err(|e| format!("invalid limits.{}: {}", e.path(), e.inner().message())),
         }
     }
 }

@@ -195,8 +195,14 @@ async fn log_in(
     donor: Donor,
 ) -> Result<(Leg, Leg), RelayError> {
     let first = match read_packet(&mut downstream, observer, Direction::Upstream).await {
+        Ok(first) => first,
         Err(RelayError::Downstream(e)) if recipient_left(&e) => return Err(RelayError::ClientLeft),
-        other => other?,
+        Err(e) => {
+            // A refused packet (oversize, malformed) may leave bytes unread: drained, the close
+            // is a FIN the recipient can read up to, not a reset.
+            drain(downstream.get_ref());
+            return Err(e);
+        }
     };
     let payload = &first[HEADER_LEN..];
     let wants_tls = parse_login_request(payload, payload.len()).is_ok_and(|l| l.is_ssl_request);

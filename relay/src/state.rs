@@ -123,7 +123,7 @@ impl Relay {
     pub fn set_limits(&self, settings: &LimitSettings) {
         let targets = settings.targets();
         if targets != self.limits.targets() {
-            info!(limits = ?settings, "bandwidth caps changed");
+            info!(limits = %settings, "bandwidth caps changed");
             self.limits.set(targets);
         }
     }

@@ -330,13 +330,42 @@ fn an_upstream_that_is_not_mysql_is_named() {
     server.join().unwrap();
 }
 
-/// Reads the child's log lines into `log` until one contains `marker`.
-fn read_log_until(stderr: &mut impl BufRead, log: &mut String, marker: &str) {
+/// A relay process that is killed when the test ends, however it ends (a failed assertion
+/// included), so no relay outlives its test.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The child's log lines, read on a thread of their own so a wait for a line has a deadline.
+fn log_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Appends the child's log lines to `log` until one contains `marker`; fails after 30 s.
+fn read_log_until(lines: &std::sync::mpsc::Receiver<String>, log: &mut String, marker: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !log.contains(marker) {
-        assert!(Instant::now() < deadline, "no {marker:?} in: {log}");
-        if stderr.read_line(log).unwrap() == 0 {
-            panic!("relay exited before {marker:?}: {log}");
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(_) => panic!("no {marker:?} within 30 s in: {log}"),
         }
     }
 }
@@ -366,25 +395,73 @@ fn sighup_reloads_tls_and_a_failed_reload_keeps_the_relay_running() {
     ])
     .stderr(Stdio::piped())
     .spawn()
+    .map(Running)
     .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let stderr = log_lines(&mut child.0);
     let mut log = String::new();
-    read_log_until(&mut stderr, &mut log, "relay listening");
+    read_log_until(&stderr, &mut log, "relay listening");
 
-    hangup(&child);
-    read_log_until(&mut stderr, &mut log, "TLS reloaded");
+    hangup(&child.0);
+    read_log_until(&stderr, &mut log, "TLS reloaded");
 
     // The relay's own certificate, broken in its state directory: the reload fails, says why,
     // and the relay runs on.
     std::fs::write(state.join("tls").join("cert.pem"), "broken").unwrap();
-    hangup(&child);
-    read_log_until(&mut stderr, &mut log, "TLS reload failed");
+    hangup(&child.0);
+    read_log_until(&stderr, &mut log, "TLS reload failed");
     assert!(log.contains("client_tls_cert"), "{log}");
     std::thread::sleep(Duration::from_millis(200));
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.0.try_wait().unwrap().is_none(),
         "the relay stopped: {log}"
     );
-    stop(&mut child);
     std::fs::remove_dir_all(&state).unwrap();
+}
+
+#[test]
+fn sighup_rereads_the_bandwidth_caps_and_flags_keep_theirs() {
+    let donor = fake_donor();
+    let file = config_file(
+        "sighup-limits",
+        &format!("upstream = \"{donor}\"\n[limits]\nsession = \"10MiB/s\"\n"),
+    );
+    let mut child = command(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        file.to_str().unwrap(),
+        "--rate-to-donor",
+        "5MiB/s",
+    ])
+    .stderr(Stdio::piped())
+    .spawn()
+    .map(Running)
+    .unwrap();
+    let stderr = log_lines(&mut child.0);
+    let mut log = String::new();
+    read_log_until(&stderr, &mut log, "relay listening");
+
+    std::fs::write(
+        &file,
+        format!("upstream = \"{donor}\"\n[limits]\nsession = \"30MiB/s\"\nrelay = \"1Gbit/s\"\nrelay_to_donor = \"1MiB/s\"\n"),
+    )
+    .unwrap();
+    hangup(&child.0);
+    read_log_until(&stderr, &mut log, "bandwidth caps changed");
+    let line = log.lines().last().unwrap().to_string();
+    assert!(
+        line.contains("relay=125000000B/s session=30MiB/s relay_to_donor=5MiB/s"),
+        "the file's new caps, the flag's kept: {line}"
+    );
+
+    // A bad cap in the file: nothing changes, and the log names the key.
+    std::fs::write(&file, "[limits]\nsession = \"30MiB\"\n").unwrap();
+    hangup(&child.0);
+    read_log_until(&stderr, &mut log, "bandwidth caps not reloaded");
+    let line = log.lines().last().unwrap().to_string();
+    assert!(line.contains("session") && line.contains("/s"), "{line}");
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the relay stopped: {log}"
+    );
 }

@@ -23,6 +23,10 @@ struct Cli {
     /// Bound on each clone, restart included, in seconds.
     #[arg(long, default_value_t = 600)]
     clone_timeout_secs: u64,
+
+    /// Cap the relayed clone at this rate (the relay's --session-rate, e.g. 20MiB/s).
+    #[arg(long, value_name = "RATE", value_parser = clone_relay::units::parse_rate)]
+    session_rate: Option<u64>,
 }
 
 #[tokio::main]
@@ -42,6 +46,7 @@ async fn main() -> ExitCode {
         dataset_bytes: cli.size_mib * 1024 * 1024,
         direct: !cli.no_direct,
         clone_timeout: Duration::from_secs(cli.clone_timeout_secs),
+        session_rate: cli.session_rate,
     };
     eprintln!(
         "clone-drill: seeding {} MiB and cloning (this takes a minute or two)",
@@ -63,6 +68,20 @@ async fn main() -> ExitCode {
         report.seed_time.as_secs_f64()
     );
     print_run("via relay", &report.via_relay);
+    match report.session_rate {
+        Some(cap) => println!(
+            "{:<16} cap {}, achieved {:.2} MiB/s from the donor ({:+.1}% of the cap)",
+            "",
+            clone_relay::units::format_rate(cap),
+            mib(report.relay_rate as u64),
+            (report.relay_rate / cap as f64 - 1.0) * 100.0
+        ),
+        None => println!(
+            "{:<16} uncapped, {:.2} MiB/s from the donor",
+            "",
+            mib(report.relay_rate as u64)
+        ),
+    }
     if let Some(direct) = &report.direct {
         print_run("direct", direct);
         let ratio = report.via_relay.outcome.statement_time.as_secs_f64()
