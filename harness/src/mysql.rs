@@ -57,6 +57,9 @@ pub struct ServerOptions {
     pub extra_args: Vec<String>,
     /// A network namespace of its own (for kernel-level faults), port published on loopback.
     pub isolated: bool,
+    /// Resolve clients' addresses to names (off by default: `--skip-name-resolve`). MySQL keeps
+    /// its per-host error counts (`max_connect_errors`) only for resolved hosts.
+    pub resolve_names: bool,
     /// The `component_keyring_file` keyring loaded from the first start (initialisation
     /// included), so that InnoDB can encrypt tablespaces (`ENCRYPTION='Y'`) and a recipient can
     /// receive encrypted ones: the global manifest `mysqld.my` next to mysqld names the component,
@@ -76,6 +79,7 @@ impl ServerOptions {
             valid_donors: Vec::new(),
             extra_args: Vec::new(),
             isolated: false,
+            resolve_names: false,
             keyring: false,
         }
     }
@@ -87,6 +91,7 @@ impl ServerOptions {
             valid_donors: valid_donors.iter().map(ToString::to_string).collect(),
             extra_args: Vec::new(),
             isolated: false,
+            resolve_names: false,
             keyring: false,
         }
     }
@@ -354,6 +359,10 @@ fn start_script(port: u16, bind: &str, options: &ServerOptions) -> String {
         )
     };
     let extra = options.extra_args.join(" ");
+    let name_resolution = match options.resolve_names {
+        true => "",
+        false => "--skip-name-resolve",
+    };
     let server_id = options.server_id;
     // Written before the first mysqld (the initialisation) runs: the keyring is there from
     // the start.
@@ -385,7 +394,7 @@ while :; do
   status=0
   mysqld --no-defaults --user=root --datadir="$state/data" \
     --port={port} --bind-address={bind} --socket={SOCKET} \
-    --pid-file=/var/run/mysqld/mysqld.pid --mysqlx=OFF --skip-name-resolve \
+    --pid-file=/var/run/mysqld/mysqld.pid --mysqlx=OFF {name_resolution} \
     --secure-file-priv=/var/lib/mysql-files --server-id={server_id} --skip-log-bin \
     --plugin-load-add=mysql_clone.so --init-file="$state/init.sql" \
     --max-allowed-packet=64M --innodb-buffer-pool-size=256M \

@@ -4,7 +4,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clone_relay::config::StallSettings;
 use clone_relay::session::SessionsView;
 use clone_relay::{Config, Relay, RelayError};
 use tokio::sync::oneshot;
@@ -40,18 +39,6 @@ impl RelayFixture {
             Config::with_upstreams(upstreams.iter().map(ToString::to_string).collect());
         config.shutdown_grace = Duration::from_secs(1);
         config
-    }
-
-    /// Settings for fault tests: stall detection after 2 s (up to 10 s as the connection's
-    /// gaps grow), and reconnects that wait up to a minute for their donor.
-    pub fn fast_failover(config: &mut Config) {
-        config.stall = StallSettings {
-            enabled: true,
-            min: Duration::from_secs(2),
-            max: Duration::from_secs(10),
-            factor: 4,
-        };
-        config.reconnect_dial_timeout = Duration::from_secs(60);
     }
 
     /// A relay with the given settings, listening on free loopback ports.

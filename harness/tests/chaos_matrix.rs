@@ -62,8 +62,8 @@ fn scenario(name: &str, seed: u64) -> (Vec<FaultSpec>, String) {
                 format!("at {:.2} MiB", mib(offset)),
             )
         }
-        // The main connection goes silent 10 to 50 MiB in, for 4 s: the relay's stall
-        // detection (2 s) resets the clone.
+        // The main connection goes silent 10 to 50 MiB in, for 4 s: the relay suspects it after
+        // 3 s (its floor in FILE COPY), finds the donor's path up, and resets the clone.
         "blackhole" => {
             let offset = draw(seed, 2, 10 * MIB, 50 * MIB);
             (
@@ -236,9 +236,7 @@ async fn seeded_chaos_matrix() -> anyhow::Result<()> {
     // One relay and one recipient for every cell; each cell gets a fresh chaos proxy on the
     // same address, so the relay's upstream stays put.
     let chaos_addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let mut config = RelayFixture::config_for(&[chaos_addr]);
-    RelayFixture::fast_failover(&mut config);
-    let relay = RelayFixture::start_with(config)?;
+    let relay = RelayFixture::start_with(RelayFixture::config_for(&[chaos_addr]))?;
     let mut options = ServerOptions::recipient(2, &[relay.addr()]);
     options.extra_args = vec![
         "--clone-autotune-concurrency=OFF".into(),

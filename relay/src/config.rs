@@ -285,8 +285,21 @@ pub struct StallSettings {
     )]
     pub enabled: bool,
 
-    /// Least silence that counts as a stall. The donor sends keep-alive descriptors every ~5 s
-    /// while it waits, so 8 s of silence is never a healthy wait.
+    /// Least silence that counts as a stall while the clone is in FILE COPY, where the donor
+    /// streams its files without pause: a few seconds of silence there already mean the flow
+    /// is lost (or the link is down, which a probe of the donor's path tells apart).
+    #[arg(
+        id = "stall.min_streaming",
+        long = "stall-min-streaming",
+        value_name = "DURATION",
+        default_value = "3s",
+        value_parser = parse_duration
+    )]
+    #[serde(with = "units::duration")]
+    pub min_streaming: Duration,
+
+    /// Least silence that counts as a stall in the other stages. The donor sends keep-alive
+    /// descriptors every ~5 s while it waits, so 8 s of silence is never a healthy wait.
     #[arg(
         id = "stall.min",
         long = "stall-min",
@@ -744,6 +757,12 @@ impl Config {
         if self.stall.factor == 0 {
             return Err(invalid("stall.factor", "must be at least 1"));
         }
+        if self.stall.min_streaming.is_zero() || self.stall.min_streaming > self.stall.min {
+            return Err(invalid(
+                "stall.min_streaming",
+                "must be above 0 and at most stall.min",
+            ));
+        }
         if self.handshake_timeout.is_zero() {
             return Err(invalid("handshake_timeout", "must be above 0"));
         }
@@ -1049,6 +1068,7 @@ mod tests {
         assert_eq!(c.stall.min, Duration::from_secs(8));
         assert_eq!(c.stall.max, Duration::from_secs(60));
         assert_eq!(c.stall.factor, 4);
+        assert_eq!(c.stall.min_streaming, Duration::from_secs(3));
         assert_eq!(c.reconnect_dial_timeout, Duration::from_secs(240));
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));

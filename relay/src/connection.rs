@@ -28,7 +28,7 @@ use crate::protocol::Direction;
 use crate::protocol::handshake::greeting_err_packet;
 use crate::session::{CloseReason, ConnHandle, ConnId};
 use crate::state::Relay;
-use crate::{socket, stall, upstream};
+use crate::{liveness, socket, upstream};
 
 /// MySQL's client error for "can't connect to server", sent to the recipient in place of a
 /// greeting when no donor can be reached, so its CLONE fails with a reason rather than EOF.
@@ -188,7 +188,7 @@ async fn carry(
     tokio::select! {
         result = copy::relay(downstream, upstream, config.copy_buffer_bytes, legs) => result,
         e = login_deadline(handshaken.login_due, config.handshake_timeout, conn) => Err(e),
-        silence = stall::watch(&config.stall, conn.flow(), legs) => Err(RelayError::Stalled { silence }),
+        silence = liveness::dead_flow(&config.stall, relay.path_probes(), &donor, conn, legs) => Err(RelayError::Stalled { silence }),
     }
 }
 

@@ -488,12 +488,12 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::limit::Chain;
+    use crate::protocol::GREETING_9_7_4;
     use crate::protocol::handshake::{CLIENT_PROTOCOL_41, PROTOCOL_V10};
     use crate::protocol::{frame, unhex};
     use crate::tls::Tls;
 
     /// The greeting of a MySQL 9.7.4 donor (connection id 100), from the captures.
-    const GREETING_9_7_4: &str = "0a392e372e342d320064000000431e324a347e494700ffffff0200ffdf15000000000000000000006d2234376a3a68386b2375410063616368696e67";
 
     #[derive(Debug, Default)]
     struct Seen(Mutex<Vec<(Direction, Vec<u8>)>>);

@@ -19,7 +19,10 @@
 //! - [`leg`]: a leg after the handshake: plain TCP or TLS, one `AsyncRead + AsyncWrite`.
 //! - [`copy`]: the bidirectional copy, generic over `AsyncRead + AsyncWrite`.
 //! - [`io`]: I/O decorators on the copy path (byte metering, protocol observation).
-//! - [`stall`]: telling a dead link from a quiet one while the donor owes data.
+//! - [`stall`]: noticing a connection the donor owes data fall silent (the floor by stage).
+//! - [`path`]: probing a donor's path with a fresh connection when a flow falls silent.
+//! - [`liveness`]: the verdict on a silent flow: lost (reset the session) or link down (keep it).
+//! - [`limit`]: bandwidth caps per relay and per clone session, on the copy path.
 //! - [`session`]: clone sessions: connections grouped by clone, with state, bytes, progress.
 //! - [`protocol`]: the MySQL classic protocol and CLONE's sub-protocol, decoded as they pass.
 //! - [`metrics`]: relay-wide counters in Prometheus text format.
@@ -45,8 +48,10 @@ pub mod health;
 pub mod io;
 pub mod leg;
 pub mod limit;
+pub mod liveness;
 pub mod metrics;
 pub mod password;
+pub mod path;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -1,7 +1,9 @@
 //! Stall detection: a main or worker connection whose donor owes it data (between its
 //! `COM_EXECUTE` and the COMPLETE or ERROR) and stays silent much longer than the gaps seen on it
-//! so far is taken for a dead link. Aux connections and connections outside a transfer are never
-//! judged: they are legitimately quiet.
+//! so far is suspected dead. The floor depends on the stage: in FILE COPY the donor streams
+//! without pause, elsewhere it may wait (with keep-alives every few seconds). Aux connections
+//! and connections outside a transfer are never judged: they are legitimately quiet. What a
+//! suspicion means (this flow lost, or the whole link down) is for the caller to find out.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -18,6 +20,8 @@ const CHECK_EVERY: Duration = Duration::from_millis(250);
 #[derive(Debug, Default)]
 pub struct DataFlow {
     owed: bool,
+    /// The clone is in FILE COPY: the donor streams without pause.
+    streaming: bool,
     last_byte: Option<Instant>,
     longest_gap: Duration,
 }
@@ -39,6 +43,20 @@ impl DataFlow {
         self.last_byte = Some(now);
     }
 
+    /// The clone entered or left FILE COPY. The gaps seen so far belong to the stage before and
+    /// are forgotten.
+    pub fn set_streaming(&mut self, streaming: bool) {
+        if self.streaming != streaming {
+            self.streaming = streaming;
+            self.longest_gap = Duration::ZERO;
+        }
+    }
+
+    /// The longest gap between donor bytes seen in the current stage.
+    pub fn longest_gap(&self) -> Duration {
+        self.longest_gap
+    }
+
     /// The donor answered with COMPLETE or ERROR: it owes nothing more.
     pub fn on_done(&mut self) {
         self.owed = false;
@@ -56,11 +74,22 @@ impl DataFlow {
     }
 
     /// How long the donor has been silent while owing data, if that is longer than the
-    /// threshold: `factor` times the longest gap seen so far, within `[min, max]`.
+    /// threshold: `factor` times the longest gap seen in this stage, within `[floor, max]`, the
+    /// floor being `min_streaming` in FILE COPY and `min` elsewhere.
     pub fn stalled(&self, now: Instant, settings: &StallSettings) -> Option<Duration> {
         let silence = now.duration_since(self.last_byte?);
-        let threshold = (self.longest_gap * settings.factor).clamp(settings.min, settings.max);
+        let floor = match self.streaming {
+            true => settings.min_streaming,
+            false => settings.min,
+        };
+        let threshold = (self.longest_gap * settings.factor).clamp(floor, settings.max);
         (self.owed && silence > threshold).then_some(silence)
+    }
+
+    /// How long the donor has been silent on a connection it owes data.
+    pub fn silence(&self, now: Instant) -> Option<Duration> {
+        let last = self.last_byte?;
+        self.owed.then(|| now.duration_since(last))
     }
 }
 
@@ -86,6 +115,22 @@ pub async fn watch(settings: &StallSettings, flow: &Mutex<DataFlow>, legs: &Legs
     }
 }
 
+/// Completes when the donor has sent this connection bytes since `since`, or owes it nothing
+/// any more.
+pub async fn flowing_since(flow: &Mutex<DataFlow>, since: Instant) {
+    loop {
+        {
+            let flow = flow
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !flow.owed || flow.last_byte.is_some_and(|t| t > since) {
+                return;
+            }
+        }
+        tokio::time::sleep(CHECK_EVERY).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +140,7 @@ mod tests {
     fn settings() -> StallSettings {
         StallSettings {
             enabled: true,
+            min_streaming: 20 * MS,
             min: 50 * MS,
             max: 1000 * MS,
             factor: 4,
@@ -123,6 +169,11 @@ mod tests {
         // A recipient holding data up excuses the donor's silence.
         flow.excuse(t0 + 2100 * MS);
         assert!(flow.stalled(t0 + 2200 * MS, &s).is_none());
+        // In FILE COPY the floor is lower, and the gaps of the stage before are forgotten.
+        flow.on_donor_bytes(t0 + 3000 * MS);
+        flow.set_streaming(true);
+        assert!(flow.stalled(t0 + 3015 * MS, &s).is_none());
+        assert_eq!(flow.stalled(t0 + 3030 * MS, &s), Some(30 * MS));
         // COMPLETE: nothing owed, nothing judged.
         flow.on_done();
         assert!(flow.stalled(t0 + 9000 * MS, &s).is_none());

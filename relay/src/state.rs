@@ -11,6 +11,7 @@ use crate::error::RelayError;
 use crate::health::Health;
 use crate::limit::RelayLimits;
 use crate::metrics::Metrics;
+use crate::path::PathProbes;
 use crate::protocol::Limits;
 use crate::session::affinity::AffinityStore;
 use crate::session::{Registry, SessionSettings};
@@ -24,6 +25,7 @@ pub struct Relay {
     health: Arc<Health>,
     tls: Arc<TlsStore>,
     limits: Arc<RelayLimits>,
+    path_probes: Arc<PathProbes>,
 }
 
 impl Relay {
@@ -50,6 +52,7 @@ impl Relay {
         let limits = Arc::new(RelayLimits::new(config.limits.targets()));
         Ok(Relay {
             limits,
+            path_probes: Arc::default(),
             config: Arc::new(config),
             registry: Arc::new(registry),
             health: Arc::new(Health::default()),
@@ -112,6 +115,11 @@ impl Relay {
                 Err(e)
             }
         }
+    }
+
+    /// The probes of donors' paths, shared by the connections to each donor.
+    pub fn path_probes(&self) -> &PathProbes {
+        &self.path_probes
     }
 
     /// The bandwidth caps and their buckets.

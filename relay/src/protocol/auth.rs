@@ -130,10 +130,10 @@ impl SeqCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::GREETING_9_7_4;
     use crate::protocol::unhex;
 
     /// The greeting of a MySQL 9.7.4 donor, from the captures in `relay/tests/captures`.
-    const GREETING_9_7_4: &str = "0a392e372e342d320064000000431e324a347e494700ffffff0200ffdf15000000000000000000006d2234376a3a68386b2375410063616368696e67";
 
     #[test]
     fn the_nonce_of_a_real_greeting() {

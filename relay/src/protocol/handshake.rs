@@ -169,6 +169,7 @@ pub fn greeting_err_packet(code: u16, message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::GREETING_9_7_4;
     use crate::protocol::unhex;
 
     #[test]
@@ -196,7 +197,6 @@ mod tests {
     }
 
     /// The greeting of a MySQL 9.7.4 donor, from the captures in `relay/tests/captures` (connection id 100).
-    const GREETING_9_7_4: &str = "0a392e372e342d320064000000431e324a347e494700ffffff0200ffdf15000000000000000000006d2234376a3a68386b2375410063616368696e67";
 
     #[test]
     fn reads_a_real_greeting() {

@@ -109,6 +109,10 @@ impl Default for Limits {
     }
 }
 
+/// The greeting of a MySQL 9.7.4 donor (from the captures), for tests.
+#[cfg(test)]
+pub(crate) const GREETING_9_7_4: &str = "0a392e372e342d320064000000431e324a347e494700ffffff0200ffdf15000000000000000000006d2234376a3a68386b2375410063616368696e67";
+
 /// Bytes from hex, for tests over captured payloads.
 #[cfg(test)]
 pub(crate) fn unhex(s: &str) -> Vec<u8> {

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{CloseReason, ConnId, Registry, SessionSettings};
 use crate::io::Observer;
 use crate::limit::{ConnLimits, Pair, RelayLimits};
-use crate::protocol::clone::CommandKind;
+use crate::protocol::clone::{CommandKind, Stage};
 use crate::protocol::decoder::{Decoder, Event};
 use crate::protocol::{Direction, Phase, Violation};
 use crate::stall::DataFlow;
@@ -113,6 +113,17 @@ impl ConnHandle {
         }
     }
 
+    /// Records what the relay found about this connection's silence.
+    pub fn record_detection(
+        &self,
+        kind: super::DetectionKind,
+        silence: std::time::Duration,
+        probe: Option<std::time::Duration>,
+    ) {
+        self.registry
+            .record_detection(self.id, kind, silence, probe);
+    }
+
     /// Records whether each leg runs TLS.
     pub fn set_tls(&self, downstream: bool, upstream: bool) {
         self.registry.set_tls(self.id, downstream, upstream);
@@ -165,6 +176,11 @@ impl Observer for ConnHandle {
         if !events.is_empty() {
             self.registry.apply(self.id, events, phase);
             self.join_session_limits();
+            let streaming = self.registry.stage_of(self.id) == Some(Stage::FileCopy);
+            self.flow
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .set_streaming(streaming);
         }
         result
     }

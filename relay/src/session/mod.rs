@@ -28,7 +28,9 @@ mod tests;
 pub use admit::Admitted;
 pub use apply::{ENCRYPTED_OVER_PLAIN_DONOR_LEG, ER_CLONE_ENCRYPTION};
 pub use handle::ConnHandle;
-pub use state::{Change, CloneErrorView, ConnRecord, ResumeRecord, Role, SessionState};
+pub use state::{
+    Change, CloneErrorView, ConnRecord, Detection, DetectionKind, ResumeRecord, Role, SessionState,
+};
 pub use view::{Progress, SessionView, SessionsView, StaleDonorView};
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -128,6 +130,53 @@ impl Registry {
     /// The clone session connection `conn` belongs to, once the wire has said.
     pub fn session_of(&self, conn: ConnId) -> Option<SessionId> {
         self.lock().conns.get(&conn).and_then(|c| c.session)
+    }
+
+    /// The stage of the clone connection `conn` belongs to, once the wire has said.
+    pub fn stage_of(&self, conn: ConnId) -> Option<crate::protocol::clone::Stage> {
+        let inner = self.lock();
+        let session = inner.conns.get(&conn)?.session?;
+        inner.sessions.get(&session)?.stage
+    }
+
+    /// Records what the relay found about a silent connection, in its session and the log.
+    pub fn record_detection(
+        &self,
+        conn: ConnId,
+        kind: DetectionKind,
+        silence: Duration,
+        probe: Option<Duration>,
+    ) {
+        let mut inner = self.lock();
+        let Some(session_id) = inner.conns.get(&conn).and_then(|c| c.session) else {
+            return;
+        };
+        let Some(session) = inner.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let detection = Detection {
+            kind,
+            conn,
+            at_ms: session.since_start(now),
+            silence_ms: silence.as_millis() as u64,
+            probe_ms: probe.map(|p| p.as_millis() as u64),
+        };
+        tracing::info!(
+            clone_session = session_id,
+            conn,
+            kind = ?kind,
+            silence_ms = detection.silence_ms,
+            probe_ms = ?detection.probe_ms,
+            upstream = %session.upstream,
+            "silent connection: {}",
+            match kind {
+                DetectionKind::FlowDead => "the donor answers a fresh connection, so this flow is lost; resetting the session",
+                DetectionKind::LinkDown => "nothing reaches the donor, so the link is down; keeping the session",
+                DetectionKind::LinkBack => "bytes flow again; the link is back",
+            }
+        );
+        session.detections.push(detection);
     }
 
     /// Sessions held (live and recently ended), for tests and bounds checks.

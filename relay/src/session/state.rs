@@ -134,6 +134,32 @@ pub struct Change<T> {
     pub at_ms: u64,
 }
 
+/// What the relay found when a connection of the session went silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectionKind {
+    /// The donor's path answered while the flow stayed silent: the flow is lost (a dropped NAT
+    /// entry) or the donor stuck; the session was reset so the recipient resumes.
+    FlowDead,
+    /// Nothing reached the donor: the link is down; the session was kept for TCP to carry on.
+    LinkDown,
+    /// Bytes flowed again after the link was found down.
+    LinkBack,
+}
+
+/// One detection, as `/sessions` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Detection {
+    pub kind: DetectionKind,
+    pub conn: ConnId,
+    /// Since the session started.
+    pub at_ms: u64,
+    /// How long the connection had been silent.
+    pub silence_ms: u64,
+    /// How long the probe of the donor's path took (none for `link_back`).
+    pub probe_ms: Option<u64>,
+}
+
 /// The donor's error that ended a session.
 #[derive(Debug, Clone, Serialize)]
 pub struct CloneErrorView {
@@ -302,6 +328,7 @@ pub(super) struct Session {
     pub estimates: BTreeMap<Stage, u64>,
     pub stage_bytes: BTreeMap<Stage, u64>,
     pub resumes: Bounded<ResumeRecord>,
+    pub detections: Bounded<Detection>,
     pub error: Option<CloneErrorView>,
     pub history: Bounded<Change<SessionState>>,
     pub stages: Vec<Change<Stage>>,
@@ -343,6 +370,7 @@ impl Session {
             estimates: BTreeMap::new(),
             stage_bytes: BTreeMap::new(),
             resumes: Bounded::default(),
+            detections: Bounded::default(),
             error: None,
             history,
             stages: Vec::new(),

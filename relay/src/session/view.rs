@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::state::{
-    Change, CloneErrorView, ConnRecord, LiveConn, ResumeRecord, Session, SessionState,
+    Change, CloneErrorView, ConnRecord, Detection, LiveConn, ResumeRecord, Session, SessionState,
 };
 use super::{ConnId, Registry, SessionId};
 use crate::limit::PairView;
@@ -46,6 +46,8 @@ pub struct SessionView {
     pub resume_count: u64,
     /// The latest resumes (older ones are counted in `resume_count` only).
     pub resumes: Vec<ResumeRecord>,
+    /// What the relay found when connections went silent (the latest ones).
+    pub detections: Vec<Detection>,
     /// How long the donor waits for a resume (its `clone_donor_timeout_after_network_failure`).
     pub donor_resume_timeout_secs: Option<u64>,
     pub progress: Option<Progress>,
@@ -181,6 +183,7 @@ impl Session {
             rate_bytes_per_sec: rate,
             resume_count: self.resumes.total(),
             resumes: self.resumes.items.iter().cloned().collect(),
+            detections: self.detections.items.iter().cloned().collect(),
             donor_resume_timeout_secs: self.donor_patience.map(|d| d.as_secs()),
             progress: self.progress(rate),
             error: self.error.clone(),
