@@ -165,6 +165,27 @@ impl MysqlServer {
         .await
     }
 
+    /// An isolated server's own address on the Docker bridge, reached from the host without the
+    /// port publisher in between: a connection there is the host's own TCP to mysqld, so
+    /// packets dropped in the server's namespace are lost to the host's kernel as on a real link.
+    pub async fn bridge_addr(&self) -> Result<SocketAddr> {
+        if !self.isolated {
+            bail!(
+                "{}: only an isolated server has an address of its own",
+                self.name
+            );
+        }
+        let out = self.shell("ip -4 -o addr show dev eth0").await?;
+        let ip = out
+            .split_whitespace()
+            .skip_while(|word| *word != "inet")
+            .nth(1)
+            .and_then(|cidr| cidr.split('/').next())
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+            .with_context(|| format!("no IPv4 address in {:?} of {}", out.trim(), self.name))?;
+        Ok(SocketAddr::from((ip, ISOLATED_PORT)))
+    }
+
     /// The address this server reaches the host by: its default route's gateway (the Docker
     /// bridge's address on the host, for an isolated server). A relay listening there is
     /// reached from this server's own address.
@@ -217,6 +238,12 @@ impl MysqlServer {
             }
         }
         Ok(())
+    }
+
+    /// Drops every packet entering and leaving an isolated server (a link that goes dark, new
+    /// connections included), or lets them through again.
+    pub async fn set_link_down(&self, down: bool) -> Result<()> {
+        self.set_packet_loss(if down { 1.0 } else { 0.0 }).await
     }
 
     /// Packets dropped by the loss rules so far.

@@ -96,8 +96,9 @@ pub struct Config {
     pub keepalive_retries: u32,
 
     /// TCP_USER_TIMEOUT on both legs: how long sent data may stay unacknowledged before the
-    /// kernel drops the connection (a dead link noticed while sending).
-    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    /// kernel drops the connection. As long as the recipient's own read timeout (about a
+    /// minute), so a link that is down for less is waited out rather than cut.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     #[serde(with = "units::duration")]
     pub user_timeout: Duration,
 
@@ -1063,7 +1064,7 @@ mod tests {
         assert_eq!(c.keepalive_idle, Duration::from_secs(30));
         assert_eq!(c.keepalive_interval, Duration::from_secs(10));
         assert_eq!(c.keepalive_retries, 3);
-        assert_eq!(c.user_timeout, Duration::from_secs(20));
+        assert_eq!(c.user_timeout, Duration::from_secs(60));
         assert!(c.stall.enabled);
         assert_eq!(c.stall.min, Duration::from_secs(8));
         assert_eq!(c.stall.max, Duration::from_secs(60));
