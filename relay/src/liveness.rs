@@ -6,8 +6,10 @@
 //!   resumes at once;
 //! - nothing reaches the donor: the link is down. The session is kept, so TCP carries on when the
 //!   link returns; the path is probed again every [`RECHECK`] (at most [`MAX_PROBES`] times per
-//!   silence), and if the outage outlasts the recipient's own read timeout (about 60 s) the
-//!   recipient resumes by itself, as it would with no relay.
+//!   silence). Once a probe gets through, the silent flow has about the outage's length again
+//!   to resume (TCP's retransmission backoff grew through the outage) before it counts as lost.
+//!   If the outage outlasts the recipient's own read timeout (about 60 s) the recipient resumes
+//!   by itself, as it would with no relay.
 //!
 //! Each finding is recorded in the connection's session and logged.
 
@@ -57,9 +59,22 @@ pub async fn dead_flow(
                     rechecks += 1;
                     let (state, took) = probes.check(donor).await;
                     if state == PathState::Up {
-                        let silence = silence + down_since.elapsed();
-                        conn.record_detection(DetectionKind::FlowDead, silence, Some(took));
-                        return silence;
+                        // The link is back. The silent flow resumes when the donor's TCP next
+                        // retransmits, and its backoff has doubled through the outage, so that
+                        // comes within about the outage's length again: wait that long.
+                        let outage = silence + down_since.elapsed();
+                        tokio::select! {
+                            () = stall::flowing_since(conn.flow(), down_since) => {
+                                let silence = silence + down_since.elapsed();
+                                conn.record_detection(DetectionKind::LinkBack, silence, None);
+                                break;
+                            }
+                            () = tokio::time::sleep(outage.min(settings.max)) => {
+                                let silence = silence + down_since.elapsed();
+                                conn.record_detection(DetectionKind::FlowDead, silence, Some(took));
+                                return silence;
+                            }
+                        }
                     }
                 }
             }
