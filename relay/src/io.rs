@@ -48,6 +48,7 @@ pub struct LegStats {
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     failed: AtomicBool,
+    ended: AtomicBool,
 }
 
 impl LegStats {
@@ -65,6 +66,11 @@ impl LegStats {
     #[cfg(test)]
     pub(crate) fn add_read(&self, n: u64) {
         self.bytes_read.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Whether this leg's peer has closed its side (a read found the end of the stream).
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
     }
 
     /// Whether a read or write on this leg returned an error.
@@ -100,11 +106,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len() - before;
         self.stats
             .bytes_read
             .fetch_add(read as u64, Ordering::Relaxed);
+        if room && read == 0 && matches!(result, Poll::Ready(Ok(()))) {
+            self.stats.ended.store(true, Ordering::Relaxed);
+        }
         self.note(result)
     }
 }

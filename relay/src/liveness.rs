@@ -11,7 +11,8 @@
 //!   If the outage outlasts the recipient's own read timeout (about 60 s) the recipient resumes
 //!   by itself, as it would with no relay.
 //!
-//! Each finding is recorded in the connection's session and logged.
+//! A recipient that closes its side while the link is down has given up (its own read timeout):
+//! the flow ends then too. Each finding is recorded in the connection's session and logged.
 
 use std::time::Duration;
 
@@ -27,6 +28,13 @@ use crate::stall;
 pub const RECHECK: Duration = Duration::from_secs(5);
 /// Probes per silence, after the first.
 pub const MAX_PROBES: u32 = 24;
+
+/// Completes once the recipient has closed its side of the connection.
+async fn recipient_gone(legs: &Legs) {
+    while !legs.downstream.ended() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
 
 /// Completes, with the length of the silence, when the flow of `conn` (to `donor`) is found
 /// dead; never while the link to the donor is down.
@@ -54,6 +62,11 @@ pub async fn dead_flow(
                     let silence = silence + down_since.elapsed();
                     conn.record_detection(DetectionKind::LinkBack, silence, None);
                     break;
+                }
+                () = recipient_gone(legs) => {
+                    // The recipient gave up on the connection (its own read timeout): nothing
+                    // is left to wait for.
+                    return silence + down_since.elapsed();
                 }
                 () = tokio::time::sleep(RECHECK), if rechecks < MAX_PROBES => {
                     rechecks += 1;
