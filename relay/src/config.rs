@@ -288,7 +288,8 @@ pub struct StallSettings {
 
     /// Least silence that counts as a stall while the clone is in FILE COPY, where the donor
     /// streams its files without pause: a few seconds of silence there already mean the flow
-    /// is lost (or the link is down, which a probe of the donor's path tells apart).
+    /// is lost (or the link is down, which a probe of the donor's path tells apart). A lower
+    /// `stall.min` lowers it too.
     #[arg(
         id = "stall.min_streaming",
         long = "stall-min-streaming",
@@ -758,11 +759,8 @@ impl Config {
         if self.stall.factor == 0 {
             return Err(invalid("stall.factor", "must be at least 1"));
         }
-        if self.stall.min_streaming.is_zero() || self.stall.min_streaming > self.stall.min {
-            return Err(invalid(
-                "stall.min_streaming",
-                "must be above 0 and at most stall.min",
-            ));
+        if self.stall.min_streaming.is_zero() {
+            return Err(invalid("stall.min_streaming", "must be above 0"));
         }
         if self.handshake_timeout.is_zero() {
             return Err(invalid("handshake_timeout", "must be above 0"));

@@ -79,7 +79,7 @@ impl DataFlow {
     pub fn stalled(&self, now: Instant, settings: &StallSettings) -> Option<Duration> {
         let silence = now.duration_since(self.last_byte?);
         let floor = match self.streaming {
-            true => settings.min_streaming,
+            true => settings.min_streaming.min(settings.min),
             false => settings.min,
         };
         let threshold = (self.longest_gap * settings.factor).clamp(floor, settings.max);
