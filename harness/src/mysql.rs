@@ -246,6 +246,79 @@ impl MysqlServer {
         self.set_packet_loss(if down { 1.0 } else { 0.0 }).await
     }
 
+    /// Silences for good, at the kernel level, the TCP connections an isolated server has open
+    /// on its MySQL port now: netfilter in its namespace drops their packets both ways, while new
+    /// connections work (a lost NAT or conntrack entry). Returns how many were silenced;
+    /// [`MysqlServer::set_packet_loss`] with 0 lifts it.
+    pub async fn silence_open_connections(&self) -> Result<usize> {
+        if !self.isolated {
+            bail!(
+                "{}: silencing connections needs an isolated server",
+                self.name
+            );
+        }
+        // With a state filter, ss prints: Recv-Q Send-Q Local:Port Peer:Port.
+        let listing = self
+            .shell(&format!(
+                "ss -Htn state established '( sport = :{ISOLATED_PORT} )'"
+            ))
+            .await?;
+        let peers: Vec<(String, String)> = listing
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(3))
+            .filter_map(|peer| peer.rsplit_once(':'))
+            .map(|(ip, port)| (ip.to_string(), port.to_string()))
+            .collect();
+        if peers.is_empty() {
+            bail!("{}: no open connection to silence", self.name);
+        }
+        let rules: Vec<String> = peers
+            .iter()
+            .map(|(ip, port)| {
+                format!(
+                    "iptables -I INPUT -p tcp -s {ip} --sport {port} --dport {ISOLATED_PORT} -j DROP && \
+                     iptables -I OUTPUT -p tcp -d {ip} --dport {port} --sport {ISOLATED_PORT} -j DROP"
+                )
+            })
+            .collect();
+        self.shell(&rules.join(" && ")).await?;
+        Ok(peers.len())
+    }
+
+    /// Holds the server's container to `cpus` CPUs (`docker update --cpus`): a server that is
+    /// slow but alive.
+    pub async fn set_cpu_limit(&self, cpus: f64) -> Result<()> {
+        self.docker(&["update", "--cpus", &format!("{cpus:.2}")])
+            .await
+    }
+
+    /// Freezes every process of the server for `pause` (`docker pause`), then thaws them: its
+    /// kernel keeps the connections, mysqld takes nothing meanwhile.
+    pub async fn freeze_for(&self, pause: Duration) -> Result<()> {
+        self.docker(&["pause"]).await?;
+        tokio::time::sleep(pause).await;
+        self.docker(&["unpause"]).await
+    }
+
+    /// Runs `docker ARGS... CONTAINER`.
+    async fn docker(&self, args: &[&str]) -> Result<()> {
+        let out = tokio::process::Command::new("docker")
+            .args(args)
+            .arg(self.container.id())
+            .output()
+            .await
+            .context("running docker")?;
+        if !out.status.success() {
+            bail!(
+                "{}: docker {}: {}",
+                self.name,
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     /// Packets dropped by the loss rules so far.
     pub async fn dropped_packets(&self) -> Result<u64> {
         let out = self

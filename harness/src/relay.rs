@@ -4,13 +4,18 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clone_relay::session::SessionsView;
+use clone_relay::session::{DetectionKind, SessionsView};
 use clone_relay::{Config, Relay, RelayError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// A running relay with its admin listener; dropping it stops both.
+///
+/// Unless the test says it injects faults ([`RelayFixture::expect_faults`]), the fixture counts
+/// the resets that no fault caused when it stops or is dropped (a resume on any of its sessions,
+/// or a flow the relay declared dead) and fails the test on any: a relay that resets a healthy
+/// clone is a defect even when the clone completes.
 #[derive(Debug)]
 pub struct RelayFixture {
     relay: Relay,
@@ -18,6 +23,7 @@ pub struct RelayFixture {
     admin_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), RelayError>>,
+    faults_expected: bool,
 }
 
 impl RelayFixture {
@@ -78,7 +84,52 @@ impl RelayFixture {
             admin_addr,
             stop: Some(stop),
             task,
+            faults_expected: false,
         })
+    }
+
+    /// Says that the test injects faults (or resets sessions itself), so resets are expected.
+    pub fn expect_faults(&mut self) {
+        self.faults_expected = true;
+    }
+
+    /// The resets no fault explains: one line per session that resumed or that the relay
+    /// reset, empty when faults are expected.
+    pub fn unexplained_resets(&self) -> Vec<String> {
+        if self.faults_expected {
+            return Vec::new();
+        }
+        self.sessions()
+            .sessions
+            .iter()
+            .filter_map(|s| {
+                let dead = s
+                    .detections
+                    .iter()
+                    .filter(|d| d.kind == DetectionKind::FlowDead)
+                    .count();
+                (s.resume_count > 0 || dead > 0).then(|| {
+                    format!(
+                        "session {} ({}): {} resumes, {dead} flows declared dead, detections {:?}",
+                        s.id,
+                        s.state.as_str(),
+                        s.resume_count,
+                        s.detections
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn check_resets(&self) -> Result<()> {
+        let unexplained = self.unexplained_resets();
+        if !unexplained.is_empty() {
+            bail!(
+                "the relay reset clones that no fault touched (a false reset):\n{}",
+                unexplained.join("\n")
+            );
+        }
+        Ok(())
     }
 
     /// Where the recipient should clone from.
@@ -176,12 +227,17 @@ impl RelayFixture {
         self.relay.registry().view()
     }
 
-    /// Stops the relay and waits for it to finish.
+    /// Stops the relay and waits for it to finish; fails on a false reset (see the type's
+    /// documentation).
     pub async fn stop(mut self) -> Result<()> {
+        let resets = self.check_resets();
+        // Checked once: the drop that follows has nothing more to say.
+        self.faults_expected = true;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task).await?.map_err(Into::into)
+        (&mut self.task).await??;
+        resets
     }
 }
 
@@ -189,6 +245,11 @@ impl Drop for RelayFixture {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if !std::thread::panicking()
+            && let Err(e) = self.check_resets()
+        {
+            panic!("{e:#}");
         }
     }
 }

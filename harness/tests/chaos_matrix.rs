@@ -236,7 +236,8 @@ async fn seeded_chaos_matrix() -> anyhow::Result<()> {
     // One relay and one recipient for every cell; each cell gets a fresh chaos proxy on the
     // same address, so the relay's upstream stays put.
     let chaos_addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let relay = RelayFixture::start_with(RelayFixture::config_for(&[chaos_addr]))?;
+    let mut relay = RelayFixture::start_with(RelayFixture::config_for(&[chaos_addr]))?;
+    relay.expect_faults();
     let mut options = ServerOptions::recipient(2, &[relay.addr()]);
     options.extra_args = vec![
         "--clone-autotune-concurrency=OFF".into(),

@@ -55,7 +55,8 @@ async fn a_clone_survives_latency_loss_and_slicing() -> anyhow::Result<()> {
         faults,
     )
     .await?;
-    let relay = RelayFixture::start(chaos.addr())?;
+    let mut relay = RelayFixture::start(chaos.addr())?;
+    relay.expect_faults();
     let recipient =
         MysqlServer::start(&image, ServerOptions::recipient(2, &[relay.addr()])).await?;
 
@@ -97,7 +98,8 @@ async fn a_clone_survives_real_packet_loss_at_the_donor() -> anyhow::Result<()> 
     let donor = MysqlServer::start(&image, options).await?;
     let dataset = Dataset::of_size(DATASET_BYTES);
     dataset.seed(&donor).await?;
-    let relay = RelayFixture::start(donor.addr())?;
+    let mut relay = RelayFixture::start(donor.addr())?;
+    relay.expect_faults();
     let recipient =
         MysqlServer::start(&image, ServerOptions::recipient(2, &[relay.addr()])).await?;
 

@@ -71,7 +71,8 @@ async fn a_resume_after_a_relay_restart_reaches_its_donor() -> anyhow::Result<()
     let dir = state_dir()?;
     let mut config = RelayFixture::config_for(&[b, a]);
     config.state_dir = Some(dir.clone());
-    let first = RelayFixture::start_with(config)?;
+    let mut first = RelayFixture::start_with(config)?;
+    first.expect_faults();
     let addr = first.addr();
     let recipient = MysqlServer::start(&image, ServerOptions::recipient(2, &[addr])).await?;
 
@@ -89,7 +90,8 @@ async fn a_resume_after_a_relay_restart_reaches_its_donor() -> anyhow::Result<()
         let before = relay_1.registry().view().sessions.last().cloned();
         let mut config = RelayFixture::config_for(&[a, b]);
         config.state_dir = Some(dir.clone());
-        let second = RelayFixture::start_at(addr, config)?;
+        let mut second = RelayFixture::start_at(addr, config)?;
+        second.expect_faults();
         anyhow::Ok((
             second,
             before,

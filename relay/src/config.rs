@@ -286,22 +286,24 @@ pub struct StallSettings {
     )]
     pub enabled: bool,
 
-    /// Least silence that counts as a stall while the clone is in FILE COPY, where the donor
-    /// streams its files without pause: a few seconds of silence there already mean the flow
-    /// is lost (or the link is down, which a probe of the donor's path tells apart). A lower
+    /// Least silence that raises a suspicion while the clone is in FILE COPY, where the donor
+    /// streams its files: the relay then asks the donor's path and the flow's own TCP, which
+    /// costs a probe, never a reset (a flow whose TCP answers gets until `stall.min`). A lower
     /// `stall.min` lowers it too.
     #[arg(
         id = "stall.min_streaming",
         long = "stall-min-streaming",
         value_name = "DURATION",
-        default_value = "3s",
+        default_value = "2s",
         value_parser = parse_duration
     )]
     #[serde(with = "units::duration")]
     pub min_streaming: Duration,
 
-    /// Least silence that counts as a stall in the other stages. The donor sends keep-alive
-    /// descriptors every ~5 s while it waits, so 8 s of silence is never a healthy wait.
+    /// Least silence that counts as a stall in the other stages, and the longest a flow whose
+    /// TCP still answers may stay silent before it counts as stuck. The donor sends keep-alive
+    /// descriptors every ~5 s while it waits, and a donor held to a fifth of a CPU paused its
+    /// whole clone for up to 5.2 s in FILE COPY, so 8 s of silence is never a healthy wait.
     #[arg(
         id = "stall.min",
         long = "stall-min",
@@ -1067,7 +1069,7 @@ mod tests {
         assert_eq!(c.stall.min, Duration::from_secs(8));
         assert_eq!(c.stall.max, Duration::from_secs(60));
         assert_eq!(c.stall.factor, 4);
-        assert_eq!(c.stall.min_streaming, Duration::from_secs(3));
+        assert_eq!(c.stall.min_streaming, Duration::from_secs(2));
         assert_eq!(c.reconnect_dial_timeout, Duration::from_secs(240));
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));

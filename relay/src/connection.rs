@@ -24,6 +24,7 @@ use crate::handshake::{self, StageSettings};
 use crate::io::{Legs, Observed};
 use crate::leg::Leg;
 use crate::limit::Limited;
+use crate::liveness::FlowSocket;
 use crate::protocol::Direction;
 use crate::protocol::handshake::greeting_err_packet;
 use crate::session::{CloseReason, ConnHandle, ConnId};
@@ -65,6 +66,7 @@ pub async fn serve(
         _ = close_now.cancelled() => Err(RelayError::Shutdown),
         _ = conn.aborted() => Err(RelayError::Aborted),
     };
+    liveness::settle(&conn, &legs, result.is_err());
     if let Err(e) = &result
         && conn.owed_data()
         && !matches!(e, RelayError::Aborted | RelayError::Shutdown)
@@ -155,6 +157,9 @@ async fn carry(
             return Err(e);
         }
     };
+    // A second handle on the donor leg's socket, for the liveness check to tune while the copy
+    // owns the stream.
+    let upstream_socket = socket2::SockRef::from(&upstream).try_clone().ok();
     if config.socket_buffer_bytes.is_none()
         && let Some(bytes) = relay.limits().receive_buffer()
     {
@@ -188,7 +193,14 @@ async fn carry(
     tokio::select! {
         result = copy::relay(downstream, upstream, config.copy_buffer_bytes, legs) => result,
         e = login_deadline(handshaken.login_due, config.handshake_timeout, conn) => Err(e),
-        silence = liveness::dead_flow(&config.stall, relay.path_probes(), &donor, conn, legs) => Err(RelayError::Stalled { silence }),
+        silence = liveness::dead_flow(
+            &config.stall,
+            relay.path_probes(),
+            &donor,
+            conn,
+            legs,
+            upstream_socket.as_ref().map(|socket| FlowSocket { socket, config }),
+        ) => Err(RelayError::Stalled { silence }),
     }
 }
 

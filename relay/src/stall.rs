@@ -4,6 +4,10 @@
 //! without pause, elsewhere it may wait (with keep-alives every few seconds). Aux connections
 //! and connections outside a transfer are never judged: they are legitimately quiet. What a
 //! suspicion means (this flow lost, or the whole link down) is for the caller to find out.
+//!
+//! Two silences are noticed without a suspicion: the donor pausing past the stage's floor but
+//! within the pace it has shown (a slow donor), and the donor silent past the threshold while the
+//! recipient has not taken what the relay holds for it (a slow recipient).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -23,7 +27,27 @@ pub struct DataFlow {
     /// The clone is in FILE COPY: the donor streams without pause.
     streaming: bool,
     last_byte: Option<Instant>,
+    /// The latest moment the recipient, not the donor, held the data up.
+    excused_at: Option<Instant>,
+    /// The last donor byte before the silence last reported as slow.
+    reported: Option<Instant>,
+    /// A check of the flow's TCP under way: the silence and the probe's time that led to it,
+    /// and when it began.
+    check: Option<(Duration, Option<Duration>, Instant)>,
     longest_gap: Duration,
+    /// The longest gaps over the connection's life: in FILE COPY, and elsewhere while owed data.
+    longest_streaming_gap: Duration,
+    longest_other_gap: Duration,
+}
+
+/// A silence noticed without a suspicion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slowness {
+    /// The donor paused past the stage's floor, within the pace it has shown so far.
+    Donor,
+    /// The donor was silent past the threshold while the recipient had not taken the bytes the
+    /// relay held for it.
+    Recipient,
 }
 
 impl DataFlow {
@@ -32,7 +56,13 @@ impl DataFlow {
         if self.owed
             && let Some(last) = self.last_byte
         {
-            self.longest_gap = self.longest_gap.max(now.duration_since(last));
+            let gap = now.duration_since(last);
+            self.longest_gap = self.longest_gap.max(gap);
+            let lifetime = match self.streaming {
+                true => &mut self.longest_streaming_gap,
+                false => &mut self.longest_other_gap,
+            };
+            *lifetime = (*lifetime).max(gap);
         }
         self.last_byte = Some(now);
     }
@@ -57,6 +87,12 @@ impl DataFlow {
         self.longest_gap
     }
 
+    /// The longest gaps between donor bytes over the connection's life while it was owed data:
+    /// in FILE COPY, and in the other stages.
+    pub fn longest_gaps(&self) -> (Duration, Duration) {
+        (self.longest_streaming_gap, self.longest_other_gap)
+    }
+
     /// The donor answered with COMPLETE or ERROR: it owes nothing more.
     pub fn on_done(&mut self) {
         self.owed = false;
@@ -65,7 +101,7 @@ impl DataFlow {
     /// Counts the present as progress: the recipient, not the donor, is holding the data up.
     pub fn excuse(&mut self, now: Instant) {
         if self.owed {
-            self.last_byte = Some(now);
+            self.excused_at = Some(now);
         }
     }
 
@@ -73,20 +109,59 @@ impl DataFlow {
         self.owed
     }
 
-    /// How long the donor has been silent while owing data, if that is longer than the
-    /// threshold: `factor` times the longest gap seen in this stage, within `[floor, max]`, the
-    /// floor being `min_streaming` in FILE COPY and `min` elsewhere.
-    pub fn stalled(&self, now: Instant, settings: &StallSettings) -> Option<Duration> {
-        let silence = now.duration_since(self.last_byte?);
-        let floor = match self.streaming {
-            true => settings.min_streaming.min(settings.min),
-            false => settings.min,
-        };
-        let threshold = (self.longest_gap * settings.factor).clamp(floor, settings.max);
-        (self.owed && silence > threshold).then_some(silence)
+    /// A check of the flow's TCP begins, after `silence` and a probe of the donor's path that
+    /// took `probe` (none when the clone's other connections showed the path up).
+    pub fn begin_check(&mut self, silence: Duration, probe: Option<Duration>) {
+        self.check = Some((silence, probe, Instant::now()));
     }
 
-    /// How long the donor has been silent on a connection it owes data.
+    /// The check under way, if any, now over.
+    pub fn end_check(&mut self) -> Option<(Duration, Option<Duration>, Instant)> {
+        self.check.take()
+    }
+
+    /// Marks the current silence as reported: true the first time only, so each silence is
+    /// reported once.
+    pub fn first_report(&mut self) -> bool {
+        if self.reported == self.last_byte {
+            return false;
+        }
+        self.reported = self.last_byte;
+        true
+    }
+
+    /// The least silence the stage allows: `min_streaming` in FILE COPY (never above `min`),
+    /// `min` elsewhere.
+    fn floor(&self, settings: &StallSettings) -> Duration {
+        match self.streaming {
+            true => settings.min_streaming.min(settings.min),
+            false => settings.min,
+        }
+    }
+
+    /// The silence that raises a suspicion: `factor` times the longest gap seen in this stage,
+    /// within `[floor, max]`.
+    fn threshold(&self, settings: &StallSettings) -> Duration {
+        (self.longest_gap * settings.factor).clamp(self.floor(settings), settings.max)
+    }
+
+    /// How long the donor has been silent while owing data, if that is longer than the
+    /// threshold. The silence counts from the last donor byte or the last excuse, whichever is
+    /// later.
+    pub fn stalled(&self, now: Instant, settings: &StallSettings) -> Option<Duration> {
+        let silence = self.judged_silence(now)?;
+        (silence > self.threshold(settings)).then_some(silence)
+    }
+
+    /// How long the donor has been silent while owing data, counted from the last donor byte
+    /// or the last excuse, whichever is later.
+    fn judged_silence(&self, now: Instant) -> Option<Duration> {
+        let last = self.last_byte?;
+        let since = self.excused_at.map_or(last, |excused| excused.max(last));
+        self.owed.then(|| now.duration_since(since))
+    }
+
+    /// How long the donor has been silent on a connection it owes data, excuses aside.
     pub fn silence(&self, now: Instant) -> Option<Duration> {
         let last = self.last_byte?;
         self.owed.then(|| now.duration_since(last))
@@ -95,8 +170,14 @@ impl DataFlow {
 
 /// Completes, with the length of the silence, when the donor stalls on a connection it owes
 /// data. While the relay still holds donor bytes the recipient has not taken, the recipient is
-/// the slow side (its disk, its own throttle) and the donor is not judged.
-pub async fn watch(settings: &StallSettings, flow: &Mutex<DataFlow>, legs: &Legs) -> Duration {
+/// the slow side (its disk, its own throttle) and the donor is not judged. `noticed` hears of
+/// each silence that shows a slow side without a suspicion, once per silence.
+pub async fn watch(
+    settings: &StallSettings,
+    flow: &Mutex<DataFlow>,
+    legs: &Legs,
+    mut noticed: impl FnMut(Slowness, Duration),
+) -> Duration {
     if !settings.enabled {
         return std::future::pending().await;
     }
@@ -107,10 +188,23 @@ pub async fn watch(settings: &StallSettings, flow: &Mutex<DataFlow>, legs: &Legs
         let mut flow = flow
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if undelivered {
+        let Some(silence) = flow.silence(now) else {
+            continue;
+        };
+        let slowness = if undelivered {
             flow.excuse(now);
+            (silence > flow.threshold(settings)).then_some(Slowness::Recipient)
         } else if let Some(silence) = flow.stalled(now, settings) {
             return silence;
+        } else {
+            let judged = flow.judged_silence(now).unwrap_or_default();
+            (judged > flow.floor(settings)).then_some(Slowness::Donor)
+        };
+        if let Some(slowness) = slowness
+            && flow.first_report()
+        {
+            drop(flow);
+            noticed(slowness, silence);
         }
     }
 }
@@ -186,14 +280,14 @@ mod tests {
         let flow = Mutex::new(DataFlow::default());
         flow.lock().unwrap().on_execute(Instant::now());
         let started = Instant::now();
-        let silence = watch(&s, &flow, &legs).await;
+        let silence = watch(&s, &flow, &legs, |_, _| {}).await;
         assert!(silence > s.min && started.elapsed() <= s.min + CHECK_EVERY * 2);
 
         // Donor bytes the recipient has not taken yet: the donor is not judged.
         let flow = Mutex::new(DataFlow::default());
         flow.lock().unwrap().on_execute(Instant::now());
         legs.upstream.add_read(1000);
-        let judged = tokio::time::timeout(10 * s.max, watch(&s, &flow, &legs)).await;
+        let judged = tokio::time::timeout(10 * s.max, watch(&s, &flow, &legs, |_, _| {})).await;
         assert!(judged.is_err(), "a slow recipient is not a stalled donor");
 
         // Turned off: never fires.
@@ -201,7 +295,55 @@ mod tests {
             enabled: false,
             ..s
         };
-        let judged = tokio::time::timeout(10 * s.max, watch(&off, &flow, &legs)).await;
+        let judged = tokio::time::timeout(10 * s.max, watch(&off, &flow, &legs, |_, _| {})).await;
         assert!(judged.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_sides_are_noticed_once_per_silence_without_a_verdict() {
+        let s = settings();
+        let legs = Legs::default();
+        let flow = Mutex::new(DataFlow::default());
+        flow.lock().unwrap().on_execute(Instant::now());
+        // A 200 ms gap learnt: the threshold is 800 ms, the floor 50 ms.
+        tokio::time::advance(200 * MS).await;
+        flow.lock().unwrap().on_donor_bytes(Instant::now());
+        let mut seen = Vec::new();
+        let judged =
+            tokio::time::timeout(700 * MS, watch(&s, &flow, &legs, |k, d| seen.push((k, d)))).await;
+        assert!(
+            judged.is_err(),
+            "no verdict within the pace the donor has shown"
+        );
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].0, Slowness::Donor);
+        assert!(seen[0].1 > s.min, "{seen:?}");
+        // The silence goes on past the threshold: the verdict comes.
+        let silence = watch(&s, &flow, &legs, |_, _| {}).await;
+        assert!(silence > 800 * MS, "{silence:?}");
+        assert_eq!(
+            flow.lock().unwrap().longest_gaps(),
+            (Duration::ZERO, 200 * MS)
+        );
+
+        // The relay holds bytes the recipient has not taken: a slow recipient, noticed once
+        // however long it lasts, and never a verdict.
+        let flow = Mutex::new(DataFlow::default());
+        flow.lock().unwrap().on_execute(Instant::now());
+        legs.upstream.add_read(1000);
+        let mut seen = Vec::new();
+        let judged = tokio::time::timeout(
+            10 * s.max,
+            watch(&s, &flow, &legs, |k, d| seen.push((k, d))),
+        )
+        .await;
+        assert!(judged.is_err());
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].0, Slowness::Recipient);
+        // Once the recipient has taken everything, the donor's silence counts from then.
+        let delivered = Legs::default();
+        let started = Instant::now();
+        watch(&s, &flow, &delivered, |_, _| {}).await;
+        assert!(started.elapsed() <= s.min + CHECK_EVERY * 2);
     }
 }

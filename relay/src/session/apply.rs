@@ -185,6 +185,7 @@ impl Registry {
             return;
         };
         s.data_bytes += bytes;
+        s.last_data = Some(now);
         *s.stage_bytes.entry(stage).or_default() += bytes;
         s.rate.sample(now, s.data_bytes);
         if s.state == SessionState::Resuming {

@@ -113,6 +113,11 @@ impl ConnHandle {
         }
     }
 
+    /// How long ago clone data last arrived on any connection of this connection's session.
+    pub fn session_data_age(&self) -> Option<std::time::Duration> {
+        self.registry.session_data_age(self.id)
+    }
+
     /// Records what the relay found about this connection's silence.
     pub fn record_detection(
         &self,
@@ -150,8 +155,14 @@ impl ConnHandle {
         self.abort.cancelled().await
     }
 
-    /// Records the end of the connection.
+    /// Records the end of the connection, with the longest gaps the donor left on it.
     pub fn close(&self, reason: &CloseReason) {
+        let (file_copy, other) = self
+            .flow
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .longest_gaps();
+        self.registry.record_gaps(self.id, file_copy, other);
         self.registry.close(self.id, reason);
     }
 }

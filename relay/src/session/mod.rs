@@ -29,7 +29,8 @@ pub use admit::Admitted;
 pub use apply::{ENCRYPTED_OVER_PLAIN_DONOR_LEG, ER_CLONE_ENCRYPTION};
 pub use handle::ConnHandle;
 pub use state::{
-    Change, CloneErrorView, ConnRecord, Detection, DetectionKind, ResumeRecord, Role, SessionState,
+    Change, CloneErrorView, ConnRecord, Detection, DetectionKind, DonorGaps, ResumeRecord, Role,
+    SessionState,
 };
 pub use view::{Progress, SessionView, SessionsView, StaleDonorView};
 
@@ -132,6 +133,14 @@ impl Registry {
         self.lock().conns.get(&conn).and_then(|c| c.session)
     }
 
+    /// How long ago clone data last arrived on any connection of `conn`'s session.
+    pub fn session_data_age(&self, conn: ConnId) -> Option<Duration> {
+        let inner = self.lock();
+        let session = inner.conns.get(&conn)?.session?;
+        let last = inner.sessions.get(&session)?.last_data?;
+        Some(tokio::time::Instant::now().duration_since(last))
+    }
+
     /// The stage of the clone connection `conn` belongs to, once the wire has said.
     pub fn stage_of(&self, conn: ConnId) -> Option<crate::protocol::clone::Stage> {
         let inner = self.lock();
@@ -174,9 +183,22 @@ impl Registry {
                 DetectionKind::FlowDead => "the donor answers a fresh connection, so this flow is lost; resetting the session",
                 DetectionKind::LinkDown => "nothing reaches the donor, so the link is down; keeping the session",
                 DetectionKind::LinkBack => "bytes flow again; the link is back",
+                DetectionKind::DonorSlow => "the donor paused past the stage's floor, within the pace it has shown; waiting",
+                DetectionKind::RecipientSlow => "the recipient has not taken the data the relay holds; the donor is not judged",
             }
         );
         session.detections.push(detection);
+    }
+
+    /// Widens the session's record of the donor's longest gaps with those of connection `conn`.
+    pub fn record_gaps(&self, conn: ConnId, file_copy: Duration, other: Duration) {
+        let mut inner = self.lock();
+        let Some(session_id) = inner.conns.get(&conn).and_then(|c| c.session) else {
+            return;
+        };
+        if let Some(session) = inner.sessions.get_mut(&session_id) {
+            session.donor_gaps.widen(file_copy, other);
+        }
     }
 
     /// Sessions held (live and recently ended), for tests and bounds checks.

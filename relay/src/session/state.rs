@@ -145,6 +145,12 @@ pub enum DetectionKind {
     LinkDown,
     /// Bytes flowed again after the link was found down.
     LinkBack,
+    /// The donor paused longer than the stage's floor within the pace it has shown, or left this
+    /// connection silent while the clone's data kept flowing on its others: no probe, no reset.
+    DonorSlow,
+    /// The donor was silent past the threshold while the recipient had not taken what the relay
+    /// held for it: the recipient is the slow side, and the donor was not judged.
+    RecipientSlow,
 }
 
 /// One detection, as `/sessions` shows it.
@@ -156,8 +162,26 @@ pub struct Detection {
     pub at_ms: u64,
     /// How long the connection had been silent.
     pub silence_ms: u64,
-    /// How long the probe of the donor's path took (none for `link_back`).
+    /// How long the probe of the donor's path took (none for `link_back` and the slow kinds,
+    /// which need no probe).
     pub probe_ms: Option<u64>,
+}
+
+/// The longest silences of the donor on connections it owed data, as `/sessions` shows them:
+/// what the stall settings' floors are measured against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DonorGaps {
+    /// In FILE COPY, where the donor streams.
+    pub file_copy_ms: u64,
+    /// In the other stages of a transfer.
+    pub other_ms: u64,
+}
+
+impl DonorGaps {
+    pub fn widen(&mut self, file_copy: Duration, other: Duration) {
+        self.file_copy_ms = self.file_copy_ms.max(file_copy.as_millis() as u64);
+        self.other_ms = self.other_ms.max(other.as_millis() as u64);
+    }
 }
 
 /// The donor's error that ended a session.
@@ -312,6 +336,8 @@ pub(super) struct Session {
     pub ended_at_ms: Option<u64>,
     /// The last time a connection of this session did anything.
     pub last_activity: Instant,
+    /// The last time clone data from the donor arrived on any connection of this session.
+    pub last_data: Option<Instant>,
     /// The current main connection, and whether the session ever had one.
     pub main: Option<ConnId>,
     pub had_main: bool,
@@ -329,6 +355,8 @@ pub(super) struct Session {
     pub stage_bytes: BTreeMap<Stage, u64>,
     pub resumes: Bounded<ResumeRecord>,
     pub detections: Bounded<Detection>,
+    /// The longest gaps between donor bytes on the session's closed connections.
+    pub donor_gaps: DonorGaps,
     pub error: Option<CloneErrorView>,
     pub history: Bounded<Change<SessionState>>,
     pub stages: Vec<Change<Stage>>,
@@ -357,6 +385,7 @@ impl Session {
             ended: None,
             ended_at_ms: None,
             last_activity: now,
+            last_data: None,
             main: None,
             had_main: false,
             live: Vec::new(),
@@ -371,6 +400,7 @@ impl Session {
             stage_bytes: BTreeMap::new(),
             resumes: Bounded::default(),
             detections: Bounded::default(),
+            donor_gaps: DonorGaps::default(),
             error: None,
             history,
             stages: Vec::new(),

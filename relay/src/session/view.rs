@@ -8,7 +8,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::state::{
-    Change, CloneErrorView, ConnRecord, Detection, LiveConn, ResumeRecord, Session, SessionState,
+    Change, CloneErrorView, ConnRecord, Detection, DonorGaps, LiveConn, ResumeRecord, Session,
+    SessionState,
 };
 use super::{ConnId, Registry, SessionId};
 use crate::limit::PairView;
@@ -48,6 +49,8 @@ pub struct SessionView {
     pub resumes: Vec<ResumeRecord>,
     /// What the relay found when connections went silent (the latest ones).
     pub detections: Vec<Detection>,
+    /// The longest gaps between donor bytes on the session's closed connections.
+    pub donor_gaps: DonorGaps,
     /// How long the donor waits for a resume (its `clone_donor_timeout_after_network_failure`).
     pub donor_resume_timeout_secs: Option<u64>,
     pub progress: Option<Progress>,
@@ -184,6 +187,7 @@ impl Session {
             resume_count: self.resumes.total(),
             resumes: self.resumes.items.iter().cloned().collect(),
             detections: self.detections.items.iter().cloned().collect(),
+            donor_gaps: self.donor_gaps,
             donor_resume_timeout_secs: self.donor_patience.map(|d| d.as_secs()),
             progress: self.progress(rate),
             error: self.error.clone(),
