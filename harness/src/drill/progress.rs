@@ -133,21 +133,12 @@ impl Step {
         self.bar.set_message(message);
     }
 
-    /// Ends the step: the bar stays with `line` as its message; in line mode `line` is printed.
+    /// Ends the step: the bar goes and `line` is printed in its place (above the bars still
+    /// running, or on stderr in line mode).
     pub fn finish(self, line: impl Into<String>) {
-        let line = line.into();
-        match self.progress.mode {
-            Mode::Bars => {
-                self.bar
-                    .set_style(ProgressStyle::with_template("  {msg}").expect("a valid template"));
-                self.bar.finish_with_message(line);
-            }
-            Mode::Lines => {
-                self.bar.finish_and_clear();
-                eprintln!("  {line}");
-            }
-            Mode::Quiet => self.bar.finish_and_clear(),
-        }
+        self.bar.finish_and_clear();
+        self.progress.multi.remove(&self.bar);
+        self.progress.note(format!("  {}", line.into()));
     }
 }
 
