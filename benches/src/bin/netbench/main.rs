@@ -11,11 +11,12 @@
 //! a donor process (this binary, hidden subcommand `donor`) serves a clone-shaped stream, and
 //! for each row a recipient process (`recv`) reads it, directly or through a peer: clone-relay
 //! on its defaults, clone-relay with TLS on both legs, clone-relay with `--rate 1TiB/s`, the
-//! chaos proxy with no faults, socat. The rows' transfers are interleaved round by round and
-//! each row reports its median. A reference row gives rustls encrypting and decrypting the same
-//! stream in memory. Then `ping` processes time small request/response round trips after login,
-//! directly and through the relay, and the table ends with the relay's added latency and its
-//! peak RSS (VmHWM) while it carried the plain row.
+//! chaos proxy with no faults, socat, and the TLS donor read directly. The rows' transfers are
+//! interleaved round by round and each row reports its median and its ratio to the direct row.
+//! A reference row, taking its turn in each round, gives rustls encrypting and decrypting the
+//! same stream in memory (in this process). Then `ping` processes time small request/response
+//! round trips after login, directly and through the relay, and the table ends with the relay's
+//! added latency and its peak RSS (VmHWM) after carrying the plain row.
 //!
 //! # Layout
 //! - `peers`: the hidden subcommands (donor, recipient transfer, ping).
@@ -57,7 +58,7 @@ pub struct Options {
     /// Size of the clone stream, in MiB of DATA (default 256, or 8 with --quick).
     #[arg(long, value_name = "N")]
     pub size_mib: Option<usize>,
-    /// Transfers per row (default 7, or 2 with --quick); the median is reported.
+    /// Transfers per row (default 9, or 2 with --quick); the median is reported.
     #[arg(long, value_name = "N")]
     pub reps: Option<usize>,
     /// Timed round trips for the latency (default 5000, or 200 with --quick).
@@ -80,7 +81,7 @@ impl Options {
         self.size_mib.unwrap_or(if self.quick { 8 } else { 256 })
     }
     pub fn reps(&self) -> usize {
-        self.reps.unwrap_or(if self.quick { 2 } else { 7 }).max(1)
+        self.reps.unwrap_or(if self.quick { 2 } else { 9 }).max(1)
     }
     pub fn round_trips(&self) -> usize {
         self.round_trips

@@ -4,11 +4,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clone_relay_benches::clone_stream;
 use clone_relay_benches::tls::{InMemoryPair, bench_pki, client_config, server_config};
+use rustls::{ClientConfig, ServerConfig};
 
 use crate::Options;
 use crate::peers::{DONOR_NAME, DonorPorts, RecvTls, RoundTrips, Transfer, parse_line};
@@ -159,6 +161,10 @@ pub fn run(opts: &Options) -> Result<()> {
                 .with_context(|| format!("warm-up of {}", row.label))?;
         }
     }
+    // The in-memory TLS reference takes its turn in each round too, in this process.
+    let mut in_memory = InMemoryTls::new();
+    in_memory.transfer(&stream);
+    let mut in_memory_secs = Vec::with_capacity(reps);
     let perf = opts
         .perf
         .as_deref()
@@ -173,6 +179,7 @@ pub fn run(opts: &Options) -> Result<()> {
                 row.secs.push(secs);
             }
         }
+        in_memory_secs.push(in_memory.transfer(&stream));
     }
     let transfers_took = started.elapsed();
     if let Some(perf) = perf {
@@ -198,8 +205,6 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     }
 
-    eprintln!("netbench: rustls in memory");
-    let in_memory = in_memory_tls(&stream, reps);
     eprintln!("netbench: round trips, direct and through clone-relay");
     // Direct and relayed runs alternate, so that both see the same share of the machine.
     let count = opts.round_trips();
@@ -228,7 +233,7 @@ pub fn run(opts: &Options) -> Result<()> {
         "rustls_in_memory",
         "rustls in memory, encrypt+decrypt (reference)",
         expect,
-        &in_memory,
+        &in_memory_secs,
         None,
     ));
     let report = Report::new(
@@ -282,21 +287,28 @@ fn ping(me: &Path, addr: SocketAddr, count: usize, warmup: usize) -> Result<Vec<
     Ok(parse_line::<RoundTrips>("ping", &out)?.rtt_us)
 }
 
-/// Seconds of `reps` in-memory TLS transfers of `stream` (after one warm-up), each on a fresh
-/// rustls pair whose handshake is not timed.
-fn in_memory_tls(stream: &[u8], reps: usize) -> Vec<f64> {
-    let pki = bench_pki(DONOR_NAME);
-    let (server, client) = (server_config(&pki), client_config([pki.ca.clone()]));
-    let mut secs = Vec::with_capacity(reps);
-    for i in 0..=reps {
-        let mut pair = InMemoryPair::new(server.clone(), client.clone(), DONOR_NAME);
+/// rustls encrypting and decrypting in memory, on this process's thread: the TLS reference.
+struct InMemoryTls {
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+}
+
+impl InMemoryTls {
+    fn new() -> InMemoryTls {
+        let pki = bench_pki(DONOR_NAME);
+        InMemoryTls {
+            server: server_config(&pki),
+            client: client_config([pki.ca.clone()]),
+        }
+    }
+
+    /// Seconds of one transfer of `stream` on a fresh pair whose handshake is not timed.
+    fn transfer(&mut self, stream: &[u8]) -> f64 {
+        let mut pair = InMemoryPair::new(self.server.clone(), self.client.clone(), DONOR_NAME);
         let started = Instant::now();
         let read = pair.transfer(stream, IN_MEMORY_WRITE);
         let took = started.elapsed().as_secs_f64();
         assert_eq!(read, stream.len() as u64, "rustls in memory lost bytes");
-        if i > 0 {
-            secs.push(took);
-        }
+        took
     }
-    secs
 }
