@@ -1,0 +1,90 @@
+//! `netbench --quick` end to end, with real processes: it builds (or finds) clone-relay and
+//! chaos, runs every row, and prints the table with a positive figure in each row. No timing is
+//! judged here: the figures only have to exist.
+//!
+//! socat is installed from Debian's packages when missing; when that fails its row says
+//! "skipped: ..." and this test accepts it, except under CI=true, where every row must have
+//! been measured.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Every row of the table, by its key in the JSON.
+const ROWS: [&str; 8] = [
+    "direct",
+    "relay_plain",
+    "relay_tls",
+    "relay_capped",
+    "chaos",
+    "socat",
+    "direct_tls",
+    "rustls_in_memory",
+];
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn positive(v: &Value) -> f64 {
+    let x = v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
+    assert!(x > 0.0 && x.is_finite(), "not positive: {x}");
+    x
+}
+
+#[test]
+fn quick_run_prints_every_row_with_positive_figures() {
+    let json = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("netbench-quick-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_netbench"))
+        .args(["--quick", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run netbench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "netbench: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    println!("{stdout}");
+
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON")).expect("JSON");
+    let _ = std::fs::remove_file(&json);
+    let rows = report["rows"].as_array().expect("rows");
+    for key in ROWS {
+        let row = rows
+            .iter()
+            .find(|r| r["key"] == key)
+            .unwrap_or_else(|| panic!("no row {key}"));
+        let label = row["label"].as_str().expect("label");
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {label} |")))
+            .unwrap_or_else(|| panic!("no table line for {label}:\n{stdout}"));
+        if let Some(why) = row["skipped"].as_str() {
+            assert_eq!(key, "socat", "only socat may be skipped: {line}");
+            assert!(!in_ci(), "socat skipped under CI=true: {why}");
+            assert!(line.contains("skipped: "), "{line}");
+            eprintln!("socat skipped: {why}");
+            continue;
+        }
+        positive(&row["mib_per_sec"]);
+        positive(&row["ratio_to_direct"]);
+        assert_eq!(row["transfers"], report["repetitions"], "{key}");
+        assert!(line.ends_with("x |"), "{line}");
+    }
+    positive(&report["relay_tls_to_rustls_in_memory"]);
+    positive(&report["relay_plain_peak_rss_bytes"]);
+    for side in ["direct", "relay"] {
+        positive(&report["latency"][side]["p50_us"]);
+        positive(&report["latency"][side]["p99_us"]);
+    }
+    assert!(report["latency"]["added_p50_us"].is_f64());
+    for needle in ["of rustls in memory", "added latency", "peak RSS"] {
+        assert!(stdout.contains(needle), "no {needle:?} line:\n{stdout}");
+    }
+}
