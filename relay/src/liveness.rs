@@ -59,14 +59,17 @@ pub struct FlowSocket<'a> {
 impl FlowSocket<'_> {
     /// A keepalive probe at once (the flow has been idle longer than [`FLOW_CHECK`]) and a
     /// user timeout of [`FLOW_CHECK`]: an unanswered probe fails the socket with ETIMEDOUT.
+    ///
+    /// The interval and the user timeout go first: setting the idle time re-arms the keepalive
+    /// timer at once, and its next turn must already come after one interval.
     fn arm(&self) -> std::io::Result<()> {
-        self.socket.set_tcp_keepalive(
-            &TcpKeepalive::new()
-                .with_time(FLOW_CHECK)
-                .with_interval(FLOW_CHECK)
-                .with_retries(3),
-        )?;
-        self.socket.set_tcp_user_timeout(Some(FLOW_CHECK))
+        self.socket.set_tcp_user_timeout(Some(FLOW_CHECK))?;
+        let probe = TcpKeepalive::new()
+            .with_interval(FLOW_CHECK)
+            .with_retries(3);
+        self.socket
+            .set_tcp_keepalive(&probe.clone().with_time(self.config.keepalive_idle))?;
+        self.socket.set_tcp_keepalive(&probe.with_time(FLOW_CHECK))
     }
 
     /// The configured keepalive and user timeout again.

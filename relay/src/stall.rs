@@ -139,10 +139,15 @@ impl DataFlow {
         }
     }
 
-    /// The silence that raises a suspicion: `factor` times the longest gap seen in this stage,
-    /// within `[floor, max]`.
+    /// The silence that raises a suspicion: the floor in FILE COPY (a suspicion there costs a
+    /// check of the flow, never a reset on its own, and MySQL's own bandwidth throttle leaves
+    /// gaps of about a second, which the factor would stretch past the floor); elsewhere
+    /// `factor` times the longest gap seen in this stage, within `[floor, max]`.
     fn threshold(&self, settings: &StallSettings) -> Duration {
-        (self.longest_gap * settings.factor).clamp(self.floor(settings), settings.max)
+        match self.streaming {
+            true => self.floor(settings),
+            false => (self.longest_gap * settings.factor).clamp(settings.min, settings.max),
+        }
     }
 
     /// How long the donor has been silent while owing data, if that is longer than the
@@ -268,6 +273,9 @@ mod tests {
         flow.set_streaming(true);
         assert!(flow.stalled(t0 + 3015 * MS, &s).is_none());
         assert_eq!(flow.stalled(t0 + 3030 * MS, &s), Some(30 * MS));
+        // There the gaps seen do not raise the threshold above the floor.
+        flow.on_donor_bytes(t0 + 3100 * MS);
+        assert_eq!(flow.stalled(t0 + 3130 * MS, &s), Some(30 * MS));
         // COMPLETE: nothing owed, nothing judged.
         flow.on_done();
         assert!(flow.stalled(t0 + 9000 * MS, &s).is_none());

@@ -240,6 +240,8 @@ fn kind_name(kind: DetectionKind) -> &'static str {
         DetectionKind::FlowDead => "a dead flow",
         DetectionKind::LinkDown => "the link down",
         DetectionKind::LinkBack => "the link back",
+        DetectionKind::DonorSlow => "a slow donor",
+        DetectionKind::RecipientSlow => "a slow recipient",
     }
 }
 
@@ -251,6 +253,8 @@ fn detections_word(c: &CloneFigures) -> String {
             DetectionKind::FlowDead => "flow_dead",
             DetectionKind::LinkDown => "link_down",
             DetectionKind::LinkBack => "link_back",
+            DetectionKind::DonorSlow => "donor_slow",
+            DetectionKind::RecipientSlow => "recipient_slow",
         })
         .collect();
     match words.is_empty() {

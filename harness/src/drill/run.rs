@@ -302,7 +302,7 @@ impl<'a> Watch<'a> {
             let detected = s
                 .detections
                 .iter()
-                .filter(|d| d.kind != DetectionKind::LinkBack)
+                .filter(|d| matches!(d.kind, DetectionKind::FlowDead | DetectionKind::LinkDown))
                 .map(|d| d.silence_ms)
                 .max();
             f.detect_ms = f.detect_ms.max(detected);
@@ -581,7 +581,9 @@ async fn single_clone(
         config.limits.session = Some(rate);
     }
     let cap = config.limits.session_to_recipient.or(config.limits.session);
-    let relay = RelayFixture::start_with(config)?;
+    let mut relay = RelayFixture::start_with(config)?;
+    // The scenario's own expectations judge its resets (none for a clean one).
+    relay.expect_faults();
     allow_donor(&rig.recipient, relay.addr()).await?;
     let transport = match s.tls {
         true => Transport::Default,
