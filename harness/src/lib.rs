@@ -10,6 +10,7 @@
 //! - [`dataset`]: seeding a donor with a data set of a chosen size, and checksumming it.
 //! - [`clone`]: running `CLONE INSTANCE` on a recipient and following it to its end.
 //! - [`relay`]: clone-relay running in-process for a test.
+//! - [`process`]: clone-relay as a process of its own, for figures of the relay alone (memory).
 //! - [`tap`]: a recording TCP proxy between the relay and a donor: what an eavesdropper on that
 //!   leg would see.
 //! - [`load`]: traffic on a relay besides a clone (idle logged-in clients, half logins).
@@ -23,6 +24,7 @@ pub mod drill;
 pub mod image;
 pub mod load;
 pub mod mysql;
+pub mod process;
 pub mod relay;
 pub mod tap;
 

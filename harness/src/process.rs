@@ -1,0 +1,130 @@
+//! clone-relay as a process of its own (the `clone-relay` binary on its defaults), for figures
+//! that belong to the relay alone, such as its memory; killed when dropped.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// How long the relay may take to answer `/healthz` after its start.
+const READY_WAIT: Duration = Duration::from_secs(30);
+
+/// A running `clone-relay` process and its admin listener.
+#[derive(Debug)]
+pub struct RelayProcess {
+    child: Child,
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+/// The `clone-relay` binary of this workspace's build: next to the test binaries' folder, built
+/// first with cargo when it is not there yet.
+pub async fn relay_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    // target/<profile>/deps/<test> -> target/<profile>/clone-relay
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("the test binary has no target folder")?;
+    let binary = profile_dir.join("clone-relay");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "clone-relay", "--bin", "clone-relay"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().await.context("running cargo build")?;
+        if !status.success() || !binary.exists() {
+            bail!(
+                "building clone-relay failed ({status}); expected {}",
+                binary.display()
+            );
+        }
+    }
+    Ok(binary)
+}
+
+impl RelayProcess {
+    /// Starts the relay to `upstream` on its defaults (plus `extra` flags), on free loopback
+    /// ports, and waits until its admin listener answers.
+    pub async fn start(upstream: SocketAddr, extra: &[&str]) -> Result<Self> {
+        let binary = relay_binary().await?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let child = Command::new(&binary)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--upstream")
+            .arg(upstream.to_string())
+            .arg("--admin")
+            .arg(admin_addr.to_string())
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut relay = RelayProcess {
+            child,
+            addr,
+            admin_addr,
+        };
+        let deadline = Instant::now() + READY_WAIT;
+        loop {
+            if let Ok((200, _)) = clone_relay::admin::request(admin_addr, "GET", "/healthz").await {
+                return Ok(relay);
+            }
+            if let Some(status) = relay.child.try_wait()? {
+                bail!("clone-relay exited at start ({status})");
+            }
+            if Instant::now() >= deadline {
+                bail!("clone-relay did not answer /healthz within {READY_WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Where the recipient should clone from.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `/sessions` as JSON.
+    pub async fn sessions_json(&self) -> Result<serde_json::Value> {
+        let (status, body) =
+            clone_relay::admin::request(self.admin_addr, "GET", "/sessions").await?;
+        if status != 200 {
+            bail!("/sessions answered {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// The process's resident memory now and at its peak (`VmRSS`, `VmHWM`), in bytes.
+    pub fn memory(&self) -> Result<(u64, u64)> {
+        let pid = self.child.id().context("clone-relay has exited")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> Result<u64> {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+            let kib: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("unreadable {line:?}"))?;
+            Ok(kib * 1024)
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
