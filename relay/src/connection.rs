@@ -185,12 +185,8 @@ async fn carry(
 
     let downstream = Observed::new(downstream, conn.clone(), Direction::Upstream);
     let upstream = Observed::new(upstream, conn.clone(), Direction::Downstream);
-    let copy = copy::CopySettings {
-        buffer_bytes: config.copy_buffer_bytes,
-        splice: true,
-    };
     tokio::select! {
-        result = copy::relay(downstream, upstream, copy, legs) => result,
+        result = copy::relay(downstream, upstream, config.copy_buffer_bytes, legs) => result,
         e = login_deadline(handshaken.login_due, config.handshake_timeout, conn) => Err(e),
         silence = liveness::dead_flow(&config.stall, relay.path_probes(), &donor, conn, legs) => Err(RelayError::Stalled { silence }),
     }

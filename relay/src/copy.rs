@@ -2,11 +2,10 @@
 //! so that any decorated stream goes through it. When one side finishes sending, the other
 //! side's write half is shut down and the opposite direction carries on (half-close).
 //!
-//! Each direction reads into its own buffer and writes it out before reading again. With
-//! splicing on, a direction between two plain legs moves what the decoder has no need to see
-//! (the rest of a large packet after its head) through a pipe in the kernel instead
-//! ([`crate::splice`]); after a splice the next user-space read is kept short, so that it takes
-//! the next header and head and leaves the bulk of the packet for the kernel.
+//! Each direction reads into its own buffer and writes all of it out before reading again.
+//! The buffer starts small and grows, up to the configured size, while reads fill it: a
+//! direction carrying clone data gets large reads and writes (fewer system calls and wake-ups
+//! per byte), one carrying commands and acknowledgements stays small.
 
 use std::future::poll_fn;
 use std::io;
@@ -17,41 +16,27 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::RelayError;
 use crate::io::{Legs, Metered, violation_of};
-use crate::splice::{Pipe, Splice};
 
-/// Fewer passable bytes than this are read in user space: a splice costs two system calls.
-const MIN_SPLICE: usize = 16 * 1024;
-
-/// The user-space read after a splice: enough for the next packet's header and head (the
-/// decoder looks at 512 bytes), and for the small packets between large ones.
-const SHORT_READ: usize = 4 * 1024;
-
-/// How the copy moves bytes.
-#[derive(Debug, Clone, Copy)]
-pub struct CopySettings {
-    /// The buffer of each direction, and the size of its pipe when it splices.
-    pub buffer_bytes: usize,
-    /// Splice between plain legs where the decoder and the bandwidth caps allow.
-    pub splice: bool,
-}
+/// The buffer a direction starts with (or the configured size, when smaller).
+const INITIAL_BUFFER: usize = 16 * 1024;
 
 /// Copies between `downstream` and `upstream` until both directions have ended or one leg fails.
-/// The error says which leg failed, or which peer broke the protocol; the byte counts stay
-/// readable in `legs` either way.
+/// Each direction's buffer grows up to `buffer_bytes`. The error says which leg failed, or
+/// which peer broke the protocol; the byte counts stay readable in `legs` either way.
 pub async fn relay<D, U>(
     downstream: D,
     upstream: U,
-    settings: CopySettings,
+    buffer_bytes: usize,
     legs: &Legs,
 ) -> Result<(), RelayError>
 where
-    D: AsyncRead + AsyncWrite + Splice + Unpin,
-    U: AsyncRead + AsyncWrite + Splice + Unpin,
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
 {
     let mut down = Metered::new(downstream, legs.downstream.clone());
     let mut up = Metered::new(upstream, legs.upstream.clone());
-    let mut to_donor = OneWay::new(settings);
-    let mut to_recipient = OneWay::new(settings);
+    let mut to_donor = OneWay::new(buffer_bytes);
+    let mut to_recipient = OneWay::new(buffer_bytes);
     let copied = poll_fn(|cx| {
         let a = to_donor.poll(cx, &mut down, &mut up);
         let b = to_recipient.poll(cx, &mut up, &mut down);
@@ -79,13 +64,13 @@ where
 #[derive(Debug)]
 struct OneWay {
     buf: Box<[u8]>,
+    /// The size the buffer may grow to.
+    max: usize,
+    /// The last read filled the buffer: the next one gets a larger buffer.
+    grow: bool,
+    /// Bytes `pos..cap` of `buf` are read and not yet written.
     pos: usize,
     cap: usize,
-    /// Splicing is allowed in this direction (on in the settings, and the pipe could be made).
-    splice: bool,
-    pipe: Option<Pipe>,
-    /// The last bytes moved went through the pipe: the next read is short.
-    spliced_last: bool,
     /// The source ended; what is left is written, then the destination is shut down.
     read_done: bool,
     need_flush: bool,
@@ -93,14 +78,13 @@ struct OneWay {
 }
 
 impl OneWay {
-    fn new(settings: CopySettings) -> Self {
+    fn new(max: usize) -> Self {
         OneWay {
-            buf: vec![0; settings.buffer_bytes].into_boxed_slice(),
+            buf: vec![0; INITIAL_BUFFER.min(max)].into_boxed_slice(),
+            max,
+            grow: false,
             pos: 0,
             cap: 0,
-            splice: settings.splice,
-            pipe: None,
-            spliced_last: false,
             read_done: false,
             need_flush: false,
             done: false,
@@ -108,40 +92,36 @@ impl OneWay {
     }
 
     /// Moves bytes from `from` to `to` until `from` ends and `to` is shut down.
-    fn poll<R, W>(
-        &mut self,
-        cx: &mut Context<'_>,
-        from: &mut Metered<R>,
-        to: &mut Metered<W>,
-    ) -> Poll<io::Result<()>>
+    fn poll<R, W>(&mut self, cx: &mut Context<'_>, from: &mut R, to: &mut W) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + Splice + Unpin,
-        W: AsyncWrite + Splice + Unpin,
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
     {
         loop {
             if self.done {
                 return Poll::Ready(Ok(()));
             }
-            if let Some(pipe) = self.pipe.as_mut().filter(|p| p.held() > 0) {
-                let socket = to
-                    .socket()
-                    .expect("a pipe is filled only towards a plain leg");
-                match ready!(pipe.poll_drain(cx, socket)) {
-                    Ok(n) => to.written(n),
-                    Err(e) => {
-                        to.failed();
-                        return Poll::Ready(Err(e));
+            if self.pos < self.cap {
+                match Pin::new(&mut *to).poll_write(cx, &self.buf[self.pos..self.cap]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        self.pos += n;
+                        self.need_flush = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // The destination is full: read on into the rest of the buffer, so the
+                        // next write is larger.
+                        if self.cap < self.buf.len()
+                            && !self.read_done
+                            && let Poll::Ready(result) = self.poll_fill(cx, from)
+                        {
+                            result?;
+                            continue;
+                        }
+                        return Poll::Pending;
                     }
                 }
-                continue;
-            }
-            if self.pos < self.cap {
-                let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.buf[self.pos..self.cap]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.pos += n;
-                self.need_flush = true;
                 continue;
             }
             if self.read_done {
@@ -153,83 +133,16 @@ impl OneWay {
                 self.done = true;
                 continue;
             }
-            if ready!(self.poll_splice(cx, from, to))? {
-                continue;
+            // All written: read afresh, into a larger buffer when the last one filled up.
+            self.pos = 0;
+            self.cap = 0;
+            if self.grow && self.buf.len() < self.max {
+                let size = (self.buf.len() * 4).min(self.max);
+                self.buf = vec![0; size].into_boxed_slice();
             }
-            ready!(self.poll_read(cx, from, to))?;
-        }
-    }
-
-    /// Splices what the source allows, if this direction splices and enough is passable.
-    /// `Ready(Ok(false))` when the next bytes are for a user-space read instead.
-    fn poll_splice<R, W>(
-        &mut self,
-        cx: &mut Context<'_>,
-        from: &mut Metered<R>,
-        to: &mut Metered<W>,
-    ) -> Poll<io::Result<bool>>
-    where
-        R: Splice,
-        W: Splice,
-    {
-        if !self.splice || from.socket().is_none() || to.socket().is_none() {
-            return Poll::Ready(Ok(false));
-        }
-        let passable = ready!(from.poll_passable(cx));
-        if passable < MIN_SPLICE {
-            return Poll::Ready(Ok(false));
-        }
-        let pipe = match &mut self.pipe {
-            Some(pipe) => pipe,
-            None => match Pipe::new(self.buf.len()) {
-                Ok(pipe) => self.pipe.insert(pipe),
-                Err(e) => {
-                    // Out of descriptors or pipe memory: this direction stays in user space.
-                    tracing::debug!(error = %e, "no pipe for splicing; copying in user space");
-                    self.splice = false;
-                    return Poll::Ready(Ok(false));
-                }
-            },
-        };
-        let socket = from.socket().expect("checked above");
-        match ready!(pipe.poll_fill(cx, socket, passable)) {
-            Ok(0) => {
-                from.passed(0);
-                self.read_done = true;
-            }
-            Ok(n) => {
-                from.passed(n);
-                self.spliced_last = true;
-            }
-            Err(e) => {
-                from.failed();
-                return Poll::Ready(Err(e));
-            }
-        }
-        Poll::Ready(Ok(true))
-    }
-
-    /// Reads into the empty buffer through the source's decorators: a short read after a
-    /// splice, a full one otherwise. While the source has nothing, what was written is flushed.
-    fn poll_read<R, W>(
-        &mut self,
-        cx: &mut Context<'_>,
-        from: &mut Metered<R>,
-        to: &mut Metered<W>,
-    ) -> Poll<io::Result<()>>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let len = match self.spliced_last {
-            true => SHORT_READ.min(self.buf.len()),
-            false => self.buf.len(),
-        };
-        let mut buf = ReadBuf::new(&mut self.buf[..len]);
-        match Pin::new(&mut *from).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => {
+            if self.poll_fill(cx, from)?.is_pending() {
+                // Nothing to read for now: what was written goes out (TLS holds records back
+                // until flushed).
                 if self.need_flush {
                     ready!(Pin::new(&mut *to).poll_flush(cx))?;
                     self.need_flush = false;
@@ -237,13 +150,19 @@ impl OneWay {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Reads into the free end of the buffer.
+    fn poll_fill<R>(&mut self, cx: &mut Context<'_>, from: &mut R) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+    {
+        let mut buf = ReadBuf::new(&mut self.buf[self.cap..]);
+        ready!(Pin::new(&mut *from).poll_read(cx, &mut buf))?;
         let n = buf.filled().len();
-        self.pos = 0;
-        self.cap = n;
-        self.spliced_last = false;
-        if n == 0 {
-            self.read_done = true;
-        }
+        self.cap += n;
+        self.read_done = n == 0;
+        self.grow = self.cap == self.buf.len();
         Poll::Ready(Ok(()))
     }
 }
@@ -253,11 +172,6 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
-    const SETTINGS: CopySettings = CopySettings {
-        buffer_bytes: 4096,
-        splice: true,
-    };
-
     #[tokio::test]
     async fn carries_both_ways_and_half_closes() {
         let (recipient, relay_down) = duplex(1024);
@@ -265,7 +179,7 @@ mod tests {
         let legs = Legs::default();
         let task = tokio::spawn({
             let legs = legs.clone();
-            async move { relay(relay_down, relay_up, SETTINGS, &legs).await }
+            async move { relay(relay_down, relay_up, 4096, &legs).await }
         });
 
         let (mut recipient_rx, mut recipient_tx) = tokio::io::split(recipient);
@@ -294,6 +208,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_buffer_grows_only_while_reads_fill_it() {
+        let (mut sender, mut from) = duplex(4 << 20);
+        let (mut to, mut receiver) = duplex(4 << 20);
+        let mut way = OneWay::new(1 << 20);
+
+        // Small messages leave the buffer as it started.
+        sender.write_all(b"ack").await.unwrap();
+        std::future::poll_fn(|cx| {
+            assert!(way.poll(cx, &mut from, &mut to).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+        assert_eq!(way.buf.len(), INITIAL_BUFFER);
+
+        // A stream that fills every read: the buffer grows to the ceiling, never past it.
+        let block: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+        sender.write_all(&block).await.unwrap();
+        sender.shutdown().await.unwrap();
+        std::future::poll_fn(|cx| way.poll(cx, &mut from, &mut to))
+            .await
+            .unwrap();
+        assert_eq!(way.buf.len(), 1 << 20);
+        let mut got = Vec::new();
+        receiver.read_to_end(&mut got).await.unwrap();
+        assert_eq!(&got[..3], b"ack");
+        assert!(got[3..] == block[..], "bytes changed on the way");
+    }
+
+    #[tokio::test]
     async fn names_the_leg_that_failed() {
         let (recipient, relay_down) = duplex(64);
         let (relay_up, donor) = duplex(64);
@@ -303,9 +246,7 @@ mod tests {
         tx.write_all(b"data for a donor that is gone")
             .await
             .unwrap();
-        let err = relay(relay_down, relay_up, SETTINGS, &legs)
-            .await
-            .unwrap_err();
+        let err = relay(relay_down, relay_up, 4096, &legs).await.unwrap_err();
         assert!(matches!(err, RelayError::Upstream(_)), "{err:?}");
     }
 }

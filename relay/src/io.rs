@@ -4,22 +4,17 @@
 //! connection's decoder) before it is forwarded, and turns a protocol breach into a read error
 //! whose inner error is the [`Violation`], so the bad bytes never reach the other side.
 //!
-//! Both also pass on [`Splice`]: bytes moved in the kernel are counted and reported to the
-//! observer as if read, without being seen.
-//!
 //! Decorators report through [`LegStats`] and [`Observer`]; they know nothing of sessions.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::protocol::{Direction, Violation};
-use crate::splice::Splice;
 
 /// The `AsyncWrite` methods of a decorator that leaves writes to its `inner` stream as they are.
 macro_rules! forward_write {
@@ -65,28 +60,11 @@ pub(crate) use forward_write;
 /// bytes are not forwarded and the connection closes.
 pub trait Observer {
     fn observe(&self, dir: Direction, bytes: &[u8]) -> Result<(), Violation>;
-
-    /// How many of the next bytes travelling in `dir` the observer has no need to see: they
-    /// may go by unseen (spliced in the kernel) and be reported through [`Self::passed`].
-    fn passable(&self, _dir: Direction) -> usize {
-        0
-    }
-
-    /// `n` bytes travelling in `dir`, at most [`Self::passable`], went by unseen.
-    fn passed(&self, _dir: Direction, _n: usize) {}
 }
 
 impl<O: Observer + ?Sized> Observer for Arc<O> {
     fn observe(&self, dir: Direction, bytes: &[u8]) -> Result<(), Violation> {
         (**self).observe(dir, bytes)
-    }
-
-    fn passable(&self, dir: Direction) -> usize {
-        (**self).passable(dir)
-    }
-
-    fn passed(&self, dir: Direction, n: usize) {
-        (**self).passed(dir, n)
     }
 }
 
@@ -158,36 +136,6 @@ impl<S> Metered<S> {
             self.stats.failed.store(true, Ordering::Relaxed);
         }
         result
-    }
-}
-
-impl<S: Splice> Splice for Metered<S> {
-    fn socket(&self) -> Option<&TcpStream> {
-        self.inner.socket()
-    }
-
-    fn poll_passable(&mut self, cx: &mut Context<'_>) -> Poll<usize> {
-        self.inner.poll_passable(cx)
-    }
-
-    fn passed(&mut self, n: usize) {
-        self.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
-        if n == 0 {
-            self.stats.ended.store(true, Ordering::Relaxed);
-        }
-        self.inner.passed(n);
-    }
-
-    fn written(&mut self, n: usize) {
-        self.stats
-            .bytes_written
-            .fetch_add(n as u64, Ordering::Relaxed);
-        self.inner.written(n);
-    }
-
-    fn failed(&mut self) {
-        self.stats.failed.store(true, Ordering::Relaxed);
-        self.inner.failed();
     }
 }
 
@@ -271,32 +219,6 @@ impl<S, O> Observed<S, O> {
             observer,
             dir,
         }
-    }
-}
-
-impl<S: Splice, O: Observer> Splice for Observed<S, O> {
-    fn socket(&self) -> Option<&TcpStream> {
-        self.inner.socket()
-    }
-
-    fn poll_passable(&mut self, cx: &mut Context<'_>) -> Poll<usize> {
-        let below = ready!(self.inner.poll_passable(cx));
-        Poll::Ready(below.min(self.observer.passable(self.dir)))
-    }
-
-    fn passed(&mut self, n: usize) {
-        if n > 0 {
-            self.observer.passed(self.dir, n);
-        }
-        self.inner.passed(n);
-    }
-
-    fn written(&mut self, n: usize) {
-        self.inner.written(n);
-    }
-
-    fn failed(&mut self) {
-        self.inner.failed();
     }
 }
 

@@ -56,7 +56,6 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod socket;
-pub mod splice;
 pub mod stall;
 pub mod state;
 pub mod tls;

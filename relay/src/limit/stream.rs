@@ -52,20 +52,6 @@ impl<S> Limited<S> {
         &mut self.inner
     }
 
-    /// Completes the payment for the bytes read so far; then tells whether reads are unbounded
-    /// (no bucket of the chain has a cap), so bytes may be moved past this stream (by splice)
-    /// and charged with [`Self::charge`].
-    pub fn poll_unbounded(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        ready!(self.poll_paid(cx));
-        Poll::Ready(self.chain.read_bound().is_none())
-    }
-
-    /// Counts `n` bytes taken from the socket underneath without a read through this stream;
-    /// they are paid before the next read.
-    pub fn charge(&mut self, n: usize) {
-        self.unpaid += n as u64;
-    }
-
     /// Completes the payment for the bytes read so far.
     fn poll_paid(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {

@@ -182,37 +182,6 @@ impl Decoder {
         )
     }
 
-    /// How many of the next bytes travelling in `dir` the decoder would not look at: the rest of
-    /// the current packet after its head, or any number once the stream is opaque to it (TLS
-    /// it does not terminate, zstd compression, a refused connection). Zero inside zlib
-    /// compression, whose every byte it inflates.
-    pub fn passable(&self, dir: Direction) -> usize {
-        if matches!(self.talk.phase, Phase::Opaque | Phase::Refused) {
-            return usize::MAX;
-        }
-        let lane = match dir {
-            Direction::Upstream => &self.upstream,
-            Direction::Downstream => &self.downstream,
-        };
-        match lane.decompressor {
-            Some(_) => 0,
-            None => lane.scanner.skippable(),
-        }
-    }
-
-    /// Accounts for `n` bytes travelling in `dir` that went by without being fed, `n` being at
-    /// most [`Self::passable`].
-    pub fn pass(&mut self, dir: Direction, n: usize) {
-        if matches!(self.talk.phase, Phase::Opaque | Phase::Refused) {
-            return;
-        }
-        let lane = match dir {
-            Direction::Upstream => &mut self.upstream,
-            Direction::Downstream => &mut self.downstream,
-        };
-        lane.scanner.skip(n);
-    }
-
     /// Decodes the next bytes travelling in `dir`, reporting what it sees to `on_event`.
     pub fn feed(
         &mut self,

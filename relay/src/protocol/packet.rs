@@ -152,22 +152,6 @@ impl PacketScanner {
         Ok(())
     }
 
-    /// Bytes of the current packet's payload, after its head, that the scanner will skip
-    /// without looking at them (zero while a header or head is still being read).
-    pub fn skippable(&self) -> usize {
-        match self.header_filled == 0 && self.head_left == 0 {
-            true => self.skip_left,
-            false => 0,
-        }
-    }
-
-    /// Accounts for `n` bytes of the stream that went by unseen; `n` must not exceed
-    /// [`Self::skippable`].
-    pub fn skip(&mut self, n: usize) {
-        debug_assert!(n <= self.skippable());
-        self.skip_left -= n.min(self.skip_left);
-    }
-
     /// True when the stream so far ends exactly on a packet boundary.
     pub fn at_boundary(&self) -> bool {
         self.header_filled == 0 && self.head_left == 0 && self.skip_left == 0

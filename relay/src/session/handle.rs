@@ -184,21 +184,6 @@ impl Observer for ConnHandle {
         }
         result
     }
-
-    fn passable(&self, dir: Direction) -> usize {
-        let decoder = self.decoder.lock().unwrap_or_else(PoisonError::into_inner);
-        decoder.passable(dir)
-    }
-
-    /// Bytes the decoder had no need to see went by: the decoder skips them, and donor bytes
-    /// count as the data flow's progress.
-    fn passed(&self, dir: Direction, n: usize) {
-        self.decoder
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pass(dir, n);
-        self.track_flow(dir, n, &[]);
-    }
 }
 
 impl Drop for ConnHandle {
