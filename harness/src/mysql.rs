@@ -363,6 +363,18 @@ impl MysqlServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
             code = exec.exit_code().await?;
         }
+        if code == Some(137) {
+            // SIGKILL: the container stopped under the command (mysqld exited with a status
+            // other than a clone's restart, which ends its supervisor). Its log says why.
+            let log = self.log().await;
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            bail!(
+                "{}: `{}` was killed: the container stopped; its log ends with:\n{}",
+                self.name,
+                argv.first().copied().unwrap_or_default(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         if code != Some(0) {
             bail!(
                 "{}: {} (exit {code:?})",
