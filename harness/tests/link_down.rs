@@ -232,13 +232,16 @@ async fn flows_silenced_in_the_kernel_are_found_dead_within_five_seconds() -> an
         took.as_secs_f64() / clean_took.as_secs_f64()
     );
     if soak() {
-        // MySQL alone with the same failure: the recipient notices on its own.
-        let direct = MysqlServer::start(&image, capped(4, donor_addr)).await?;
-        donor
-            .wait_until_clone_free(Duration::from_secs(600))
-            .await?;
+        // MySQL alone with the same failure, on a donor of its own with the same data: the
+        // first donor may hold the silenced clone's threads for many minutes.
+        let mut options = ServerOptions::donor();
+        options.isolated = true;
+        let alone = MysqlServer::start(&image, options).await?;
+        dataset.seed(&alone).await?;
+        let alone_addr = alone.bridge_addr().await?;
+        let direct = MysqlServer::start(&image, capped(4, alone_addr)).await?;
         let (outcome, direct_took, _) =
-            clone_with_silence(&donor, &direct, donor_addr, true).await?;
+            clone_with_silence(&alone, &direct, alone_addr, true).await?;
         eprintln!(
             "the same silence with no relay: {} after {:.1} s ({:.2}x the relayed clone)",
             outcome.state,
