@@ -54,11 +54,7 @@ async fn clone_through_outage(
 ) -> anyhow::Result<(CloneOutcome, Duration)> {
     let started = Instant::now();
     let outage = async {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while received(recipient).await < 10 * MIB {
-            anyhow::ensure!(Instant::now() < deadline, "the clone never reached 10 MiB");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_received(recipient, 10 * MIB).await?;
         donor.set_link_down(true).await?;
         tokio::time::sleep(OUTAGE).await;
         donor.set_link_down(false).await

@@ -105,7 +105,8 @@ pub async fn dead_flow(
         })
         .await;
         // The clone's data arriving on its other connections shows the donor's path up.
-        let (state, took) = if session_moving(settings, conn) {
+        let moving = session_moving(settings, conn);
+        let (state, took) = if moving {
             (PathState::Up, None)
         } else {
             let (state, took) = probes.check(donor).await;
@@ -119,7 +120,7 @@ pub async fn dead_flow(
                     }
                     return silence.max(settings.min);
                 }
-                None if session_moving(settings, conn) => excuse(conn, silence),
+                None if moving => excuse(conn, silence),
                 None => {
                     conn.record_detection(DetectionKind::FlowDead, silence, took);
                     return silence;

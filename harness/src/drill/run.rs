@@ -525,7 +525,8 @@ pub(super) async fn allow_donor(recipient: &MysqlServer, addr: std::net::SocketA
     Ok(())
 }
 
-fn new_report(s: &Scenario, seed: u64) -> ScenarioReport {
+/// An empty report of scenario `s` under `seed`.
+pub(super) fn new_report(s: &Scenario, seed: u64) -> ScenarioReport {
     ScenarioReport {
         scenario: s.name.clone(),
         description: s.description.clone(),

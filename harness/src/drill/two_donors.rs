@@ -27,7 +27,7 @@ use clone_relay::session::SessionView;
 
 use super::progress::Progress;
 use super::report::{Check, ScenarioReport};
-use super::run::{Watch, allow_donor, clone_figures, compare};
+use super::run::{Watch, allow_donor, clone_figures, compare, new_report};
 use super::scenario::Scenario;
 use super::{DONOR_FREE_WAIT, Rig};
 use crate::clone::{Transport, clone_instance_with};
@@ -36,19 +36,7 @@ use crate::relay::RelayFixture;
 
 pub(super) async fn run(rig: &Rig, s: &Scenario, seed: u64, progress: &Progress) -> ScenarioReport {
     let started = Instant::now();
-    let mut report = ScenarioReport {
-        scenario: s.name.clone(),
-        description: s.description.clone(),
-        fault: s.fault.clone(),
-        seed,
-        duration_secs: 0.0,
-        clones: Vec::new(),
-        losses: 0,
-        events: Vec::new(),
-        checks: Vec::new(),
-        error: None,
-        passed: false,
-    };
+    let mut report = new_report(s, seed);
     if let Err(e) = clones(rig, s, seed, progress, &mut report).await {
         report.error = Some(format!("{e:#}"));
     }
