@@ -21,6 +21,8 @@ pub struct RelayFixture {
     relay: Relay,
     addr: SocketAddr,
     admin_addr: SocketAddr,
+    /// The tunnel listener of a pair's donor side.
+    peer_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), RelayError>>,
     faults_expected: bool,
@@ -60,6 +62,15 @@ impl RelayFixture {
         let admin = clone_relay::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
         let addr = listener.local_addr().context("relay listener address")?;
         let admin_addr = admin.local_addr().context("admin listener address")?;
+        let tunnel = relay
+            .config()
+            .peer_listen
+            .map(clone_relay::bind)
+            .transpose()?;
+        let peer_addr = tunnel
+            .as_ref()
+            .map(|t| t.local_addr().context("tunnel listener address"))
+            .transpose()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn({
             let relay = relay.clone();
@@ -69,11 +80,22 @@ impl RelayFixture {
                     relay.clone(),
                     std::future::pending(),
                 ));
+                let stopping = tokio_util::sync::CancellationToken::new();
+                let tunnel_task = tunnel.map(|tunnel| {
+                    let (relay, stopping) = (relay.clone(), stopping.clone());
+                    tokio::spawn(async move {
+                        relay.serve_tunnel(tunnel, stopping.cancelled_owned()).await
+                    })
+                });
                 let result = relay
                     .serve(listener, async move {
                         let _ = stopped.await;
                     })
                     .await;
+                stopping.cancel();
+                if let Some(task) = tunnel_task {
+                    let _ = task.await;
+                }
                 admin_task.abort();
                 result
             }
@@ -82,6 +104,7 @@ impl RelayFixture {
             relay,
             addr,
             admin_addr,
+            peer_addr,
             stop: Some(stop),
             task,
             faults_expected: false,
@@ -135,6 +158,12 @@ impl RelayFixture {
     /// Where the recipient should clone from.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where a pair's recipient side reaches this relay (its `peer_listen`, bound).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+            .expect("peer_addr: this relay has no peer_listen (not a pair's donor side)")
     }
 
     /// The admin listener (`/metrics`, `/sessions`).

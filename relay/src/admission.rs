@@ -28,7 +28,7 @@ pub fn admit(relay: &Relay, conn: &ConnHandle, peer: SocketAddr) -> Admission {
     let config = relay.config();
     let admitted = relay
         .registry()
-        .admit(conn.id(), peer.ip(), &config.upstreams);
+        .admit(conn.id(), peer.ip(), config.destinations());
     let patience = admitted.long_wait.then_some(config.reconnect_dial_timeout);
     Admission {
         donors: admitted.donors,

@@ -46,6 +46,23 @@ pub struct Config {
     #[serde(rename = "upstream", deserialize_with = "one_or_many")]
     pub upstreams: Vec<String>,
 
+    /// Recipient side of a relay pair: carry every recipient connection over a resumable
+    /// tunnel to the donor-side relay at this HOST:PORT (its `--peer-listen`), instead of to a
+    /// donor. Takes the place of `--upstream`.
+    #[arg(long, env = "CLONE_RELAY_PEER", value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+
+    /// Donor side of a relay pair: accept tunnels from recipient-side relays on this address and
+    /// carry their streams to the donors at `--upstream`.
+    #[arg(long, env = "CLONE_RELAY_PEER_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_listen: Option<SocketAddr>,
+
+    /// The tunnel between the two relays of a pair.
+    #[command(flatten)]
+    pub tunnel: TunnelSettings,
+
     /// Connections carried at once; further recipients wait in the listen backlog.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_connections: usize,
@@ -334,6 +351,104 @@ pub struct StallSettings {
         default_value_t = 4
     )]
     pub factor: u32,
+}
+
+/// The tunnel of a relay pair: mutual TLS between the two relays (plain only with
+/// `tunnel.plain`), the replay buffers that let a stream resume where it stopped, and how long
+/// an outage is bridged before the pair falls back to CLONE's own resume.
+///
+/// On the command line these are `--tunnel-cert`, `--tunnel-key`, ...; in the file, the keys of
+/// a `[tunnel]` table.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TunnelSettings {
+    /// This relay's certificate chain (PEM) on the tunnel.
+    #[arg(id = "tunnel.cert", long = "tunnel-cert", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+
+    /// The private key (PEM) of `tunnel.cert`.
+    #[arg(id = "tunnel.key", long = "tunnel-key", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+
+    /// The CA certificate(s) (PEM) that signed the other relay's certificate.
+    #[arg(id = "tunnel.ca", long = "tunnel-ca", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+
+    /// The name the donor-side relay's certificate must carry (recipient side); the host of
+    /// `peer` when unset.
+    #[arg(
+        id = "tunnel.server_name",
+        long = "tunnel-server-name",
+        value_name = "NAME"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+
+    /// Run the tunnel without TLS (for a link that is private already).
+    #[arg(id = "tunnel.plain", long = "tunnel-plain")]
+    pub plain: bool,
+
+    /// Memory for the replay buffers of all streams together; beyond it they spill to a file.
+    #[arg(
+        id = "tunnel.memory",
+        long = "tunnel-memory",
+        value_name = "SIZE",
+        default_value = "64MiB",
+        value_parser = parse_size
+    )]
+    #[serde(rename = "memory", with = "units::size")]
+    pub memory_bytes: usize,
+
+    /// Disk for the replay buffers beyond `tunnel.memory`, all streams together; a stream whose
+    /// buffer cannot grow stops reading its MySQL side (backpressure). 0: no spill file.
+    #[arg(
+        id = "tunnel.spill",
+        long = "tunnel-spill",
+        value_name = "SIZE",
+        default_value = "1GiB",
+        value_parser = parse_size
+    )]
+    #[serde(rename = "spill", with = "units::size")]
+    pub spill_bytes: usize,
+
+    /// Where spill files go (removed when their stream ends); the system's temp dir when unset.
+    #[arg(id = "tunnel.spill_dir", long = "tunnel-spill-dir", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill_dir: Option<PathBuf>,
+
+    /// The longest outage of the tunnel the pair bridges while holding MySQL's connections;
+    /// past it both relays reset their sides and the recipient's CLONE resumes by itself. Below
+    /// the recipient's own read timeout (about a minute).
+    #[arg(
+        id = "tunnel.bridge",
+        long = "tunnel-bridge",
+        value_name = "DURATION",
+        default_value = "45s",
+        value_parser = parse_duration
+    )]
+    #[serde(with = "units::duration")]
+    pub bridge: Duration,
+
+    /// Silence on a tunnel connection (each side sends an acknowledgement every 100 ms) after
+    /// which it counts as dead and is redialed.
+    #[arg(
+        id = "tunnel.timeout",
+        long = "tunnel-timeout",
+        value_name = "DURATION",
+        default_value = "3s",
+        value_parser = parse_duration
+    )]
+    #[serde(with = "units::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for TunnelSettings {
+    fn default() -> Self {
+        clap_defaults()
+    }
 }
 
 impl Default for StallSettings {
@@ -633,10 +748,10 @@ impl Config {
             (Merge::File(reason), None) => SettingsError::Invalid(invalid("flags", reason)),
             (Merge::Invalid(e), _) => SettingsError::Invalid(e),
         })?;
-        if config.listen.is_none() {
+        if config.listen.is_none() && config.peer_listen.is_none() {
             return Err(invalid(
                 "listen",
-                "missing: give --listen ADDR, CLONE_RELAY_LISTEN or listen = \"ADDR\" in the config file",
+                "missing: give --listen ADDR, CLONE_RELAY_LISTEN or listen = \"ADDR\" in the config file (or --peer-listen on a pair's donor side)",
             )
             .into());
         }
@@ -719,10 +834,33 @@ impl Config {
         toml::to_string(self)
     }
 
+    /// Where connections go: the donors, or the donor-side relay of a pair (`peer`).
+    pub fn destinations(&self) -> &[String] {
+        match &self.peer {
+            Some(peer) => std::slice::from_ref(peer),
+            None => &self.upstreams,
+        }
+    }
+
     /// Checks every setting; the error names the first one that is wrong.
     pub fn validate(&self) -> Result<(), RelayError> {
-        if self.upstreams.is_empty() {
+        if self.peer.is_some() && !self.upstreams.is_empty() {
+            return Err(invalid(
+                "peer",
+                "a recipient-side relay sends everything to its peer; --upstream belongs on the donor side",
+            ));
+        }
+        if self.peer.is_some() && self.peer_listen.is_some() {
+            return Err(invalid(
+                "peer_listen",
+                "a relay is either the recipient side (--peer) or the donor side (--peer-listen)",
+            ));
+        }
+        if self.upstreams.is_empty() && self.peer.is_none() {
             return Err(invalid("upstream", "at least one donor is needed"));
+        }
+        if let Some(peer) = &self.peer {
+            validate_host_port(peer).map_err(|reason| invalid("peer", reason))?;
         }
         for upstream in &self.upstreams {
             validate_host_port(upstream).map_err(|reason| invalid("upstream", reason))?;
@@ -804,7 +942,42 @@ impl Config {
         {
             return Err(invalid("state_dir", "must not be empty"));
         }
-        self.validate_tls()
+        self.validate_tls()?;
+        self.validate_tunnel()
+    }
+
+    /// A pair's tunnel needs its certificate, key and CA unless it is explicitly plain.
+    fn validate_tunnel(&self) -> Result<(), RelayError> {
+        let t = &self.tunnel;
+        if self.peer.is_some() || self.peer_listen.is_some() {
+            if !t.plain {
+                for (field, given) in [
+                    ("tunnel.cert", t.cert.is_some()),
+                    ("tunnel.key", t.key.is_some()),
+                    ("tunnel.ca", t.ca.is_some()),
+                ] {
+                    if !given {
+                        return Err(invalid(
+                            field,
+                            "missing: the tunnel is mutual TLS (give --tunnel-cert, --tunnel-key and --tunnel-ca, or --tunnel-plain)",
+                        ));
+                    }
+                }
+            }
+        }
+        if t.memory_bytes < 1024 * 1024 {
+            return Err(invalid("tunnel.memory", "must be at least 1MiB"));
+        }
+        if t.bridge < Duration::from_secs(1) {
+            return Err(invalid("tunnel.bridge", "must be at least 1s"));
+        }
+        if t.timeout < Duration::from_millis(500) || t.timeout >= t.bridge {
+            return Err(invalid(
+                "tunnel.timeout",
+                "must be at least 500ms and below tunnel.bridge",
+            ));
+        }
+        Ok(())
     }
 
     /// The TLS modes must fit together, and each file they need must be named.

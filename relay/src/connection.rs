@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -29,6 +28,7 @@ use crate::protocol::Direction;
 use crate::protocol::handshake::greeting_err_packet;
 use crate::session::{CloseReason, ConnHandle, ConnId};
 use crate::state::Relay;
+use crate::transport::Transport;
 use crate::{liveness, socket, upstream};
 
 /// MySQL's client error for "can't connect to server", sent to the recipient in place of a
@@ -47,7 +47,7 @@ struct Sockets {
 /// metrics, and logs how it ended with byte counts. `close_now` ends it early (relay shutdown
 /// after the grace period).
 pub async fn serve(
-    downstream: TcpStream,
+    downstream: Transport,
     peer: SocketAddr,
     id: ConnId,
     relay: Relay,
@@ -81,8 +81,15 @@ pub async fn serve(
     ) {
         // A real reset on both legs: the recipient sees the failure at once and resumes, and
         // the donor lets go of its end.
-        for leg in sockets.downstream.iter().chain(&sockets.upstream) {
-            let _ = socket2::SockRef::from(leg.tcp()).set_linger(Some(Duration::ZERO));
+        // A tunnel stream has no socket of its own: dropping it ends the stream, and the
+        // relay at its other end closes its leg.
+        for tcp in sockets
+            .downstream
+            .iter()
+            .chain(&sockets.upstream)
+            .filter_map(Leg::tcp)
+        {
+            let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
         }
     }
 
@@ -140,7 +147,7 @@ pub async fn serve(
 /// Admission, dial, handshake stage, decorated copy. After the stage the legs stay in
 /// `sockets` so the caller can reset them.
 async fn carry(
-    mut downstream: TcpStream,
+    mut downstream: Transport,
     sockets: &mut Sockets,
     peer: SocketAddr,
     relay: &Relay,
@@ -148,9 +155,11 @@ async fn carry(
     conn: &Arc<ConnHandle>,
 ) -> Result<(), RelayError> {
     let config = relay.config();
-    socket::tune(&downstream, config).map_err(RelayError::Downstream)?;
+    if let Some(tcp) = downstream.tcp() {
+        socket::tune(tcp, config).map_err(RelayError::Downstream)?;
+    }
     let admission = admission::admit(relay, conn, peer);
-    let (upstream, donor) = match dial(&admission, relay, conn, &downstream).await {
+    let (upstream, donor) = match dial(&admission, relay, conn, &downstream, peer).await {
         Ok(dialed) => dialed,
         Err(e) => {
             refuse(&mut downstream, &e).await;
@@ -159,11 +168,15 @@ async fn carry(
     };
     // A second handle on the donor leg's socket, for the liveness check to tune while the copy
     // owns the stream.
-    let upstream_socket = socket2::SockRef::from(&upstream).try_clone().ok();
+    let upstream_socket = upstream
+        .tcp()
+        .and_then(|tcp| socket2::SockRef::from(tcp).try_clone().ok());
+    // The tunnel bridges its own outages: the stall watch is for a donor's own socket.
+    let upstream_tunnel = upstream.is_tunnel();
     if config.socket_buffer_bytes.is_none()
         && let Some(bytes) = relay.limits().receive_buffer()
     {
-        for leg in [&downstream, &upstream] {
+        for leg in [downstream.tcp(), upstream.tcp()].into_iter().flatten() {
             let _ = socket::bound_receive_buffer(leg, bytes);
         }
     }
@@ -193,14 +206,20 @@ async fn carry(
     tokio::select! {
         result = copy::relay(downstream, upstream, config.copy_buffer_bytes, legs) => result,
         e = login_deadline(handshaken.login_due, config.handshake_timeout, conn) => Err(e),
-        silence = liveness::dead_flow(
-            &config.stall,
-            relay.path_probes(),
-            &donor,
-            conn,
-            legs,
-            upstream_socket.as_ref().map(|socket| FlowSocket { socket, config }),
-        ) => Err(RelayError::Stalled { silence }),
+        silence = async {
+            if upstream_tunnel {
+                std::future::pending().await
+            }
+            liveness::dead_flow(
+                &config.stall,
+                relay.path_probes(),
+                &donor,
+                conn,
+                legs,
+                upstream_socket.as_ref().map(|socket| FlowSocket { socket, config }),
+            )
+            .await
+        } => Err(RelayError::Stalled { silence }),
     }
 }
 
@@ -210,9 +229,28 @@ async fn dial(
     admission: &Admission,
     relay: &Relay,
     conn: &ConnHandle,
-    downstream: &TcpStream,
-) -> Result<(TcpStream, String), RelayError> {
+    downstream: &Transport,
+    peer: SocketAddr,
+) -> Result<(Transport, String), RelayError> {
     let config = relay.config();
+    if let (Some(tunnel), Some(donor_side)) = (relay.tunnel(), &config.peer) {
+        let deadline = admission.dial_patience.map(|p| Instant::now() + p);
+        let stream = tokio::select! {
+            stream = tunnel.open(config, peer, deadline) => stream,
+            () = handshake::recipient_gone(downstream) => return Err(RelayError::ClientLeft),
+        };
+        return match stream {
+            Ok(stream) => {
+                relay.health().record_success(donor_side);
+                Ok((Transport::Tunnel(stream), donor_side.clone()))
+            }
+            Err(e) => {
+                warn!(peer = %donor_side, error = %e, "donor-side relay unreachable");
+                relay.health().record_failure(donor_side, &e);
+                Err(e)
+            }
+        };
+    }
     let mut last_error = None;
     let mut tried: Vec<String> = Vec::new();
     let mut next = admission.donors.first().cloned();
@@ -227,7 +265,7 @@ async fn dial(
         match dialed {
             Ok(stream) => {
                 debug!(upstream = %donor, resuming = admission.resuming, "upstream connected");
-                return Ok((stream, donor));
+                return Ok((stream.into(), donor));
             }
             Err(e) => {
                 warn!(upstream = %donor, error = %e, "donor unreachable");
@@ -245,7 +283,7 @@ async fn dial(
 
 /// Tells the recipient, in place of a greeting, that no donor could be reached. Best effort:
 /// the recipient may be gone already.
-async fn refuse(downstream: &mut TcpStream, e: &RelayError) {
+async fn refuse(downstream: &mut Transport, e: &RelayError) {
     if matches!(e, RelayError::ClientLeft) {
         return;
     }

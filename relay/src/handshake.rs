@@ -27,7 +27,6 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::leg::Wire;
 use tokio::time::Instant;
@@ -45,6 +44,7 @@ use crate::protocol::handshake::{
 };
 use crate::protocol::{Direction, HEADER_LEN, PacketHeader, Violation, ViolationKind};
 use crate::tls::{Tls, donor_name};
+use crate::transport::Transport;
 
 /// MySQL's server error for "connections using insecure transport are prohibited".
 const ER_SECURE_TRANSPORT_REQUIRED: u16 = 3159;
@@ -94,11 +94,17 @@ pub async fn run(
         () = recipient_gone(downstream.get_ref()) => return Err(RelayError::ClientLeft),
     };
     let hello = parse_server_hello(&greeting[HEADER_LEN..]);
+    // A tunnel stream carries the login in clear inside the tunnel's own TLS: no TLS inside it,
+    // and the relay at its other end deals with the donor's.
+    let tunnels = Tunnels {
+        downstream: downstream.get_ref().is_tunnel(),
+        upstream: upstream.get_ref().is_tunnel(),
+    };
     let donor_offers_tls = match &hello {
-        Ok(ServerHello::Greeting(g)) => g.capabilities & CLIENT_SSL != 0,
+        Ok(ServerHello::Greeting(g)) => g.capabilities & CLIENT_SSL != 0 && !tunnels.upstream,
         _ => false,
     };
-    let offer = match (&hello, offer_tls(s, donor_offers_tls)) {
+    let offer = match (&hello, offer_tls(s, donor_offers_tls, tunnels)) {
         // A donor's own refusal (too many connections, host blocked) passes as it is.
         (Ok(ServerHello::Error { .. }), _) => None,
         (_, Ok(offer)) => offer,
@@ -129,6 +135,7 @@ pub async fn run(
     let donor = Donor {
         offers_tls: donor_offers_tls,
         nonce,
+        tunnels,
     };
     let legs = tokio::time::timeout_at(
         login_due,
@@ -158,17 +165,33 @@ pub async fn run(
 struct Donor {
     offers_tls: bool,
     nonce: Option<[u8; NONCE_LEN]>,
+    tunnels: Tunnels,
+}
+
+/// Which legs are streams of a relay pair's tunnel: secure as they are (the tunnel is mutual
+/// TLS), so the auth exchange treats them as TLS legs, and no TLS is set up inside them.
+#[derive(Debug, Clone, Copy)]
+struct Tunnels {
+    downstream: bool,
+    upstream: bool,
 }
 
 /// Whether the greeting offers TLS to the recipient (`None`: leave it as the donor sent it), or
 /// why the connection cannot go on.
-fn offer_tls(s: &StageSettings<'_>, donor_offers: bool) -> Result<Option<bool>, String> {
+fn offer_tls(
+    s: &StageSettings<'_>,
+    donor_offers: bool,
+    tunnels: Tunnels,
+) -> Result<Option<bool>, String> {
     match s.client_tls {
         ClientTlsMode::Passthrough => Ok(None),
-        _ if s.server_tls == ServerTlsMode::Required && !donor_offers => Err(format!(
-            "clone-relay: the donor {} offers no TLS and --server-tls-mode is required",
-            s.upstream_addr
-        )),
+        _ if s.server_tls == ServerTlsMode::Required && !donor_offers && !tunnels.upstream => {
+            Err(format!(
+                "clone-relay: the donor {} offers no TLS and --server-tls-mode is required",
+                s.upstream_addr
+            ))
+        }
+        _ if tunnels.downstream => Ok(Some(false)),
         ClientTlsMode::Disabled => Ok(Some(false)),
         ClientTlsMode::Required | ClientTlsMode::Preferred => Ok(Some(s.tls.acceptor().is_some())),
     }
@@ -221,11 +244,13 @@ async fn log_in(
             CR_SSL_CONNECTION_ERROR,
             "clone-relay: TLS was not offered".to_string(),
         )),
-        (false, _) if s.client_tls == ClientTlsMode::Required => Some((
-            ER_SECURE_TRANSPORT_REQUIRED,
-            "clone-relay: connections without TLS are refused (--client-tls-mode required)"
-                .to_string(),
-        )),
+        (false, _) if s.client_tls == ClientTlsMode::Required && !donor.tunnels.downstream => {
+            Some((
+                ER_SECURE_TRANSPORT_REQUIRED,
+                "clone-relay: connections without TLS are refused (--client-tls-mode required)"
+                    .to_string(),
+            ))
+        }
         _ => None,
     };
     if let Some((code, reason)) = refusal {
@@ -288,7 +313,7 @@ async fn carry_login(
     mut login: Vec<u8>,
     donor: Donor,
 ) -> Result<Leg, RelayError> {
-    let recipient_tls = recipient.is_tls();
+    let recipient_tls = recipient.is_tls() || donor.tunnels.downstream;
     let mut recipient_seq = SeqCounter::new(0);
     recipient_seq.received(login[3]);
     let donor_tls = donor_tls(s, recipient_tls, donor.offers_tls);
@@ -351,7 +376,7 @@ async fn carry_login(
         .map_err(RelayError::Upstream)?;
     let exchange = Exchange {
         recipient_tls,
-        donor_tls,
+        donor_tls: donor_tls || donor.tunnels.upstream,
         nonce: donor.nonce,
         rsa_key: s.tls.rsa_key(),
         max_packet: s.max_greeting_bytes,
@@ -464,14 +489,21 @@ fn recipient_left(e: &std::io::Error) -> bool {
 
 /// Reads and drops what the recipient has already sent, so that closing after a refusal ends
 /// with a FIN rather than a reset that could hide the refusal from it.
-fn drain(downstream: &TcpStream) {
+fn drain(downstream: &Transport) {
+    let Some(downstream) = downstream.tcp() else {
+        return;
+    };
     let mut sink = [0u8; 4096];
     while matches!(downstream.try_read(&mut sink), Ok(n) if n > 0) {}
 }
 
 /// Completes when the recipient closes its connection before logging in. It sends nothing
 /// before the greeting, so any readiness is its end; bytes it sent early stay for the login read.
-pub async fn recipient_gone(downstream: &TcpStream) {
+/// A tunnel stream tells its end through its reads instead: never here.
+pub async fn recipient_gone(downstream: &Transport) {
+    let Some(downstream) = downstream.tcp() else {
+        return std::future::pending().await;
+    };
     let mut probe = [0u8; 1];
     match downstream.peek(&mut probe).await {
         Ok(0) | Err(_) => {}
@@ -483,7 +515,7 @@ pub async fn recipient_gone(downstream: &TcpStream) {
 mod tests {
     use std::sync::Mutex;
 
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
     use crate::config::Config;
@@ -607,8 +639,8 @@ mod tests {
         };
         let (handshaken, (), _tls) = tokio::join!(
             run(
-                Wire::new(downstream, Chain::default()),
-                Wire::new(upstream, Chain::default()),
+                Wire::new(downstream.into(), Chain::default()),
+                Wire::new(upstream.into(), Chain::default()),
                 &seen,
                 &settings
             ),

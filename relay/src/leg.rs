@@ -1,7 +1,8 @@
-//! One leg of a relayed connection after the handshake stage: plain TCP, or TLS that the relay
-//! terminates (towards the recipient) or originates (towards the donor). Either way it is just
-//! `AsyncRead + AsyncWrite` to the copy path, and its TCP socket stays reachable for resets.
-//! Below TLS sits the bandwidth decorator ([`Wire`]).
+//! One leg of a relayed connection after the handshake stage: plain, or TLS that the relay
+//! terminates (towards the recipient) or originates (towards the donor), over TCP or a tunnel
+//! stream ([`Transport`]). Either way it is just `AsyncRead + AsyncWrite` to the copy path, and
+//! its TCP socket, when it has one, stays reachable for resets. Below TLS sits the bandwidth
+//! decorator ([`Wire`]).
 
 use std::io;
 use std::pin::Pin;
@@ -12,10 +13,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::{client, server};
 
 use crate::limit::Limited;
+use crate::transport::Transport;
 
-/// A leg's TCP socket, its reads paid from the connection's bandwidth buckets: under TLS, so
+/// A leg's transport, its reads paid from the connection's bandwidth buckets: under TLS, so
 /// the caps count what crosses the wire.
-pub type Wire = Limited<TcpStream>;
+pub type Wire = Limited<Transport>;
 
 /// A leg's stream.
 #[derive(Debug)]
@@ -28,8 +30,12 @@ pub enum Leg {
 }
 
 impl Leg {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP socket underneath, unless the leg is a tunnel stream.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        self.transport().tcp()
+    }
+
+    pub fn transport(&self) -> &Transport {
         match self {
             Leg::Plain(s) => s.get_ref(),
             Leg::FromRecipient(s) => s.get_ref().0.get_ref(),

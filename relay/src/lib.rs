@@ -32,6 +32,9 @@
 //! - [`tls`]: TLS for both legs (rustls): the relay's certificate, donor verification, mutual
 //!   TLS on either leg, and the store that a reload swaps.
 //! - [`socket`]: socket tuning through socket2 (TCP_NODELAY, buffers, keepalive).
+//! - [`transport`]: what a leg runs over: TCP, or a stream of a relay pair's tunnel.
+//! - [`tunnel`]: the resumable tunnel between the two relays of a pair (`--peer`,
+//!   `--peer-listen`): streams, replay buffers, redials.
 //! - [`config`]: the relay's settings (flags, environment, TOML file) and their validation.
 //! - [`units`]: durations and sizes as people write them (`30s`, `256KiB`).
 //! - [`error`]: the library's error type, saying which side failed.
@@ -59,6 +62,8 @@ pub mod socket;
 pub mod stall;
 pub mod state;
 pub mod tls;
+pub mod transport;
+pub mod tunnel;
 pub mod units;
 pub mod upstream;
 

@@ -85,9 +85,9 @@ struct Reload {
 
 async fn serve(relay: Relay, reload: Reload) -> Result<(), RelayError> {
     let config = relay.config();
-    let listen = config.listen.expect("Config::load requires listen");
     let (admin_addr, probe) = (config.admin, config.upstream_probe);
-    let listener = clone_relay::bind(listen)?;
+    let listener = config.listen.map(clone_relay::bind).transpose()?;
+    let tunnel_listener = config.peer_listen.map(clone_relay::bind).transpose()?;
     let admin = admin_addr.map(clone_relay::bind).transpose()?;
     if probe {
         probe_donors(&relay).await?;
@@ -121,9 +121,39 @@ async fn serve(relay: Relay, reload: Reload) -> Result<(), RelayError> {
         ))),
         Err(e) => warn!(error = %e, "no reload on SIGHUP: cannot handle the signal"),
     }
-    let listen = listener.local_addr().unwrap_or(listen);
-    info!(%listen, upstreams = ?relay.config().upstreams, "relay listening");
-    relay.serve(listener, shutdown_signal()).await?;
+    let stopping = CancellationToken::new();
+    let tunnel_task = tunnel_listener.map(|tunnel_listener| {
+        if let Ok(addr) = tunnel_listener.local_addr() {
+            info!(peer_listen = %addr, upstreams = ?relay.config().upstreams, "donor side of a relay pair: listening for tunnels");
+        }
+        let relay = relay.clone();
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            relay
+                .serve_tunnel(tunnel_listener, stopping.cancelled_owned())
+                .await
+        })
+    });
+    match listener {
+        Some(listener) => {
+            if let Ok(listen) = listener.local_addr() {
+                match &relay.config().peer {
+                    Some(peer) => {
+                        info!(%listen, %peer, "relay listening (recipient side of a relay pair)")
+                    }
+                    None => {
+                        info!(%listen, upstreams = ?relay.config().upstreams, "relay listening")
+                    }
+                }
+            }
+            relay.serve(listener, shutdown_signal()).await?;
+        }
+        None => shutdown_signal().await,
+    }
+    stopping.cancel();
+    if let Some(task) = tunnel_task {
+        let _ = task.await;
+    }
     stop.cancel();
     info!("relay stopped");
     Ok(())

@@ -26,6 +26,22 @@ pub struct Metrics {
     pub tls_reloads: AtomicU64,
     /// TLS reloads that failed, leaving the TLS in use as it was.
     pub tls_reload_failures: AtomicU64,
+    /// Streams a relay pair's tunnel opened, and those open now.
+    pub tunnel_streams_opened: AtomicU64,
+    pub tunnel_streams_active: AtomicI64,
+    /// Tunnel connections lost (reset, error, silence) while their stream went on.
+    pub tunnel_link_losses: AtomicU64,
+    /// Streams resumed over a new tunnel connection.
+    pub tunnel_reconnects: AtomicU64,
+    /// Bytes sent again from replay buffers after reconnects.
+    pub tunnel_replayed_bytes: AtomicU64,
+    /// Streams given up (outage past the bridge): the clone falls back to its own resume.
+    pub tunnel_fallbacks: AtomicU64,
+    /// Bytes in replay buffers: in memory, and in spill files.
+    pub tunnel_buffer_bytes: AtomicU64,
+    pub tunnel_spill_bytes: AtomicU64,
+    /// Spill files made.
+    pub tunnel_spills: AtomicU64,
     /// Connection ends by reason (`normal`, `peer_reset`, `protocol_oversize`, ...).
     closes: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -119,6 +135,7 @@ impl Metrics {
             load(&self.tls_reloads),
             load(&self.tls_reload_failures)
         );
+        self.render_tunnel(&mut out);
         let _ = writeln!(
             out,
             "# HELP clone_relay_sessions Clone sessions known, by state.\n# TYPE clone_relay_sessions gauge"
@@ -147,6 +164,72 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+impl Metrics {
+    /// The tunnel of a relay pair: streams, reconnects, replayed bytes, buffer use.
+    fn render_tunnel(&self, out: &mut String) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        for (name, help, value) in [
+            (
+                "clone_relay_tunnel_streams_opened_total",
+                "Streams opened over the relay pair's tunnel.",
+                load(&self.tunnel_streams_opened),
+            ),
+            (
+                "clone_relay_tunnel_link_losses_total",
+                "Tunnel connections lost (reset, error or silence) while their stream went on.",
+                load(&self.tunnel_link_losses),
+            ),
+            (
+                "clone_relay_tunnel_reconnects_total",
+                "Streams resumed over a new tunnel connection.",
+                load(&self.tunnel_reconnects),
+            ),
+            (
+                "clone_relay_tunnel_replayed_bytes_total",
+                "Bytes sent again from replay buffers after reconnects.",
+                load(&self.tunnel_replayed_bytes),
+            ),
+            (
+                "clone_relay_tunnel_fallbacks_total",
+                "Streams given up after an outage longer than the bridge (the clone resumes by itself).",
+                load(&self.tunnel_fallbacks),
+            ),
+            (
+                "clone_relay_tunnel_spills_total",
+                "Replay buffers that spilled to a file.",
+                load(&self.tunnel_spills),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        for (name, help, value) in [
+            (
+                "clone_relay_tunnel_streams_active",
+                "Streams open over the tunnel.",
+                self.tunnel_streams_active.load(Ordering::Relaxed).max(0) as u64,
+            ),
+            (
+                "clone_relay_tunnel_buffer_bytes",
+                "Bytes held in replay buffers in memory.",
+                load(&self.tunnel_buffer_bytes),
+            ),
+            (
+                "clone_relay_tunnel_spill_bytes",
+                "Bytes held in replay buffers' spill files.",
+                load(&self.tunnel_spill_bytes),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use crate::connection;
 use crate::error::RelayError;
 use crate::socket;
 use crate::state::Relay;
+use crate::transport::Transport;
 
 /// Pause after a failed accept (for example EMFILE) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -51,7 +52,6 @@ impl Relay {
         let permits = Arc::new(Semaphore::new(self.config().max_connections));
         let tasks = TaskTracker::new();
         let close_now = CancellationToken::new();
-        let mut next_id: u64 = 0;
         tokio::pin!(shutdown);
         let expiry = tokio::spawn({
             let registry = self.registry().clone();
@@ -93,10 +93,10 @@ impl Relay {
                 },
                 _ = &mut shutdown => break,
             };
-            next_id += 1;
+            let id = self.next_conn_id();
             let span = info_span!(
                 "conn",
-                id = next_id,
+                id,
                 %peer,
                 role = tracing::field::Empty,
                 clone_session = tracing::field::Empty
@@ -104,7 +104,7 @@ impl Relay {
             let (relay, close_now) = (self.clone(), close_now.clone());
             tasks.spawn(
                 async move {
-                    connection::serve(stream, peer, next_id, relay, close_now).await;
+                    connection::serve(stream.into(), peer, id, relay, close_now).await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -127,6 +127,79 @@ impl Relay {
         }
         expiry.abort();
         tls_poll.abort();
+        Ok(())
+    }
+}
+
+impl Relay {
+    /// The donor side of a relay pair: takes tunnel connections on `listener` until `shutdown`
+    /// completes; each new stream runs through the pipeline like a recipient's connection, from
+    /// the recipient's address its hello names. Resumes go to their streams.
+    pub async fn serve_tunnel(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RelayError> {
+        let Some(tunnel) = self.tunnel().cloned() else {
+            return Err(RelayError::Config {
+                field: "peer_listen",
+                reason: "this relay is not a pair's donor side".into(),
+            });
+        };
+        let permits = Arc::new(Semaphore::new(self.config().max_connections));
+        let tasks = TaskTracker::new();
+        let close_now = CancellationToken::new();
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                _ = &mut shutdown => break,
+            };
+            let (tcp, from) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        warn!(error = %e, "tunnel accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let (relay, tunnel, close_now) = (self.clone(), tunnel.clone(), close_now.clone());
+            tasks.spawn(async move {
+                let (end, peer) = match tunnel.accept(relay.config(), tcp, from).await {
+                    Ok(Some(opened)) => opened,
+                    Ok(None) => return,
+                    Err(e) => {
+                        warn!(%from, error = %e, "tunnel connection refused");
+                        return;
+                    }
+                };
+                let id = relay.next_conn_id();
+                let span = info_span!(
+                    "conn",
+                    id,
+                    %peer,
+                    tunnel = true,
+                    role = tracing::field::Empty,
+                    clone_session = tracing::field::Empty
+                );
+                connection::serve(Transport::Tunnel(end), peer, id, relay, close_now)
+                    .instrument(span)
+                    .await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        tasks.close();
+        if tokio::time::timeout(self.config().shutdown_grace, tasks.wait())
+            .await
+            .is_err()
+        {
+            close_now.cancel();
+            tasks.wait().await;
+        }
         Ok(())
     }
 }

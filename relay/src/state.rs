@@ -2,7 +2,7 @@
 //! outcome of its dials of donors, its TLS (reloadable). Cheap to clone; the accept loop, the connections and the admin API all hold the same state.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::{info, warn};
 
@@ -16,6 +16,7 @@ use crate::protocol::Limits;
 use crate::session::affinity::AffinityStore;
 use crate::session::{Registry, SessionSettings};
 use crate::tls::{Tls, TlsStore};
+use crate::tunnel::Tunnel;
 
 /// A relay's shared state.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct Relay {
     tls: Arc<TlsStore>,
     limits: Arc<RelayLimits>,
     path_probes: Arc<PathProbes>,
+    tunnel: Option<Arc<Tunnel>>,
+    next_conn_id: Arc<AtomicU64>,
 }
 
 impl Relay {
@@ -47,12 +50,16 @@ impl Relay {
             Some(dir) => AffinityStore::load(dir, config.resume_timeout),
             None => AffinityStore::in_memory(),
         };
-        let registry = Registry::with_affinity(settings, Arc::new(Metrics::default()), affinity);
+        let metrics = Arc::new(Metrics::default());
+        let tunnel = Tunnel::new(&config, metrics.clone())?.map(Arc::new);
+        let registry = Registry::with_affinity(settings, metrics, affinity);
         let tls = TlsStore::new(tls, &config);
         let limits = Arc::new(RelayLimits::new(config.limits.targets()));
         Ok(Relay {
             limits,
             path_probes: Arc::default(),
+            tunnel,
+            next_conn_id: Arc::default(),
             config: Arc::new(config),
             registry: Arc::new(registry),
             health: Arc::new(Health::default()),
@@ -134,6 +141,16 @@ impl Relay {
             info!(limits = %settings, "bandwidth caps changed");
             self.limits.set(targets);
         }
+    }
+
+    /// The tunnel to the other relay of a pair, when this relay is one side of a pair.
+    pub fn tunnel(&self) -> Option<&Arc<Tunnel>> {
+        self.tunnel.as_ref()
+    }
+
+    /// A new connection's id, unique within the relay (recipients' and tunnel streams').
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The outcome of the latest dials of each donor, for `/readyz`.

@@ -91,8 +91,8 @@ impl Conn {
             let legs = legs.clone();
             let handle = handle.clone();
             async move {
-                let mut down = Leg::Plain(Limited::new(relay_down, Chain::default()));
-                let mut up = Leg::Plain(Limited::new(relay_up, Chain::default()));
+                let mut down = Leg::Plain(Limited::new(relay_down.into(), Chain::default()));
+                let mut up = Leg::Plain(Limited::new(relay_up.into(), Chain::default()));
                 let down = Observed::new(&mut down, handle.clone(), Direction::Upstream);
                 let up = Observed::new(&mut up, handle, Direction::Downstream);
                 copy::relay(down, up, buffer_bytes, &legs).await

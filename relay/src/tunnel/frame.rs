@@ -1,0 +1,231 @@
+//! The tunnel's wire format. A tunnel connection opens with the recipient side's [`Hello`] and
+//! the donor side's [`Welcome`]; then both sides send [`Frame`]s: data, acknowledgements (also
+//! the heartbeat) and the end of a direction. Integers are big-endian.
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Opens every hello and welcome: the format and its version.
+const MAGIC: &[u8; 4] = b"CRT1";
+/// Largest data frame; a larger length is a broken peer.
+pub const MAX_DATA: usize = 256 * 1024;
+/// A stream's identity across reconnects.
+pub type Token = [u8; 16];
+
+const DATA: u8 = 1;
+const ACK: u8 = 2;
+const FIN: u8 = 3;
+
+const WELCOME_RESUME: u8 = 1;
+const WELCOME_UNKNOWN: u8 = 2;
+
+/// What opens a tunnel connection: the stream it carries and how far that stream's bytes from
+/// the donor side got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub token: Token,
+    /// Bytes of the donor side's direction delivered to the recipient side so far.
+    pub received: u64,
+    /// The stream's first connection: the donor side creates it.
+    pub fresh: bool,
+    /// The recipient's address, which the donor side groups clone sessions by.
+    pub recipient: SocketAddr,
+}
+
+/// The donor side's answer to a [`Hello`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Welcome {
+    /// Carry on: the recipient side's bytes delivered to the donor side so far.
+    Resume { received: u64 },
+    /// The donor side has no such stream (it ended, or gave up waiting): the stream is lost.
+    Unknown,
+}
+
+/// One frame after the hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Data(Vec<u8>),
+    /// The sender has delivered this many bytes of the other direction, and whether it has
+    /// seen that direction's end. Sent at least every heartbeat.
+    Ack {
+        received: u64,
+        fin: bool,
+    },
+    /// The sender's direction ends after the data already sent.
+    Fin,
+}
+
+fn invalid(reason: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason.into())
+}
+
+pub async fn write_hello(w: &mut (impl AsyncWrite + Unpin), hello: &Hello) -> io::Result<()> {
+    let addr = hello.recipient.to_string();
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&hello.token);
+    out.extend_from_slice(&hello.received.to_be_bytes());
+    out.push(u8::from(hello.fresh));
+    out.push(addr.len() as u8);
+    out.extend_from_slice(addr.as_bytes());
+    w.write_all(&out).await?;
+    w.flush().await
+}
+
+pub async fn read_hello(r: &mut (impl AsyncRead + Unpin)) -> io::Result<Hello> {
+    read_magic(r).await?;
+    let mut token = [0u8; 16];
+    r.read_exact(&mut token).await?;
+    let received = r.read_u64().await?;
+    let fresh = match r.read_u8().await? {
+        0 => false,
+        1 => true,
+        other => return Err(invalid(format!("hello: bad fresh flag {other}"))),
+    };
+    let len = usize::from(r.read_u8().await?);
+    let mut addr = vec![0u8; len];
+    r.read_exact(&mut addr).await?;
+    let recipient = std::str::from_utf8(&addr)
+        .ok()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| invalid("hello: the recipient's address does not parse"))?;
+    Ok(Hello {
+        token,
+        received,
+        fresh,
+        recipient,
+    })
+}
+
+pub async fn write_welcome(w: &mut (impl AsyncWrite + Unpin), welcome: Welcome) -> io::Result<()> {
+    let mut out = Vec::with_capacity(13);
+    out.extend_from_slice(MAGIC);
+    match welcome {
+        Welcome::Resume { received } => {
+            out.push(WELCOME_RESUME);
+            out.extend_from_slice(&received.to_be_bytes());
+        }
+        Welcome::Unknown => {
+            out.push(WELCOME_UNKNOWN);
+            out.extend_from_slice(&0u64.to_be_bytes());
+        }
+    }
+    w.write_all(&out).await?;
+    w.flush().await
+}
+
+pub async fn read_welcome(r: &mut (impl AsyncRead + Unpin)) -> io::Result<Welcome> {
+    read_magic(r).await?;
+    let kind = r.read_u8().await?;
+    let received = r.read_u64().await?;
+    match kind {
+        WELCOME_RESUME => Ok(Welcome::Resume { received }),
+        WELCOME_UNKNOWN => Ok(Welcome::Unknown),
+        other => Err(invalid(format!("welcome: unknown kind {other}"))),
+    }
+}
+
+async fn read_magic(r: &mut (impl AsyncRead + Unpin)) -> io::Result<()> {
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic).await?;
+    if &magic != MAGIC {
+        return Err(invalid(
+            "not a clone-relay tunnel (or another version of it)",
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a data frame's header; the payload follows with its own write.
+pub fn data_header(len: usize) -> [u8; 5] {
+    let mut header = [DATA, 0, 0, 0, 0];
+    header[1..].copy_from_slice(&(len as u32).to_be_bytes());
+    header
+}
+
+pub fn ack(received: u64, fin: bool) -> [u8; 10] {
+    let mut out = [0u8; 10];
+    out[0] = ACK;
+    out[1..9].copy_from_slice(&received.to_be_bytes());
+    out[9] = u8::from(fin);
+    out
+}
+
+pub const FIN_FRAME: [u8; 1] = [FIN];
+
+/// Reads one frame; a data frame's payload lands in a buffer of its own.
+pub async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> io::Result<Frame> {
+    match r.read_u8().await? {
+        DATA => {
+            let len = r.read_u32().await? as usize;
+            if len == 0 || len > MAX_DATA {
+                return Err(invalid(format!("data frame of {len} bytes")));
+            }
+            let mut data = vec![0u8; len];
+            r.read_exact(&mut data).await?;
+            Ok(Frame::Data(data))
+        }
+        ACK => {
+            let received = r.read_u64().await?;
+            let fin = r.read_u8().await? != 0;
+            Ok(Frame::Ack { received, fin })
+        }
+        FIN => Ok(Frame::Fin),
+        other => Err(invalid(format!("unknown frame type {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hello_welcome_and_frames_round_trip() {
+        let hello = Hello {
+            token: [7; 16],
+            received: 1 << 40,
+            fresh: true,
+            recipient: "10.1.2.3:4567".parse().unwrap(),
+        };
+        let mut wire = Vec::new();
+        write_hello(&mut wire, &hello).await.unwrap();
+        write_welcome(&mut wire, Welcome::Resume { received: 99 })
+            .await
+            .unwrap();
+        wire.extend_from_slice(&data_header(3));
+        wire.extend_from_slice(b"abc");
+        wire.extend_from_slice(&ack(12, true));
+        wire.extend_from_slice(&FIN_FRAME);
+        let mut r = &wire[..];
+        assert_eq!(read_hello(&mut r).await.unwrap(), hello);
+        assert_eq!(
+            read_welcome(&mut r).await.unwrap(),
+            Welcome::Resume { received: 99 }
+        );
+        assert_eq!(
+            read_frame(&mut r).await.unwrap(),
+            Frame::Data(b"abc".to_vec())
+        );
+        assert_eq!(
+            read_frame(&mut r).await.unwrap(),
+            Frame::Ack {
+                received: 12,
+                fin: true
+            }
+        );
+        assert_eq!(read_frame(&mut r).await.unwrap(), Frame::Fin);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_refused_with_a_reason() {
+        let mut r = &b"GET / HTTP/1.1\r\n\r\n"[..];
+        let e = read_hello(&mut r).await.unwrap_err();
+        assert!(e.to_string().contains("not a clone-relay tunnel"), "{e}");
+        let mut huge = data_header(MAX_DATA + 1).to_vec();
+        huge.extend_from_slice(&[0; 16]);
+        let e = read_frame(&mut &huge[..]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+}

@@ -1,0 +1,117 @@
+//! The tunnel between the two relays of a pair. The recipient-side relay (`--peer`) carries each
+//! recipient connection as a resumable [`stream`] over a tunnel connection of its own (mutual
+//! TLS unless `tunnel.plain`) to the donor-side relay (`--peer-listen`), which runs it through
+//! its pipeline to the donor. When a tunnel connection is lost (reset, error, or silent for
+//! `tunnel.timeout`), the recipient side redials with backoff and both sides resume the stream
+//! from the offsets the other reports, replaying from their buffers; MySQL's connections stay
+//! up. An outage longer than `tunnel.bridge` gives the stream up on both sides: the pipelines
+//! then reset their MySQL legs, and the recipient's CLONE resumes by itself.
+//!
+//! - [`frame`]: the wire format (hello, welcome, data, acknowledgements, end).
+//! - [`replay`]: the replay buffers and their memory and spill budget.
+//! - [`stream`]: one stream: the pipeline's end, and carrying it over one connection.
+//! - [`client`]: the recipient side: opening streams, redialing.
+//! - [`server`]: the donor side: taking tunnel connections, new streams and resumes.
+
+pub mod client;
+pub mod frame;
+pub mod replay;
+pub mod server;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::mpsc;
+
+pub use stream::StreamEnd;
+
+use crate::config::{Config, TunnelSettings};
+use crate::error::RelayError;
+use crate::metrics::Metrics;
+use crate::tls::TunnelTls;
+use frame::{Hello, Token};
+use replay::{Budget, Replay};
+use stream::Link;
+
+/// A new tunnel connection for a stream the donor side holds, with its hello.
+type Resume = (Box<dyn Link>, Hello);
+
+/// A relay's side of its tunnels: settings, TLS, the buffer budget, and on the donor side the
+/// streams that a reconnect may resume.
+#[derive(Debug)]
+pub struct Tunnel {
+    settings: TunnelSettings,
+    /// The donor-side relay (recipient side only).
+    peer: Option<String>,
+    tls: Option<TunnelTls>,
+    budget: Arc<Budget>,
+    metrics: Arc<Metrics>,
+    streams: Mutex<HashMap<Token, mpsc::Sender<Resume>>>,
+}
+
+impl Tunnel {
+    /// The tunnel of a relay that is one side of a pair; `None` for a relay on its own.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Option<Self>, RelayError> {
+        if config.peer.is_none() && config.peer_listen.is_none() {
+            return Ok(None);
+        }
+        let tls = TunnelTls::load(config)?;
+        let dir = config
+            .tunnel
+            .spill_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        let budget = Budget::new(
+            config.tunnel.memory_bytes as u64,
+            config.tunnel.spill_bytes as u64,
+            dir,
+            metrics.clone(),
+        );
+        Ok(Some(Tunnel {
+            settings: config.tunnel.clone(),
+            peer: config.peer.clone(),
+            tls,
+            budget: Arc::new(budget),
+            metrics,
+            streams: Mutex::default(),
+        }))
+    }
+
+    /// A fresh stream's token.
+    fn token() -> Token {
+        let mut token = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut token)
+            .expect("the system's random source works");
+        token
+    }
+
+    /// An empty replay buffer for the stream `token` on this side.
+    fn replay(&self, token: &Token, side: &str) -> Replay {
+        let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let name = format!("clone-relay-{}-{side}-{hex}.spill", std::process::id());
+        Replay::new(name, self.budget.clone())
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<Token, mpsc::Sender<Resume>>> {
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stream_opened(&self) {
+        self.metrics
+            .tunnel_streams_opened
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .tunnel_streams_active
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn stream_ended(&self) {
+        self.metrics
+            .tunnel_streams_active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}

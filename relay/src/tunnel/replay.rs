@@ -1,0 +1,332 @@
+//! A stream's replay buffer: the bytes sent to the other relay that it has not acknowledged, so
+//! they can be sent again on a new tunnel connection. Held in memory while the relay's memory
+//! budget lasts, then appended to a spill file of the stream's own (removed when the buffer is
+//! dropped), up to the relay's spill budget. When acknowledgements catch up, what is left in the
+//! file moves back into memory and the file goes.
+//!
+//! The file is written and read with plain blocking calls: it is written just before it is read
+//! back, so the page cache serves it.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use crate::metrics::Metrics;
+
+/// The memory and disk all replay buffers of a relay may use together.
+#[derive(Debug)]
+pub struct Budget {
+    memory_limit: u64,
+    spill_limit: u64,
+    dir: PathBuf,
+    memory: AtomicU64,
+    spill: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Budget {
+    pub fn new(memory_limit: u64, spill_limit: u64, dir: PathBuf, metrics: Arc<Metrics>) -> Self {
+        Budget {
+            memory_limit,
+            spill_limit,
+            dir,
+            memory: AtomicU64::new(0),
+            spill: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// Bytes held in memory by all buffers.
+    pub fn memory_in_use(&self) -> u64 {
+        self.memory.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held in spill files by all buffers.
+    pub fn spill_in_use(&self) -> u64 {
+        self.spill.load(Ordering::Relaxed)
+    }
+
+    fn take(counter: &AtomicU64, limit: u64, n: u64) -> bool {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + n <= limit).then_some(used + n)
+            })
+            .is_ok()
+    }
+
+    fn take_memory(&self, n: u64) -> bool {
+        Self::take(&self.memory, self.memory_limit, n)
+    }
+
+    fn take_spill(&self, n: u64) -> bool {
+        Self::take(&self.spill, self.spill_limit, n)
+    }
+
+    fn release_memory(&self, n: u64) {
+        self.memory.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    fn release_spill(&self, n: u64) {
+        self.spill.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    fn has_room(&self, n: u64) -> bool {
+        self.memory.load(Ordering::Acquire) + n <= self.memory_limit
+            || self.spill.load(Ordering::Acquire) + n <= self.spill_limit
+    }
+}
+
+/// The spill file of one buffer: stream bytes `[start, start + len)`.
+#[derive(Debug)]
+struct Spill {
+    file: File,
+    path: PathBuf,
+    start: u64,
+    len: u64,
+}
+
+/// Unacknowledged bytes `[base, end)` of one direction of a stream: the oldest in memory, the
+/// rest (once memory ran out) in the spill file.
+#[derive(Debug)]
+pub struct Replay {
+    base: u64,
+    memory: VecDeque<Bytes>,
+    memory_len: u64,
+    spill: Option<Spill>,
+    end: u64,
+    name: String,
+    budget: Arc<Budget>,
+}
+
+impl Replay {
+    /// An empty buffer; `name` names its spill file.
+    pub fn new(name: String, budget: Arc<Budget>) -> Self {
+        Replay {
+            base: 0,
+            memory: VecDeque::new(),
+            memory_len: 0,
+            spill: None,
+            end: 0,
+            name,
+            budget,
+        }
+    }
+
+    /// Offset of the oldest unacknowledged byte.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Offset after the newest byte.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Whether another `n` bytes fit in the budget.
+    pub fn has_room(&self, n: u64) -> bool {
+        self.budget.has_room(n)
+    }
+
+    /// Appends bytes read from the local side: to memory while the budget allows and nothing is
+    /// spilled, else to the spill file. Fails when the file cannot be written.
+    pub fn push(&mut self, data: Bytes) -> io::Result<()> {
+        let n = data.len() as u64;
+        if self.spill.is_none() && self.budget.take_memory(n) {
+            self.memory_len += n;
+            self.memory.push_back(data);
+            self.end += n;
+            self.note_use();
+            return Ok(());
+        }
+        if !self.budget.take_spill(n) {
+            // Over both budgets by one read at most: the reader checks `has_room` first.
+            self.budget.spill.fetch_add(n, Ordering::AcqRel);
+        }
+        if self.spill.is_none() {
+            let path = self.budget.dir.join(&self.name);
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            self.budget
+                .metrics
+                .tunnel_spills
+                .fetch_add(1, Ordering::Relaxed);
+            self.spill = Some(Spill {
+                file,
+                path,
+                start: self.end,
+                len: 0,
+            });
+        }
+        let spill = self.spill.as_mut().expect("just made");
+        spill.file.write_all_at(&data, spill.len)?;
+        spill.len += n;
+        self.end += n;
+        self.note_use();
+        Ok(())
+    }
+
+    /// Up to `max` bytes from `offset` (between `base` and `end`).
+    pub fn read_at(&self, offset: u64, max: usize) -> io::Result<Bytes> {
+        debug_assert!(self.base <= offset && offset < self.end);
+        let mut at = self.base;
+        for chunk in &self.memory {
+            let chunk_end = at + chunk.len() as u64;
+            if offset < chunk_end {
+                let from = (offset - at) as usize;
+                let to = chunk.len().min(from + max);
+                return Ok(chunk.slice(from..to));
+            }
+            at = chunk_end;
+        }
+        let spill = self
+            .spill
+            .as_ref()
+            .ok_or_else(|| io::Error::other("replay offset past the buffer"))?;
+        let from = offset - spill.start;
+        let len = (spill.len - from).min(max as u64) as usize;
+        let mut out = vec![0u8; len];
+        spill.file.read_exact_at(&mut out, from)?;
+        Ok(Bytes::from(out))
+    }
+
+    /// Drops what the other relay has acknowledged (everything before `upto`). Once what is left
+    /// sits in the spill file only and fits in memory, it moves back to memory and the file goes.
+    pub fn ack(&mut self, upto: u64) -> io::Result<()> {
+        let upto = upto.min(self.end);
+        while self.base < upto {
+            let Some(front) = self.memory.front_mut() else {
+                // The acknowledged bytes are in the file: they stay until the file goes.
+                self.base = upto;
+                break;
+            };
+            let take = (upto - self.base).min(front.len() as u64);
+            if take == front.len() as u64 {
+                self.memory.pop_front();
+            } else {
+                let _ = front.split_to(take as usize);
+            }
+            self.memory_len -= take;
+            self.budget.release_memory(take);
+            self.base += take;
+        }
+        if let Some(spill) = &self.spill
+            && self.memory.is_empty()
+        {
+            let left = self.end - self.base;
+            if left == 0 {
+                self.drop_spill();
+            } else if self.budget.take_memory(left) {
+                let mut rest = vec![0u8; left as usize];
+                spill
+                    .file
+                    .read_exact_at(&mut rest, self.base - spill.start)?;
+                self.memory.push_back(Bytes::from(rest));
+                self.memory_len = left;
+                self.drop_spill();
+            }
+        }
+        self.note_use();
+        Ok(())
+    }
+
+    fn drop_spill(&mut self) {
+        if let Some(spill) = self.spill.take() {
+            self.budget.release_spill(spill.len);
+            let _ = std::fs::remove_file(&spill.path);
+        }
+    }
+
+    fn note_use(&self) {
+        let m = &self.budget.metrics;
+        m.tunnel_buffer_bytes
+            .store(self.budget.memory_in_use(), Ordering::Relaxed);
+        m.tunnel_spill_bytes
+            .store(self.budget.spill_in_use(), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        self.budget.release_memory(self.memory_len);
+        self.drop_spill();
+        self.note_use();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(memory: u64, spill: u64, dir: &std::path::Path) -> Arc<Budget> {
+        Arc::new(Budget::new(
+            memory,
+            spill,
+            dir.to_owned(),
+            Arc::new(Metrics::default()),
+        ))
+    }
+
+    fn bytes(from: u64, n: u64) -> Bytes {
+        Bytes::from((from..from + n).map(|i| i as u8).collect::<Vec<u8>>())
+    }
+
+    #[test]
+    fn spills_past_memory_reads_back_and_removes_the_file() {
+        let dir = std::env::temp_dir().join(format!("replay-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let budget = budget(100, 1000, &dir);
+        let mut replay = Replay::new("s1".into(), budget.clone());
+        for i in 0..5 {
+            replay.push(bytes(i * 60, 60)).unwrap();
+        }
+        assert_eq!((replay.base(), replay.end()), (0, 300));
+        assert_eq!(budget.memory_in_use(), 60);
+        assert_eq!(budget.spill_in_use(), 240);
+        assert!(dir.join("s1").exists());
+        // Reads cross from memory to the file with the same bytes.
+        for offset in [0, 59, 60, 61, 200, 299] {
+            let got = replay.read_at(offset, 7).unwrap();
+            let want = bytes(offset, (300 - offset).min(7));
+            assert_eq!(got, want, "at {offset}");
+        }
+        replay.ack(130).unwrap();
+        assert_eq!(replay.base(), 130);
+        assert_eq!(budget.memory_in_use(), 0);
+        // 170 left: more than memory holds, so the file stays.
+        assert!(dir.join("s1").exists());
+        assert_eq!(replay.read_at(130, 10).unwrap(), bytes(130, 10));
+        replay.ack(250).unwrap();
+        // 50 left: back in memory, the file gone.
+        assert!(!dir.join("s1").exists());
+        assert_eq!(budget.spill_in_use(), 0);
+        assert_eq!(budget.memory_in_use(), 50);
+        assert_eq!(replay.read_at(260, 100).unwrap(), bytes(260, 40));
+        replay.push(bytes(300, 20)).unwrap();
+        assert_eq!(replay.read_at(299, 5).unwrap(), bytes(299, 5));
+        drop(replay);
+        assert_eq!(budget.memory_in_use(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn room_runs_out_when_both_budgets_are_spent() {
+        let dir = std::env::temp_dir();
+        let budget = budget(10, 0, &dir);
+        let mut replay = Replay::new(format!("unused-{}", std::process::id()), budget);
+        assert!(replay.has_room(10));
+        replay.push(bytes(0, 10)).unwrap();
+        assert!(!replay.has_room(1));
+        replay.ack(4).unwrap();
+        assert!(replay.has_room(4));
+    }
+}

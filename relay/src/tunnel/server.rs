@@ -1,0 +1,176 @@
+//! The donor side of a pair: takes tunnel connections (TLS, then the hello), creates a stream
+//! for a fresh hello and hands its end to the relay's pipeline, and passes a resuming hello's
+//! connection to the stream it names. A stream whose connection is lost waits for the next one
+//! for `tunnel.bridge` (plus the silence that tells a loss), then is given up.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tracing::{Instrument, debug, info, warn};
+
+use super::frame::{self, Hello, Welcome};
+use super::stream::{LinkEnd, Local, Stream, StreamEnd};
+use super::{Link, Resume, Tunnel};
+use crate::config::Config;
+use crate::error::RelayError;
+use crate::socket;
+
+impl Tunnel {
+    /// Takes one tunnel connection from `from`. A fresh stream's end is returned, with the
+    /// recipient's address, for the pipeline; a resume is passed to its stream (or refused as
+    /// unknown) and gives `None`.
+    pub async fn accept(
+        self: &Arc<Self>,
+        config: &Config,
+        tcp: TcpStream,
+        from: SocketAddr,
+    ) -> Result<Option<(StreamEnd, SocketAddr)>, RelayError> {
+        socket::tune(&tcp, config).map_err(RelayError::Downstream)?;
+        let silence = self.settings.timeout.max(config.handshake_timeout);
+        let opened = timeout(silence, async {
+            let mut link: Box<dyn Link> = match &self.tls {
+                Some(tls) => Box::new(
+                    tls.acceptor
+                        .accept(tcp)
+                        .await
+                        .map_err(|e| RelayError::DownstreamTls(e.to_string()))?,
+                ),
+                None => Box::new(tcp),
+            };
+            let hello = frame::read_hello(&mut link)
+                .await
+                .map_err(RelayError::Downstream)?;
+            Ok::<_, RelayError>((link, hello))
+        })
+        .await
+        .map_err(|_| RelayError::HandshakeTimeout(silence))?;
+        let (mut link, hello) = opened?;
+        let known = self.streams().get(&hello.token).cloned();
+        match (known, hello.fresh) {
+            (Some(resume), _) => {
+                debug!(%from, "tunnel connection resumes a stream");
+                if let Err(mpsc::error::SendError((mut link, _))) = resume.send((link, hello)).await
+                {
+                    let _ = frame::write_welcome(&mut link, Welcome::Unknown).await;
+                }
+                Ok(None)
+            }
+            (None, false) => {
+                info!(%from, "tunnel connection for a stream this relay no longer holds");
+                let _ = frame::write_welcome(&mut link, Welcome::Unknown).await;
+                Ok(None)
+            }
+            (None, true) => {
+                let (resumes, next) = mpsc::channel(2);
+                self.streams().insert(hello.token, resumes);
+                let (stream, end, local) = Stream::new(self.replay(&hello.token, "donor"));
+                self.stream_opened();
+                let recipient = hello.recipient;
+                let tunnel = self.clone();
+                tokio::spawn(
+                    async move {
+                        let token = hello.token;
+                        tunnel.serve_stream(&stream, local, link, hello, next).await;
+                        tunnel.streams().remove(&token);
+                        tunnel.stream_ended();
+                    }
+                    .in_current_span(),
+                );
+                Ok(Some((end, recipient)))
+            }
+        }
+    }
+
+    /// Carries `stream` over each connection the recipient side brings, until it is done or no
+    /// connection came within the bridge.
+    async fn serve_stream(
+        &self,
+        stream: &Arc<Stream>,
+        local: Local,
+        mut link: Box<dyn Link>,
+        mut hello: Hello,
+        mut resumes: mpsc::Receiver<Resume>,
+    ) {
+        let reader = tokio::spawn(stream.clone().read_local(local.reader).in_current_span());
+        let mut writer = local.writer;
+        let silence = self.settings.timeout;
+        let patience = self.settings.bridge + silence;
+        let mut resumed = false;
+        loop {
+            if let Err(reason) = stream.resume_from(hello.received) {
+                warn!(%reason, "tunnel stream cannot resume; giving it up");
+                let _ = frame::write_welcome(&mut link, Welcome::Unknown).await;
+                stream.fail(format!("clone-relay: {reason}"));
+                break;
+            }
+            let welcome = Welcome::Resume {
+                received: stream.received(),
+            };
+            if frame::write_welcome(&mut link, welcome).await.is_err() {
+                // Lost before it started: wait for the next one as for any loss.
+            } else {
+                if resumed {
+                    let replayed = stream.unacknowledged();
+                    self.metrics
+                        .tunnel_reconnects
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .tunnel_replayed_bytes
+                        .fetch_add(replayed, Ordering::Relaxed);
+                    info!(replayed, "tunnel stream resumed");
+                }
+                let send_from = hello.received;
+                let end = tokio::select! {
+                    end = stream.carry(link, &mut writer, send_from, silence) => end,
+                    next = resumes.recv() => match next {
+                        Some(next) => {
+                            // The recipient side redialed first: its old connection is dead.
+                            (link, hello) = next;
+                            resumed = true;
+                            continue;
+                        }
+                        None => LinkEnd::Lost("closed".into()),
+                    },
+                };
+                match end {
+                    LinkEnd::Done => break,
+                    LinkEnd::Broken(reason) => {
+                        warn!(%reason, "tunnel stream broken; giving it up");
+                        stream.fail(format!("clone-relay: the tunnel stream broke: {reason}"));
+                        break;
+                    }
+                    LinkEnd::Lost(reason) => {
+                        self.metrics
+                            .tunnel_link_losses
+                            .fetch_add(1, Ordering::Relaxed);
+                        info!(%reason, "tunnel connection lost; waiting for the recipient side");
+                    }
+                }
+            }
+            match timeout(patience, resumes.recv()).await {
+                Ok(Some(next)) => {
+                    (link, hello) = next;
+                    resumed = true;
+                }
+                _ => {
+                    self.metrics
+                        .tunnel_fallbacks
+                        .fetch_add(1, Ordering::Relaxed);
+                    let reason = format!(
+                        "the recipient-side relay did not come back within tunnel.bridge ({}s)",
+                        self.settings.bridge.as_secs()
+                    );
+                    warn!(%reason, "tunnel stream given up; the clone falls back to its own resume");
+                    stream.fail(format!("clone-relay: {reason}"));
+                    break;
+                }
+            }
+        }
+        reader.abort();
+        drop(writer);
+    }
+}

@@ -1,0 +1,445 @@
+//! One resumable stream: a MySQL connection carried between the two relays of a pair, over one
+//! tunnel connection after another. Each direction counts its bytes from the stream's start;
+//! what was sent stays in the sender's [`Replay`] until the other side acknowledges it, so a new
+//! tunnel connection resumes from the offset the other side reports, and no byte is lost or
+//! delivered twice.
+//!
+//! The relay's connection pipeline holds a [`StreamEnd`] (one end of an in-memory pipe); the
+//! stream's tasks hold the other: a local reader that fills the replay buffer (and stops
+//! reading when the buffer budget is spent, so MySQL's side slows through TCP), and, per tunnel
+//! connection, a sender (data, acknowledgements every [`HEARTBEAT`], the end of the direction)
+//! and a receiver (delivers data to the pipe, trims the replay buffer on acknowledgements, and
+//! declares the connection dead after the configured silence).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, DuplexStream,
+    ReadBuf, ReadHalf, WriteHalf,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::frame::{self, FIN_FRAME, Frame, MAX_DATA};
+use super::replay::Replay;
+
+/// Each side acknowledges at least this often; the acknowledgement is also the heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_millis(100);
+/// An acknowledgement goes out early once this much arrived since the last.
+const ACK_EVERY: u64 = 1024 * 1024;
+/// The in-memory pipe between the pipeline and the stream's tasks.
+const PIPE_BYTES: usize = 256 * 1024;
+/// Largest read from the pipeline at once.
+const READ_BYTES: usize = 64 * 1024;
+
+/// A tunnel connection: TLS or plain TCP.
+pub trait Link: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Link for T {}
+
+/// Why a stream was given up, told to the pipeline through its reads.
+#[derive(Debug, Default)]
+struct Failure(Mutex<Option<String>>);
+
+impl Failure {
+    fn set(&self, reason: String) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The pipeline's end of a stream: `AsyncRead + AsyncWrite` like a socket. When the stream is
+/// given up (an outage longer than the bridge), its reads fail with the reason.
+#[derive(Debug)]
+pub struct StreamEnd {
+    io: DuplexStream,
+    failure: Arc<Failure>,
+}
+
+impl StreamEnd {
+    fn failed(&self) -> Option<io::Error> {
+        self.failure
+            .get()
+            .map(|reason| io::Error::new(io::ErrorKind::ConnectionAborted, reason))
+    }
+}
+
+impl AsyncRead for StreamEnd {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() == before => match this.failed() {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Ready(Ok(())),
+            },
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for StreamEnd {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write(cx, buf) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(this.failed().unwrap_or(e))),
+            other => other,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// What both directions of a stream share.
+#[derive(Debug)]
+struct State {
+    /// Bytes read from the pipeline, kept until the other side acknowledges them.
+    replay: Replay,
+    /// The pipeline's side ended: the end of this direction follows the buffered bytes.
+    local_done: bool,
+    /// Bytes of the other direction delivered to the pipeline (or dropped after it closed).
+    received: u64,
+    /// The other direction ended, and the pipeline was told.
+    peer_done: bool,
+    /// The other side acknowledged the end of this direction.
+    peer_has_fin: bool,
+    /// The pipeline no longer takes bytes.
+    local_write_closed: bool,
+    /// The last acknowledgement sent: `received` and `peer_done` then.
+    told: (u64, bool),
+    /// Why reading the pipeline or keeping its bytes failed.
+    broken: Option<String>,
+}
+
+/// A stream's shared half, held by its tasks.
+#[derive(Debug)]
+pub struct Stream {
+    state: Mutex<State>,
+    /// Wakes the sender: bytes to send, an acknowledgement due, the stream finished.
+    to_send: Notify,
+    /// Wakes the local reader: the replay buffer shrank.
+    room: Notify,
+    failure: Arc<Failure>,
+}
+
+/// How one tunnel connection of a stream ended.
+#[derive(Debug)]
+pub enum LinkEnd {
+    /// Both directions ended and were acknowledged: the stream is over.
+    Done,
+    /// The connection failed or fell silent; the stream goes on over the next one.
+    Lost(String),
+    /// The stream cannot go on (its buffer broke, or the peer broke the protocol).
+    Broken(String),
+}
+
+/// The pipe's far end, held by the stream's tasks.
+#[derive(Debug)]
+pub struct Local {
+    pub reader: ReadHalf<DuplexStream>,
+    pub writer: WriteHalf<DuplexStream>,
+}
+
+impl Stream {
+    /// A stream with an empty buffer, the pipeline's end and the far end of its pipe.
+    pub fn new(replay: Replay) -> (Arc<Stream>, StreamEnd, Local) {
+        let (near, far) = tokio::io::duplex(PIPE_BYTES);
+        let failure = Arc::new(Failure::default());
+        let stream = Arc::new(Stream {
+            state: Mutex::new(State {
+                replay,
+                local_done: false,
+                received: 0,
+                peer_done: false,
+                peer_has_fin: false,
+                local_write_closed: false,
+                told: (0, false),
+                broken: None,
+            }),
+            to_send: Notify::new(),
+            room: Notify::new(),
+            failure: failure.clone(),
+        });
+        let (reader, writer) = tokio::io::split(far);
+        (
+            stream,
+            StreamEnd { io: near, failure },
+            Local { reader, writer },
+        )
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bytes of the other direction delivered so far (what a hello or welcome reports).
+    pub fn received(&self) -> u64 {
+        self.state().received
+    }
+
+    /// Bytes waiting to be acknowledged.
+    pub fn unacknowledged(&self) -> u64 {
+        let st = self.state();
+        st.replay.end() - st.replay.base()
+    }
+
+    /// Takes the other side's report of how far it got on a new connection: drops what it has,
+    /// and fails when the offset is outside what this side sent.
+    pub fn resume_from(&self, peer_received: u64) -> Result<(), String> {
+        let mut st = self.state();
+        let (base, end) = (st.replay.base(), st.replay.end());
+        if peer_received < base || peer_received > end {
+            return Err(format!(
+                "the other relay reports {peer_received} bytes received; this side holds {base}..{end}"
+            ));
+        }
+        st.replay.ack(peer_received).map_err(|e| e.to_string())?;
+        st.told = (st.received, false);
+        self.room.notify_one();
+        Ok(())
+    }
+
+    /// Gives the stream up: the pipeline's reads fail with `reason` once the pipe is dropped.
+    pub fn fail(&self, reason: String) {
+        self.failure.set(reason);
+    }
+
+    /// Whether the stream delivered and got acknowledged everything both ways.
+    pub fn finished(&self) -> bool {
+        let st = self.state();
+        st.local_done && st.replay.base() == st.replay.end() && st.peer_has_fin && st.peer_done
+    }
+
+    /// Reads the pipeline's bytes into the replay buffer until its side ends; waits while the
+    /// buffer budget is spent.
+    pub async fn read_local(self: Arc<Self>, mut reader: ReadHalf<DuplexStream>) {
+        let mut buf = BytesMut::new();
+        loop {
+            loop {
+                if self.state().replay.has_room(READ_BYTES as u64) {
+                    break;
+                }
+                self.room.notified().await;
+            }
+            buf.reserve(READ_BYTES);
+            let read = reader.read_buf(&mut buf).await;
+            let mut st = self.state();
+            match read {
+                Ok(0) | Err(_) => {
+                    st.local_done = true;
+                    drop(st);
+                    self.to_send.notify_one();
+                    return;
+                }
+                Ok(_) => {
+                    if let Err(e) = st.replay.push(buf.split().freeze()) {
+                        st.broken = Some(format!("the replay buffer's spill file failed: {e}"));
+                        st.local_done = true;
+                        drop(st);
+                        self.to_send.notify_one();
+                        return;
+                    }
+                }
+            }
+            drop(st);
+            self.to_send.notify_one();
+        }
+    }
+
+    /// Carries the stream over one tunnel connection, sending from offset `send_from` (what the
+    /// other side reported), until the stream is done or the connection is lost.
+    pub async fn carry(
+        &self,
+        link: impl Link,
+        local: &mut WriteHalf<DuplexStream>,
+        send_from: u64,
+        silence: Duration,
+    ) -> LinkEnd {
+        let (r, w) = tokio::io::split(link);
+        let mut r = BufReader::with_capacity(MAX_DATA + 16, r);
+        let mut w = BufWriter::with_capacity(MAX_DATA + 16, w);
+        tokio::select! {
+            end = self.send(&mut w, send_from) => end,
+            end = self.receive(&mut r, local, silence) => end,
+        }
+    }
+
+    async fn send(&self, w: &mut (impl AsyncWrite + Unpin), mut pos: u64) -> LinkEnd {
+        let lost = |e: io::Error| LinkEnd::Lost(format!("sending: {e}"));
+        let mut fin_sent = false;
+        let mut last_ack = Instant::now() - HEARTBEAT;
+        loop {
+            let (chunk, ack, fin, finished) = {
+                let mut st = self.state();
+                if let Some(reason) = &st.broken {
+                    return LinkEnd::Broken(reason.clone());
+                }
+                let chunk = if pos < st.replay.end() {
+                    match st.replay.read_at(pos, MAX_DATA) {
+                        Ok(chunk) => Some(chunk),
+                        Err(e) => {
+                            return LinkEnd::Broken(format!("reading the replay buffer: {e}"));
+                        }
+                    }
+                } else {
+                    None
+                };
+                let now = (st.received, st.peer_done);
+                let due = last_ack.elapsed() >= HEARTBEAT
+                    || (now != st.told && (now.0 - st.told.0 >= ACK_EVERY || now.1 != st.told.1));
+                let ack = due.then(|| {
+                    st.told = now;
+                    now
+                });
+                let fin = chunk.is_none() && st.local_done && !fin_sent;
+                let finished = fin_sent
+                    && st.local_done
+                    && st.replay.base() == st.replay.end()
+                    && st.peer_has_fin
+                    && st.peer_done
+                    && st.told == (st.received, true);
+                (chunk, ack, fin, finished)
+            };
+            if let Some((received, peer_done)) = ack {
+                if let Err(e) = w.write_all(&frame::ack(received, peer_done)).await {
+                    return lost(e);
+                }
+                last_ack = Instant::now();
+            }
+            if let Some(chunk) = chunk {
+                if let Err(e) = w.write_all(&frame::data_header(chunk.len())).await {
+                    return lost(e);
+                }
+                if let Err(e) = w.write_all(&chunk).await {
+                    return lost(e);
+                }
+                pos += chunk.len() as u64;
+                continue;
+            }
+            if fin {
+                if let Err(e) = w.write_all(&FIN_FRAME).await {
+                    return lost(e);
+                }
+                fin_sent = true;
+                continue;
+            }
+            if let Err(e) = w.flush().await {
+                return lost(e);
+            }
+            if finished {
+                return LinkEnd::Done;
+            }
+            tokio::select! {
+                () = self.to_send.notified() => {}
+                () = tokio::time::sleep_until(last_ack + HEARTBEAT) => {}
+            }
+        }
+    }
+
+    async fn receive(
+        &self,
+        r: &mut (impl AsyncRead + Unpin),
+        local: &mut WriteHalf<DuplexStream>,
+        silence: Duration,
+    ) -> LinkEnd {
+        loop {
+            let frame = match tokio::time::timeout(silence, frame::read_frame(r)).await {
+                Err(_) => {
+                    return LinkEnd::Lost(format!(
+                        "nothing from the other relay for {}ms",
+                        silence.as_millis()
+                    ));
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                    return LinkEnd::Broken(format!("the other relay broke the protocol: {e}"));
+                }
+                Ok(Err(e)) => return LinkEnd::Lost(format!("receiving: {e}")),
+                Ok(Ok(frame)) => frame,
+            };
+            match frame {
+                Frame::Data(data) => {
+                    if self.state().peer_done {
+                        return LinkEnd::Broken("data after the end of the stream".into());
+                    }
+                    self.deliver(&data, local).await;
+                }
+                Frame::Ack { received, fin } => {
+                    let mut st = self.state();
+                    if received > st.replay.end() {
+                        return LinkEnd::Broken(format!(
+                            "acknowledged {received} bytes; only {} were sent",
+                            st.replay.end()
+                        ));
+                    }
+                    if let Err(e) = st.replay.ack(received) {
+                        return LinkEnd::Broken(format!("the replay buffer's spill file: {e}"));
+                    }
+                    st.peer_has_fin |= fin && st.local_done;
+                    drop(st);
+                    self.room.notify_one();
+                    self.to_send.notify_one();
+                }
+                Frame::Fin => {
+                    let first = !self.state().peer_done;
+                    if first {
+                        let _ = local.shutdown().await;
+                        self.state().peer_done = true;
+                    }
+                    self.to_send.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Writes `data` to the pipeline, counting each part as it is taken (so a connection lost
+    /// meanwhile resumes after the last byte delivered); drops it once the pipeline is closed.
+    async fn deliver(&self, data: &[u8], local: &mut WriteHalf<DuplexStream>) {
+        let mut off = 0;
+        while off < data.len() {
+            let closed = self.state().local_write_closed;
+            let n = if closed {
+                data.len() - off
+            } else {
+                match local.write(&data[off..]).await {
+                    Ok(0) | Err(_) => {
+                        self.state().local_write_closed = true;
+                        data.len() - off
+                    }
+                    Ok(n) => n,
+                }
+            };
+            off += n;
+            let mut st = self.state();
+            st.received += n as u64;
+            let due = st.received - st.told.0 >= ACK_EVERY;
+            drop(st);
+            if due {
+                self.to_send.notify_one();
+            }
+        }
+    }
+}
