@@ -1,0 +1,358 @@
+//! The relay pair's tunnel on real sockets, without MySQL: a stream carried from the recipient
+//! side to the donor side (mutual TLS, or plain) and echoed back, through a forwarder between
+//! the two that resets every tunnel connection at byte offsets, or goes dark (new connections
+//! too). The bytes must come back whole and in order; an outage past the bridge must fail the
+//! stream's reads with a reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use clone_relay::Config;
+use clone_relay::metrics::Metrics;
+use clone_relay::tunnel::{StreamEnd, Tunnel};
+use rcgen::{CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const MIB: u64 = 1024 * 1024;
+
+/// A TCP forwarder standing for the link between the relays: it resets all its connections
+/// each time `reset_every` more bytes passed, and holds every byte (accepting, but forwarding
+/// nothing) while dark.
+struct Link {
+    addr: SocketAddr,
+    forwarded: Arc<AtomicU64>,
+    dark: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+}
+
+impl Link {
+    async fn start(to: SocketAddr, reset_every: Option<u64>) -> Link {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let link = Link {
+            addr: listener.local_addr().unwrap(),
+            forwarded: Arc::default(),
+            dark: Arc::default(),
+            accepted: Arc::default(),
+        };
+        let (forwarded, dark, accepted) = (
+            link.forwarded.clone(),
+            link.dark.clone(),
+            link.accepted.clone(),
+        );
+        let generation = Arc::new(AtomicU64::new(0));
+        tokio::spawn(async move {
+            loop {
+                let (near, _) = listener.accept().await.unwrap();
+                accepted.fetch_add(1, Ordering::Relaxed);
+                let Ok(far) = TcpStream::connect(to).await else {
+                    continue;
+                };
+                let born = generation.load(Ordering::Relaxed);
+                let (nr, nw) = near.into_split();
+                let (fr, fw) = far.into_split();
+                for (r, w) in [(nr, fw), (fr, nw)] {
+                    let (forwarded, dark, generation) =
+                        (forwarded.clone(), dark.clone(), generation.clone());
+                    tokio::spawn(pump(r, w, forwarded, dark, generation, born, reset_every));
+                }
+            }
+        });
+        link
+    }
+}
+
+/// One direction of a forwarded connection.
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    forwarded: Arc<AtomicU64>,
+    dark: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+    born: u64,
+    reset_every: Option<u64>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while dark.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if generation.load(Ordering::Relaxed) != born {
+            let _ = socket2::SockRef::from(w.as_ref()).set_linger(Some(Duration::ZERO));
+            return;
+        }
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        let total = forwarded.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if let Some(every) = reset_every
+            && (total - n as u64) / every != total / every
+        {
+            // Every connection born before now dies at its next byte.
+            generation.fetch_add(1, Ordering::Relaxed);
+            let _ = socket2::SockRef::from(w.as_ref()).set_linger(Some(Duration::ZERO));
+            return;
+        }
+    }
+}
+
+/// A CA and two certificates it signs, written as files: the donor side's (for `localhost`)
+/// and the recipient side's.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("tunnel-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        for side in ["donor", "recipient"] {
+            let mut params = CertificateParams::default();
+            params.subject_alt_names = vec![SanType::DnsName("localhost".try_into().unwrap())];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &ca).unwrap();
+            std::fs::write(dir.join(format!("{side}.pem")), cert.pem()).unwrap();
+            write_private(&dir.join(format!("{side}-key.pem")), &key.serialize_pem());
+        }
+        Pki { dir }
+    }
+
+    fn apply(&self, config: &mut Config, side: &str) {
+        config.tunnel.cert = Some(self.dir.join(format!("{side}.pem")));
+        config.tunnel.key = Some(self.dir.join(format!("{side}-key.pem")));
+        config.tunnel.ca = Some(self.dir.join("ca.pem"));
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+}
+
+/// Both sides of a pair's tunnel, the donor side echoing every stream back.
+struct Pair {
+    recipient_side: Arc<Tunnel>,
+    recipient_config: Config,
+    donor_metrics: Arc<Metrics>,
+    recipient_metrics: Arc<Metrics>,
+    link: Link,
+    _pki: Option<Pki>,
+}
+
+impl Pair {
+    async fn start(tls: bool, reset_every: Option<u64>, adjust: impl Fn(&mut Config)) -> Pair {
+        let pki = tls.then(|| Pki::new(if reset_every.is_some() { "r" } else { "d" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut donor_config = Config::new("127.0.0.1:3306");
+        donor_config.peer_listen = Some(listener.local_addr().unwrap());
+        let link = Link::start(listener.local_addr().unwrap(), reset_every).await;
+        let mut recipient_config = Config::with_upstreams(Vec::new());
+        recipient_config.peer = Some(format!("localhost:{}", link.addr.port()));
+        for (config, side) in [
+            (&mut donor_config, "donor"),
+            (&mut recipient_config, "recipient"),
+        ] {
+            match &pki {
+                Some(pki) => pki.apply(config, side),
+                None => config.tunnel.plain = true,
+            }
+            adjust(config);
+            config.validate().unwrap();
+        }
+        let donor_metrics = Arc::new(Metrics::default());
+        let donor_side = Arc::new(
+            Tunnel::new(&donor_config, donor_metrics.clone())
+                .unwrap()
+                .unwrap(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let (tcp, from) = listener.accept().await.unwrap();
+                let (donor_side, config) = (donor_side.clone(), donor_config.clone());
+                tokio::spawn(async move {
+                    if let Ok(Some((end, _))) = donor_side.accept(&config, tcp, from).await {
+                        echo(end).await;
+                    }
+                });
+            }
+        });
+        let recipient_metrics = Arc::new(Metrics::default());
+        let recipient_side = Arc::new(
+            Tunnel::new(&recipient_config, recipient_metrics.clone())
+                .unwrap()
+                .unwrap(),
+        );
+        Pair {
+            recipient_side,
+            recipient_config,
+            donor_metrics,
+            recipient_metrics,
+            link,
+            _pki: pki,
+        }
+    }
+
+    async fn open(&self) -> StreamEnd {
+        self.recipient_side
+            .open(&self.recipient_config, "10.0.0.9:51000".parse().unwrap(), None)
+            .await
+            .unwrap()
+    }
+}
+
+async fn echo(end: StreamEnd) {
+    let (mut r, mut w) = tokio::io::split(end);
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+    let _ = w.shutdown().await;
+}
+
+/// Bytes that differ at every offset.
+fn pattern(len: u64) -> Vec<u8> {
+    (0..len).map(|i| (i ^ (i >> 8) ^ (i >> 17)) as u8).collect()
+}
+
+/// Sends `data` through the stream and reads the echo to its end; the echo must equal it.
+async fn round_trip(end: StreamEnd, data: Vec<u8>) -> Result<(), std::io::Error> {
+    let (mut r, mut w) = tokio::io::split(end);
+    let len = data.len();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await?;
+        w.shutdown().await?;
+        Ok::<_, std::io::Error>(data)
+    });
+    let mut back = Vec::with_capacity(len);
+    r.read_to_end(&mut back).await?;
+    let sent = writer.await.unwrap()?;
+    assert_eq!(back.len(), sent.len(), "the echo's length");
+    assert!(back == sent, "the echo differs from what was sent");
+    Ok(())
+}
+
+fn count(m: &Metrics, f: impl Fn(&Metrics) -> &AtomicU64) -> u64 {
+    f(m).load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_stream_survives_ten_resets_of_its_tunnel_connection_with_mutual_tls() {
+    let pair = Pair::start(true, Some(3 * MIB), |_| {}).await;
+    let end = pair.open().await;
+    tokio::time::timeout(Duration::from_secs(60), round_trip(end, pattern(16 * MIB)))
+        .await
+        .expect("the round trip ends")
+        .expect("the stream carries every byte");
+    // 32 MiB crossed the link (both ways): a reset every 3 MiB.
+    let reconnects = count(&pair.recipient_metrics, |m| &m.tunnel_reconnects);
+    assert!(reconnects >= 10, "{reconnects} reconnects");
+    assert_eq!(count(&pair.recipient_metrics, |m| &m.tunnel_fallbacks), 0);
+    assert!(count(&pair.donor_metrics, |m| &m.tunnel_replayed_bytes) > 0);
+    assert!(pair.link.accepted.load(Ordering::Relaxed) > 10);
+}
+
+#[tokio::test]
+async fn a_dark_link_is_bridged_and_its_backlog_spills_to_a_file_that_goes() {
+    let spill = std::env::temp_dir().join(format!("tunnel-spill-{}", std::process::id()));
+    std::fs::create_dir_all(&spill).unwrap();
+    let dir = spill.clone();
+    let pair = Pair::start(false, None, move |c| {
+        c.tunnel.timeout = Duration::from_millis(500);
+        c.tunnel.memory_bytes = MIB as usize;
+        c.tunnel.spill_dir = Some(dir.clone());
+    })
+    .await;
+    let end = pair.open().await;
+    let (mut r, mut w) = tokio::io::split(end);
+    let data = pattern(12 * MIB);
+    w.write_all(&data[..MIB as usize]).await.unwrap();
+    let mut back = vec![0u8; MIB as usize];
+    r.read_exact(&mut back).await.unwrap();
+    pair.link.dark.store(true, Ordering::Relaxed);
+    // While dark, the recipient side buffers what it is given: past 1 MiB, in a spill file.
+    w.write_all(&data[MIB as usize..]).await.unwrap();
+    let spilled = std::fs::read_dir(&spill).unwrap().count();
+    assert_eq!(spilled, 1, "one spill file while the link is dark");
+    assert!(count(&pair.recipient_metrics, |m| &m.tunnel_spill_bytes) > 0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pair.link.dark.store(false, Ordering::Relaxed);
+    w.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut rest))
+        .await
+        .expect("the echo ends")
+        .unwrap();
+    back.extend_from_slice(&rest);
+    assert!(back == data, "the echo differs from what was sent");
+    assert!(count(&pair.recipient_metrics, |m| &m.tunnel_reconnects) >= 1);
+    assert_eq!(count(&pair.recipient_metrics, |m| &m.tunnel_fallbacks), 0);
+    // The spill file goes once its bytes are acknowledged, and with its stream at the latest.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&spill).unwrap().count() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the spill file outlived its stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let active = count(&pair.recipient_metrics, |m| &m.tunnel_streams_opened);
+    assert_eq!(active, 1);
+    std::fs::remove_dir_all(&spill).unwrap();
+}
+
+#[tokio::test]
+async fn an_outage_past_the_bridge_fails_the_stream_with_a_reason() {
+    let pair = Pair::start(false, None, |c| {
+        c.tunnel.timeout = Duration::from_millis(500);
+        c.tunnel.bridge = Duration::from_secs(2);
+    })
+    .await;
+    let end = pair.open().await;
+    let (mut r, mut w) = tokio::io::split(end);
+    w.write_all(b"hello").await.unwrap();
+    let mut back = [0u8; 5];
+    r.read_exact(&mut back).await.unwrap();
+    pair.link.dark.store(true, Ordering::Relaxed);
+    let mut more = [0u8; 1];
+    let e = tokio::time::timeout(Duration::from_secs(20), r.read(&mut more))
+        .await
+        .expect("the stream gives up within the bridge and a redial's bounds")
+        .expect_err("a read fails once the stream is given up");
+    assert!(e.to_string().contains("tunnel.bridge"), "{e}");
+    assert_eq!(count(&pair.recipient_metrics, |m| &m.tunnel_fallbacks), 1);
+}
+
+#[tokio::test]
+async fn a_tunnel_without_the_right_certificate_is_refused() {
+    let pair = Pair::start(true, None, |_| {}).await;
+    let other = Pki::new("other");
+    let mut stranger = pair.recipient_config.clone();
+    other.apply(&mut stranger, "recipient");
+    let tunnel = Arc::new(Tunnel::new(&stranger, Arc::default()).unwrap().unwrap());
+    let refused = tunnel
+        .open(&stranger, "10.0.0.9:51000".parse().unwrap(), None)
+        .await;
+    assert!(refused.is_err(), "a recipient side from another CA gets no stream");
+    assert_eq!(count(&pair.donor_metrics, |m| &m.tunnel_streams_opened), 0);
+}
