@@ -60,6 +60,9 @@ fn rates(a: Reading, b: Reading) -> (f64, f64) {
     )
 }
 
+/// The rate is within `tolerance` of the cap above it, and within twice that below: a cap
+/// exceeded is a defect, a rate a little short of it can be a busy machine's (the 2-core CI
+/// machine compiles and runs other tests meanwhile).
 fn assert_near(rate: f64, cap: u64, tolerance: f64, what: &str) {
     let off = rate / cap as f64 - 1.0;
     println!(
@@ -68,7 +71,7 @@ fn assert_near(rate: f64, cap: u64, tolerance: f64, what: &str) {
         off * 100.0
     );
     assert!(
-        off.abs() <= tolerance,
+        (-2.0 * tolerance..=tolerance).contains(&off),
         "{what}: {rate:.0} B/s against a cap of {cap} B/s"
     );
 }

@@ -949,19 +949,17 @@ impl Config {
     /// A pair's tunnel needs its certificate, key and CA unless it is explicitly plain.
     fn validate_tunnel(&self) -> Result<(), RelayError> {
         let t = &self.tunnel;
-        if self.peer.is_some() || self.peer_listen.is_some() {
-            if !t.plain {
-                for (field, given) in [
-                    ("tunnel.cert", t.cert.is_some()),
-                    ("tunnel.key", t.key.is_some()),
-                    ("tunnel.ca", t.ca.is_some()),
-                ] {
-                    if !given {
-                        return Err(invalid(
-                            field,
-                            "missing: the tunnel is mutual TLS (give --tunnel-cert, --tunnel-key and --tunnel-ca, or --tunnel-plain)",
-                        ));
-                    }
+        if (self.peer.is_some() || self.peer_listen.is_some()) && !t.plain {
+            for (field, given) in [
+                ("tunnel.cert", t.cert.is_some()),
+                ("tunnel.key", t.key.is_some()),
+                ("tunnel.ca", t.ca.is_some()),
+            ] {
+                if !given {
+                    return Err(invalid(
+                        field,
+                        "missing: the tunnel is mutual TLS (give --tunnel-cert, --tunnel-key and --tunnel-ca, or --tunnel-plain)",
+                    ));
                 }
             }
         }
