@@ -109,6 +109,43 @@ fn malformed_flags_are_named() {
 }
 
 #[test]
+fn a_pair_side_with_missing_or_conflicting_settings_is_named() {
+    let line = one_line_error(&relay(&["--listen", "127.0.0.1:0", "--peer", "zone-b:4000"]));
+    assert!(line.contains("invalid tunnel.cert"), "{line}");
+    assert!(line.contains("--tunnel-plain"), "{line}");
+
+    let line = one_line_error(&relay(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--peer",
+        "zone-b:4000",
+        "--upstream",
+        "db:3306",
+        "--tunnel-plain",
+    ]));
+    assert!(line.contains("invalid peer"), "{line}");
+
+    let line = one_line_error(&relay(&[
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "db:3306",
+        "--tunnel-plain",
+        "--tunnel-timeout",
+        "1m",
+    ]));
+    assert!(line.contains("invalid tunnel.timeout"), "{line}");
+
+    let file = config_file(
+        "pair.toml",
+        "peer_listen = \"127.0.0.1:0\"\nupstream = \"db:3306\"\n[tunnel]\nplain = true\nmemory = \"lots\"\n",
+    );
+    let out = relay(&["--config", file.to_str().unwrap()]);
+    let line = one_line_error(&out);
+    assert!(line.contains("memory"), "{line}");
+}
+
+#[test]
 fn durations_and_sizes_need_their_units() {
     let base = ["--listen", "127.0.0.1:0", "--upstream", "db:3306"];
     let line = one_line_error(&relay(&[&base[..], &["--stall-min", "8"]].concat()));
