@@ -5,7 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -58,6 +58,61 @@ pub fn bench_pki(name: &str) -> BenchPki {
         key: key.serialize_der(),
         ca: ca.der().clone(),
     }
+}
+
+/// The name in the donor side's certificate of a pair's tunnel.
+pub const TUNNEL_NAME: &str = "clone-relay-peer";
+
+/// The files of a pair's tunnel PKI: a CA, and a certificate and key for each side.
+#[derive(Debug)]
+pub struct TunnelPki {
+    dir: PathBuf,
+}
+
+impl TunnelPki {
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("tunnel-ca.pem")
+    }
+
+    pub fn cert(&self, side: &str) -> PathBuf {
+        self.dir.join(format!("tunnel-{side}.pem"))
+    }
+
+    pub fn key(&self, side: &str) -> PathBuf {
+        self.dir.join(format!("tunnel-{side}-key.pem"))
+    }
+}
+
+/// Makes a CA and a certificate for each side of a pair (`donor` for [`TUNNEL_NAME`],
+/// `recipient`) under `dir`, the keys readable by their owner only.
+pub fn tunnel_pki(dir: &Path) -> std::io::Result<TunnelPki> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "clone-relay tunnel bench CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key"))
+        .expect("CA certificate");
+    let pki = TunnelPki {
+        dir: dir.to_path_buf(),
+    };
+    std::fs::write(pki.ca(), ca.pem())?;
+    for side in ["donor", "recipient"] {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec![TUNNEL_NAME.to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("certificate");
+        std::fs::write(pki.cert(side), cert.pem())?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(pki.key(side))?;
+        std::io::Write::write_all(&mut file, key.serialize_pem().as_bytes())?;
+    }
+    Ok(pki)
 }
 
 /// A server config with `pki`'s certificate: the provider's safe default protocol versions

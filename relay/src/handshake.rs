@@ -313,10 +313,18 @@ async fn carry_login(
     mut login: Vec<u8>,
     donor: Donor,
 ) -> Result<Leg, RelayError> {
+    // Over a tunnel, the login's CLIENT_SSL says whether the recipient's own leg has TLS (the
+    // relay at the tunnel's other end sets it so), which `as-client` follows.
+    let recipient_leg_tls = if donor.tunnels.downstream {
+        parse_login_request(&login[HEADER_LEN..], login.len() - HEADER_LEN)
+            .is_ok_and(|l| l.capabilities & CLIENT_SSL != 0)
+    } else {
+        recipient.is_tls()
+    };
     let recipient_tls = recipient.is_tls() || donor.tunnels.downstream;
     let mut recipient_seq = SeqCounter::new(0);
     recipient_seq.received(login[3]);
-    let donor_tls = donor_tls(s, recipient_tls, donor.offers_tls);
+    let donor_tls = donor_tls(s, recipient_leg_tls, donor.offers_tls);
     let mut donor_seq = SeqCounter::new(1);
     let mut donor_leg = if donor_tls {
         let Some(ssl_request) = ssl_request_for(&login) else {
@@ -368,7 +376,14 @@ async fn carry_login(
             donor_tls, "TLS on one leg only: the relay carries the auth exchange across"
         );
     }
-    set_login_ssl(&mut login[HEADER_LEN..], donor_tls);
+    set_login_ssl(
+        &mut login[HEADER_LEN..],
+        if donor.tunnels.upstream {
+            recipient_leg_tls
+        } else {
+            donor_tls
+        },
+    );
     login[3] = donor_seq.take();
     donor_leg
         .write_all(&login)

@@ -139,7 +139,7 @@ async fn serve(relay: Relay, reload: Reload) -> Result<(), RelayError> {
             if let Ok(listen) = listener.local_addr() {
                 match &relay.config().peer {
                     Some(peer) => {
-                        info!(%listen, %peer, "relay listening (recipient side of a relay pair)")
+                        info!(%listen, %peer, side = "recipient", "relay listening")
                     }
                     None => {
                         info!(%listen, upstreams = ?relay.config().upstreams, "relay listening")

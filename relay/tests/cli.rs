@@ -110,7 +110,12 @@ fn malformed_flags_are_named() {
 
 #[test]
 fn a_pair_side_with_missing_or_conflicting_settings_is_named() {
-    let line = one_line_error(&relay(&["--listen", "127.0.0.1:0", "--peer", "zone-b:4000"]));
+    let line = one_line_error(&relay(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--peer",
+        "zone-b:4000",
+    ]));
     assert!(line.contains("invalid tunnel.cert"), "{line}");
     assert!(line.contains("--tunnel-plain"), "{line}");
 

@@ -218,7 +218,11 @@ impl Pair {
 
     async fn open(&self) -> StreamEnd {
         self.recipient_side
-            .open(&self.recipient_config, "10.0.0.9:51000".parse().unwrap(), None)
+            .open(
+                &self.recipient_config,
+                "10.0.0.9:51000".parse().unwrap(),
+                None,
+            )
             .await
             .unwrap()
     }
@@ -353,6 +357,9 @@ async fn a_tunnel_without_the_right_certificate_is_refused() {
     let refused = tunnel
         .open(&stranger, "10.0.0.9:51000".parse().unwrap(), None)
         .await;
-    assert!(refused.is_err(), "a recipient side from another CA gets no stream");
+    assert!(
+        refused.is_err(),
+        "a recipient side from another CA gets no stream"
+    );
     assert_eq!(count(&pair.donor_metrics, |m| &m.tunnel_streams_opened), 0);
 }

@@ -270,12 +270,23 @@ pub fn chaos_listening(line: &str) -> Option<SocketAddr> {
         .ok()
 }
 
-/// A clone-relay process: the relay, and its admin listener.
+/// The address in clone-relay's JSON log line of a pair's donor side listening for tunnels.
+pub fn peer_listening(line: &str) -> Option<SocketAddr> {
+    log_field(
+        line,
+        "donor side of a relay pair: listening for tunnels",
+        "peer_listen",
+    )
+}
+
+/// A clone-relay process: the relay, its admin listener, and its tunnel listener when it is a
+/// pair's donor side.
 #[derive(Debug)]
 pub struct RelayProc {
     pub proc: Proc,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    pub peer_listen: Option<SocketAddr>,
 }
 
 /// Starts `clone-relay --listen 127.0.0.1:0 --upstream UPSTREAM --admin 127.0.0.1:0
@@ -286,19 +297,73 @@ pub fn start_relay(
     upstream: SocketAddr,
     extra: &[&str],
 ) -> Result<RelayProc> {
-    // The admin listener announces itself before the relay's listener does.
+    let to = ["--upstream".to_string(), upstream.to_string()];
+    start_relay_to(bins, name, &to, extra)
+}
+
+/// Starts a pair over loopback: a donor side in front of `upstream` and a recipient side that
+/// reaches it through a mutual-TLS tunnel, with certificates made under `dir`. Returns the
+/// recipient side first.
+pub fn start_pair(bins: &Bins, upstream: SocketAddr, dir: &Path) -> Result<(RelayProc, RelayProc)> {
+    let files = clone_relay_benches::tls::tunnel_pki(dir)?;
+    let tunnel = |side: &str| -> Vec<String> {
+        vec![
+            "--tunnel-cert".into(),
+            files.cert(side).display().to_string(),
+            "--tunnel-key".into(),
+            files.key(side).display().to_string(),
+            "--tunnel-ca".into(),
+            files.ca().display().to_string(),
+        ]
+    };
+    let mut donor_extra = tunnel("donor");
+    donor_extra.extend(["--peer-listen".into(), "127.0.0.1:0".into()]);
+    let donor_extra: Vec<&str> = donor_extra.iter().map(String::as_str).collect();
+    let donor_side = start_relay(
+        bins,
+        "clone-relay (pair, donor side)",
+        upstream,
+        &donor_extra,
+    )?;
+    let Some(peer) = donor_side.peer_listen else {
+        bail!("the pair's donor side did not say where it listens for tunnels");
+    };
+    let to = [
+        "--peer".to_string(),
+        peer.to_string(),
+        "--tunnel-server-name".to_string(),
+        clone_relay_benches::tls::TUNNEL_NAME.to_string(),
+    ];
+    let recipient_extra = tunnel("recipient");
+    let recipient_extra: Vec<&str> = recipient_extra.iter().map(String::as_str).collect();
+    let recipient_side = start_relay_to(
+        bins,
+        "clone-relay (pair, recipient side)",
+        &to,
+        &recipient_extra,
+    )?;
+    Ok((recipient_side, donor_side))
+}
+
+/// Starts `clone-relay --listen 127.0.0.1:0 --admin 127.0.0.1:0 --log-format json`, `to`
+/// (where it carries connections) and `extra`, with the default log level.
+fn start_relay_to(bins: &Bins, name: &str, to: &[String], extra: &[&str]) -> Result<RelayProc> {
+    // The admin and tunnel listeners announce themselves before the relay's listener does.
     let (tx, rx) = mpsc::channel();
+    let (peer_tx, peer_rx) = mpsc::channel();
     let both = move |line: &str| {
         if let Some(admin) = admin_listening(line) {
             let _ = tx.send(admin);
+        }
+        if let Some(peer) = peer_listening(line) {
+            let _ = peer_tx.send(peer);
         }
         relay_listening(line)
     };
     let mut command = Command::new(&bins.relay);
     command
         .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .arg("--upstream")
-        .arg(upstream.to_string())
+        .args(to)
         .args(["--log-format", "json"])
         .args(extra)
         .env_remove("RUST_LOG")
@@ -311,7 +376,12 @@ pub fn start_relay(
         Ok(admin) => admin,
         Err(_) => return Err(proc.failure("did not say where its admin listener is")),
     };
-    Ok(RelayProc { proc, addr, admin })
+    Ok(RelayProc {
+        proc,
+        addr,
+        admin,
+        peer_listen: peer_rx.try_recv().ok(),
+    })
 }
 
 /// Starts `chaos serve` in front of `upstream`, with no faults.

@@ -66,7 +66,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let stream = clone_stream(blocks, 1 << 20);
     let expect = stream.len() as u64;
 
-    eprintln!("netbench: starting the donor, four clone-relay processes, chaos and socat");
+    eprintln!("netbench: starting the donor, six clone-relay processes, chaos and socat");
     let donor_ca = scratch.0.join("donor-ca.der");
     let (mut donor, ports) = procs::start_donor(
         Command::new(&me)
@@ -92,6 +92,9 @@ pub fn run(opts: &Options) -> Result<()> {
         &["--rate", "1TiB/s"],
     )?;
     let pinged = procs::start_relay(&bins, "clone-relay (latency)", ports.ping, &[])?;
+    let pair_dir = scratch.0.join("pair");
+    std::fs::create_dir_all(&pair_dir)?;
+    let (pair, _pair_donor_side) = procs::start_pair(&bins, ports.plain, &pair_dir)?;
     let (_chaos, chaos_addr) = procs::start_chaos(&bins, ports.plain)?;
     let socat = socat.and_then(|path| {
         procs::start_socat(&path, ports.plain).map_err(|e| format!("socat did not start: {e:#}"))
@@ -126,6 +129,12 @@ pub fn run(opts: &Options) -> Result<()> {
             key: "relay_capped",
             label: "clone-relay, --rate 1TiB/s (limiter cost)",
             target: Ok((capped.addr, None)),
+            secs: Vec::new(),
+        },
+        Row {
+            key: "relay_pair",
+            label: "clone-relay pair, mutual-TLS tunnel (plain legs)",
+            target: Ok((pair.addr, None)),
             secs: Vec::new(),
         },
         Row {
