@@ -184,7 +184,12 @@ async fn carry(
     let tls = relay.tls();
     let stage = StageSettings {
         upstream_addr: &donor,
-        greeting_wait: admission.greeting_wait,
+        // Through a tunnel the greeting may wait out an outage the tunnel bridges.
+        greeting_wait: if upstream_tunnel {
+            admission.greeting_wait.max(config.tunnel.bridge)
+        } else {
+            admission.greeting_wait
+        },
         handshake_timeout: config.handshake_timeout,
         max_greeting_bytes: config.max_login_packet_bytes,
         client_tls: config.client_tls_mode,
@@ -234,7 +239,10 @@ async fn dial(
 ) -> Result<(Transport, String), RelayError> {
     let config = relay.config();
     if let (Some(tunnel), Some(donor_side)) = (relay.tunnel(), &config.peer) {
-        let deadline = admission.dial_patience.map(|p| Instant::now() + p);
+        // A new connection waits out an outage of the tunnel as its streams do (a worker the
+        // clone opens while the link is dark), a resuming clone's as its admission allows.
+        let patience = admission.dial_patience.unwrap_or(config.tunnel.bridge);
+        let deadline = Some(Instant::now() + patience);
         let stream = tokio::select! {
             stream = tunnel.open(config, peer, deadline) => stream,
             () = handshake::recipient_gone(downstream) => return Err(RelayError::ClientLeft),
