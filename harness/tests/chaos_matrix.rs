@@ -1,6 +1,7 @@
-//! A seeded chaos matrix, end to end: resets, blackholes, flaps and loss, three seeds each, on
-//! the relay's upstream leg, one real clone per cell, each verified by checksums. It prints a
-//! table (and writes it to `$CARGO_TARGET_TMPDIR/chaos-matrix.txt`, which CI shows).
+//! A seeded chaos matrix, end to end: resets, blackholes, flaps and loss, two seeds each (three
+//! under `CLONE_RELAY_SOAK=1`), on the relay's upstream leg, one real clone per cell, each
+//! verified by checksums. It prints a table (and writes it to
+//! `$CARGO_TARGET_TMPDIR/chaos-matrix.txt`, which CI shows).
 //!
 //! The verdict must not depend on the machine, so every fault lands where the bytes say, never
 //! where the clock says: resets and blackholes at a byte offset of the donor's stream drawn from
@@ -10,7 +11,7 @@
 //! the chaos proxy's seeded randomness, keyed by byte offset. Each cell starts only once the
 //! donor holds no clone.
 //!
-//! `CHAOS_SEED=N` moves the seeds (N, N+1, N+2), and with them every offset and loss decision.
+//! `CHAOS_SEED=N` moves the seeds (N, N+1, ...), and with them every offset and loss decision.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,6 +32,15 @@ const DONOR_RESUME_MINUTES: u64 = 1;
 /// Bound on waiting, before a cell, for the donor to hold no clone (a held one ends within
 /// `DONOR_RESUME_MINUTES`).
 const DONOR_FREE_WAIT: Duration = Duration::from_secs(120);
+
+/// Seeds per fault: two in CI, three under `CLONE_RELAY_SOAK=1`.
+fn seeds() -> u64 {
+    if std::env::var("CLONE_RELAY_SOAK").is_ok_and(|v| v == "1") {
+        3
+    } else {
+        2
+    }
+}
 
 /// A value in `lo..hi` drawn from the seed; each `salt` gives another draw.
 fn draw(seed: u64, salt: u64, lo: u64, hi: u64) -> u64 {
@@ -258,7 +268,7 @@ async fn seeded_chaos_matrix() -> anyhow::Result<()> {
     )];
     let mut failures = Vec::new();
     for name in ["reset", "blackhole", "flap", "loss"] {
-        for seed in base..base + 3 {
+        for seed in base..base + seeds() {
             let (faults, place) = scenario(name, seed);
             let cell = rig.cell(seed, faults).await?;
             let row = format!(
