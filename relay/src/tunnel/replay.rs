@@ -76,9 +76,12 @@ impl Budget {
         self.spill.fetch_sub(n, Ordering::AcqRel);
     }
 
-    fn has_room(&self, n: u64) -> bool {
+    fn memory_room(&self, n: u64) -> bool {
         self.memory.load(Ordering::Acquire) + n <= self.memory_limit
-            || self.spill.load(Ordering::Acquire) + n <= self.spill_limit
+    }
+
+    fn spill_room(&self, n: u64) -> bool {
+        self.spill.load(Ordering::Acquire) + n <= self.spill_limit
     }
 }
 
@@ -128,24 +131,39 @@ impl Replay {
         self.end
     }
 
-    /// Whether another `n` bytes fit in the budget.
+    /// Whether another `n` bytes fit: in the spill budget once this buffer spills (its bytes
+    /// stay in order), else in memory or the spill budget.
     pub fn has_room(&self, n: u64) -> bool {
-        self.budget.has_room(n)
+        if self.spill.is_some() {
+            self.budget.spill_room(n)
+        } else {
+            self.budget.memory_room(n) || self.budget.spill_room(n)
+        }
     }
 
     /// Appends bytes read from the local side: to memory while the budget allows and nothing is
-    /// spilled, else to the spill file. Fails when the file cannot be written.
+    /// spilled, else to the spill file. The reader asks [`Replay::has_room`] first, so a push
+    /// goes over a budget by one read at most, and over the memory budget rather than make a
+    /// spill file where there is no spill budget. Fails when the file cannot be written.
     pub fn push(&mut self, data: Bytes) -> io::Result<()> {
         let n = data.len() as u64;
-        if self.spill.is_none() && self.budget.take_memory(n) {
+        let to_memory = self.spill.is_none()
+            && (self.budget.take_memory(n) || {
+                if self.budget.take_spill(n) {
+                    false
+                } else {
+                    self.budget.memory.fetch_add(n, Ordering::AcqRel);
+                    true
+                }
+            });
+        if to_memory {
             self.memory_len += n;
             self.memory.push_back(data);
             self.end += n;
             self.note_use();
             return Ok(());
         }
-        if !self.budget.take_spill(n) {
-            // Over both budgets by one read at most: the reader checks `has_room` first.
+        if self.spill.is_some() && !self.budget.take_spill(n) {
             self.budget.spill.fetch_add(n, Ordering::AcqRel);
         }
         if self.spill.is_none() {
@@ -317,6 +335,25 @@ mod tests {
         assert_eq!(replay.read_at(300, 5).unwrap(), bytes(300, 5));
         drop(replay);
         assert_eq!(budget.memory_in_use(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn without_a_spill_budget_nothing_goes_to_a_file() {
+        let dir = std::env::temp_dir().join(format!("replay-nospill-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let budget = budget(100, 0, &dir);
+        let mut replay = Replay::new("s2".into(), budget.clone());
+        replay.push(bytes(0, 80)).unwrap();
+        assert!(!replay.has_room(40));
+        // A read that was under way when the room ran out goes over memory, not to a file.
+        replay.push(bytes(80, 40)).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        assert_eq!(budget.memory_in_use(), 120);
+        assert_eq!(replay.read_at(80, 40).unwrap(), bytes(80, 40));
+        replay.ack(120).unwrap();
+        assert_eq!(budget.memory_in_use(), 0);
+        assert!(replay.has_room(100));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

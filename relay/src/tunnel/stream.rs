@@ -237,7 +237,6 @@ impl Stream {
     /// Reads the pipeline's bytes into the replay buffer until its side ends; waits while the
     /// buffer budget is spent.
     pub async fn read_local(self: Arc<Self>, mut reader: ReadHalf<DuplexStream>) {
-        let mut buf = BytesMut::new();
         loop {
             loop {
                 if self.state().replay.has_room(READ_BYTES as u64) {
@@ -245,8 +244,8 @@ impl Stream {
                 }
                 self.room.notified().await;
             }
-            buf.reserve(READ_BYTES);
-            let read = reader.read_buf(&mut buf).await;
+            let mut buf = BytesMut::zeroed(READ_BYTES);
+            let read = reader.read(&mut buf).await;
             let mut st = self.state();
             match read {
                 Ok(0) | Err(_) => {
@@ -255,8 +254,16 @@ impl Stream {
                     self.to_send.notify_one();
                     return;
                 }
-                Ok(_) => {
-                    if let Err(e) = st.replay.push(buf.split().freeze()) {
+                Ok(n) => {
+                    // A short read keeps a buffer of its own size, so the memory counted is the
+                    // memory held.
+                    let chunk = if n < READ_BYTES / 4 {
+                        bytes::Bytes::copy_from_slice(&buf[..n])
+                    } else {
+                        buf.truncate(n);
+                        buf.freeze()
+                    };
+                    if let Err(e) = st.replay.push(chunk) {
                         st.broken = Some(format!("the replay buffer's spill file failed: {e}"));
                         st.local_done = true;
                         drop(st);
