@@ -158,9 +158,16 @@ fn rsa_invalid(reason: String) -> RelayError {
     }
 }
 
-/// Whether the modes allow a recipient leg without TLS with a donor leg with TLS, where the
-/// relay needs its own RSA key.
+/// Whether the modes allow a recipient leg without TLS with a donor leg with TLS (or a pair's
+/// tunnel, which counts as one), where the relay needs its own RSA key.
 fn needs_rsa_key(config: &Config) -> bool {
+    let plain_recipients = matches!(
+        config.client_tls_mode,
+        ClientTlsMode::Disabled | ClientTlsMode::Preferred
+    );
+    if config.peer.is_some() {
+        return plain_recipients;
+    }
     matches!(
         config.client_tls_mode,
         ClientTlsMode::Disabled | ClientTlsMode::Preferred

@@ -138,8 +138,7 @@ impl Tunnel {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let last_error = match timeout(remaining, self.connect(config, hello)).await {
                 Ok(Ok((link, Welcome::Resume { received }))) => {
-                    stream.resume_from(received)?;
-                    let replayed = stream.unacknowledged();
+                    let replayed = stream.resume_from(received)?;
                     self.metrics
                         .tunnel_reconnects
                         .fetch_add(1, Ordering::Relaxed);

@@ -46,13 +46,11 @@ pub enum Welcome {
 /// One frame after the hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Data(Vec<u8>),
+    /// Data, in the reader's buffer.
+    Data,
     /// The sender has delivered this many bytes of the other direction, and whether it has
     /// seen that direction's end. Sent at least every heartbeat.
-    Ack {
-        received: u64,
-        fin: bool,
-    },
+    Ack { received: u64, fin: bool },
     /// The sender's direction ends after the data already sent.
     Fin,
 }
@@ -155,17 +153,18 @@ pub fn ack(received: u64, fin: bool) -> [u8; 10] {
 
 pub const FIN_FRAME: [u8; 1] = [FIN];
 
-/// Reads one frame; a data frame's payload lands in a buffer of its own.
-pub async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> io::Result<Frame> {
+/// Reads one frame; a data frame's payload replaces what `data` held (it keeps its capacity
+/// from one frame to the next).
+pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), data: &mut Vec<u8>) -> io::Result<Frame> {
     match r.read_u8().await? {
         DATA => {
             let len = r.read_u32().await? as usize;
             if len == 0 || len > MAX_DATA {
                 return Err(invalid(format!("data frame of {len} bytes")));
             }
-            let mut data = vec![0u8; len];
-            r.read_exact(&mut data).await?;
-            Ok(Frame::Data(data))
+            data.resize(len, 0);
+            r.read_exact(data).await?;
+            Ok(Frame::Data)
         }
         ACK => {
             let received = r.read_u64().await?;
@@ -199,23 +198,22 @@ mod tests {
         wire.extend_from_slice(&ack(12, true));
         wire.extend_from_slice(&FIN_FRAME);
         let mut r = &wire[..];
+        let mut data = Vec::new();
         assert_eq!(read_hello(&mut r).await.unwrap(), hello);
         assert_eq!(
             read_welcome(&mut r).await.unwrap(),
             Welcome::Resume { received: 99 }
         );
+        assert_eq!(read_frame(&mut r, &mut data).await.unwrap(), Frame::Data);
+        assert_eq!(data, b"abc");
         assert_eq!(
-            read_frame(&mut r).await.unwrap(),
-            Frame::Data(b"abc".to_vec())
-        );
-        assert_eq!(
-            read_frame(&mut r).await.unwrap(),
+            read_frame(&mut r, &mut data).await.unwrap(),
             Frame::Ack {
                 received: 12,
                 fin: true
             }
         );
-        assert_eq!(read_frame(&mut r).await.unwrap(), Frame::Fin);
+        assert_eq!(read_frame(&mut r, &mut data).await.unwrap(), Frame::Fin);
     }
 
     #[tokio::test]
@@ -225,7 +223,9 @@ mod tests {
         assert!(e.to_string().contains("not a clone-relay tunnel"), "{e}");
         let mut huge = data_header(MAX_DATA + 1).to_vec();
         huge.extend_from_slice(&[0; 16]);
-        let e = read_frame(&mut &huge[..]).await.unwrap_err();
+        let e = read_frame(&mut &huge[..], &mut Vec::new())
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
 }

@@ -85,6 +85,23 @@ impl Budget {
     }
 }
 
+/// What [`Replay::read_at`] found: bytes held in memory, or so many bytes of the spill file
+/// read into the caller's scratch buffer.
+#[derive(Debug)]
+pub enum Piece {
+    Memory(Bytes),
+    File(usize),
+}
+
+impl Piece {
+    pub fn bytes<'a>(&'a self, scratch: &'a [u8]) -> &'a [u8] {
+        match self {
+            Piece::Memory(bytes) => bytes,
+            Piece::File(len) => &scratch[..*len],
+        }
+    }
+}
+
 /// The spill file of one buffer: stream bytes `[start, start + len)`.
 #[derive(Debug)]
 struct Spill {
@@ -193,8 +210,9 @@ impl Replay {
         Ok(())
     }
 
-    /// Up to `max` bytes from `offset` (between `base` and `end`).
-    pub fn read_at(&self, offset: u64, max: usize) -> io::Result<Bytes> {
+    /// Up to `max` bytes from `offset` (between `base` and `end`): a part of a memory chunk, or
+    /// bytes of the spill file read into `scratch` (which keeps its capacity for the next).
+    pub fn read_at(&self, offset: u64, max: usize, scratch: &mut Vec<u8>) -> io::Result<Piece> {
         debug_assert!(self.base <= offset && offset < self.end);
         let mut at = self.base;
         for chunk in &self.memory {
@@ -202,7 +220,7 @@ impl Replay {
             if offset < chunk_end {
                 let from = (offset - at) as usize;
                 let to = chunk.len().min(from + max);
-                return Ok(chunk.slice(from..to));
+                return Ok(Piece::Memory(chunk.slice(from..to)));
             }
             at = chunk_end;
         }
@@ -212,9 +230,9 @@ impl Replay {
             .ok_or_else(|| io::Error::other("replay offset past the buffer"))?;
         let from = offset - spill.start;
         let len = (spill.len - from).min(max as u64) as usize;
-        let mut out = vec![0u8; len];
-        spill.file.read_exact_at(&mut out, from)?;
-        Ok(Bytes::from(out))
+        scratch.resize(len, 0);
+        spill.file.read_exact_at(scratch, from)?;
+        Ok(Piece::File(len))
     }
 
     /// Drops what the other relay has acknowledged (everything before `upto`). Once what is left
@@ -294,6 +312,12 @@ mod tests {
         ))
     }
 
+    fn read(replay: &Replay, offset: u64, max: usize) -> Bytes {
+        let mut scratch = Vec::new();
+        let piece = replay.read_at(offset, max, &mut scratch).unwrap();
+        Bytes::copy_from_slice(piece.bytes(&scratch))
+    }
+
     fn bytes(from: u64, n: u64) -> Bytes {
         Bytes::from((from..from + n).map(|i| i as u8).collect::<Vec<u8>>())
     }
@@ -314,7 +338,7 @@ mod tests {
         // Reads cross from memory to the file with the same bytes (a read ends at most at the
         // end of the memory chunk it starts in).
         for offset in [0, 59, 60, 61, 200, 299] {
-            let got = replay.read_at(offset, 7).unwrap();
+            let got = read(&replay, offset, 7);
             assert!(!got.is_empty() && got.len() <= 7, "at {offset}");
             assert_eq!(got, bytes(offset, got.len() as u64), "at {offset}");
         }
@@ -323,16 +347,16 @@ mod tests {
         assert_eq!(budget.memory_in_use(), 0);
         // 170 left: more than memory holds, so the file stays.
         assert!(dir.join("s1").exists());
-        assert_eq!(replay.read_at(130, 10).unwrap(), bytes(130, 10));
+        assert_eq!(read(&replay, 130, 10), bytes(130, 10));
         replay.ack(250).unwrap();
         // 50 left: back in memory, the file gone.
         assert!(!dir.join("s1").exists());
         assert_eq!(budget.spill_in_use(), 0);
         assert_eq!(budget.memory_in_use(), 50);
-        assert_eq!(replay.read_at(260, 100).unwrap(), bytes(260, 40));
+        assert_eq!(read(&replay, 260, 100), bytes(260, 40));
         replay.push(bytes(300, 20)).unwrap();
-        assert_eq!(replay.read_at(299, 5).unwrap(), bytes(299, 1));
-        assert_eq!(replay.read_at(300, 5).unwrap(), bytes(300, 5));
+        assert_eq!(read(&replay, 299, 5), bytes(299, 1));
+        assert_eq!(read(&replay, 300, 5), bytes(300, 5));
         drop(replay);
         assert_eq!(budget.memory_in_use(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -350,7 +374,7 @@ mod tests {
         replay.push(bytes(80, 40)).unwrap();
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
         assert_eq!(budget.memory_in_use(), 120);
-        assert_eq!(replay.read_at(80, 40).unwrap(), bytes(80, 40));
+        assert_eq!(read(&replay, 80, 40), bytes(80, 40));
         replay.ack(120).unwrap();
         assert_eq!(budget.memory_in_use(), 0);
         assert!(replay.has_room(100));

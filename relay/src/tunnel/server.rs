@@ -101,12 +101,15 @@ impl Tunnel {
         let patience = self.settings.bridge + silence;
         let mut resumed = false;
         loop {
-            if let Err(reason) = stream.resume_from(hello.received) {
-                warn!(%reason, "tunnel stream cannot resume; giving it up");
-                let _ = frame::write_welcome(&mut link, Welcome::Unknown).await;
-                stream.fail(format!("clone-relay: {reason}"));
-                break;
-            }
+            let replayed = match stream.resume_from(hello.received) {
+                Ok(replayed) => replayed,
+                Err(reason) => {
+                    warn!(%reason, "tunnel stream cannot resume; giving it up");
+                    let _ = frame::write_welcome(&mut link, Welcome::Unknown).await;
+                    stream.fail(format!("clone-relay: {reason}"));
+                    break;
+                }
+            };
             let welcome = Welcome::Resume {
                 received: stream.received(),
             };
@@ -114,7 +117,6 @@ impl Tunnel {
                 // Lost before it started: wait for the next one as for any loss.
             } else {
                 if resumed {
-                    let replayed = stream.unacknowledged();
                     self.metrics
                         .tunnel_reconnects
                         .fetch_add(1, Ordering::Relaxed);

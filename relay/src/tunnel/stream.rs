@@ -36,6 +36,12 @@ const ACK_EVERY: u64 = 1024 * 1024;
 const PIPE_BYTES: usize = 256 * 1024;
 /// Largest read from the pipeline at once.
 const READ_BYTES: usize = 64 * 1024;
+/// Bytes sent and not yet acknowledged, at most: what may be lost in flight with a connection
+/// and sent again (8 MiB carry 160 MiB/s over a 50 ms round trip, per stream).
+const SEND_WINDOW: u64 = 8 * 1024 * 1024;
+/// While a tunnel connection is up, the pipeline is read this far ahead of what was sent, so
+/// the MySQL side slows with the link; while none is, up to the buffer budget.
+const READ_AHEAD: u64 = 4 * 1024 * 1024;
 
 /// A tunnel connection: TLS or plain TCP.
 pub trait Link: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -133,6 +139,10 @@ struct State {
     told: (u64, bool),
     /// Why reading the pipeline or keeping its bytes failed.
     broken: Option<String>,
+    /// The next offset the current tunnel connection sends; `None` while there is none.
+    sending_at: Option<u64>,
+    /// The highest offset sent over any connection.
+    sent_max: u64,
 }
 
 /// A stream's shared half, held by its tasks.
@@ -179,6 +189,8 @@ impl Stream {
                 local_write_closed: false,
                 told: (0, false),
                 broken: None,
+                sending_at: None,
+                sent_max: 0,
             }),
             to_send: Notify::new(),
             room: Notify::new(),
@@ -201,15 +213,10 @@ impl Stream {
         self.state().received
     }
 
-    /// Bytes waiting to be acknowledged.
-    pub fn unacknowledged(&self) -> u64 {
-        let st = self.state();
-        st.replay.end() - st.replay.base()
-    }
-
     /// Takes the other side's report of how far it got on a new connection: drops what it has,
-    /// and fails when the offset is outside what this side sent.
-    pub fn resume_from(&self, peer_received: u64) -> Result<(), String> {
+    /// and fails when the offset is outside what this side sent. Returns the bytes that were
+    /// sent before and go again.
+    pub fn resume_from(&self, peer_received: u64) -> Result<u64, String> {
         let mut st = self.state();
         let (base, end) = (st.replay.base(), st.replay.end());
         if peer_received < base || peer_received > end {
@@ -219,8 +226,9 @@ impl Stream {
         }
         st.replay.ack(peer_received).map_err(|e| e.to_string())?;
         st.told = (st.received, false);
+        let again = st.sent_max.saturating_sub(peer_received);
         self.room.notify_one();
-        Ok(())
+        Ok(again)
     }
 
     /// Gives the stream up: the pipeline's reads fail with `reason` once the pipe is dropped.
@@ -234,14 +242,21 @@ impl Stream {
         st.local_done && st.replay.base() == st.replay.end() && st.peer_has_fin && st.peer_done
     }
 
+    /// Whether the pipeline may be read: the buffer has room, and while a connection is up,
+    /// what it has not sent yet is under [`READ_AHEAD`].
+    fn may_read(&self) -> bool {
+        let st = self.state();
+        let ahead = st
+            .sending_at
+            .is_some_and(|at| st.replay.end() - at >= READ_AHEAD);
+        !ahead && st.replay.has_room(READ_BYTES as u64)
+    }
+
     /// Reads the pipeline's bytes into the replay buffer until its side ends; waits while the
     /// buffer budget is spent.
     pub async fn read_local(self: Arc<Self>, mut reader: ReadHalf<DuplexStream>) {
         loop {
-            loop {
-                if self.state().replay.has_room(READ_BYTES as u64) {
-                    break;
-                }
+            while !self.may_read() {
                 self.room.notified().await;
             }
             let mut buf = BytesMut::zeroed(READ_BYTES);
@@ -289,14 +304,20 @@ impl Stream {
         let (r, w) = tokio::io::split(link);
         let mut r = BufReader::with_capacity(MAX_DATA + 16, r);
         let mut w = BufWriter::with_capacity(MAX_DATA + 16, w);
-        tokio::select! {
+        self.state().sending_at = Some(send_from);
+        let end = tokio::select! {
             end = self.send(&mut w, send_from) => end,
             end = self.receive(&mut r, local, silence) => end,
-        }
+        };
+        // No connection: the pipeline may be read up to the buffer budget meanwhile.
+        self.state().sending_at = None;
+        self.room.notify_one();
+        end
     }
 
     async fn send(&self, w: &mut (impl AsyncWrite + Unpin), mut pos: u64) -> LinkEnd {
         let lost = |e: io::Error| LinkEnd::Lost(format!("sending: {e}"));
+        let mut scratch = Vec::new();
         let mut fin_sent = false;
         let mut last_ack = Instant::now() - HEARTBEAT;
         loop {
@@ -305,8 +326,10 @@ impl Stream {
                 if let Some(reason) = &st.broken {
                     return LinkEnd::Broken(reason.clone());
                 }
-                let chunk = if pos < st.replay.end() {
-                    match st.replay.read_at(pos, MAX_DATA) {
+                let window = (st.replay.base() + SEND_WINDOW).saturating_sub(pos);
+                let chunk = if pos < st.replay.end() && window > 0 {
+                    let max = MAX_DATA.min(window as usize);
+                    match st.replay.read_at(pos, max, &mut scratch) {
                         Ok(chunk) => Some(chunk),
                         Err(e) => {
                             return LinkEnd::Broken(format!("reading the replay buffer: {e}"));
@@ -322,7 +345,7 @@ impl Stream {
                     st.told = now;
                     now
                 });
-                let fin = chunk.is_none() && st.local_done && !fin_sent;
+                let fin = pos == st.replay.end() && st.local_done && !fin_sent;
                 let finished = fin_sent
                     && st.local_done
                     && st.replay.base() == st.replay.end()
@@ -338,13 +361,19 @@ impl Stream {
                 last_ack = Instant::now();
             }
             if let Some(chunk) = chunk {
-                if let Err(e) = w.write_all(&frame::data_header(chunk.len())).await {
+                let bytes = chunk.bytes(&scratch);
+                if let Err(e) = w.write_all(&frame::data_header(bytes.len())).await {
                     return lost(e);
                 }
-                if let Err(e) = w.write_all(&chunk).await {
+                if let Err(e) = w.write_all(bytes).await {
                     return lost(e);
                 }
-                pos += chunk.len() as u64;
+                pos += bytes.len() as u64;
+                let mut st = self.state();
+                st.sending_at = Some(pos);
+                st.sent_max = st.sent_max.max(pos);
+                drop(st);
+                self.room.notify_one();
                 continue;
             }
             if fin {
@@ -373,8 +402,9 @@ impl Stream {
         local: &mut WriteHalf<DuplexStream>,
         silence: Duration,
     ) -> LinkEnd {
+        let mut data = Vec::new();
         loop {
-            let frame = match tokio::time::timeout(silence, frame::read_frame(r)).await {
+            let frame = match tokio::time::timeout(silence, frame::read_frame(r, &mut data)).await {
                 Err(_) => {
                     return LinkEnd::Lost(format!(
                         "nothing from the other relay for {}ms",
@@ -388,7 +418,7 @@ impl Stream {
                 Ok(Ok(frame)) => frame,
             };
             match frame {
-                Frame::Data(data) => {
+                Frame::Data => {
                     if self.state().peer_done {
                         return LinkEnd::Broken("data after the end of the stream".into());
                     }
