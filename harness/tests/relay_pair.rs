@@ -145,17 +145,28 @@ fn capped(rate_mib: u64) -> FaultSpec {
     .direction(Direction::Downstream)
 }
 
-/// A fresh, empty folder under the system's temp dir.
-fn temp_dir(name: &str) -> Result<PathBuf> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "clone-relay-pair-{name}-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// A folder removed with what it holds when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh, empty folder under the system's temp dir.
+    fn new(name: &str) -> Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "clone-relay-pair-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Entries in `dir` (0 when it is gone).
@@ -214,7 +225,7 @@ impl Identity {
 /// trusts the recipient zone's. The recipient side checks the name it dials (the host of
 /// `peer`, the proxy's 127.0.0.1), as it does by default.
 struct TunnelCerts {
-    dir: PathBuf,
+    _dir: TempDir,
     recipient_side: Identity,
     donor_side: Identity,
 }
@@ -272,7 +283,8 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
 
 impl TunnelCerts {
     fn create() -> Result<Self> {
-        let dir = temp_dir("certs")?;
+        let temp = TempDir::new("certs")?;
+        let dir = temp.0.clone();
         let recipient_zone = zone_ca("recipient")?;
         let donor_zone = zone_ca("donor")?;
         let recipient_ca = dir.join("recipient-zone-ca.pem");
@@ -311,16 +323,10 @@ impl TunnelCerts {
             &recipient_ca,
         )?;
         Ok(TunnelCerts {
-            dir,
+            _dir: temp,
             recipient_side,
             donor_side,
         })
-    }
-}
-
-impl Drop for TunnelCerts {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -894,7 +900,8 @@ struct Samples {
 
 /// 3 and 6. The whole link dark for 20 s, the donor-side relay a process on a 16 MiB buffer.
 async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
-    let spill_dir = temp_dir("spill")?;
+    let spill = TempDir::new("spill")?;
+    let spill_dir = spill.0.clone();
     let pair = Pair::start(
         env,
         PairOptions {
@@ -1023,7 +1030,7 @@ async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
     let mut row = Row::new("20 s blackhole", &run, Some(LINK_RATE_MIB), note);
     row.failed = problems;
     pair.stop().await?;
-    std::fs::remove_dir_all(&spill_dir)?;
+    drop(spill);
     Ok(row)
 }
 
