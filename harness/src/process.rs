@@ -64,7 +64,11 @@ impl RelayProcess {
             .arg("--admin")
             .arg(admin_addr.to_string())
             .args(extra)
-            .env("RUST_LOG", "warn")
+            // Its log at `warn`, or as `RUST_LOG` asks when the test run sets it.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -92,6 +96,21 @@ impl RelayProcess {
     /// Where the recipient should clone from.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener (`/metrics`, `/sessions`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// `/metrics` as text.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let (status, body) =
+            clone_relay::admin::request(self.admin_addr, "GET", "/metrics").await?;
+        if status != 200 {
+            bail!("/metrics answered {status}: {body}");
+        }
+        Ok(body)
     }
 
     /// `/sessions` as JSON.
@@ -124,7 +143,9 @@ impl RelayProcess {
     }
 }
 
-fn free_port() -> Result<u16> {
+/// A loopback port free now, for a listener the relay binds moments later (its `--listen`, or
+/// a donor-side relay's `--peer-listen`).
+pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
 }
