@@ -767,6 +767,14 @@ async fn reset_the_tunnel(pair: &Pair) -> Result<(u64, [u64; 2], f64)> {
             .session_past(next, SESSION_WAIT)
             .await
             .with_context(|| format!("before reset {round}"))?;
+        // What the donor had sent as the reset lands (once the link is cut, the donor side
+        // reads on into its buffer, as it does through any outage).
+        let sent = pair
+            .donor_side
+            .latest()
+            .await?
+            .map_or(0, |s| s.bytes_from_upstream);
+        donor_sent[usize::from(round > 1)] = sent;
         let (accepted, resets_before, _) = control.counts();
         // Every connection accepted so far (those still open are the tunnel's now); the ones
         // the relays dial later are left alone.
@@ -787,12 +795,6 @@ async fn reset_the_tunnel(pair: &Pair) -> Result<(u64, [u64; 2], f64)> {
         // The cut reaches every targeted live connection at once; this leaves it time to.
         tokio::time::sleep(Duration::from_millis(200)).await;
         control.remove(id)?;
-        let sent = pair
-            .donor_side
-            .latest()
-            .await?
-            .map_or(0, |s| s.bytes_from_upstream);
-        donor_sent[usize::from(round > 1)] = sent;
         let text = pair.donor_side.metrics_text().await?;
         spilled = spilled.max(metric(&text, "clone_relay_tunnel_spill_bytes").unwrap_or(0.0));
         next = pair

@@ -19,6 +19,9 @@ use bytes::Bytes;
 
 use crate::metrics::Metrics;
 
+/// The size of the chunks the spill file's rest comes back to memory in.
+const CHUNK_BYTES: u64 = 64 * 1024;
+
 /// The memory and disk all replay buffers of a relay may use together.
 #[derive(Debug)]
 pub struct Budget {
@@ -262,11 +265,15 @@ impl Replay {
             if left == 0 {
                 self.drop_spill();
             } else if self.budget.take_memory(left) {
-                let mut rest = vec![0u8; left as usize];
-                spill
-                    .file
-                    .read_exact_at(&mut rest, self.base - spill.start)?;
-                self.memory.push_back(Bytes::from(rest));
+                // In chunks, so that acknowledgements free memory as they come.
+                let mut at = self.base;
+                while at < self.end {
+                    let len = (self.end - at).min(CHUNK_BYTES) as usize;
+                    let mut chunk = vec![0u8; len];
+                    spill.file.read_exact_at(&mut chunk, at - spill.start)?;
+                    self.memory.push_back(Bytes::from(chunk));
+                    at += len as u64;
+                }
                 self.memory_len = left;
                 self.drop_spill();
             }

@@ -302,7 +302,8 @@ impl Stream {
         silence: Duration,
     ) -> LinkEnd {
         let (r, w) = tokio::io::split(link);
-        let mut r = BufReader::with_capacity(MAX_DATA + 16, r);
+        // Data frames are read past the buffer: it serves the small frames and headers.
+        let mut r = BufReader::with_capacity(16 * 1024, r);
         let mut w = BufWriter::with_capacity(MAX_DATA + 16, w);
         self.state().sending_at = Some(send_from);
         let end = tokio::select! {
