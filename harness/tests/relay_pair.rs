@@ -25,7 +25,7 @@
 //!    plus a fixed margin, its buffers spilled to the spill folder, which is empty again once
 //!    the clone's streams ended;
 //! 4. a flapping link (chaos `flap`, reset mode, 10 s period, 1 s down) for a whole clone capped
-//!    at 4 MiB/s: no resume. The flap's period counts from each connection's own start, so every
+//!    at 8 MiB/s: no resume. The flap's period counts from each connection's own start, so every
 //!    tunnel connection is reset 9 s after it opens and every 10 s after that, and a connection
 //!    opened in another's down window is not down itself;
 //! 5. an outage longer than the pair bridges (`tunnel.bridge` 5 s, the link dark for 15 s): the
@@ -60,8 +60,8 @@ const MIB: u64 = 1 << 20;
 const DATASET_BYTES: u64 = 100 * MIB;
 /// The link's cap, donor to recipient, shared by every tunnel connection.
 const LINK_RATE_MIB: u64 = 20;
-/// The cap during the flap, so that the clone spans several periods.
-const FLAP_RATE_MIB: u64 = 4;
+/// The cap during the flap, so that the clone (about 27 s) spans two or three periods.
+const FLAP_RATE_MIB: u64 = 8;
 /// Bound on one clone, the recipient's restart included.
 const CLONE_TIMEOUT: Duration = Duration::from_secs(420);
 /// Bound on waiting for a session to reach a point of its transfer.
@@ -1020,7 +1020,7 @@ async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
     Ok(row)
 }
 
-/// 4. The link flapping, 1 s down every 10 s, for a whole clone capped at 4 MiB/s.
+/// 4. The link flapping, 1 s down every 10 s, for a whole clone capped at 8 MiB/s.
 async fn flap(env: &Env, mode: FlapMode, name: &'static str) -> Result<Row> {
     let flap = FaultSpec::new(FaultKind::Flap {
         period_ms: Some(10_000),
