@@ -1252,7 +1252,7 @@ async fn a_relay_pair_hides_link_drops_from_mysql() -> Result<()> {
         record("throughput", throughput(&env).await);
     }
 
-    eprintln!(
+    let table = format!(
         "relay pair, {} MiB data set, seed {seed}, {:.0} s in all:\n\
          | run | clone (s) | at the cap (s) | checks | notes |\n|---|---:|---:|---|---|\n{}",
         DATASET_BYTES / MIB,
@@ -1269,6 +1269,10 @@ async fn a_relay_pair_hides_link_drops_from_mysql() -> Result<()> {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    eprintln!("{table}");
+    // CI prints it after the tests.
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("relay-pair.txt");
+    std::fs::write(&path, format!("{table}\n"))?;
     if !failures.is_empty() {
         bail!("seed {seed}:\n{}", failures.join("\n"));
     }

@@ -1,104 +1,76 @@
 //! The relay pair's tunnel on real sockets, without MySQL: a stream carried from the recipient
-//! side to the donor side (mutual TLS, or plain) and echoed back, through a forwarder between
-//! the two that resets every tunnel connection at byte offsets, or goes dark (new connections
-//! too). The bytes must come back whole and in order; an outage past the bridge must fail the
+//! side to the donor side (mutual TLS, or plain) and echoed back, through the chaos proxy
+//! between the two, which resets every tunnel connection at byte offsets, or goes dark (new
+//! connections too). The bytes must come back whole and in order; an outage past the bridge must fail the
 //! stream's reads with a reason.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use chaos::{ChaosProxy, Direction, FaultKind, FaultSpec, FlapMode};
 use clone_relay::Config;
 use clone_relay::metrics::Metrics;
 use clone_relay::tunnel::{StreamEnd, Tunnel};
 use rcgen::{CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const MIB: u64 = 1024 * 1024;
 
-/// A TCP forwarder standing for the link between the relays: it resets all its connections
-/// each time `reset_every` more bytes passed, and holds every byte (accepting, but forwarding
-/// nothing) while dark.
+/// The chaos proxy as the link between the relays: with `reset_every`, each tunnel connection
+/// is reset each time that many bytes of it passed either way (a flap by bytes);
+/// [`Link::go_dark`] holds every byte, of new connections too, until [`Link::light`].
 struct Link {
-    addr: SocketAddr,
-    forwarded: Arc<AtomicU64>,
-    dark: Arc<AtomicBool>,
-    accepted: Arc<AtomicU64>,
+    proxy: ChaosProxy,
+    dark: std::sync::Mutex<Option<u64>>,
 }
 
 impl Link {
     async fn start(to: SocketAddr, reset_every: Option<u64>) -> Link {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let link = Link {
-            addr: listener.local_addr().unwrap(),
-            forwarded: Arc::default(),
-            dark: Arc::default(),
-            accepted: Arc::default(),
-        };
-        let (forwarded, dark, accepted) = (
-            link.forwarded.clone(),
-            link.dark.clone(),
-            link.accepted.clone(),
-        );
-        let generation = Arc::new(AtomicU64::new(0));
-        tokio::spawn(async move {
-            loop {
-                let (near, _) = listener.accept().await.unwrap();
-                accepted.fetch_add(1, Ordering::Relaxed);
-                let Ok(far) = TcpStream::connect(to).await else {
-                    continue;
-                };
-                let born = generation.load(Ordering::Relaxed);
-                let (nr, nw) = near.into_split();
-                let (fr, fw) = far.into_split();
-                for (r, w) in [(nr, fw), (fr, nw)] {
-                    let (forwarded, dark, generation) =
-                        (forwarded.clone(), dark.clone(), generation.clone());
-                    tokio::spawn(pump(r, w, forwarded, dark, generation, born, reset_every));
-                }
-            }
-        });
-        link
+        let faults = reset_every
+            .map(|every| {
+                FaultSpec::new(FaultKind::Flap {
+                    period_ms: None,
+                    period_bytes: Some(every),
+                    down_ms: 0,
+                    mode: FlapMode::Reset,
+                })
+                .direction(Direction::Both)
+            })
+            .into_iter()
+            .collect();
+        let proxy = ChaosProxy::start("127.0.0.1:0".parse().unwrap(), to.to_string(), 7, faults)
+            .await
+            .unwrap();
+        Link {
+            proxy,
+            dark: std::sync::Mutex::default(),
+        }
     }
-}
 
-/// One direction of a forwarded connection.
-async fn pump(
-    mut r: tokio::net::tcp::OwnedReadHalf,
-    mut w: tokio::net::tcp::OwnedWriteHalf,
-    forwarded: Arc<AtomicU64>,
-    dark: Arc<AtomicBool>,
-    generation: Arc<AtomicU64>,
-    born: u64,
-    reset_every: Option<u64>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        while dark.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if generation.load(Ordering::Relaxed) != born {
-            let _ = socket2::SockRef::from(w.as_ref()).set_linger(Some(Duration::ZERO));
-            return;
-        }
-        if w.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-        let total = forwarded.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-        if let Some(every) = reset_every
-            && (total - n as u64) / every != total / every
-        {
-            // Every connection born before now dies at its next byte.
-            generation.fetch_add(1, Ordering::Relaxed);
-            let _ = socket2::SockRef::from(w.as_ref()).set_linger(Some(Duration::ZERO));
-            return;
+    fn addr(&self) -> SocketAddr {
+        self.proxy.addr()
+    }
+
+    fn accepted(&self) -> u64 {
+        self.proxy.control().counts().0
+    }
+
+    fn go_dark(&self) {
+        let id = self
+            .proxy
+            .control()
+            .add(FaultSpec::new(FaultKind::Blackhole {}))
+            .unwrap();
+        *self.dark.lock().unwrap() = Some(id);
+    }
+
+    fn light(&self) {
+        if let Some(id) = self.dark.lock().unwrap().take() {
+            self.proxy.control().remove(id).unwrap();
         }
     }
 }
@@ -171,7 +143,7 @@ impl Pair {
         donor_config.peer_listen = Some(listener.local_addr().unwrap());
         let link = Link::start(listener.local_addr().unwrap(), reset_every).await;
         let mut recipient_config = Config::with_upstreams(Vec::new());
-        recipient_config.peer = Some(format!("localhost:{}", link.addr.port()));
+        recipient_config.peer = Some(format!("localhost:{}", link.addr().port()));
         for (config, side) in [
             (&mut donor_config, "donor"),
             (&mut recipient_config, "recipient"),
@@ -262,18 +234,18 @@ fn count(m: &Metrics, f: impl Fn(&Metrics) -> &AtomicU64) -> u64 {
 
 #[tokio::test]
 async fn a_stream_survives_ten_resets_of_its_tunnel_connection_with_mutual_tls() {
-    let pair = Pair::start(true, Some(3 * MIB), |_| {}).await;
+    let pair = Pair::start(true, Some(MIB), |_| {}).await;
     let end = pair.open().await;
     tokio::time::timeout(Duration::from_secs(60), round_trip(end, pattern(16 * MIB)))
         .await
         .expect("the round trip ends")
         .expect("the stream carries every byte");
-    // 32 MiB crossed the link (both ways): a reset every 3 MiB.
+    // 16 MiB crossed the link each way: a reset every MiB of a connection's either way.
     let reconnects = count(&pair.recipient_metrics, |m| &m.tunnel_reconnects);
     assert!(reconnects >= 10, "{reconnects} reconnects");
     assert_eq!(count(&pair.recipient_metrics, |m| &m.tunnel_fallbacks), 0);
     assert!(count(&pair.donor_metrics, |m| &m.tunnel_replayed_bytes) > 0);
-    assert!(pair.link.accepted.load(Ordering::Relaxed) > 10);
+    assert!(pair.link.accepted() > 10);
 }
 
 #[tokio::test]
@@ -293,14 +265,14 @@ async fn a_dark_link_is_bridged_and_its_backlog_spills_to_a_file_that_goes() {
     w.write_all(&data[..MIB as usize]).await.unwrap();
     let mut back = vec![0u8; MIB as usize];
     r.read_exact(&mut back).await.unwrap();
-    pair.link.dark.store(true, Ordering::Relaxed);
+    pair.link.go_dark();
     // While dark, the recipient side buffers what it is given: past 1 MiB, in a spill file.
     w.write_all(&data[MIB as usize..]).await.unwrap();
     let spilled = std::fs::read_dir(&spill).unwrap().count();
     assert_eq!(spilled, 1, "one spill file while the link is dark");
     assert!(count(&pair.recipient_metrics, |m| &m.tunnel_spill_bytes) > 0);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    pair.link.dark.store(false, Ordering::Relaxed);
+    pair.link.light();
     w.shutdown().await.unwrap();
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut rest))
@@ -337,7 +309,7 @@ async fn an_outage_past_the_bridge_fails_the_stream_with_a_reason() {
     w.write_all(b"hello").await.unwrap();
     let mut back = [0u8; 5];
     r.read_exact(&mut back).await.unwrap();
-    pair.link.dark.store(true, Ordering::Relaxed);
+    pair.link.go_dark();
     let mut more = [0u8; 1];
     let e = tokio::time::timeout(Duration::from_secs(20), r.read(&mut more))
         .await

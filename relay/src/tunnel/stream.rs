@@ -236,12 +236,6 @@ impl Stream {
         self.failure.set(reason);
     }
 
-    /// Whether the stream delivered and got acknowledged everything both ways.
-    pub fn finished(&self) -> bool {
-        let st = self.state();
-        st.local_done && st.replay.base() == st.replay.end() && st.peer_has_fin && st.peer_done
-    }
-
     /// Whether the pipeline may be read: the buffer has room, and while a connection is up,
     /// what it has not sent yet is under [`READ_AHEAD`].
     fn may_read(&self) -> bool {
