@@ -11,10 +11,10 @@ use std::time::Duration;
 use tokio::io::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, info};
 
 use super::frame::{self, Hello, Welcome};
-use super::stream::{LinkEnd, Local, Stream, StreamEnd};
+use super::stream::{Local, Stream, StreamEnd};
 use super::{Link, Tunnel};
 use crate::config::Config;
 use crate::error::RelayError;
@@ -86,34 +86,21 @@ impl Tunnel {
         let mut send_from = 0;
         let silence = self.settings.timeout;
         loop {
-            match stream.carry(link, &mut writer, send_from, silence).await {
-                LinkEnd::Done => break,
-                LinkEnd::Broken(reason) => {
-                    warn!(%reason, "tunnel stream broken; giving it up");
-                    stream.fail(format!("clone-relay: the tunnel stream broke: {reason}"));
-                    break;
+            let end = stream.carry(link, &mut writer, send_from, silence).await;
+            let Some(reason) = self.link_ended(stream, end) else {
+                break;
+            };
+            info!(%reason, "tunnel connection lost; redialing");
+            hello.fresh = false;
+            hello.received = stream.received();
+            match self.reconnect(stream, config, &hello).await {
+                Ok((next, from)) => {
+                    link = next;
+                    send_from = from;
                 }
-                LinkEnd::Lost(reason) => {
-                    self.metrics
-                        .tunnel_link_losses
-                        .fetch_add(1, Ordering::Relaxed);
-                    info!(%reason, "tunnel connection lost; redialing");
-                    hello.fresh = false;
-                    hello.received = stream.received();
-                    match self.reconnect(stream, config, &hello).await {
-                        Ok((next, from)) => {
-                            link = next;
-                            send_from = from;
-                        }
-                        Err(reason) => {
-                            self.metrics
-                                .tunnel_fallbacks
-                                .fetch_add(1, Ordering::Relaxed);
-                            warn!(%reason, "tunnel stream given up; the clone falls back to its own resume");
-                            stream.fail(format!("clone-relay: {reason}"));
-                            break;
-                        }
-                    }
+                Err(reason) => {
+                    self.give_up(stream, &reason);
+                    break;
                 }
             }
         }

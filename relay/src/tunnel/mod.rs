@@ -34,7 +34,8 @@ use crate::metrics::Metrics;
 use crate::tls::TunnelTls;
 use frame::{Hello, Token};
 use replay::{Budget, Replay};
-use stream::Link;
+use stream::{Link, LinkEnd, Stream};
+use tracing::warn;
 
 /// A new tunnel connection for a stream the donor side holds, with its hello.
 type Resume = (Box<dyn Link>, Hello);
@@ -98,6 +99,36 @@ impl Tunnel {
 
     fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<Token, mpsc::Sender<Resume>>> {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What a stream does once a tunnel connection ended: `Some(reason)` when the connection
+    /// was lost and the stream goes on over the next; `None` when the stream is over (done, or
+    /// broken and given up).
+    fn link_ended(&self, stream: &Stream, end: LinkEnd) -> Option<String> {
+        match end {
+            LinkEnd::Done => None,
+            LinkEnd::Broken(reason) => {
+                warn!(%reason, "tunnel stream broken; giving it up");
+                stream.fail(format!("clone-relay: the tunnel stream broke: {reason}"));
+                None
+            }
+            LinkEnd::Lost(reason) => {
+                self.metrics
+                    .tunnel_link_losses
+                    .fetch_add(1, Ordering::Relaxed);
+                Some(reason)
+            }
+        }
+    }
+
+    /// Gives a stream up after an outage past the bridge: its pipeline's reads fail with the
+    /// reason, and the clone falls back to its own resume.
+    fn give_up(&self, stream: &Stream, reason: &str) {
+        self.metrics
+            .tunnel_fallbacks
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(%reason, "tunnel stream given up; the clone falls back to its own resume");
+        stream.fail(format!("clone-relay: {reason}"));
     }
 
     fn stream_opened(&self) {

@@ -138,20 +138,10 @@ impl Tunnel {
                         None => LinkEnd::Lost("closed".into()),
                     },
                 };
-                match end {
-                    LinkEnd::Done => break,
-                    LinkEnd::Broken(reason) => {
-                        warn!(%reason, "tunnel stream broken; giving it up");
-                        stream.fail(format!("clone-relay: the tunnel stream broke: {reason}"));
-                        break;
-                    }
-                    LinkEnd::Lost(reason) => {
-                        self.metrics
-                            .tunnel_link_losses
-                            .fetch_add(1, Ordering::Relaxed);
-                        info!(%reason, "tunnel connection lost; waiting for the recipient side");
-                    }
-                }
+                let Some(reason) = self.link_ended(stream, end) else {
+                    break;
+                };
+                info!(%reason, "tunnel connection lost; waiting for the recipient side");
             }
             match timeout(patience, resumes.recv()).await {
                 Ok(Some(next)) => {
@@ -159,15 +149,11 @@ impl Tunnel {
                     resumed = true;
                 }
                 _ => {
-                    self.metrics
-                        .tunnel_fallbacks
-                        .fetch_add(1, Ordering::Relaxed);
                     let reason = format!(
                         "the recipient-side relay did not come back within tunnel.bridge ({}s)",
                         self.settings.bridge.as_secs()
                     );
-                    warn!(%reason, "tunnel stream given up; the clone falls back to its own resume");
-                    stream.fail(format!("clone-relay: {reason}"));
+                    self.give_up(stream, &reason);
                     break;
                 }
             }
