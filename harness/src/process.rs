@@ -105,12 +105,7 @@ impl RelayProcess {
 
     /// `/metrics` as text.
     pub async fn metrics_text(&self) -> Result<String> {
-        let (status, body) =
-            clone_relay::admin::request(self.admin_addr, "GET", "/metrics").await?;
-        if status != 200 {
-            bail!("/metrics answered {status}: {body}");
-        }
-        Ok(body)
+        crate::relay::metrics_text(self.admin_addr).await
     }
 
     /// `/sessions` as JSON.

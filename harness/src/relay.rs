@@ -188,12 +188,7 @@ impl RelayFixture {
 
     /// `/metrics` fetched over HTTP.
     pub async fn metrics_text(&self) -> Result<String> {
-        let (status, body) =
-            clone_relay::admin::request(self.admin_addr, "GET", "/metrics").await?;
-        if status != 200 {
-            bail!("/metrics answered {status}: {body}");
-        }
-        Ok(body)
+        metrics_text(self.admin_addr).await
     }
 
     /// Waits until the relay's latest session has carried `bytes` of clone data; returns its id.
@@ -281,4 +276,13 @@ impl Drop for RelayFixture {
             panic!("{e:#}");
         }
     }
+}
+
+/// `/metrics` of the relay whose admin listener is at `admin`, as text.
+pub async fn metrics_text(admin: SocketAddr) -> Result<String> {
+    let (status, body) = clone_relay::admin::request(admin, "GET", "/metrics").await?;
+    if status != 200 {
+        bail!("/metrics answered {status}: {body}");
+    }
+    Ok(body)
 }

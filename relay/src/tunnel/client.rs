@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::WriteHalf;
@@ -126,12 +125,7 @@ impl Tunnel {
             let last_error = match timeout(remaining, self.connect(config, hello)).await {
                 Ok(Ok((link, Welcome::Resume { received }))) => {
                     let replayed = stream.resume_from(received)?;
-                    self.metrics
-                        .tunnel_reconnects
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.metrics
-                        .tunnel_replayed_bytes
-                        .fetch_add(replayed, Ordering::Relaxed);
+                    self.count_resume(replayed);
                     info!(
                         outage_ms = lost.elapsed().as_millis() as u64,
                         attempts, replayed, "tunnel stream resumed"

@@ -121,6 +121,16 @@ impl Tunnel {
         }
     }
 
+    /// Counts a stream resumed over a new connection, with the bytes it sends again.
+    fn count_resume(&self, replayed: u64) {
+        self.metrics
+            .tunnel_reconnects
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .tunnel_replayed_bytes
+            .fetch_add(replayed, Ordering::Relaxed);
+    }
+
     /// Gives a stream up after an outage past the bridge: its pipeline's reads fail with the
     /// reason, and the clone falls back to its own resume.
     fn give_up(&self, stream: &Stream, reason: &str) {

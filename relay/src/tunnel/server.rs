@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -117,12 +116,7 @@ impl Tunnel {
                 // Lost before it started: wait for the next one as for any loss.
             } else {
                 if resumed {
-                    self.metrics
-                        .tunnel_reconnects
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.metrics
-                        .tunnel_replayed_bytes
-                        .fetch_add(replayed, Ordering::Relaxed);
+                    self.count_resume(replayed);
                     info!(replayed, "tunnel stream resumed");
                 }
                 let send_from = hello.received;
