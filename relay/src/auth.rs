@@ -15,6 +15,12 @@
 //!   own, decrypts what the recipient sends with it, and sends the password in clear inside the
 //!   donor's TLS.
 //!
+//! The donor's key is checked against the one `--server-public-key` pins, when given. Plugins
+//! whose answer is the password in clear (`sha256_password` over TLS, `mysql_clear_password`)
+//! are refused from a TLS recipient towards a plain donor leg ([`Policy::plugin_may_answer`]).
+//! Refused, the donor gets an empty password instead and its refusal ends its connection, so
+//! it counts no broken handshake.
+//!
 //! The password sits only in buffers cleared when dropped, and is never logged.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -30,11 +36,13 @@ use crate::protocol::auth::{
 };
 use crate::protocol::handshake::err_packet;
 use crate::protocol::{Direction, HEADER_LEN, PacketHeader, Violation, ViolationKind, frame};
-use crate::tls::RsaKey;
+use crate::tls::{Policy, RsaKey};
 
 /// MySQL's server error for a bad handshake, sent to the recipient when the relay cannot carry
 /// its password across.
 const ER_HANDSHAKE_ERROR: u16 = 1043;
+/// MySQL's error for "client does not support authentication protocol requested by server".
+const ER_NOT_SUPPORTED_AUTH_MODE: u16 = 1251;
 
 /// What the exchange needs to know about the legs.
 #[derive(Debug)]
@@ -45,6 +53,8 @@ pub struct Exchange<'a> {
     pub nonce: Option<[u8; NONCE_LEN]>,
     /// The relay's RSA key, for recipients without TLS that ask for a public key.
     pub rsa_key: Option<&'a RsaKey>,
+    /// The donor's key pinned by `--server-public-key`: another one is refused.
+    pub donor_key: Option<&'a rsa::PublicKey>,
     /// Largest packet accepted from either side.
     pub max_packet: usize,
     /// The next sequence id on each leg (after the login request).
@@ -81,6 +91,12 @@ pub async fn carry(
         let (mut packet, seq) = read(donor, ex.max_packet, Direction::Downstream).await?;
         ex.donor_seq.received(seq);
         let kind = classify_server_auth(&packet[HEADER_LEN..]);
+        if let ServerAuth::Switch { plugin, .. } = &kind
+            && let Err(reason) = Policy::plugin_may_answer(plugin, ex.recipient_tls, ex.donor_tls)
+        {
+            decline(donor, &mut ex).await;
+            return refuse(recipient, &mut ex, ER_NOT_SUPPORTED_AUTH_MODE, reason).await;
+        }
         set_seq(&mut packet, ex.recipient_seq.take());
         observer
             .observe(Direction::Downstream, &packet)
@@ -92,7 +108,7 @@ pub async fn carry(
         match kind {
             ServerAuth::Ok | ServerAuth::Err => return Ok(full_auth),
             ServerAuth::FastAuthSuccess => continue,
-            ServerAuth::Switch { nonce } => {
+            ServerAuth::Switch { nonce, .. } => {
                 if nonce.is_some() {
                     ex.nonce = nonce;
                 }
@@ -183,6 +199,15 @@ async fn encrypt_for_donor(
         Ok(key) => key,
         Err(reason) => return fail(recipient, ex, format!("donor's RSA key: {reason}")).await,
     };
+    if ex.donor_key.is_some_and(|pinned| *pinned != key) {
+        decline(donor, ex).await;
+        return fail(
+            recipient,
+            ex,
+            "the donor sent an RSA key other than the one --server-public-key pins: refused, nothing of the password was sent".into(),
+        )
+        .await;
+    }
     let encrypted = match password::encrypt(&packet[HEADER_LEN..], &nonce, &key) {
         Ok(encrypted) => encrypted,
         Err(reason) => return fail(recipient, ex, reason).await,
@@ -255,16 +280,40 @@ async fn fail<T>(
     ex: &mut Exchange<'_>,
     reason: String,
 ) -> Result<T, RelayError> {
-    let reason = format!("clone-relay: {reason}");
-    let packet = err_packet(
-        ex.recipient_seq.take(),
+    refuse(
+        recipient,
+        ex,
         ER_HANDSHAKE_ERROR,
-        b"08S01",
-        &reason,
-    );
+        format!("clone-relay: {reason}"),
+    )
+    .await
+}
+
+/// Sends the recipient an ERR packet with `code` and `reason`, and fails with it.
+async fn refuse<T>(
+    recipient: &mut (impl AsyncWrite + Unpin),
+    ex: &mut Exchange<'_>,
+    code: u16,
+    reason: String,
+) -> Result<T, RelayError> {
+    let packet = err_packet(ex.recipient_seq.take(), code, b"08S01", &reason);
     let _ = recipient.write_all(&packet).await;
     let _ = recipient.shutdown().await;
     Err(RelayError::Auth(reason))
+}
+
+/// Answers the donor's request for the password with an empty one (a single NUL, which every
+/// plugin reads as no password) and waits, bounded, for its refusal: the donor ends the
+/// connection as a failed login, not a broken handshake. Best effort.
+async fn decline(donor: &mut (impl AsyncRead + AsyncWrite + Unpin), ex: &mut Exchange<'_>) {
+    let empty = frame(ex.donor_seq.take(), &[0]);
+    if donor.write_all(&empty).await.is_ok() {
+        let _ = tokio::time::timeout(
+            crate::path::PROBE_TIMEOUT,
+            read(donor, ex.max_packet, Direction::Downstream),
+        )
+        .await;
+    }
 }
 
 /// Reads one whole packet (at most `max` payload bytes) travelling in `dir`; returns it with
@@ -343,6 +392,7 @@ mod tests {
             donor_tls,
             nonce: Some(NONCE),
             rsa_key: Some(&KEY),
+            donor_key: None,
             max_packet: 64 * 1024,
             recipient_seq,
             donor_seq,
@@ -409,6 +459,75 @@ mod tests {
         use Direction::{Downstream as D, Upstream as U};
         // The decoder sees the recipient's conversation, with the recipient's sequence ids.
         assert_eq!(seen.summary(), [(D, 3, 1), (U, 4, b'c'), (D, 5, 0)]);
+    }
+
+    /// The donor's key as `--server-public-key` pins it.
+    static PINNED: LazyLock<rsa::PublicKey> =
+        LazyLock::new(|| password::public_key_from_pem(KEY.public_pem().as_bytes()).unwrap());
+    /// A key the donor does not have: what a proxy on the donor leg would hand out.
+    static FOREIGN: LazyLock<RsaKey> = LazyLock::new(|| RsaKey::generate().expect("a key"));
+
+    #[tokio::test]
+    async fn the_pinned_key_is_used_when_the_donor_sends_it_and_another_is_refused() {
+        let seen = Seen::default();
+        let mut ex = exchange(true, false, (2, 1));
+        ex.donor_key = Some(&PINNED);
+        let outcome = run(
+            ex,
+            &seen,
+            async |r| {
+                assert_eq!(expect(r, 3).await, [AUTH_MORE_DATA, PERFORM_FULL_AUTH]);
+                send(r, 4, PASSWORD).await;
+                assert_eq!(expect(r, 5).await, OK);
+            },
+            async |d| {
+                send(d, 2, &[AUTH_MORE_DATA, PERFORM_FULL_AUTH]).await;
+                assert_eq!(expect(d, 3).await, [REQUEST_PUBLIC_KEY]);
+                send(d, 4, &more_data(KEY.public_pem().as_bytes())).await;
+                assert_eq!(expect(d, 5).await.len(), 256);
+                send(d, 6, OK).await;
+            },
+        )
+        .await;
+        assert_eq!(outcome, FullAuth::EncryptedForDonor);
+
+        // Another key: refused; the donor gets an empty password and nothing of the real one.
+        let (mut r_relay, mut r_peer) = duplex(1 << 16);
+        let (mut d_relay, mut d_peer) = duplex(1 << 16);
+        let mut ex = exchange(true, false, (2, 1));
+        ex.donor_key = Some(&PINNED);
+        let relay = async {
+            let outcome = carry(&mut r_relay, &mut d_relay, &seen, ex).await;
+            drop(d_relay);
+            outcome
+        };
+        let recipient = async {
+            assert_eq!(expect(&mut r_peer, 3).await, [1, PERFORM_FULL_AUTH]);
+            send(&mut r_peer, 4, PASSWORD).await;
+            let err = expect(&mut r_peer, 5).await;
+            assert_eq!(err[0], 0xff);
+            assert!(String::from_utf8_lossy(&err).contains("--server-public-key"));
+        };
+        let donor = async {
+            send(&mut d_peer, 2, &[1, PERFORM_FULL_AUTH]).await;
+            assert_eq!(expect(&mut d_peer, 3).await, [REQUEST_PUBLIC_KEY]);
+            send(&mut d_peer, 4, &more_data(FOREIGN.public_pem().as_bytes())).await;
+            assert_eq!(expect(&mut d_peer, 5).await, [0], "an empty password");
+            send(
+                &mut d_peer,
+                6,
+                &err_packet(6, 1045, b"28000", "Access denied")[4..],
+            )
+            .await;
+            let mut rest = Vec::new();
+            d_peer.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty(), "more reached the donor: {rest:?}");
+        };
+        let (outcome, (), ()) = tokio::join!(relay, recipient, donor);
+        assert!(
+            matches!(&outcome, Err(RelayError::Auth(r)) if r.contains("--server-public-key")),
+            "{outcome:?}"
+        );
     }
 
     #[tokio::test]

@@ -201,17 +201,19 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
 
-    /// TLS towards recipients: `preferred` offers it (with the relay's own certificate), whether
-    /// or not the donor leg has TLS, `required` refuses recipients without it, `disabled` never
-    /// offers it, `passthrough` passes the recipient's TLS to the donor undecoded (clone
-    /// awareness is then off for TLS clones; needs `--server-tls-mode as-client`).
+    /// TLS towards recipients: `preferred` offers it (with the relay's own certificate) when the
+    /// donor offers TLS (always under `--server-tls-mode disabled`), `required` refuses recipients
+    /// without it, `disabled` never offers it, `passthrough` passes the recipient's TLS to the
+    /// donor undecoded (clone awareness is then off for TLS clones; needs `--server-tls-mode
+    /// as-client`).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = ClientTlsMode::Preferred)]
     pub client_tls_mode: ClientTlsMode,
 
-    /// TLS towards donors: `as-client` uses TLS when the recipient does and the donor offers it,
-    /// `preferred` whenever the donor offers it, `required` always (a donor without TLS is
-    /// refused), `disabled` never. With TLS on one leg only the relay carries
-    /// caching_sha2_password's full authentication across (see the README).
+    /// TLS towards donors: `as-client` uses TLS when the recipient does, `preferred` whenever the
+    /// donor offers it, `required` always (a donor without TLS is refused), `disabled` never.
+    /// Under all but `disabled`, a recipient on TLS gets a donor leg on TLS or a refusal. With
+    /// TLS on one leg only the relay carries caching_sha2_password's full authentication across
+    /// (see the README).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = ServerTlsMode::AsClient)]
     pub server_tls_mode: ServerTlsMode,
 
@@ -251,7 +253,9 @@ pub struct Config {
 
     /// How the donor's certificate is checked: `disabled` (as MySQL's own preferred mode),
     /// `ca` (the chain against `--server-tls-ca`, not the name: stock mysqld certificates carry
-    /// no usable name), `identity` (chain and name).
+    /// no usable name), `identity` (chain and name). `ca` and `identity` mean a TLS donor leg
+    /// for every connection, as `--server-tls-mode required` does: a donor without TLS is
+    /// refused.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = ServerTlsVerify::Disabled)]
     pub server_tls_verify: ServerTlsVerify,
 
@@ -271,6 +275,15 @@ pub struct Config {
     #[arg(long, value_name = "FILE", requires = "server_tls_cert")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_tls_key: Option<PathBuf>,
+
+    /// The donor's RSA public key (PEM, as `SHOW STATUS LIKE
+    /// 'Caching_sha2_password_rsa_public_key'` prints it), pinned for caching_sha2_password's
+    /// full authentication over a plain donor leg: a donor that sends another key is refused
+    /// and nothing of the password is sent. Without it the relay encrypts the password to the
+    /// key the donor sends, as MySQL's own clone client does, which trusts that network.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_public_key: Option<PathBuf>,
 
     /// Check at start that each donor answers with a MySQL greeting (`--no-upstream-probe`
     /// turns it off).
@@ -782,6 +795,14 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        if table.contains_key("admin_token") {
+            // The value is not quoted: it is a secret.
+            return Err(Merge::File(
+                "admin_token is not read from the settings file: give it in the environment \
+                 (CLONE_RELAY_ADMIN_TOKEN), where other local users cannot read it"
+                    .into(),
+            ));
+        }
         let given_table = toml::Table::try_from(&given)
             .map_err(|e| Merge::Invalid(invalid("flags", e.to_string())))?;
         for id in setting_ids() {
@@ -949,6 +970,12 @@ impl Config {
     /// A pair's tunnel needs its certificate, key and CA unless it is explicitly plain.
     fn validate_tunnel(&self) -> Result<(), RelayError> {
         let t = &self.tunnel;
+        if t.plain && (t.cert.is_some() || t.key.is_some() || t.ca.is_some()) {
+            return Err(invalid(
+                "tunnel.plain",
+                "a plain tunnel takes no tunnel.cert, tunnel.key or tunnel.ca: give either --tunnel-plain or the certificates",
+            ));
+        }
         if (self.peer.is_some() || self.peer_listen.is_some()) && !t.plain {
             for (field, given) in [
                 ("tunnel.cert", t.cert.is_some()),
@@ -1038,6 +1065,14 @@ impl Config {
             return Err(invalid(
                 "server_tls_ca",
                 "needed when server_tls_verify is ca or identity",
+            ));
+        }
+        if self.server_tls_verify != ServerTlsVerify::Disabled
+            && (self.server_tls_mode == S::Disabled || self.client_tls_mode == C::Passthrough)
+        {
+            return Err(invalid(
+                "server_tls_verify",
+                "the relay dials no TLS to donors with these modes, so there is no certificate to verify",
             ));
         }
         Ok(())
@@ -1437,12 +1472,18 @@ mod tests {
         assert!(!secret.matches(""));
         assert_eq!(format!("{secret} {secret:?}"), "*** ***");
 
-        let c = merged(
+        // Only from the environment (or the flag): a settings file holding it is refused.
+        let e = merged(
             &[],
             Some(&format!("upstream = \"a:1\"\nadmin_token = \"{token}\"")),
         )
-        .unwrap();
-        assert_eq!(c.admin_token.as_ref().map(Secret::expose), Some(token));
+        .unwrap_err();
+        assert!(
+            e.contains("admin_token")
+                && e.contains("CLONE_RELAY_ADMIN_TOKEN")
+                && !e.contains(token),
+            "{e}"
+        );
 
         let e = merged(&[], Some("upstream = \"a:1\"\nadmin_token = 123456789")).unwrap_err();
         assert!(e.contains("admin_token") && !e.contains("123456789"), "{e}");

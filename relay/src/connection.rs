@@ -192,8 +192,7 @@ async fn carry(
         },
         handshake_timeout: config.handshake_timeout,
         max_greeting_bytes: config.max_login_packet_bytes,
-        client_tls: config.client_tls_mode,
-        server_tls: config.server_tls_mode,
+        tunnel_tls: relay.tunnel().is_some_and(|t| t.is_tls()),
         tls: &tls,
     };
     // Reads are paid from the relay's buckets from here on, and from the session's once the

@@ -1,28 +1,32 @@
 //! The handshake stage, between the dial and the copy. It owns both sockets until the donor's
 //! OK (or ERR) ends authentication, reads every packet whole, shows each to the connection's
 //! decoder as the recipient's conversation has it, and sets up TLS on each leg the way MySQL
-//! does it, inside the classic protocol:
+//! does it, inside the classic protocol. What the modes allow is decided by the TLS policy
+//! ([`crate::tls::policy`]); this stage carries it out:
 //!
-//! 1. The donor's greeting reaches the recipient with CLIENT_SSL set or cleared as the client
-//!    mode says: the relay offers TLS with its own certificate whenever it terminates TLS,
-//!    whether or not the donor offers it (nothing else in the greeting changes).
+//! 1. The donor's greeting reaches the recipient with CLIENT_SSL as the policy says: on the
+//!    defaults, exactly as the donor offered it (nothing else in the greeting changes).
 //! 2. The recipient answers with an SSLRequest (sequence id 1): the relay accepts its TLS and
 //!    reads the login request (sequence id 2) inside it, refusing it when the recipient's
 //!    certificate is not among the allowed subjects. Or it answers with a plain login request.
-//! 3. The donor leg gets TLS as the server mode says (`as-client`: when the recipient's has it
-//!    and the donor offers it; `preferred`: when the donor offers it; `required`: always;
-//!    `disabled`: never): an SSLRequest of the relay's own, then TLS. The login request goes to
-//!    the donor with CLIENT_SSL saying what the donor leg does.
+//! 3. The donor leg gets TLS as the policy says, once the recipient's leg is known: an
+//!    SSLRequest of the relay's own, then TLS. A recipient on TLS never gets a plain donor leg
+//!    unless `--server-tls-mode disabled` says so. The login request goes to the donor with
+//!    CLIENT_SSL saying what the donor leg does (over a pair's tunnel: what the donor side must
+//!    do).
 //! 4. The auth exchange is carried packet by packet ([`crate::auth`]), each leg with its own
 //!    sequence ids, bridging caching_sha2_password's full authentication when one leg has TLS
-//!    and the other not.
+//!    and the other not, and refusing plugins that would put the password in clear on a plain
+//!    donor leg.
 //! 5. The copy takes over with both legs as plain byte streams ([`Leg`]).
 //!
 //! A mode that cannot be met is refused with a MySQL ERR packet naming the cause, before any
-//! login byte reaches the donor. In `passthrough` the greeting and the recipient's TLS pass
-//! untouched (and undecoded), and the copy carries the login. Waits are bounded: the greeting
-//! by the admission's greeting wait, the rest (TLS handshakes and the auth exchange included) by
-//! the handshake timeout counted from the greeting.
+//! login byte reaches the donor; the donor's connection then ends with a refused login of a user
+//! that does not exist ([`crate::path::leave`]), not a broken handshake that the donor would
+//! count against `max_connect_errors`. In `passthrough` the greeting and the recipient's TLS
+//! pass untouched (and undecoded), and the copy carries the login. Waits are bounded: the
+//! greeting by the admission's greeting wait, the rest (TLS handshakes and the auth exchange
+//! included) by the handshake timeout counted from the greeting.
 
 use std::time::Duration;
 
@@ -33,16 +37,16 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::auth::{self, Exchange};
-use crate::config::{ClientTlsMode, ServerTlsMode};
 use crate::error::RelayError;
 use crate::io::Observer;
 use crate::leg::Leg;
 use crate::protocol::auth::{NONCE_LEN, SeqCounter, greeting_nonce, set_login_ssl};
 use crate::protocol::handshake::{
-    CLIENT_SSL, SSL_REQUEST_LEN, ServerHello, err_packet, greeting_err_packet, parse_login_request,
-    parse_server_hello, set_greeting_ssl,
+    CLIENT_SSL, SSL_REQUEST_LEN, ServerHello, err_packet, greeting_err_packet, login_auth_plugin,
+    parse_login_request, parse_server_hello, set_greeting_ssl,
 };
 use crate::protocol::{Direction, HEADER_LEN, PacketHeader, Violation, ViolationKind};
+use crate::tls::policy::{self, Policy};
 use crate::tls::{Tls, donor_name};
 use crate::transport::Transport;
 
@@ -50,6 +54,8 @@ use crate::transport::Transport;
 const ER_SECURE_TRANSPORT_REQUIRED: u16 = 3159;
 /// MySQL's client error for "SSL connection error".
 const CR_SSL_CONNECTION_ERROR: u16 = 2026;
+/// MySQL's error for "client does not support authentication protocol requested by server".
+const ER_NOT_SUPPORTED_AUTH_MODE: u16 = 1251;
 
 /// What the stage needs to know beyond the sockets.
 #[derive(Debug, Clone, Copy)]
@@ -62,9 +68,27 @@ pub struct StageSettings<'a> {
     pub handshake_timeout: Duration,
     /// Largest greeting accepted from the donor.
     pub max_greeting_bytes: usize,
-    pub client_tls: ClientTlsMode,
-    pub server_tls: ServerTlsMode,
+    /// Whether this relay's pair tunnel, when a leg runs over it, is mutual TLS.
+    pub tunnel_tls: bool,
+    /// The TLS material and the policy of this connection.
     pub tls: &'a Tls,
+}
+
+impl StageSettings<'_> {
+    fn policy(&self) -> &Policy {
+        self.tls.policy()
+    }
+
+    /// What a leg is for the policy.
+    fn leg(&self, transport: &Transport) -> policy::Leg {
+        if transport.is_tunnel() {
+            policy::Leg::Tunnel {
+                tls: self.tunnel_tls,
+            }
+        } else {
+            policy::Leg::Socket
+        }
+    }
 }
 
 /// Both legs after the stage, and when the recipient's login must be complete.
@@ -76,7 +100,7 @@ pub struct Handshaken {
 }
 
 /// Carries the greeting and the login request between `downstream` (the recipient) and
-/// `upstream` (the donor) through `observer`, setting up TLS on both legs where the modes and
+/// `upstream` (the donor) through `observer`, setting up TLS on both legs where the policy and
 /// the recipient ask for it.
 pub async fn run(
     mut downstream: Wire,
@@ -94,21 +118,27 @@ pub async fn run(
         () = recipient_gone(downstream.get_ref()) => return Err(RelayError::ClientLeft),
     };
     let hello = parse_server_hello(&greeting[HEADER_LEN..]);
-    // A tunnel stream carries the login in clear inside the tunnel's own TLS: no TLS inside it,
-    // and the relay at its other end deals with the donor's.
-    let tunnels = Tunnels {
-        downstream: downstream.get_ref().is_tunnel(),
-        upstream: upstream.get_ref().is_tunnel(),
+    let legs = Legs {
+        downstream: s.leg(downstream.get_ref()),
+        upstream: s.leg(upstream.get_ref()),
     };
-    let donor_offers_tls = match &hello {
-        Ok(ServerHello::Greeting(g)) => g.capabilities & CLIENT_SSL != 0 && !tunnels.upstream,
-        _ => false,
-    };
-    let offer = match (&hello, offer_tls(s, donor_offers_tls, tunnels)) {
+    let greeting_offers =
+        matches!(&hello, Ok(ServerHello::Greeting(g)) if g.capabilities & CLIENT_SSL != 0);
+    let donor_offers = s.policy().donor_offers(greeting_offers, legs.upstream);
+    let offer = match &hello {
         // A donor's own refusal (too many connections, host blocked) passes as it is.
-        (Ok(ServerHello::Error { .. }), _) => None,
-        (_, Ok(offer)) => offer,
-        (_, Err(reason)) => return refuse(&mut downstream, 0, reason).await,
+        Ok(ServerHello::Error { .. }) => None,
+        _ => match s
+            .policy()
+            .greeting_offer(s.upstream_addr, donor_offers, legs.downstream)
+        {
+            Ok(offer) => offer,
+            Err(reason) => {
+                send_err(&mut downstream, 0, CR_SSL_CONNECTION_ERROR, &reason).await;
+                leave_donor(&mut upstream, legs, hello.is_ok()).await;
+                return Err(RelayError::TlsRefused(reason));
+            }
+        },
     };
     if let (Some(offer), Ok(ServerHello::Greeting(_))) = (offer, &hello) {
         set_greeting_ssl(&mut greeting[HEADER_LEN..], offer).expect("a parsed greeting");
@@ -133,22 +163,13 @@ pub async fn run(
     let nonce = greeting_nonce(&greeting[HEADER_LEN..]);
     let login_due = Instant::now() + s.handshake_timeout;
     let donor = Donor {
-        offers_tls: donor_offers_tls,
+        offers_tls: donor_offers,
+        offered: offer == Some(true),
         nonce,
-        tunnels,
+        legs,
     };
-    let legs = tokio::time::timeout_at(
-        login_due,
-        log_in(
-            downstream,
-            upstream,
-            observer,
-            s,
-            offer == Some(true),
-            donor,
-        ),
-    )
-    .await;
+    let legs =
+        tokio::time::timeout_at(login_due, log_in(downstream, upstream, observer, s, donor)).await;
     match legs {
         Ok(Ok((downstream, upstream))) => Ok(Handshaken {
             downstream,
@@ -160,76 +181,62 @@ pub async fn run(
     }
 }
 
-/// What the donor's greeting told.
+/// What the donor's greeting told, and what the recipient was offered.
 #[derive(Debug, Clone, Copy)]
 struct Donor {
+    /// The donor offers TLS the donor leg can have.
     offers_tls: bool,
+    /// The recipient was offered TLS.
+    offered: bool,
     nonce: Option<[u8; NONCE_LEN]>,
-    tunnels: Tunnels,
+    legs: Legs,
 }
 
-/// Which legs are streams of a relay pair's tunnel: secure as they are (the tunnel is mutual
-/// TLS), so the auth exchange treats them as TLS legs, and no TLS is set up inside them.
+/// What each leg is for the policy: a socket of the relay's own, or a stream of a pair's tunnel.
 #[derive(Debug, Clone, Copy)]
-struct Tunnels {
-    downstream: bool,
-    upstream: bool,
+struct Legs {
+    downstream: policy::Leg,
+    upstream: policy::Leg,
 }
 
-/// Whether the greeting offers TLS to the recipient (`None`: leave it as the donor sent it), or
-/// why the connection cannot go on.
-fn offer_tls(
-    s: &StageSettings<'_>,
-    donor_offers: bool,
-    tunnels: Tunnels,
-) -> Result<Option<bool>, String> {
-    match s.client_tls {
-        ClientTlsMode::Passthrough => Ok(None),
-        _ if s.server_tls == ServerTlsMode::Required && !donor_offers && !tunnels.upstream => {
-            Err(format!(
-                "clone-relay: the donor {} offers no TLS and --server-tls-mode is required",
-                s.upstream_addr
-            ))
-        }
-        _ if tunnels.downstream => Ok(Some(false)),
-        ClientTlsMode::Disabled => Ok(Some(false)),
-        ClientTlsMode::Required | ClientTlsMode::Preferred => Ok(Some(s.tls.acceptor().is_some())),
+/// Ends the donor's connection, which has sent its greeting and heard nothing of the login,
+/// with a refused login rather than a broken handshake. Over a tunnel the relay at its other
+/// end does that for its own donor connection.
+async fn leave_donor(upstream: &mut Wire, legs: Legs, greeted: bool) {
+    if greeted && legs.upstream == policy::Leg::Socket {
+        crate::path::leave(upstream).await;
     }
 }
 
-/// Whether the donor leg uses TLS, once the recipient's leg is known.
-fn donor_tls(s: &StageSettings<'_>, recipient_tls: bool, donor_offers: bool) -> bool {
-    let wanted = match s.server_tls {
-        ServerTlsMode::Disabled => false,
-        ServerTlsMode::Preferred | ServerTlsMode::Required => true,
-        ServerTlsMode::AsClient => recipient_tls,
-    };
-    wanted && donor_offers && s.tls.connector().is_some()
-}
-
 /// Reads the recipient's first login packet and carries the login: refused, passed through
-/// (`passthrough`), or with each leg set up and the auth exchange carried to its end.
+/// (`passthrough`), or with each leg set up and the auth exchange carried to its end. Every way
+/// out before the login reaches the donor leaves the donor's connection politely.
 async fn log_in(
     mut downstream: Wire,
     mut upstream: Wire,
     observer: &impl Observer,
     s: &StageSettings<'_>,
-    offered: bool,
     donor: Donor,
 ) -> Result<(Leg, Leg), RelayError> {
     let first = match read_packet(&mut downstream, observer, Direction::Upstream).await {
         Ok(first) => first,
-        Err(RelayError::Downstream(e)) if recipient_left(&e) => return Err(RelayError::ClientLeft),
         Err(e) => {
-            // A refused packet (oversize, malformed) may leave bytes unread: drained, the close
-            // is a FIN the recipient can read up to, not a reset.
-            drain(downstream.get_ref());
+            let e = match e {
+                RelayError::Downstream(e) if recipient_left(&e) => left_after_greeting(s, donor),
+                e => {
+                    // A refused packet (oversize, malformed) may leave bytes unread: drained,
+                    // the close is a FIN the recipient can read up to, not a reset.
+                    drain(downstream.get_ref());
+                    e
+                }
+            };
+            leave_donor(&mut upstream, donor.legs, true).await;
             return Err(e);
         }
     };
     let payload = &first[HEADER_LEN..];
     let wants_tls = parse_login_request(payload, payload.len()).is_ok_and(|l| l.is_ssl_request);
-    if s.client_tls == ClientTlsMode::Passthrough {
+    if s.policy().passthrough() {
         upstream
             .write_all(&first)
             .await
@@ -239,12 +246,15 @@ async fn log_in(
         }
         return Ok((Leg::Plain(downstream), Leg::Plain(upstream)));
     }
-    let refusal = match (wants_tls, offered) {
+    let refusal = match (wants_tls, donor.offered) {
         (true, false) => Some((
             CR_SSL_CONNECTION_ERROR,
             "clone-relay: TLS was not offered".to_string(),
         )),
-        (false, _) if s.client_tls == ClientTlsMode::Required && !donor.tunnels.downstream => {
+        (false, _)
+            if s.policy().recipient_tls_required()
+                && donor.legs.downstream == policy::Leg::Socket =>
+        {
             Some((
                 ER_SECURE_TRANSPORT_REQUIRED,
                 "clone-relay: connections without TLS are refused (--client-tls-mode required)"
@@ -254,16 +264,40 @@ async fn log_in(
         _ => None,
     };
     if let Some((code, reason)) = refusal {
-        let refused = refuse_with(&mut downstream, 2, code, reason).await;
+        send_err(&mut downstream, 2, code, &reason).await;
         drain(downstream.get_ref());
-        return refused;
+        leave_donor(&mut upstream, donor.legs, true).await;
+        return Err(RelayError::TlsRefused(reason));
     }
     let (mut recipient, login) = if wants_tls {
-        accept(downstream, observer, s).await?
+        match accept(downstream, observer, s).await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                leave_donor(&mut upstream, donor.legs, true).await;
+                return Err(e);
+            }
+        }
     } else {
         (Leg::Plain(downstream), first)
     };
-    match carry_login(&mut recipient, upstream, observer, s, login, donor).await {
+    let plan = match plan_login(s, &recipient, &login, donor) {
+        Ok(plan) => plan,
+        Err((code, reason)) => {
+            let mut recipient_seq = SeqCounter::new(0);
+            recipient_seq.received(login[3]);
+            send_err(&mut recipient, recipient_seq.take(), code, &reason).await;
+            if let Leg::Plain(downstream) = &recipient {
+                drain(downstream.get_ref());
+            }
+            leave_donor(&mut upstream, donor.legs, true).await;
+            return Err(if code == ER_NOT_SUPPORTED_AUTH_MODE {
+                RelayError::Auth(reason)
+            } else {
+                RelayError::TlsRefused(reason)
+            });
+        }
+    };
+    match carry_login(&mut recipient, upstream, observer, s, login, donor, plan).await {
         Ok(upstream) => Ok((recipient, upstream)),
         Err(e) => {
             if let Leg::Plain(downstream) = &recipient {
@@ -272,6 +306,69 @@ async fn log_in(
             Err(e)
         }
     }
+}
+
+/// Why a recipient that left after its greeting left, as far as the relay can tell: one that
+/// was offered no TLS (the donor offers none) may require it, as a `REQUIRE SSL` clone does,
+/// and is listed as refused with that reason.
+fn left_after_greeting(s: &StageSettings<'_>, donor: Donor) -> RelayError {
+    if donor.offered || donor.legs.downstream != policy::Leg::Socket || donor.offers_tls {
+        return RelayError::ClientLeft;
+    }
+    RelayError::TlsRefused(format!(
+        "clone-relay: the recipient left after a greeting without TLS: the donor {} offers no \
+         TLS, and the relay offers it only when the donor does (a recipient that requires TLS \
+         stops here)",
+        s.upstream_addr
+    ))
+}
+
+/// What the login does on the donor leg, decided before anything of it reaches the donor.
+#[derive(Debug, Clone, Copy)]
+struct LoginPlan {
+    /// The donor leg has TLS (over a tunnel: the donor side is asked for it).
+    donor_tls: bool,
+    /// The password may cross each leg in clear: TLS, or a TLS tunnel.
+    recipient_secure: bool,
+    donor_secure: bool,
+}
+
+/// Applies the policy to the recipient's login: the donor leg's TLS, and whether the plugin the
+/// login names may answer across the legs. A refusal carries the error code for the recipient.
+fn plan_login(
+    s: &StageSettings<'_>,
+    recipient: &Leg,
+    login: &[u8],
+    donor: Donor,
+) -> Result<LoginPlan, (u16, String)> {
+    let payload = &login[HEADER_LEN..];
+    // Over a tunnel, the login's CLIENT_SSL says what the recipient side asks of the donor leg
+    // (the relay at the other end sets it so).
+    let (recipient_tls, recipient_secure) = match donor.legs.downstream {
+        policy::Leg::Tunnel { tls } => (
+            parse_login_request(payload, payload.len())
+                .is_ok_and(|l| l.capabilities & CLIENT_SSL != 0),
+            tls,
+        ),
+        policy::Leg::Socket => (recipient.is_tls(), recipient.is_tls()),
+    };
+    let donor_tls = s
+        .policy()
+        .donor_leg(s.upstream_addr, recipient_tls, donor.offers_tls)
+        .map_err(|reason| (CR_SSL_CONNECTION_ERROR, reason))?;
+    let donor_secure = match donor.legs.upstream {
+        policy::Leg::Tunnel { tls } => tls,
+        policy::Leg::Socket => donor_tls,
+    };
+    if let Some(plugin) = login_auth_plugin(payload) {
+        Policy::plugin_may_answer(&plugin, recipient_secure, donor_secure)
+            .map_err(|reason| (ER_NOT_SUPPORTED_AUTH_MODE, reason))?;
+    }
+    Ok(LoginPlan {
+        donor_tls,
+        recipient_secure,
+        donor_secure,
+    })
 }
 
 /// Accepts the recipient's TLS and reads its login request inside; refuses a recipient whose
@@ -301,10 +398,10 @@ async fn accept(
     Ok((Leg::FromRecipient(Box::new(recipient)), login))
 }
 
-/// Sets up the donor leg (TLS with an SSLRequest of the relay's own when the server mode says
-/// so), sends the login request with the donor leg's sequence id and CLIENT_SSL, and carries the
-/// auth exchange. A donor whose TLS fails is reported to the recipient, and nothing of the
-/// login reaches it.
+/// Sets up the donor leg as `plan` says (TLS with an SSLRequest of the relay's own on a socket
+/// of its own), sends the login request with the donor leg's sequence id and CLIENT_SSL, and
+/// carries the auth exchange. A donor whose TLS fails is reported to the recipient, and nothing
+/// of the login reaches it.
 async fn carry_login(
     recipient: &mut Leg,
     mut upstream: Wire,
@@ -312,21 +409,13 @@ async fn carry_login(
     s: &StageSettings<'_>,
     mut login: Vec<u8>,
     donor: Donor,
+    plan: LoginPlan,
 ) -> Result<Leg, RelayError> {
-    // Over a tunnel, the login's CLIENT_SSL says whether the recipient's own leg has TLS (the
-    // relay at the tunnel's other end sets it so), which `as-client` follows.
-    let recipient_leg_tls = if donor.tunnels.downstream {
-        parse_login_request(&login[HEADER_LEN..], login.len() - HEADER_LEN)
-            .is_ok_and(|l| l.capabilities & CLIENT_SSL != 0)
-    } else {
-        recipient.is_tls()
-    };
-    let recipient_tls = recipient.is_tls() || donor.tunnels.downstream;
     let mut recipient_seq = SeqCounter::new(0);
     recipient_seq.received(login[3]);
-    let donor_tls = donor_tls(s, recipient_leg_tls, donor.offers_tls);
     let mut donor_seq = SeqCounter::new(1);
-    let mut donor_leg = if donor_tls {
+    let dial_tls = plan.donor_tls && donor.legs.upstream == policy::Leg::Socket;
+    let mut donor_leg = if dial_tls {
         let Some(ssl_request) = ssl_request_for(&login) else {
             return refuse(
                 recipient,
@@ -370,30 +459,25 @@ async fn carry_login(
     } else {
         Leg::Plain(upstream)
     };
-    if recipient_tls != donor_tls {
+    if plan.recipient_secure != plan.donor_secure {
         debug!(
-            recipient_tls,
-            donor_tls, "TLS on one leg only: the relay carries the auth exchange across"
+            recipient_tls = plan.recipient_secure,
+            donor_tls = plan.donor_secure,
+            "TLS on one leg only: the relay carries the auth exchange across"
         );
     }
-    set_login_ssl(
-        &mut login[HEADER_LEN..],
-        if donor.tunnels.upstream {
-            recipient_leg_tls
-        } else {
-            donor_tls
-        },
-    );
+    set_login_ssl(&mut login[HEADER_LEN..], plan.donor_tls);
     login[3] = donor_seq.take();
     donor_leg
         .write_all(&login)
         .await
         .map_err(RelayError::Upstream)?;
     let exchange = Exchange {
-        recipient_tls,
-        donor_tls: donor_tls || donor.tunnels.upstream,
+        recipient_tls: plan.recipient_secure,
+        donor_tls: plan.donor_secure,
         nonce: donor.nonce,
         rsa_key: s.tls.rsa_key(),
+        donor_key: s.tls.donor_public_key(),
         max_packet: s.max_greeting_bytes,
         recipient_seq,
         donor_seq,
@@ -418,16 +502,7 @@ async fn refuse<T>(
     seq: u8,
     reason: String,
 ) -> Result<T, RelayError> {
-    refuse_with(downstream, seq, CR_SSL_CONNECTION_ERROR, reason).await
-}
-
-async fn refuse_with<T>(
-    downstream: &mut (impl AsyncWrite + Unpin),
-    seq: u8,
-    code: u16,
-    reason: String,
-) -> Result<T, RelayError> {
-    send_err(downstream, seq, code, &reason).await;
+    send_err(downstream, seq, CR_SSL_CONNECTION_ERROR, &reason).await;
     Err(RelayError::TlsRefused(reason))
 }
 
@@ -533,7 +608,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::config::Config;
+    use crate::config::{ClientTlsMode, Config, ServerTlsMode};
     use crate::limit::Chain;
     use crate::protocol::GREETING_9_7_4;
     use crate::protocol::handshake::{CLIENT_PROTOCOL_41, PROTOCOL_V10};
@@ -579,11 +654,76 @@ mod tests {
         (header.seq, payload)
     }
 
+    fn settings(tls: &Tls) -> StageSettings<'_> {
+        StageSettings {
+            upstream_addr: "127.0.0.1:3306",
+            greeting_wait: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            max_greeting_bytes: 64 * 1024,
+            tunnel_tls: false,
+            tls,
+        }
+    }
+
     #[tokio::test]
-    async fn a_donor_without_tls_still_gets_a_tls_recipient_and_ids_and_flags_are_rewritten() {
+    async fn on_the_defaults_a_donor_without_tls_means_a_recipient_without_tls() {
+        let tls = Tls::load(&Config::new("127.0.0.1:3306")).unwrap();
+        let settings = settings(&tls);
+        let (mut recipient, downstream) = pair().await;
+        let (upstream, mut donor) = pair().await;
+        let seen = Seen::default();
+        let donor_side = async {
+            let mut greeting = unhex(GREETING_9_7_4);
+            set_greeting_ssl(&mut greeting, false).unwrap();
+            donor.write_all(&frame(0, &greeting)).await.unwrap();
+            // The recipient leaves: the donor's connection ends with a refused login of the
+            // probe user, not a broken handshake.
+            let (seq, payload) = read_one(&mut donor).await;
+            assert_eq!(seq, 1);
+            let login = parse_login_request(&payload, payload.len()).unwrap();
+            assert_eq!(login.user, crate::path::PROBE_USER);
+            donor
+                .write_all(&err_packet(2, 1045, b"28000", "Access denied"))
+                .await
+                .unwrap();
+        };
+        let recipient_side = async {
+            let (_, greeting) = read_one(&mut recipient).await;
+            let offered = match parse_server_hello(&greeting).unwrap() {
+                ServerHello::Greeting(g) => g.capabilities & CLIENT_SSL != 0,
+                other => panic!("{other:?}"),
+            };
+            assert!(
+                !offered,
+                "the relay offered TLS that the donor does not have"
+            );
+            // What a `REQUIRE SSL` client does then: it leaves.
+            drop(recipient);
+        };
+        let (result, (), ()) = tokio::join!(
+            run(
+                Wire::new(downstream.into(), Chain::default()),
+                Wire::new(upstream.into(), Chain::default()),
+                &seen,
+                &settings
+            ),
+            donor_side,
+            recipient_side
+        );
+        match result {
+            Err(e @ RelayError::TlsRefused(_)) => {
+                assert!(e.is_rejection());
+                assert!(e.to_string().contains("offers no TLS"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_disabled_donor_leg_gives_a_tls_recipient_a_plain_one_with_ids_and_flags_rewritten() {
         let mut config = Config::new("127.0.0.1:3306");
         config.client_tls_mode = ClientTlsMode::Preferred;
-        config.server_tls_mode = ServerTlsMode::AsClient;
+        config.server_tls_mode = ServerTlsMode::Disabled;
         let tls = Tls::load(&config).unwrap();
         // The recipient's TLS client: a relay set to dial TLS without verification has one.
         let mut dialer = Config::new("127.0.0.1:3306");
@@ -591,15 +731,7 @@ mod tests {
         dialer.server_tls_mode = ServerTlsMode::Preferred;
         let dialer = Tls::load(&dialer).unwrap();
         let connector = dialer.connector().unwrap().clone();
-        let settings = StageSettings {
-            upstream_addr: "127.0.0.1:3306",
-            greeting_wait: Duration::from_secs(5),
-            handshake_timeout: Duration::from_secs(5),
-            max_greeting_bytes: 64 * 1024,
-            client_tls: config.client_tls_mode,
-            server_tls: config.server_tls_mode,
-            tls: &tls,
-        };
+        let settings = settings(&tls);
         let (mut recipient, downstream) = pair().await;
         let (upstream, mut donor) = pair().await;
         let seen = Seen::default();
@@ -633,7 +765,10 @@ mod tests {
                 ServerHello::Greeting(g) => g.capabilities & CLIENT_SSL != 0,
                 other => panic!("{other:?}"),
             };
-            assert!(offered, "the relay offers TLS though the donor does not");
+            assert!(
+                offered,
+                "under a disabled donor leg the relay offers its own TLS whatever the donor offers"
+            );
             let request = login(CLIENT_SSL);
             recipient
                 .write_all(&frame(1, &request[..SSL_REQUEST_LEN]))

@@ -15,12 +15,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::protocol::frame;
-use crate::protocol::handshake::{CLIENT_PROTOCOL_41, ServerHello, parse_server_hello};
+use crate::protocol::handshake::{
+    CLIENT_PLUGIN_AUTH, CLIENT_PROTOCOL_41, CLIENT_SECURE_CONNECTION, ServerHello,
+    parse_server_hello,
+};
 use crate::protocol::packet::read_packet;
 
 /// How long a probe may take, connection and greeting included.
@@ -32,8 +35,6 @@ const SHARED_FOR: Duration = Duration::from_secs(1);
 /// A greeting is a few hundred bytes.
 const MAX_GREETING_BYTES: usize = 16 * 1024;
 const CLIENT_LONG_PASSWORD: u32 = 0x1;
-const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
-const CLIENT_PLUGIN_AUTH: u32 = 0x8_0000;
 /// utf8mb4_0900_ai_ci.
 const CHARSET: u8 = 255;
 
@@ -104,12 +105,19 @@ pub async fn probe(donor: &str) -> PathState {
         Err(_) => return PathState::Down(format!("no greeting within {PROBE_TIMEOUT:?}")),
     };
     if let Ok(ServerHello::Greeting(_)) = parse_server_hello(&greeting) {
-        // Ends the handshake with a refused login rather than a broken one. Best effort: the
-        // path is up whatever the donor says now.
-        let _ = stream.write_all(&frame(1, &probe_login())).await;
-        let _ = timeout(PROBE_TIMEOUT, read_packet(&mut stream, MAX_GREETING_BYTES)).await;
+        // Best effort: the path is up whatever the donor says now.
+        leave(&mut stream).await;
     }
     PathState::Up
+}
+
+/// Ends a donor connection that has sent its greeting and heard nothing yet with a refused login
+/// (as [`PROBE_USER`], no password) rather than a broken handshake, which the donor would count
+/// against `max_connect_errors`; waits at most [`PROBE_TIMEOUT`] for the refusal. Best effort.
+pub async fn leave(stream: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
+    if stream.write_all(&frame(1, &probe_login())).await.is_ok() {
+        let _ = timeout(PROBE_TIMEOUT, read_packet(stream, MAX_GREETING_BYTES)).await;
+    }
 }
 
 /// A login request for [`PROBE_USER`] with an empty password.

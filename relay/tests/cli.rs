@@ -148,6 +148,69 @@ fn a_pair_side_with_missing_or_conflicting_settings_is_named() {
     let out = relay(&["--config", file.to_str().unwrap()]);
     let line = one_line_error(&out);
     assert!(line.contains("memory"), "{line}");
+
+    // A plain tunnel with certificates: which one was meant is not guessed.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let cert = dir.join("any-cert.pem");
+    let line = one_line_error(&relay(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--peer",
+        "zone-b:4000",
+        "--tunnel-plain",
+        "--tunnel-cert",
+        cert.to_str().unwrap(),
+        "--tunnel-key",
+        cert.to_str().unwrap(),
+        "--tunnel-ca",
+        cert.to_str().unwrap(),
+    ]));
+    assert!(line.contains("invalid tunnel.plain"), "{line}");
+}
+
+#[test]
+fn tls_settings_that_could_be_skipped_or_leak_are_refused_at_start() {
+    // Verification of a donor leg that never has TLS.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let ca = dir.join("some-ca.pem");
+    let line = one_line_error(&relay(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "db:3306",
+        "--server-tls-mode",
+        "disabled",
+        "--server-tls-verify",
+        "ca",
+        "--server-tls-ca",
+        ca.to_str().unwrap(),
+    ]));
+    assert!(line.contains("invalid server_tls_verify"), "{line}");
+
+    // The admin token from the settings file: it belongs in the environment.
+    let file = config_file(
+        "token-in-file",
+        &format!("listen = \"127.0.0.1:0\"\nupstream = \"db:3306\"\nadmin_token = \"{SECRET}\"\n"),
+    );
+    let line = one_line_error(&relay(&["--config", file.to_str().unwrap()]));
+    assert!(
+        line.contains("admin_token") && line.contains("CLONE_RELAY_ADMIN_TOKEN"),
+        "{line}"
+    );
+    assert!(!line.contains(SECRET), "{line}");
+
+    // A pinned donor key that is not a key.
+    let not_a_key = config_file("not-a-key", "hello");
+    let line = one_line_error(&relay(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "db:3306",
+        "--no-upstream-probe",
+        "--server-public-key",
+        not_a_key.to_str().unwrap(),
+    ]));
+    assert!(line.contains("server_public_key"), "{line}");
 }
 
 #[test]

@@ -135,6 +135,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 struct Seen {
     tls_logins: AtomicUsize,
     plain_logins: AtomicUsize,
+    /// Connections the relay ended with the refused login of its probe user.
+    left_politely: AtomicUsize,
     /// The certificate each TLS client presented (first of its chain), in order.
     client_certificates: Mutex<Vec<CertificateDer<'static>>>,
 }
@@ -212,6 +214,15 @@ async fn fake_donor_demanding(
                                 .push(certs[0].clone());
                         }
                         echo(&mut tls, 3).await;
+                    } else if login_user(&first) == clone_relay::path::PROBE_USER {
+                        seen.left_politely.fetch_add(1, Ordering::Relaxed);
+                        let denied = clone_relay::protocol::handshake::err_packet(
+                            2,
+                            1045,
+                            b"28000",
+                            "Access denied",
+                        );
+                        let _ = s.write_all(&denied).await;
                     } else {
                         seen.plain_logins.fetch_add(1, Ordering::Relaxed);
                         echo(&mut s, 2).await;
@@ -221,6 +232,13 @@ async fn fake_donor_demanding(
         }
     });
     (addr, seen)
+}
+
+/// The user name of a login request payload.
+fn login_user(payload: &[u8]) -> String {
+    clone_relay::protocol::handshake::parse_login_request(payload, payload.len())
+        .map(|l| l.user)
+        .unwrap_or_default()
 }
 
 async fn echo(s: &mut (impl AsyncRead + AsyncWrite + Unpin), ok_seq: u8) {
@@ -478,6 +496,199 @@ async fn a_plain_recipient_under_required_recipient_tls_is_refused() {
         "nothing of the login reached the donor"
     );
     wait_for_rejection(&running.relay, "without TLS").await;
+}
+
+/// Waits until the donor has seen `n` connections ended with the probe user's refused login.
+async fn wait_left_politely(seen: &Seen, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while seen.left_politely.load(Ordering::Relaxed) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited 5 s for {n} connections ended with a refused login; saw {}",
+            seen.left_politely.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn on_the_defaults_a_donor_without_tls_gets_plain_recipients_and_a_tls_one_is_refused() {
+    let (donor, seen) = fake_donor(None).await;
+    let running = start(Config::new(donor.to_string()));
+
+    // What a `REQUIRE SSL` recipient does with a greeting that offers no TLS: it leaves.
+    let mut s = TcpStream::connect(running.addr).await.unwrap();
+    assert!(
+        !greeting_offers_tls(&mut s).await,
+        "the relay offered TLS that the donor has not"
+    );
+    drop(s);
+    wait_for_rejection(&running.relay, "offers no TLS").await;
+    wait_left_politely(&seen, 1).await;
+
+    // One that asks for TLS anyway is refused, and nothing of a login reaches the donor.
+    let mut s = TcpStream::connect(running.addr).await.unwrap();
+    assert!(!greeting_offers_tls(&mut s).await);
+    s.write_all(&ssl_request()).await.unwrap();
+    assert!(refusal(&mut s).await.contains("TLS was not offered"));
+    wait_left_politely(&seen, 2).await;
+
+    // A recipient with no REQUIRE clause clones in plaintext on both legs, as it would alone.
+    let mut s = TcpStream::connect(running.addr).await.unwrap();
+    assert!(!greeting_offers_tls(&mut s).await);
+    s.write_all(&login_request(1, 0)).await.unwrap();
+    let (h, ok) = read_packet(&mut s, 1024).await.unwrap();
+    assert_eq!((h.seq, ok[0]), (2, 0));
+    assert_eq!(seen.plain_logins.load(Ordering::Relaxed), 1);
+    assert_eq!(seen.tls_logins.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn donor_verification_means_a_tls_donor_leg_or_a_refusal_whatever_the_modes() {
+    let (donor, seen) = fake_donor(None).await;
+    let state = scratch_dir("verify-plain-donor");
+    let ca = state.join("donor-ca.pem");
+    std::fs::write(&ca, test_pki("donor").ca_pem).unwrap();
+    let modes = [
+        ServerTlsMode::AsClient,
+        ServerTlsMode::Preferred,
+        ServerTlsMode::Required,
+    ];
+    for (i, mode) in modes.into_iter().enumerate() {
+        let mut config = Config::new(donor.to_string());
+        config.server_tls_mode = mode;
+        config.server_tls_verify = ServerTlsVerify::Ca;
+        config.server_tls_ca = Some(ca.clone());
+        let running = start(config);
+        let mut s = TcpStream::connect(running.addr).await.unwrap();
+        let message = refusal(&mut s).await;
+        assert!(
+            message.contains("offers no TLS") && message.contains("--server-tls-verify"),
+            "{mode:?}: {message}"
+        );
+        wait_for_rejection(&running.relay, "offers no TLS").await;
+        wait_left_politely(&seen, i + 1).await;
+    }
+    assert_eq!(seen.plain_logins.load(Ordering::Relaxed), 0);
+    std::fs::remove_dir_all(&state).unwrap();
+}
+
+#[tokio::test]
+async fn a_required_recipient_leg_with_a_donor_without_tls_is_refused_naming_why() {
+    let (donor, seen) = fake_donor(None).await;
+    let mut config = Config::new(donor.to_string());
+    config.client_tls_mode = ClientTlsMode::Required;
+    let running = start(config);
+    let mut s = TcpStream::connect(running.addr).await.unwrap();
+    let message = refusal(&mut s).await;
+    assert!(
+        message.contains("offers no TLS") && message.contains("--client-tls-mode required"),
+        "{message}"
+    );
+    wait_left_politely(&seen, 1).await;
+}
+
+/// A donor without TLS that answers every login with an auth switch to `plugin`, records the
+/// first login's user and the answer to the switch, and refuses it.
+async fn switching_donor(plugin: &'static str) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let mut greeting = unhex(GREETING);
+    clone_relay::protocol::handshake::set_greeting_ssl(&mut greeting, false).unwrap();
+    tokio::spawn({
+        let heard = heard.clone();
+        async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let (greeting, heard) = (greeting.clone(), heard.clone());
+                tokio::spawn(async move {
+                    s.write_all(&packet(0, &greeting)).await.unwrap();
+                    let Ok((_, login)) = read_packet(&mut s, 1 << 20).await else {
+                        return;
+                    };
+                    heard.lock().unwrap().push(login_user(&login).into_bytes());
+                    let mut switch = vec![0xfe];
+                    switch.extend_from_slice(plugin.as_bytes());
+                    switch.push(0);
+                    switch.extend_from_slice(b"switched-nonce-56789\0");
+                    s.write_all(&packet(2, &switch)).await.unwrap();
+                    if let Ok((_, answer)) = read_packet(&mut s, 1 << 20).await {
+                        heard.lock().unwrap().push(answer);
+                    }
+                    let denied = clone_relay::protocol::handshake::err_packet(
+                        4,
+                        1045,
+                        b"28000",
+                        "Access denied",
+                    );
+                    let _ = s.write_all(&denied).await;
+                });
+            }
+        }
+    });
+    (addr, heard)
+}
+
+#[tokio::test]
+async fn cleartext_plugins_never_answer_from_a_tls_recipient_onto_a_plain_donor_leg() {
+    const PASSWORD: &[u8] = b"never-on-the-plain-leg";
+    for plugin in ["sha256_password", "mysql_clear_password"] {
+        let (donor, heard) = switching_donor(plugin).await;
+        let state = scratch_dir(&format!("switch-{plugin}"));
+        let mut config = Config::new(donor.to_string());
+        config.state_dir = Some(state.clone());
+        // The only setting that gives a TLS recipient a plain donor leg.
+        config.server_tls_mode = ServerTlsMode::Disabled;
+        let running = start(config);
+        let ca = std::fs::read(state.join("tls").join(clone_relay::tls::CA_FILE)).unwrap();
+
+        // The donor switches plugins: refused before the recipient is asked for the password.
+        let mut tls = tls_login(running.addr, &trusting(&ca)).await.unwrap();
+        let message = refusal(&mut tls).await;
+        assert!(message.contains(plugin), "{plugin}: {message}");
+        wait_for_rejection(&running.relay, plugin).await;
+        let answers = heard.lock().unwrap().clone();
+        assert_eq!(
+            answers,
+            [b"tester".to_vec(), vec![0]],
+            "{plugin}: the donor got an empty password, nothing else"
+        );
+
+        // A login that names the plugin itself, its answer the password in clear inside TLS.
+        let mut s = TcpStream::connect(running.addr).await.unwrap();
+        assert!(greeting_offers_tls(&mut s).await);
+        s.write_all(&ssl_request()).await.unwrap();
+        let name = ServerName::try_from("clone-relay").unwrap();
+        let mut tls = trusting(&ca).connect(name, s).await.unwrap();
+        let caps = CLIENT_PROTOCOL_41 | CLIENT_SSL | 0x8000 | 0x0008_0000;
+        let mut login = vec![0u8; 32];
+        login[..4].copy_from_slice(&caps.to_le_bytes());
+        login.extend_from_slice(b"tester\0");
+        login.push(PASSWORD.len() as u8 + 1);
+        login.extend_from_slice(PASSWORD);
+        login.push(0);
+        login.extend_from_slice(plugin.as_bytes());
+        login.push(0);
+        tls.write_all(&packet(2, &login)).await.unwrap();
+        let message = refusal(&mut tls).await;
+        assert!(message.contains(plugin), "{plugin}: {message}");
+        // The donor heard only the probe user's refused login, without a password.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while heard.lock().unwrap().len() < 3 {
+            assert!(tokio::time::Instant::now() < deadline, "{heard:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let answers = heard.lock().unwrap().clone();
+        assert_eq!(answers[2], clone_relay::path::PROBE_USER.as_bytes());
+        assert!(
+            !answers
+                .iter()
+                .any(|a| a.windows(PASSWORD.len()).any(|w| w == PASSWORD)),
+            "{plugin}: the password reached the donor"
+        );
+        std::fs::remove_dir_all(&state).unwrap();
+    }
 }
 
 #[tokio::test]

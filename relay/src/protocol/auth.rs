@@ -26,9 +26,12 @@ pub enum ServerAuth {
     Ok,
     /// Auth failed; the server closes the connection.
     Err,
-    /// The server switches plugins and hands out a new nonce (when the plugin sends one of
+    /// The server switches to `plugin` and hands out a new nonce (when the plugin sends one of
     /// [`NONCE_LEN`] bytes or more).
-    Switch { nonce: Option<[u8; NONCE_LEN]> },
+    Switch {
+        plugin: String,
+        nonce: Option<[u8; NONCE_LEN]>,
+    },
     /// `0x01 0x03`: fast auth succeeded; the server sends OK next.
     FastAuthSuccess,
     /// `0x01 0x04`: the server wants the password itself.
@@ -45,12 +48,12 @@ pub fn classify_server_auth(payload: &[u8]) -> ServerAuth {
         [OK_MARKER, ..] => ServerAuth::Ok,
         [ERR_MARKER, ..] => ServerAuth::Err,
         [AUTH_SWITCH, rest @ ..] => {
-            let nonce = rest
-                .iter()
-                .position(|&b| b == 0)
+            let nul = rest.iter().position(|&b| b == 0);
+            let plugin = String::from_utf8_lossy(nul.map_or(rest, |n| &rest[..n])).into_owned();
+            let nonce = nul
                 .and_then(|nul| rest.get(nul + 1..nul + 1 + NONCE_LEN))
                 .map(|n| n.try_into().expect("NONCE_LEN bytes"));
-            ServerAuth::Switch { nonce }
+            ServerAuth::Switch { plugin, nonce }
         }
         [AUTH_MORE_DATA, FAST_AUTH_SUCCESS] => ServerAuth::FastAuthSuccess,
         [AUTH_MORE_DATA, PERFORM_FULL_AUTH] => ServerAuth::PerformFullAuth,
@@ -165,12 +168,16 @@ mod tests {
         assert_eq!(
             classify_server_auth(&switch),
             ServerAuth::Switch {
+                plugin: "caching_sha2_password".into(),
                 nonce: Some(core::array::from_fn(|i| i as u8 + 1))
             }
         );
         assert_eq!(
             classify_server_auth(b"\xfemysql_clear_password\0"),
-            ServerAuth::Switch { nonce: None }
+            ServerAuth::Switch {
+                plugin: "mysql_clear_password".into(),
+                nonce: None
+            }
         );
     }
 

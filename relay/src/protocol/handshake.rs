@@ -11,6 +11,10 @@ pub const OK_MARKER: u8 = 0x00;
 pub const CLIENT_COMPRESS: u32 = 0x20;
 pub const CLIENT_PROTOCOL_41: u32 = 0x200;
 pub const CLIENT_SSL: u32 = 0x800;
+pub const CLIENT_CONNECT_WITH_DB: u32 = 0x8;
+pub const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
+pub const CLIENT_PLUGIN_AUTH: u32 = 0x8_0000;
+pub const CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA: u32 = 0x20_0000;
 pub const CLIENT_ZSTD_COMPRESSION: u32 = 1 << 26;
 /// An SSLRequest is the first 32 bytes of a login request, sent alone.
 pub const SSL_REQUEST_LEN: usize = 32;
@@ -48,6 +52,52 @@ pub fn parse_login_request(payload: &[u8], payload_len: usize) -> Result<LoginRe
         user,
         is_ssl_request,
     })
+}
+
+/// The auth plugin a login request (HandshakeResponse41) names, when it names one: after the
+/// user name, the auth response (length-encoded, one-byte length or NUL-terminated as the
+/// capabilities say) and the database, when present. The auth response itself is skipped.
+pub fn login_auth_plugin(payload: &[u8]) -> Option<String> {
+    let caps = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?);
+    if caps & CLIENT_PLUGIN_AUTH == 0 {
+        return None;
+    }
+    let mut at = SSL_REQUEST_LEN;
+    let nul = |from: usize| payload.get(from..)?.iter().position(|&b| b == 0);
+    at += nul(at)? + 1;
+    if caps & CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
+        let (len, used) = lenenc(payload.get(at..)?)?;
+        at += used + usize::try_from(len).ok()?;
+    } else if caps & CLIENT_SECURE_CONNECTION != 0 {
+        at += 1 + usize::from(*payload.get(at)?);
+    } else {
+        at += nul(at)? + 1;
+    }
+    if caps & CLIENT_CONNECT_WITH_DB != 0 {
+        at += nul(at)? + 1;
+    }
+    let rest = payload.get(at..)?;
+    let name = rest
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(rest, |n| &rest[..n]);
+    Some(String::from_utf8_lossy(name).into_owned())
+}
+
+/// A length-encoded integer at the start of `bytes`, and how many bytes it took.
+fn lenenc(bytes: &[u8]) -> Option<(u64, usize)> {
+    let wide = |n: usize| {
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(bytes.get(1..1 + n)?);
+        Some((u64::from_le_bytes(v), 1 + n))
+    };
+    match *bytes.first()? {
+        b @ 0..=0xfa => Some((u64::from(b), 1)),
+        0xfc => wide(2),
+        0xfd => wide(3),
+        0xfe => wide(8),
+        _ => None,
+    }
 }
 
 /// What the relay reads from a donor's greeting.
@@ -171,6 +221,50 @@ mod tests {
     use super::*;
     use crate::protocol::GREETING_9_7_4;
     use crate::protocol::unhex;
+
+    /// A login request with `caps`, the user `u`, the auth response `auth` and, when the
+    /// capabilities say so, a database and a plugin name.
+    fn login(caps: u32, auth: &[u8], plugin: &str) -> Vec<u8> {
+        let mut p = (caps | CLIENT_PROTOCOL_41).to_le_bytes().to_vec();
+        p.extend_from_slice(&[0, 0, 0, 1, 255]);
+        p.extend_from_slice(&[0; 23]);
+        p.extend_from_slice(b"u\0");
+        // A short length is one byte both as a length-encoded integer and as a plain one.
+        if caps & (CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | CLIENT_SECURE_CONNECTION) != 0 {
+            p.push(auth.len() as u8);
+            p.extend_from_slice(auth);
+        } else {
+            p.extend_from_slice(auth);
+            p.push(0);
+        }
+        if caps & CLIENT_CONNECT_WITH_DB != 0 {
+            p.extend_from_slice(b"db\0");
+        }
+        p.extend_from_slice(plugin.as_bytes());
+        p.push(0);
+        p
+    }
+
+    #[test]
+    fn the_auth_plugin_of_a_login_request_is_read_past_its_auth_response() {
+        let lenenc = CLIENT_PLUGIN_AUTH | CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA;
+        let secure = CLIENT_PLUGIN_AUTH | CLIENT_SECURE_CONNECTION | CLIENT_CONNECT_WITH_DB;
+        // A scramble may hold NUL bytes; the lengths carry it over them.
+        let scramble = [0u8, 1, 0, 2, 0, 3];
+        for caps in [lenenc, secure, lenenc | CLIENT_CONNECT_WITH_DB] {
+            let p = login(caps, &scramble, "mysql_clear_password");
+            assert_eq!(
+                login_auth_plugin(&p).as_deref(),
+                Some("mysql_clear_password")
+            );
+        }
+        let p = login(CLIENT_PLUGIN_AUTH, b"secret", "sha256_password");
+        assert_eq!(login_auth_plugin(&p).as_deref(), Some("sha256_password"));
+        assert_eq!(login_auth_plugin(&login(0, b"x", "")), None);
+        // Cut short: no name rather than a wrong one.
+        let p = login(lenenc, &[9; 40], "caching_sha2_password");
+        assert_eq!(login_auth_plugin(&p[..50]), None);
+    }
 
     #[test]
     fn the_ssl_offer_in_a_greeting_can_be_set_and_cleared() {

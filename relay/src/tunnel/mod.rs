@@ -54,6 +54,11 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
+    /// Whether the tunnel is mutual TLS (`false`: `--tunnel-plain`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The tunnel of a relay that is one side of a pair; `None` for a relay on its own.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Option<Self>, RelayError> {
         if config.peer.is_none() && config.peer_listen.is_none() {

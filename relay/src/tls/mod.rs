@@ -12,6 +12,9 @@
 //! allow that combination and kept in `DIR/tls/rsa-key.pem` (or in memory without a state
 //! directory); a reload keeps it.
 //!
+//! What each mode means for a connection is decided in [`policy`] alone; the [`Tls`] in use
+//! carries the policy of the settings it was built from.
+//!
 //! The material in use sits in a [`TlsStore`]: a reload (SIGHUP, or a change of a configured
 //! file) builds a new [`Tls`] from the files and swaps it in whole; each new connection takes
 //! the current one once, so connections already carried keep the TLS sessions they have.
@@ -40,6 +43,10 @@ use tracing::{info, warn};
 
 use crate::config::{ClientTlsMode, Config, ServerTlsMode, ServerTlsVerify};
 use crate::error::RelayError;
+
+pub mod policy;
+
+pub use policy::Policy;
 
 /// The folder inside the state directory that holds the relay's own TLS material.
 const TLS_DIR: &str = "tls";
@@ -77,6 +84,9 @@ pub struct Tls {
     ephemeral: Option<Arc<Identity>>,
     /// The relay's RSA key, when the modes allow a recipient without TLS and a donor with it.
     rsa: Option<Arc<RsaKey>>,
+    /// The donor's RSA public key pinned by `--server-public-key`.
+    donor_public_key: Option<Arc<rsa::PublicKey>>,
+    policy: Policy,
 }
 
 /// The relay's RSA key pair for caching_sha2_password: it serves the public half to recipients
@@ -159,22 +169,21 @@ fn rsa_invalid(reason: String) -> RelayError {
 }
 
 /// Whether the modes allow a recipient leg without TLS with a donor leg with TLS (or a pair's
-/// tunnel, which counts as one), where the relay needs its own RSA key.
+/// TLS tunnel, which counts as one), where the relay needs its own RSA key.
 fn needs_rsa_key(config: &Config) -> bool {
     let plain_recipients = matches!(
         config.client_tls_mode,
         ClientTlsMode::Disabled | ClientTlsMode::Preferred
     );
-    if config.peer.is_some() {
+    if config.peer.is_some() || config.peer_listen.is_some() {
         return plain_recipients;
     }
-    matches!(
-        config.client_tls_mode,
-        ClientTlsMode::Disabled | ClientTlsMode::Preferred
-    ) && matches!(
-        config.server_tls_mode,
-        ServerTlsMode::Preferred | ServerTlsMode::Required
-    )
+    plain_recipients
+        && (matches!(
+            config.server_tls_mode,
+            ServerTlsMode::Preferred | ServerTlsMode::Required
+        ) || (config.server_tls_mode != ServerTlsMode::Disabled
+            && config.server_tls_verify != ServerTlsVerify::Disabled))
 }
 
 /// Where the relay's certificate towards recipients came from.
@@ -191,8 +200,22 @@ pub enum CertOrigin {
 }
 
 impl Tls {
-    /// Logs where the certificate comes from and its fingerprint, once the relay serves.
+    /// Logs where the certificate comes from and its fingerprint, once the relay serves, and
+    /// what a plain donor leg means under these settings.
     pub fn log_start(&self) {
+        if self.policy.allows_plain_donor_under_tls() {
+            warn!(
+                "--server-tls-mode disabled: recipients on TLS get a plain donor leg, where the clone's data crosses in clear"
+            );
+            match self.donor_public_key {
+                Some(_) => info!(
+                    "full authentication over the plain donor leg encrypts the password to the donor key pinned by --server-public-key"
+                ),
+                None => warn!(
+                    "full authentication over a plain donor leg encrypts the password to the RSA key the donor sends, which trusts that network; pin the donor's key with --server-public-key"
+                ),
+            }
+        }
         let Some(fingerprint) = &self.fingerprint else {
             return;
         };
@@ -334,7 +357,20 @@ impl Tls {
         } else {
             None
         };
+        let donor_public_key = match &config.server_public_key {
+            Some(path) => {
+                let pem =
+                    std::fs::read(path).map_err(|e| file_invalid("server_public_key", path, e))?;
+                let key = crate::password::public_key_from_pem(&pem)
+                    .map_err(|e| file_invalid("server_public_key", path, e))?;
+                Some(Arc::new(key))
+            }
+            None => None,
+        };
+        let policy = Policy::new(config, acceptor.is_some(), connector.is_some());
         Ok(Tls {
+            donor_public_key,
+            policy,
             acceptor,
             connector,
             fingerprint,
@@ -383,6 +419,16 @@ impl Tls {
     }
 
     /// The relay's RSA key, when the modes allow a recipient without TLS and a donor with it.
+    /// What the modes mean for each connection.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The donor's RSA public key, when `--server-public-key` pins it.
+    pub fn donor_public_key(&self) -> Option<&rsa::PublicKey> {
+        self.donor_public_key.as_deref()
+    }
+
     pub fn rsa_key(&self) -> Option<&RsaKey> {
         self.rsa.as_deref()
     }
@@ -457,6 +503,7 @@ fn stamps(config: &Config) -> Vec<(PathBuf, Stamp)> {
         &config.server_tls_cert,
         &config.server_tls_key,
         &config.server_tls_ca,
+        &config.server_public_key,
     ]
     .into_iter()
     .flatten()
