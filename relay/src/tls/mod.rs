@@ -175,7 +175,7 @@ fn needs_rsa_key(config: &Config) -> bool {
         config.client_tls_mode,
         ClientTlsMode::Disabled | ClientTlsMode::Preferred
     );
-    if config.peer.is_some() || config.peer_listen.is_some() {
+    if config.peer.is_some() {
         return plain_recipients;
     }
     plain_recipients
