@@ -312,7 +312,11 @@ async fn log_in(
 /// was offered no TLS (the donor offers none) may require it, as a `REQUIRE SSL` clone does,
 /// and is listed as refused with that reason.
 fn left_after_greeting(s: &StageSettings<'_>, donor: Donor) -> RelayError {
-    if donor.offered || donor.legs.downstream != policy::Leg::Socket || donor.offers_tls {
+    if donor.offered
+        || donor.offers_tls
+        || donor.legs.downstream != policy::Leg::Socket
+        || !s.policy().follows_donor_offer()
+    {
         return RelayError::ClientLeft;
     }
     RelayError::TlsRefused(format!(

@@ -168,6 +168,16 @@ impl Policy {
         Ok(())
     }
 
+    /// Whether the recipient is offered TLS exactly when the donor offers it (all modes but
+    /// `--client-tls-mode disabled|passthrough` and `--server-tls-mode disabled`).
+    pub fn follows_donor_offer(&self) -> bool {
+        matches!(
+            self.client,
+            ClientTlsMode::Preferred | ClientTlsMode::Required
+        ) && self.server != ServerTlsMode::Disabled
+            && self.terminates
+    }
+
     /// `--client-tls-mode passthrough`: the recipient's own TLS goes to the donor undecoded.
     pub fn passthrough(&self) -> bool {
         self.client == ClientTlsMode::Passthrough
@@ -282,7 +292,9 @@ mod tests {
         assert_eq!(p.greeting_offer(DONOR, false, Leg::Socket), Ok(Some(true)));
         assert_eq!(p.donor_leg(DONOR, true, true), Ok(false));
         assert!(p.allows_plain_donor_under_tls());
+        assert!(!p.follows_donor_offer());
         assert!(!defaults().allows_plain_donor_under_tls());
+        assert!(defaults().follows_donor_offer());
     }
 
     #[test]
