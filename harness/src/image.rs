@@ -63,6 +63,39 @@ pub async fn mysql_image() -> Result<ImageRef> {
     ImageRef::parse(DEFAULT_IMAGE)
 }
 
+/// The relay's own image (`clone-relay:<version>`), built from this workspace's release binary
+/// by `scripts/relay-image.sh`; an image of the same binary is reused. Builds the release binary
+/// first when it is missing or stale (in the target folder of this test binary).
+pub async fn relay_image() -> Result<String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/relay-image.sh");
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    // target/<profile>/deps/<test> -> target
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .context("the test binary has no target folder")?;
+    let out = Command::new("bash")
+        .arg(script)
+        .env("CARGO_TARGET_DIR", target)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .context("running the relay image build script")?;
+    if !out.status.success() {
+        bail!(
+            "building the relay image failed ({}); see the lines above",
+            out.status
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .last()
+        .map(|tag| tag.trim().to_string())
+        .filter(|tag| tag.starts_with("clone-relay:"))
+        .with_context(|| format!("the relay image script printed no tag: {stdout:?}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,6 +57,10 @@ pub struct ServerOptions {
     pub extra_args: Vec<String>,
     /// A network namespace of its own (for kernel-level faults), port published on loopback.
     pub isolated: bool,
+    /// A user-defined Docker network to join (made when missing, removed with its last
+    /// container); implies `isolated`. The container is named `name` there, so the network's
+    /// other containers reach it by that name: `name` must be unique on the engine.
+    pub network: Option<String>,
     /// Resolve clients' addresses to names (off by default: `--skip-name-resolve`). MySQL keeps
     /// its per-host error counts (`max_connect_errors`) only for resolved hosts.
     pub resolve_names: bool,
@@ -79,6 +83,7 @@ impl ServerOptions {
             valid_donors: Vec::new(),
             extra_args: Vec::new(),
             isolated: false,
+            network: None,
             resolve_names: false,
             keyring: false,
         }
@@ -91,6 +96,7 @@ impl ServerOptions {
             valid_donors: valid_donors.iter().map(ToString::to_string).collect(),
             extra_args: Vec::new(),
             isolated: false,
+            network: None,
             resolve_names: false,
             keyring: false,
         }
@@ -113,7 +119,16 @@ impl MysqlServer {
         let request = GenericImage::new(image.name.as_str(), image.tag.as_str())
             .with_entrypoint("sh")
             .with_wait_for(WaitFor::message_on_stderr("ready for connections"));
-        let request = if options.isolated {
+        let isolated = options.isolated || options.network.is_some();
+        let request = if let Some(network) = &options.network {
+            let script = start_script(ISOLATED_PORT, "0.0.0.0", &options);
+            request
+                .with_cmd(["-c", script.as_str()])
+                .with_cap_add("NET_ADMIN")
+                .with_mapped_port(port, ContainerPort::Tcp(ISOLATED_PORT))
+                .with_network(network.as_str())
+                .with_container_name(options.name.as_str())
+        } else if isolated {
             let script = start_script(ISOLATED_PORT, "0.0.0.0", &options);
             request
                 .with_cmd(["-c", script.as_str()])
@@ -135,12 +150,18 @@ impl MysqlServer {
             container,
             name: options.name,
             port,
-            isolated: options.isolated,
+            isolated,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The container's id, for `docker run --network container:<id>` (a sidecar in its
+    /// network namespace, as in a pod).
+    pub fn container_id(&self) -> &str {
+        self.container.id()
     }
 
     /// The server's TCP address (host networking: loopback).
