@@ -78,6 +78,27 @@ pub async fn clone_instance_with(
     timeout: Duration,
     transport: Transport,
 ) -> Result<CloneOutcome> {
+    clone_instance_as(
+        recipient,
+        donor,
+        timeout,
+        transport,
+        DONOR_USER,
+        DONOR_PASSWORD,
+    )
+    .await
+}
+
+/// [`clone_instance_with`] logging in to the donor as `user` with `password` instead of the
+/// harness's donor account.
+pub async fn clone_instance_as(
+    recipient: &MysqlServer,
+    donor: SocketAddr,
+    timeout: Duration,
+    transport: Transport,
+    user: &str,
+    password: &str,
+) -> Result<CloneOutcome> {
     // A recipient may clone more than once: the clone to follow is the one after this row.
     let previous = recipient
         .sql("SELECT CONCAT(ID, '@', BEGIN_TIME) FROM performance_schema.clone_status")
@@ -87,7 +108,7 @@ pub async fn clone_instance_with(
         .filter(|s| !s.is_empty());
     let started = Instant::now();
     let statement = format!(
-        "CLONE INSTANCE FROM '{DONOR_USER}'@'{}':{} IDENTIFIED BY '{DONOR_PASSWORD}'{}",
+        "CLONE INSTANCE FROM '{user}'@'{}':{} IDENTIFIED BY '{password}'{}",
         donor.ip(),
         donor.port(),
         transport.clause()

@@ -10,9 +10,11 @@
 //! - [`dataset`]: seeding a donor with a data set of a chosen size, and checksumming it.
 //! - [`clone`]: running `CLONE INSTANCE` on a recipient and following it to its end.
 //! - [`relay`]: clone-relay running in-process for a test.
-//! - [`process`]: clone-relay as a process of its own, for figures of the relay alone (memory).
+//! - [`process`]: clone-relay as a process of its own, for figures of the relay alone (memory)
+//!   and its log.
 //! - [`tap`]: a recording TCP proxy between the relay and a donor: what an eavesdropper on that
-//!   leg would see.
+//!   leg would see, and an attacker there could do to the donor's handshake (strip its TLS
+//!   offer, replace its RSA key).
 //! - [`load`]: traffic on a relay besides a clone (idle logged-in clients, half logins).
 //! - [`drill`]: the whole scenario (donor, relay, recipients, clones, comparison), as
 //!   `clone-drill` runs it.
@@ -28,7 +30,7 @@ pub mod process;
 pub mod relay;
 pub mod tap;
 
-pub use clone::{CloneOutcome, Transport, clone_instance, clone_instance_with};
+pub use clone::{CloneOutcome, Transport, clone_instance, clone_instance_as, clone_instance_with};
 pub use dataset::Dataset;
 pub use docker::docker_available;
 pub use mysql::{MysqlServer, ServerOptions};

@@ -1,8 +1,8 @@
 //! clone-relay as a process of its own (the `clone-relay` binary on its defaults), for figures
-//! that belong to the relay alone, such as its memory; killed when dropped.
+//! that belong to the relay alone, such as its memory, and for its log; killed when dropped.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -19,29 +19,38 @@ pub struct RelayProcess {
     child: Child,
     addr: SocketAddr,
     admin_addr: SocketAddr,
+    /// Where its stderr goes, when captured.
+    log_file: Option<PathBuf>,
 }
 
 /// The `clone-relay` binary of this workspace's build: next to the test binaries' folder, built
 /// first with cargo when it is not there yet.
 pub async fn relay_binary() -> Result<PathBuf> {
+    workspace_binary("clone-relay", "clone-relay").await
+}
+
+/// The binary `name` of the workspace's package `package`, of the build the running test
+/// belongs to: next to the test binaries' folder, built first with cargo when it is not there
+/// yet (a `cargo test --workspace` has built it already).
+pub async fn workspace_binary(package: &str, name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test binary")?;
-    // target/<profile>/deps/<test> -> target/<profile>/clone-relay
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .context("the test binary has no target folder")?;
-    let binary = profile_dir.join("clone-relay");
+    let binary = profile_dir.join(name);
     if !binary.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "-p", "clone-relay", "--bin", "clone-relay"]);
+        build.args(["build", "-p", package, "--bin", name]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
         let status = build.status().await.context("running cargo build")?;
         if !status.success() || !binary.exists() {
             bail!(
-                "building clone-relay failed ({status}); expected {}",
+                "building {name} failed ({status}); expected {}",
                 binary.display()
             );
         }
@@ -53,10 +62,34 @@ impl RelayProcess {
     /// Starts the relay to `upstream` on its defaults (plus `extra` flags), on free loopback
     /// ports, and waits until its admin listener answers.
     pub async fn start(upstream: SocketAddr, extra: &[&str]) -> Result<Self> {
+        // Its log at `warn`, or as `RUST_LOG` asks when the test run sets it.
+        let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        Self::spawn(upstream, extra, &log, None).await
+    }
+
+    /// [`RelayProcess::start`] with the log filter `rust_log` (as `RUST_LOG`) and the process's
+    /// stderr, its log, written to `log_file` (created or truncated); [`RelayProcess::log_text`]
+    /// reads it.
+    pub async fn start_logged(
+        upstream: SocketAddr,
+        extra: &[&str],
+        rust_log: &str,
+        log_file: &Path,
+    ) -> Result<Self> {
+        Self::spawn(upstream, extra, rust_log, Some(log_file)).await
+    }
+
+    async fn spawn(
+        upstream: SocketAddr,
+        extra: &[&str],
+        rust_log: &str,
+        log_file: Option<&Path>,
+    ) -> Result<Self> {
         let binary = relay_binary().await?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--upstream")
@@ -64,19 +97,23 @@ impl RelayProcess {
             .arg("--admin")
             .arg(admin_addr.to_string())
             .args(extra)
-            // Its log at `warn`, or as `RUST_LOG` asks when the test run sets it.
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        if let Some(path) = log_file {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating the relay's log file {}", path.display()))?;
+            // Plain text in the file, without terminal colours.
+            command.env("NO_COLOR", "1").stderr(file);
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let mut relay = RelayProcess {
             child,
             addr,
             admin_addr,
+            log_file: log_file.map(Path::to_path_buf),
         };
         let deadline = Instant::now() + READY_WAIT;
         loop {
@@ -84,13 +121,36 @@ impl RelayProcess {
                 return Ok(relay);
             }
             if let Some(status) = relay.child.try_wait()? {
-                bail!("clone-relay exited at start ({status})");
+                bail!("clone-relay exited at start ({status}){}", relay.log_tail());
             }
             if Instant::now() >= deadline {
                 bail!("clone-relay did not answer /healthz within {READY_WAIT:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The log written so far, when started with [`RelayProcess::start_logged`].
+    pub fn log_text(&self) -> Result<String> {
+        let path = self
+            .log_file
+            .as_ref()
+            .context("this relay's log is not captured (use RelayProcess::start_logged)")?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading the relay's log {}", path.display()))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The last lines of a captured log, for an error message (empty when not captured).
+    fn log_tail(&self) -> String {
+        let Ok(log) = self.log_text() else {
+            return String::new();
+        };
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "; its log ends with:\n{}",
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        )
     }
 
     /// Where the recipient should clone from.

@@ -100,11 +100,18 @@ fn unit_interval(seed: u64, attempt: u64) -> f64 {
 }
 
 /// Dials `addr` and reads its greeting, so that a relay pointed at the wrong place says so at
-/// start. The connection is then dropped; the donor counts it as an aborted connect. Only a
-/// greeting is recorded in `health` as a success.
+/// start. The connection then ends with a refused login ([`crate::path::leave`]), which the
+/// donor does not count against `max_connect_errors`. Only a greeting is recorded in `health`
+/// as a success.
 pub async fn probe(config: &Config, health: &Health, addr: &str) -> Result<Greeting, RelayError> {
     let greeting = match dial_once(config, addr).await {
-        Ok(mut stream) => read_greeting(config, &mut stream, addr).await,
+        Ok(mut stream) => {
+            let greeting = read_greeting(config, &mut stream, addr).await;
+            if greeting.is_ok() {
+                crate::path::leave(&mut stream).await;
+            }
+            greeting
+        }
         Err(e) => Err(e),
     };
     match &greeting {
