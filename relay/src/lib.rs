@@ -64,8 +64,9 @@ pub mod state;
 pub mod tls;
 pub mod transport;
 pub mod tunnel;
-pub mod units;
 pub mod upstream;
+
+pub use config::units;
 
 pub use config::Config;
 pub use error::RelayError;
