@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::config::{ClientTlsMode, Config};
+use crate::config::Config;
 use crate::connection;
 use crate::error::RelayError;
 use crate::socket;
@@ -44,7 +44,7 @@ impl Relay {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RelayError> {
         self.tls().log_start();
-        if self.config().client_tls_mode == ClientTlsMode::Passthrough {
+        if self.tls().policy().passthrough() {
             warn!(
                 "client TLS passthrough: clones over TLS pass undecoded, so their sessions, progress, stall detection and resume accounting are off"
             );

@@ -38,7 +38,7 @@ impl Relay {
         config.validate()?;
         let tls = Tls::load(&config)?;
         let settings = SessionSettings {
-            decode_inside_tls: config.client_tls_mode != crate::config::ClientTlsMode::Passthrough,
+            decode_inside_tls: !crate::tls::Policy::new(&config).passthrough(),
             resume_timeout: config.resume_timeout,
             limits: Limits {
                 max_login_packet_bytes: config.max_login_packet_bytes,

@@ -41,7 +41,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
 
-use crate::config::{ClientTlsMode, Config, ServerTlsMode, ServerTlsVerify};
+use crate::config::{Config, ServerTlsVerify};
 use crate::error::RelayError;
 
 mod own;
@@ -55,7 +55,6 @@ pub use own::CertOrigin;
 use own::*;
 pub use policy::Policy;
 pub use rsa_key::RsaKey;
-use rsa_key::*;
 pub use store::TlsStore;
 pub use tunnel::TunnelTls;
 use verify::*;
@@ -182,18 +181,16 @@ impl Tls {
         ephemeral: Option<Arc<Identity>>,
         rsa: Option<Arc<RsaKey>>,
     ) -> Result<Self, RelayError> {
+        let policy = Policy::new(config);
         let rsa = match rsa {
             Some(key) => Some(key),
-            None if needs_rsa_key(config) => {
+            None if policy.needs_rsa_key() => {
                 Some(Arc::new(RsaKey::own(config.state_dir.as_deref())?))
             }
             None => None,
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let terminates = matches!(
-            config.client_tls_mode,
-            ClientTlsMode::Preferred | ClientTlsMode::Required
-        );
+        let terminates = policy.terminates();
         let mut kept_nowhere = None;
         let (acceptor, fingerprint, certificate_fingerprint, origin) = if terminates {
             let (identity, origin) = match (&config.client_tls_cert, &config.client_tls_key) {
@@ -230,8 +227,7 @@ impl Tls {
         } else {
             (None, None, None, None)
         };
-        let dials_tls = config.server_tls_mode != ServerTlsMode::Disabled
-            && config.client_tls_mode != ClientTlsMode::Passthrough;
+        let dials_tls = policy.dials();
         let client_identity = match (&config.server_tls_cert, &config.server_tls_key) {
             (Some(cert), Some(key)) if dials_tls => Some(Identity::from_files(
                 cert,
@@ -269,7 +265,6 @@ impl Tls {
             }
             None => None,
         };
-        let policy = Policy::new(config, acceptor.is_some(), connector.is_some());
         Ok(Tls {
             donor_public_key,
             policy,

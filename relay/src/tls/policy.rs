@@ -42,21 +42,53 @@ pub struct Policy {
     client: ClientTlsMode,
     server: ServerTlsMode,
     verify: ServerTlsVerify,
-    /// The relay can accept recipients' TLS (it has a certificate towards them).
+    /// The relay accepts recipients' TLS (it has a certificate towards them).
     terminates: bool,
-    /// The relay can dial TLS to donors.
+    /// The relay dials TLS to donors.
     dials: bool,
+    /// The recipient side of a relay pair.
+    recipient_side: bool,
 }
 
 impl Policy {
-    pub fn new(config: &Config, terminates: bool, dials: bool) -> Self {
+    pub fn new(config: &Config) -> Self {
+        let client = config.client_tls_mode;
         Policy {
-            client: config.client_tls_mode,
+            client,
             server: config.server_tls_mode,
             verify: config.server_tls_verify,
-            terminates,
-            dials,
+            terminates: matches!(client, ClientTlsMode::Preferred | ClientTlsMode::Required),
+            dials: config.server_tls_mode != ServerTlsMode::Disabled
+                && client != ClientTlsMode::Passthrough,
+            recipient_side: config.peer.is_some(),
         }
+    }
+
+    /// Whether the relay terminates recipients' TLS, so needs a certificate towards them.
+    pub fn terminates(&self) -> bool {
+        self.terminates
+    }
+
+    /// Whether the relay dials TLS to donors, so needs a connector.
+    pub fn dials(&self) -> bool {
+        self.dials
+    }
+
+    /// Whether a recipient leg without TLS can meet a donor leg with it (a pair's recipient
+    /// side counts its tunnel as one), where the relay serves an RSA key of its own for
+    /// caching_sha2_password's full authentication.
+    pub fn needs_rsa_key(&self) -> bool {
+        let plain_recipients = matches!(
+            self.client,
+            ClientTlsMode::Disabled | ClientTlsMode::Preferred
+        );
+        plain_recipients
+            && (self.recipient_side
+                || matches!(
+                    self.server,
+                    ServerTlsMode::Preferred | ServerTlsMode::Required
+                )
+                || (self.dials && self.verify != ServerTlsVerify::Disabled))
     }
 
     /// Whether the donor leg must have TLS, whatever the recipient does.
@@ -205,11 +237,7 @@ mod tests {
         config.client_tls_mode = client;
         config.server_tls_mode = server;
         config.server_tls_verify = verify;
-        Policy::new(
-            &config,
-            client != ClientTlsMode::Disabled && client != ClientTlsMode::Passthrough,
-            server != ServerTlsMode::Disabled && client != ClientTlsMode::Passthrough,
-        )
+        Policy::new(&config)
     }
 
     fn defaults() -> Policy {

@@ -81,21 +81,3 @@ pub(super) fn rsa_invalid(reason: String) -> RelayError {
         reason,
     }
 }
-
-/// Whether the modes allow a recipient leg without TLS with a donor leg with TLS (or a pair's
-/// TLS tunnel, which counts as one), where the relay needs its own RSA key.
-pub(super) fn needs_rsa_key(config: &Config) -> bool {
-    let plain_recipients = matches!(
-        config.client_tls_mode,
-        ClientTlsMode::Disabled | ClientTlsMode::Preferred
-    );
-    if config.peer.is_some() {
-        return plain_recipients;
-    }
-    plain_recipients
-        && (matches!(
-            config.server_tls_mode,
-            ServerTlsMode::Preferred | ServerTlsMode::Required
-        ) || (config.server_tls_mode != ServerTlsMode::Disabled
-            && config.server_tls_verify != ServerTlsVerify::Disabled))
-}
