@@ -4,6 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use clone_relay::server::Listeners;
 use clone_relay::session::{DetectionKind, SessionsView};
 use clone_relay::{Config, Relay, RelayError};
 use tokio::sync::oneshot;
@@ -58,46 +59,32 @@ impl RelayFixture {
     /// just stopped, to restart it in place); its admin listener takes a free loopback port.
     pub fn start_at(addr: SocketAddr, config: Config) -> Result<Self> {
         let relay = Relay::new(config)?;
-        let listener = clone_relay::bind(addr)?;
-        let admin = clone_relay::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
-        let addr = listener.local_addr().context("relay listener address")?;
-        let admin_addr = admin.local_addr().context("admin listener address")?;
-        let tunnel = relay
-            .config()
-            .peer_listen
-            .map(clone_relay::bind)
-            .transpose()?;
-        let peer_addr = tunnel
-            .as_ref()
-            .map(|t| t.local_addr().context("tunnel listener address"))
-            .transpose()?;
+        let listeners = Listeners {
+            recipients: Some(clone_relay::bind(addr)?),
+            tunnel: relay
+                .config()
+                .peer_listen
+                .map(clone_relay::bind)
+                .transpose()?,
+            admin: Some(clone_relay::bind(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                0,
+            )))?),
+        };
+        let addr = listeners
+            .recipients_addr()
+            .context("relay listener address")?;
+        let admin_addr = listeners.admin_addr().context("admin listener address")?;
+        let peer_addr = listeners.tunnel_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn({
             let relay = relay.clone();
             async move {
-                let admin_task = tokio::spawn(clone_relay::admin::serve(
-                    admin,
-                    relay.clone(),
-                    std::future::pending(),
-                ));
-                let stopping = tokio_util::sync::CancellationToken::new();
-                let tunnel_task = tunnel.map(|tunnel| {
-                    let (relay, stopping) = (relay.clone(), stopping.clone());
-                    tokio::spawn(async move {
-                        relay.serve_tunnel(tunnel, stopping.cancelled_owned()).await
-                    })
-                });
-                let result = relay
-                    .serve(listener, async move {
+                relay
+                    .serve_all(listeners, async move {
                         let _ = stopped.await;
                     })
-                    .await;
-                stopping.cancel();
-                if let Some(task) = tunnel_task {
-                    let _ = task.await;
-                }
-                admin_task.abort();
-                result
+                    .await
             }
         });
         Ok(RelayFixture {

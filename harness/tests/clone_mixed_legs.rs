@@ -33,7 +33,7 @@ const CLONE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Bound on waiting for the donor to let go of a finished clone.
 const DONOR_FREE_WAIT: Duration = Duration::from_secs(60);
 
-/// The relay's log lines of the auth exchange (target `clone_relay::auth`, debug), for the
+/// The relay's log lines of the auth exchange (target `clone_relay::connection::auth`, debug), for the
 /// whole test binary.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -58,7 +58,7 @@ impl Captured {
                 let captured = Captured::default();
                 let writer = captured.clone();
                 tracing_subscriber::fmt()
-                    .with_env_filter("clone_relay::auth=debug")
+                    .with_env_filter("clone_relay::connection::auth=debug")
                     .with_ansi(false)
                     .with_writer(move || writer.clone())
                     .init();

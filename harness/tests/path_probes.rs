@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use clone_relay::path::{PathState, probe};
 use clone_relay::protocol::handshake::{ServerHello, parse_server_hello};
 use clone_relay::protocol::packet::read_packet;
+use clone_relay::recovery::probe::{PathState, probe};
 use harness::image::mysql_image;
 use harness::{MysqlServer, ServerOptions, docker_available};
 use tokio::net::TcpStream;

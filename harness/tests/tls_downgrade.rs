@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use clone_relay::config::{ServerTlsMode, ServerTlsVerify};
-use clone_relay::path::PROBE_USER;
+use clone_relay::recovery::probe::PROBE_USER;
 use harness::clone::{CloneOutcome, Transport, clone_instance_as, clone_instance_with};
 use harness::dataset::Dataset;
 use harness::image::{ImageRef, mysql_image};

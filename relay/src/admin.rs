@@ -4,7 +4,7 @@
 //! - `GET /sessions`: JSON of live and recent clone sessions.
 //! - `GET /healthz`: 200 while the relay runs.
 //! - `GET /readyz`: 200 when a donor's latest dial succeeded, or one did within the last
-//!   minute (see [`crate::health`]); else 503 with the reason. It never dials a donor itself.
+//!   minute (see [`crate::recovery::health`]); else 503 with the reason. It never dials a donor itself.
 //! - `GET /limits`: the bandwidth caps, and the rate each of the relay's buckets let through.
 //! - `PUT /limits`: replaces the bandwidth caps, as a JSON object with the keys of the settings
 //!   file's `[limits]` table (`{"session": "40MiB/s"}`; a key left out is no cap); live

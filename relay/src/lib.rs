@@ -40,31 +40,20 @@
 //! - [`error`]: the library's error type, saying which side failed.
 
 pub mod admin;
-pub mod admission;
-pub mod auth;
 pub mod config;
 pub mod connection;
-pub mod copy;
 pub mod error;
-pub mod handshake;
-pub mod health;
 pub mod io;
-pub mod leg;
 pub mod limit;
-pub mod liveness;
 pub mod metrics;
-pub mod password;
-pub mod path;
 pub mod protocol;
+pub mod recovery;
 pub mod server;
 pub mod session;
 pub mod socket;
-pub mod stall;
 pub mod state;
 pub mod tls;
-pub mod transport;
 pub mod tunnel;
-pub mod upstream;
 
 pub use config::units;
 

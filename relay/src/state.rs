@@ -8,11 +8,11 @@ use tracing::{info, warn};
 
 use crate::config::{Config, LimitSettings};
 use crate::error::RelayError;
-use crate::health::Health;
 use crate::limit::RelayLimits;
 use crate::metrics::Metrics;
-use crate::path::PathProbes;
 use crate::protocol::Limits;
+use crate::recovery::health::Health;
+use crate::recovery::probe::PathProbes;
 use crate::session::affinity::AffinityStore;
 use crate::session::{Registry, SessionSettings};
 use crate::tls::{Tls, TlsStore};

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use clone_relay::admin::{self, MAX_CONCURRENT_REQUESTS, request, request_with_token};
 use clone_relay::config::Secret;
+use clone_relay::connection::dial as upstream;
 use clone_relay::protocol::packet::read_packet;
-use clone_relay::{Config, Relay, upstream};
+use clone_relay::{Config, Relay};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

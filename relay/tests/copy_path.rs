@@ -12,9 +12,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clone_relay::copy;
+use clone_relay::connection::copy;
+use clone_relay::connection::leg::Leg;
 use clone_relay::io::{Legs, Observed};
-use clone_relay::leg::Leg;
 use clone_relay::limit::{Chain, Limited};
 use clone_relay::metrics::Metrics;
 use clone_relay::protocol::decoder::{Direction, ViolationKind};

@@ -214,7 +214,7 @@ async fn fake_donor_demanding(
                                 .push(certs[0].clone());
                         }
                         echo(&mut tls, 3).await;
-                    } else if login_user(&first) == clone_relay::path::PROBE_USER {
+                    } else if login_user(&first) == clone_relay::recovery::probe::PROBE_USER {
                         seen.left_politely.fetch_add(1, Ordering::Relaxed);
                         let denied = clone_relay::protocol::handshake::err_packet(
                             2,
@@ -680,7 +680,10 @@ async fn cleartext_plugins_never_answer_from_a_tls_recipient_onto_a_plain_donor_
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let answers = heard.lock().unwrap().clone();
-        assert_eq!(answers[2], clone_relay::path::PROBE_USER.as_bytes());
+        assert_eq!(
+            answers[2],
+            clone_relay::recovery::probe::PROBE_USER.as_bytes()
+        );
         assert!(
             !answers
                 .iter()

@@ -216,3 +216,15 @@ pub(super) fn one_or_many<'de, D: serde::Deserializer<'de>>(
         OneOrMany::Many(list) => list,
     })
 }
+
+/// A refused flag's message (clap's) on one line: its text without the usage and hint lines.
+pub fn flag_error(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string()
+}

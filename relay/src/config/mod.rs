@@ -361,6 +361,16 @@ impl Config {
         toml::to_string(self)
     }
 
+    /// What `--check-config` prints: [`Config::to_toml`], and a line saying whether the admin
+    /// token is set (never what it is).
+    pub fn effective_toml(&self) -> Result<String, toml::ser::Error> {
+        let mut text = self.to_toml()?;
+        if self.admin_token.is_some() {
+            text.push_str("# admin_token is set\n");
+        }
+        Ok(text)
+    }
+
     /// Where connections go: the donors, or the donor-side relay of a pair (`peer`).
     pub fn destinations(&self) -> &[String] {
         match &self.peer {

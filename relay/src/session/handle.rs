@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::flow::DataFlow;
 use super::{CloseReason, ConnId, Registry, SessionSettings};
 use crate::io::Observer;
 use crate::limit::{ConnLimits, Pair, RelayLimits};
 use crate::protocol::clone::{CommandKind, Stage};
 use crate::protocol::decoder::{Decoder, Event};
 use crate::protocol::{Direction, Phase, Violation};
-use crate::stall::DataFlow;
 
 /// A relayed connection's link to the registry: it decodes what passes and records it.
 #[derive(Debug)]

@@ -17,6 +17,7 @@
 mod admit;
 pub mod affinity;
 mod apply;
+mod flow;
 mod handle;
 mod lifecycle;
 mod state;
@@ -27,6 +28,7 @@ mod tests;
 
 pub use admit::Admitted;
 pub use apply::{ENCRYPTED_OVER_PLAIN_DONOR_LEG, ER_CLONE_ENCRYPTION};
+pub use flow::{DataFlow, Slowness};
 pub use handle::ConnHandle;
 pub use state::{
     Change, CloneErrorView, ConnRecord, Detection, DetectionKind, DonorGaps, ResumeRecord, Role,

@@ -259,7 +259,7 @@ impl Tls {
             Some(path) => {
                 let pem =
                     std::fs::read(path).map_err(|e| file_invalid("server_public_key", path, e))?;
-                let key = crate::password::public_key_from_pem(&pem)
+                let key = crate::connection::password::public_key_from_pem(&pem)
                     .map_err(|e| file_invalid("server_public_key", path, e))?;
                 Some(Arc::new(key))
             }

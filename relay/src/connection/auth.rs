@@ -9,7 +9,7 @@
 //!
 //! - TLS recipient, plain donor: the recipient sends its password in clear inside its TLS; the
 //!   relay asks the donor for its RSA public key and sends the password encrypted
-//!   ([`crate::password::encrypt`] with the latest nonce), so it never crosses the plain leg
+//!   ([`crate::connection::password::encrypt`] with the latest nonce), so it never crosses the plain leg
 //!   in clear.
 //! - Plain recipient, TLS donor: the recipient asks for the public key; the relay serves its
 //!   own, decrypts what the recipient sends with it, and sends the password in clear inside the
@@ -27,9 +27,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 use zeroize::Zeroizing;
 
+use crate::connection::password;
 use crate::error::RelayError;
 use crate::io::Observer;
-use crate::password;
 use crate::protocol::auth::{
     AUTH_MORE_DATA, NONCE_LEN, REQUEST_PUBLIC_KEY, SeqCounter, ServerAuth, classify_server_auth,
     set_seq,
@@ -309,7 +309,7 @@ async fn decline(donor: &mut (impl AsyncRead + AsyncWrite + Unpin), ex: &mut Exc
     let empty = frame(ex.donor_seq.take(), &[0]);
     if donor.write_all(&empty).await.is_ok() {
         let _ = tokio::time::timeout(
-            crate::path::PROBE_TIMEOUT,
+            crate::recovery::probe::PROBE_TIMEOUT,
             read(donor, ex.max_packet, Direction::Downstream),
         )
         .await;

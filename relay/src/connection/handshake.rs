@@ -14,7 +14,7 @@
 //!    unless `--server-tls-mode disabled` says so. The login request goes to the donor with
 //!    CLIENT_SSL saying what the donor leg does (over a pair's tunnel: what the donor side must
 //!    do).
-//! 4. The auth exchange is carried packet by packet ([`crate::auth`]), each leg with its own
+//! 4. The auth exchange is carried packet by packet ([`crate::connection::auth`]), each leg with its own
 //!    sequence ids, bridging caching_sha2_password's full authentication when one leg has TLS
 //!    and the other not, and refusing plugins that would put the password in clear on a plain
 //!    donor leg.
@@ -22,7 +22,7 @@
 //!
 //! A mode that cannot be met is refused with a MySQL ERR packet naming the cause, before any
 //! login byte reaches the donor; the donor's connection then ends with a refused login of a user
-//! that does not exist ([`crate::path::leave`]), not a broken handshake that the donor would
+//! that does not exist ([`crate::recovery::probe::leave`]), not a broken handshake that the donor would
 //! count against `max_connect_errors`. In `passthrough` the greeting and the recipient's TLS
 //! pass untouched (and undecoded), and the copy carries the login. Waits are bounded: the
 //! greeting by the admission's greeting wait, the rest (TLS handshakes and the auth exchange
@@ -32,14 +32,15 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::leg::Wire;
+use crate::connection::leg::Wire;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::auth::{self, Exchange};
+use crate::connection::auth::{self, Exchange};
+use crate::connection::leg::Leg;
+use crate::connection::transport::Transport;
 use crate::error::RelayError;
 use crate::io::Observer;
-use crate::leg::Leg;
 use crate::protocol::auth::{NONCE_LEN, SeqCounter, greeting_nonce, set_login_ssl};
 use crate::protocol::handshake::{
     CLIENT_SSL, SSL_REQUEST_LEN, ServerHello, err_packet, greeting_err_packet, login_auth_plugin,
@@ -48,7 +49,6 @@ use crate::protocol::handshake::{
 use crate::protocol::{Direction, HEADER_LEN, PacketHeader, Violation, ViolationKind};
 use crate::tls::policy::{self, Policy};
 use crate::tls::{Tls, donor_name};
-use crate::transport::Transport;
 
 /// MySQL's server error for "connections using insecure transport are prohibited".
 const ER_SECURE_TRANSPORT_REQUIRED: u16 = 3159;
@@ -204,7 +204,7 @@ struct Legs {
 /// end does that for its own donor connection.
 async fn leave_donor(upstream: &mut Wire, legs: Legs, greeted: bool) {
     if greeted && legs.upstream == policy::Leg::Socket {
-        crate::path::leave(upstream).await;
+        crate::recovery::probe::leave(upstream).await;
     }
 }
 
@@ -685,7 +685,7 @@ mod tests {
             let (seq, payload) = read_one(&mut donor).await;
             assert_eq!(seq, 1);
             let login = parse_login_request(&payload, payload.len()).unwrap();
-            assert_eq!(login.user, crate::path::PROBE_USER);
+            assert_eq!(login.user, crate::recovery::probe::PROBE_USER);
             donor
                 .write_all(&err_packet(2, 1045, b"28000", "Access denied"))
                 .await

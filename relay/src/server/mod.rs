@@ -1,23 +1,27 @@
-//! The accept loop: it only accepts, takes a connection permit and spawns; each connection runs
-//! in its own task and span. Also binding the listener, and [`run`].
+//! Serving: the accept loops (they only accept, take a connection permit and spawn; each
+//! connection runs in its own task and span), the relay's listeners bound together
+//! ([`Listeners`]), and [`Relay::serve_all`], which serves every one of them (recipients, a
+//! pair's tunnel, the admin API) until shutdown. The binary and the harness both call it.
+
+mod lifecycle;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::Config;
 use crate::connection;
+use crate::connection::transport::Transport;
 use crate::error::RelayError;
 use crate::socket;
 use crate::state::Relay;
-use crate::transport::Transport;
 
 /// Pause after a failed accept (for example EMFILE) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -26,12 +30,100 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the configured TLS files are checked for a change (then TLS is reloaded).
 pub const TLS_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Binds the relay's listening socket.
+/// Binds one of the relay's listening sockets.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
     socket::listen(addr).map_err(|source| RelayError::Listen {
         addr: addr.to_string(),
         source,
     })
+}
+
+/// The relay's listening sockets: recipients (`listen`), a pair's tunnel (`peer_listen`), the
+/// admin API (`admin`); each only when its setting is given.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub recipients: Option<TcpListener>,
+    pub tunnel: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds what `config` asks for.
+    pub fn bind(config: &Config) -> Result<Self, RelayError> {
+        Ok(Listeners {
+            recipients: config.listen.map(bind).transpose()?,
+            tunnel: config.peer_listen.map(bind).transpose()?,
+            admin: config.admin.map(bind).transpose()?,
+        })
+    }
+
+    /// The address recipients connect to.
+    pub fn recipients_addr(&self) -> Option<SocketAddr> {
+        self.recipients.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The address of a pair's tunnel listener.
+    pub fn tunnel_addr(&self) -> Option<SocketAddr> {
+        self.tunnel.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// Accepts on `listener` until `shutdown` completes, each connection under one of `max`
+/// permits, in a task of `tasks` that `spawn` makes for it.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    max: usize,
+    shutdown: impl Future<Output = ()>,
+    tasks: &TaskTracker,
+    what: &'static str,
+    mut spawn: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(max));
+    tokio::pin!(shutdown);
+    loop {
+        let permit: OwnedSemaphorePermit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "{what} accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let connection = spawn(stream, peer);
+        tasks.spawn(async move {
+            connection.await;
+            drop(permit);
+        });
+    }
+}
+
+/// Waits for the connections of `tasks` to end, at most `grace`; then closes the rest
+/// (`close_now`) and waits for them.
+async fn drain(tasks: &TaskTracker, grace: Duration, close_now: &CancellationToken) {
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        info!(
+            in_flight = tasks.len(),
+            "grace period over: closing connections"
+        );
+        close_now.cancel();
+        tasks.wait().await;
+    }
 }
 
 impl Relay {
@@ -49,10 +141,8 @@ impl Relay {
                 "client TLS passthrough: clones over TLS pass undecoded, so their sessions, progress, stall detection and resume accounting are off"
             );
         }
-        let permits = Arc::new(Semaphore::new(self.config().max_connections));
         let tasks = TaskTracker::new();
         let close_now = CancellationToken::new();
-        tokio::pin!(shutdown);
         let expiry = tokio::spawn({
             let registry = self.registry().clone();
             async move {
@@ -76,62 +166,35 @@ impl Relay {
                 }
             }
         });
-
-        loop {
-            let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                _ = &mut shutdown => break,
-            };
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                        continue;
-                    }
-                },
-                _ = &mut shutdown => break,
-            };
-            let id = self.next_conn_id();
-            let span = info_span!(
-                "conn",
-                id,
-                %peer,
-                role = tracing::field::Empty,
-                clone_session = tracing::field::Empty
-            );
-            let (relay, close_now) = (self.clone(), close_now.clone());
-            tasks.spawn(
-                async move {
-                    connection::serve(stream.into(), peer, id, relay, close_now).await;
-                    drop(permit);
-                }
-                .instrument(span),
-            );
-        }
-
-        drop(listener);
-        tasks.close();
+        let max = self.config().max_connections;
+        accept_loop(
+            listener,
+            max,
+            shutdown,
+            &tasks,
+            "recipient",
+            |stream, peer| {
+                let id = self.next_conn_id();
+                let span = info_span!(
+                    "conn",
+                    id,
+                    %peer,
+                    role = tracing::field::Empty,
+                    clone_session = tracing::field::Empty
+                );
+                let (relay, close_now) = (self.clone(), close_now.clone());
+                async move { connection::serve(stream.into(), peer, id, relay, close_now).await }
+                    .instrument(span)
+            },
+        )
+        .await;
         info!(in_flight = tasks.len(), "shutting down: no new connections");
-        if tokio::time::timeout(self.config().shutdown_grace, tasks.wait())
-            .await
-            .is_err()
-        {
-            info!(
-                in_flight = tasks.len(),
-                "grace period over: closing connections"
-            );
-            close_now.cancel();
-            tasks.wait().await;
-        }
+        drain(&tasks, self.config().shutdown_grace, &close_now).await;
         expiry.abort();
         tls_poll.abort();
         Ok(())
     }
-}
 
-impl Relay {
     /// The donor side of a relay pair: takes tunnel connections on `listener` until `shutdown`
     /// completes; each new stream runs through the pipeline like a recipient's connection, from
     /// the recipient's address its hello names. Resumes go to their streams.
@@ -146,28 +209,12 @@ impl Relay {
                 reason: "this relay is not a pair's donor side".into(),
             });
         };
-        let permits = Arc::new(Semaphore::new(self.config().max_connections));
         let tasks = TaskTracker::new();
         let close_now = CancellationToken::new();
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                _ = &mut shutdown => break,
-            };
-            let (tcp, from) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        warn!(error = %e, "tunnel accept failed");
-                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                        continue;
-                    }
-                },
-                _ = &mut shutdown => break,
-            };
+        let max = self.config().max_connections;
+        accept_loop(listener, max, shutdown, &tasks, "tunnel", |tcp, from| {
             let (relay, tunnel, close_now) = (self.clone(), tunnel.clone(), close_now.clone());
-            tasks.spawn(async move {
+            async move {
                 let (end, peer) = match tunnel.accept(relay.config(), tcp, from).await {
                     Ok(Some(opened)) => opened,
                     Ok(None) => return,
@@ -188,18 +235,10 @@ impl Relay {
                 connection::serve(Transport::Tunnel(end), peer, id, relay, close_now)
                     .instrument(span)
                     .await;
-                drop(permit);
-            });
-        }
-        drop(listener);
-        tasks.close();
-        if tokio::time::timeout(self.config().shutdown_grace, tasks.wait())
-            .await
-            .is_err()
-        {
-            close_now.cancel();
-            tasks.wait().await;
-        }
+            }
+        })
+        .await;
+        drain(&tasks, self.config().shutdown_grace, &close_now).await;
         Ok(())
     }
 }

@@ -9,9 +9,9 @@ use tracing::debug;
 
 use crate::config::Config;
 use crate::error::RelayError;
-use crate::health::Health;
 use crate::protocol::handshake::{Greeting, ServerHello, parse_server_hello};
 use crate::protocol::packet::read_packet;
+use crate::recovery::health::Health;
 use crate::socket;
 
 /// A greeting is a few hundred bytes; anything larger is not one.
@@ -100,7 +100,7 @@ fn unit_interval(seed: u64, attempt: u64) -> f64 {
 }
 
 /// Dials `addr` and reads its greeting, so that a relay pointed at the wrong place says so at
-/// start. The connection then ends with a refused login ([`crate::path::leave`]), which the
+/// start. The connection then ends with a refused login ([`crate::recovery::probe::leave`]), which the
 /// donor does not count against `max_connect_errors`. Only a greeting is recorded in `health`
 /// as a success.
 pub async fn probe(config: &Config, health: &Health, addr: &str) -> Result<Greeting, RelayError> {
@@ -108,7 +108,7 @@ pub async fn probe(config: &Config, health: &Health, addr: &str) -> Result<Greet
         Ok(mut stream) => {
             let greeting = read_greeting(config, &mut stream, addr).await;
             if greeting.is_ok() {
-                crate::path::leave(&mut stream).await;
+                crate::recovery::probe::leave(&mut stream).await;
             }
             greeting
         }

@@ -12,8 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::{client, server};
 
+use crate::connection::transport::Transport;
 use crate::limit::Limited;
-use crate::transport::Transport;
 
 /// A leg's transport, its reads paid from the connection's bandwidth buckets: under TLS, so
 /// the caps count what crosses the wire.

@@ -6,6 +6,15 @@
 //! are reset too, so the recipient's CLONE resumes (COM_REINIT) at once rather than when each
 //! of them times out on its own.
 
+pub mod admission;
+pub mod auth;
+pub mod copy;
+pub mod dial;
+pub mod handshake;
+pub mod leg;
+pub mod password;
+pub mod transport;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,20 +25,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::admission::{self, Admission};
-use crate::copy;
+use self::admission::Admission;
+use self::handshake::StageSettings;
+use crate::connection::leg::Leg;
+use crate::connection::transport::Transport;
 use crate::error::RelayError;
-use crate::handshake::{self, StageSettings};
 use crate::io::{Legs, Observed};
-use crate::leg::Leg;
 use crate::limit::Limited;
-use crate::liveness::FlowSocket;
 use crate::protocol::Direction;
 use crate::protocol::handshake::greeting_err_packet;
+use crate::recovery::liveness;
+use crate::recovery::liveness::FlowSocket;
 use crate::session::{CloseReason, ConnHandle, ConnId};
+use crate::socket;
 use crate::state::Relay;
-use crate::transport::Transport;
-use crate::{liveness, socket, upstream};
 
 /// MySQL's client error for "can't connect to server", sent to the recipient in place of a
 /// greeting when no donor can be reached, so its CLONE fails with a reason rather than EOF.
@@ -264,10 +273,10 @@ async fn dial(
     while let Some(donor) = next.take() {
         let dialed = match admission.dial_patience {
             Some(patience) => tokio::select! {
-                dialed = upstream::dial_until(config, relay.health(), &donor, Instant::now() + patience, conn.id()) => dialed,
+                dialed = dial::dial_until(config, relay.health(), &donor, Instant::now() + patience, conn.id()) => dialed,
                 () = handshake::recipient_gone(downstream) => return Err(RelayError::ClientLeft),
             },
-            None => upstream::dial(config, relay.health(), &donor).await,
+            None => dial::dial(config, relay.health(), &donor).await,
         };
         match dialed {
             Ok(stream) => {

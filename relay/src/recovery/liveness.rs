@@ -5,7 +5,7 @@
 //!   silent flow itself is asked at once (below); a flow whose TCP answers is then noted as a
 //!   slow donor (the donor hands out a stage's work unevenly, and a slow donor leaves a
 //!   connection idle for seconds) and never reset while the clone moves;
-//! - nothing reaches the donor on a fresh connection ([`crate::path`]): the link is down. The
+//! - nothing reaches the donor on a fresh connection ([`crate::recovery::probe`]): the link is down. The
 //!   session is kept, so TCP carries on when the link returns; the path is probed again every
 //!   [`RECHECK`] (at most [`MAX_PROBES`] times per silence). Once a probe gets through, the
 //!   silent flow has about the outage's length again to resume (TCP's retransmission backoff
@@ -30,9 +30,10 @@ use tokio::time::Instant;
 
 use crate::config::{Config, StallSettings};
 use crate::io::Legs;
-use crate::path::{PathProbes, PathState};
+use crate::recovery::probe::{PathProbes, PathState};
+use crate::recovery::stall;
+use crate::session::Slowness;
 use crate::session::{ConnHandle, DetectionKind};
-use crate::stall::{self, Slowness};
 
 /// How often a link found down is probed again while the flow stays silent.
 pub const RECHECK: Duration = Duration::from_secs(5);
