@@ -3,7 +3,8 @@
 use std::io;
 use std::time::Duration;
 
-use crate::protocol::Violation;
+use crate::protocol::packet::ReadError;
+use crate::protocol::{Direction, Violation, ViolationKind};
 
 /// Errors of the relay library.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +93,20 @@ pub enum RelayError {
 }
 
 impl RelayError {
+    /// A failed read of one packet travelling in `dir` before the copy takes over: the leg it
+    /// was read from, or an oversized packet as a violation of the peer that sent it.
+    pub fn from_read(e: ReadError, dir: Direction) -> Self {
+        match (e, dir) {
+            (ReadError::Io(e), Direction::Upstream) => RelayError::Downstream(e),
+            (ReadError::Io(e), Direction::Downstream) => RelayError::Upstream(e),
+            (ReadError::Oversize { payload_len, max }, from) => RelayError::Protocol(Violation {
+                kind: ViolationKind::Oversize,
+                from,
+                detail: format!("{payload_len}-byte packet before auth (limit {max})"),
+            }),
+        }
+    }
+
     /// A short name of the error's kind, for metrics.
     pub fn kind(&self) -> &'static str {
         match self {

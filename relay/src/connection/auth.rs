@@ -23,7 +23,7 @@
 //!
 //! The password sits only in buffers cleared when dropped, and is never logged.
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 use zeroize::Zeroizing;
 
@@ -35,7 +35,8 @@ use crate::protocol::auth::{
     set_seq,
 };
 use crate::protocol::handshake::err_packet;
-use crate::protocol::{Direction, HEADER_LEN, PacketHeader, Violation, ViolationKind, frame};
+use crate::protocol::packet::read_bounded;
+use crate::protocol::{Direction, HEADER_LEN, frame};
 use crate::tls::{Policy, RsaKey};
 
 /// MySQL's server error for a bad handshake, sent to the recipient when the relay cannot carry
@@ -323,28 +324,11 @@ async fn read(
     max: usize,
     dir: Direction,
 ) -> Result<(Vec<u8>, u8), RelayError> {
-    let leg_error = |e| match dir {
-        Direction::Upstream => RelayError::Downstream(e),
-        Direction::Downstream => RelayError::Upstream(e),
-    };
-    let mut packet = vec![0u8; HEADER_LEN];
-    from.read_exact(&mut packet).await.map_err(leg_error)?;
-    let header = PacketHeader::parse(&packet).expect("a whole header");
-    if header.payload_len > max {
-        return Err(RelayError::Protocol(Violation {
-            kind: ViolationKind::Oversize,
-            from: dir,
-            detail: format!(
-                "{}-byte packet before auth (limit {max})",
-                header.payload_len
-            ),
-        }));
-    }
-    packet.resize(HEADER_LEN + header.payload_len, 0);
-    from.read_exact(&mut packet[HEADER_LEN..])
+    let packet = read_bounded(from, max)
         .await
-        .map_err(leg_error)?;
-    Ok((packet, header.seq))
+        .map_err(|e| RelayError::from_read(e, dir))?;
+    let seq = packet[3];
+    Ok((packet, seq))
 }
 
 #[cfg(test)]
@@ -352,9 +336,10 @@ mod tests {
     use std::sync::{LazyLock, Mutex};
 
     use sha1::Sha1;
-    use tokio::io::{DuplexStream, duplex};
+    use tokio::io::{AsyncReadExt, DuplexStream, duplex};
 
     use super::*;
+    use crate::protocol::Violation;
     use crate::protocol::auth::{AUTH_SWITCH, FAST_AUTH_SUCCESS, PERFORM_FULL_AUTH};
 
     /// One key for these tests, serving as the donor's and as the relay's.

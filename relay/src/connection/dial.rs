@@ -10,12 +10,10 @@ use tracing::debug;
 use crate::config::Config;
 use crate::error::RelayError;
 use crate::protocol::handshake::{Greeting, ServerHello, parse_server_hello};
-use crate::protocol::packet::read_packet;
+use crate::protocol::packet::{MAX_GREETING_BYTES, read_packet};
 use crate::recovery::health::Health;
 use crate::socket;
 
-/// A greeting is a few hundred bytes; anything larger is not one.
-const MAX_GREETING_BYTES: usize = 16 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 

@@ -30,7 +30,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::connection::leg::Wire;
 use tokio::time::Instant;
@@ -46,7 +46,8 @@ use crate::protocol::handshake::{
     CLIENT_SSL, SSL_REQUEST_LEN, ServerHello, err_packet, greeting_err_packet, login_auth_plugin,
     parse_login_request, parse_server_hello, set_greeting_ssl,
 };
-use crate::protocol::{Direction, HEADER_LEN, PacketHeader, Violation, ViolationKind};
+use crate::protocol::packet::read_bounded;
+use crate::protocol::{Direction, HEADER_LEN};
 use crate::tls::policy::{self, Policy};
 use crate::tls::{Tls, donor_name};
 
@@ -218,7 +219,14 @@ async fn log_in(
     s: &StageSettings<'_>,
     donor: Donor,
 ) -> Result<(Leg, Leg), RelayError> {
-    let first = match read_packet(&mut downstream, observer, Direction::Upstream).await {
+    let first = match read_packet(
+        &mut downstream,
+        observer,
+        Direction::Upstream,
+        s.max_greeting_bytes,
+    )
+    .await
+    {
         Ok(first) => first,
         Err(e) => {
             let e = match e {
@@ -389,7 +397,14 @@ async fn accept(
         .accept(downstream)
         .await
         .map_err(|e| RelayError::DownstreamTls(e.to_string()))?;
-    let login = match read_packet(&mut recipient, observer, Direction::Upstream).await {
+    let login = match read_packet(
+        &mut recipient,
+        observer,
+        Direction::Upstream,
+        s.max_greeting_bytes,
+    )
+    .await
+    {
         Err(RelayError::Downstream(e)) if recipient_left(&e) => return Err(RelayError::ClientLeft),
         other => other?,
     };
@@ -525,51 +540,24 @@ async fn send_err(downstream: &mut (impl AsyncWrite + Unpin), seq: u8, code: u16
 /// Reads the donor's greeting whole (bounded by `max` bytes) before anything sees it, since the
 /// relay may change its TLS offer.
 async fn read_greeting(upstream: &mut Wire, max: usize) -> Result<Vec<u8>, RelayError> {
-    let mut packet = vec![0u8; HEADER_LEN];
-    upstream
-        .read_exact(&mut packet)
+    read_bounded(upstream, max)
         .await
-        .map_err(RelayError::Upstream)?;
-    let header = PacketHeader::parse(&packet).expect("a whole header");
-    if header.payload_len > max {
-        return Err(RelayError::Protocol(Violation {
-            kind: ViolationKind::Oversize,
-            from: Direction::Downstream,
-            detail: format!("{}-byte greeting (limit {max})", header.payload_len),
-        }));
-    }
-    packet.resize(HEADER_LEN + header.payload_len, 0);
-    upstream
-        .read_exact(&mut packet[HEADER_LEN..])
-        .await
-        .map_err(RelayError::Upstream)?;
-    Ok(packet)
+        .map_err(|e| RelayError::from_read(e, Direction::Downstream))
 }
 
 /// Reads exactly one packet travelling in `dir` (the TLS handshake may follow it on the same
-/// socket), shown to `observer` as it arrives: the header first, so an oversized length is
-/// refused before its payload is read.
+/// socket), at most `max` payload bytes, and shows it to `observer`.
 async fn read_packet(
     from: &mut (impl AsyncRead + Unpin),
     observer: &impl Observer,
     dir: Direction,
+    max: usize,
 ) -> Result<Vec<u8>, RelayError> {
-    let leg_error = |e| match dir {
-        Direction::Upstream => RelayError::Downstream(e),
-        Direction::Downstream => RelayError::Upstream(e),
-    };
-    let mut packet = vec![0u8; HEADER_LEN];
-    from.read_exact(&mut packet).await.map_err(leg_error)?;
+    let packet = read_bounded(from, max)
+        .await
+        .map_err(|e| RelayError::from_read(e, dir))?;
     observer
         .observe(dir, &packet)
-        .map_err(RelayError::Protocol)?;
-    let header = PacketHeader::parse(&packet).expect("a whole header");
-    packet.resize(HEADER_LEN + header.payload_len, 0);
-    from.read_exact(&mut packet[HEADER_LEN..])
-        .await
-        .map_err(leg_error)?;
-    observer
-        .observe(dir, &packet[HEADER_LEN..])
         .map_err(RelayError::Protocol)?;
     Ok(packet)
 }
@@ -615,6 +603,7 @@ mod tests {
     use crate::config::{ClientTlsMode, Config, ServerTlsMode};
     use crate::limit::Chain;
     use crate::protocol::GREETING_9_7_4;
+    use crate::protocol::Violation;
     use crate::protocol::handshake::{CLIENT_PROTOCOL_41, PROTOCOL_V10};
     use crate::protocol::{frame, unhex};
     use crate::tls::Tls;

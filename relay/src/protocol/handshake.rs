@@ -8,6 +8,7 @@ pub const ERR_MARKER: u8 = 0xff;
 pub const OK_MARKER: u8 = 0x00;
 
 /// Capability flags the relay looks at.
+pub const CLIENT_LONG_PASSWORD: u32 = 0x1;
 pub const CLIENT_COMPRESS: u32 = 0x20;
 pub const CLIENT_PROTOCOL_41: u32 = 0x200;
 pub const CLIENT_SSL: u32 = 0x800;
@@ -16,6 +17,8 @@ pub const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
 pub const CLIENT_PLUGIN_AUTH: u32 = 0x8_0000;
 pub const CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA: u32 = 0x20_0000;
 pub const CLIENT_ZSTD_COMPRESSION: u32 = 1 << 26;
+/// utf8mb4_0900_ai_ci.
+pub const CHARSET_UTF8MB4: u8 = 255;
 /// An SSLRequest is the first 32 bytes of a login request, sent alone.
 pub const SSL_REQUEST_LEN: usize = 32;
 
@@ -98,6 +101,25 @@ fn lenenc(bytes: &[u8]) -> Option<(u64, usize)> {
         0xfe => wide(8),
         _ => None,
     }
+}
+
+/// A login request (HandshakeResponse41) for `user` with an empty password and
+/// caching_sha2_password named: what the relay sends a donor to end a connection it gives up
+/// after the greeting with a refused login rather than a broken handshake.
+pub fn login_request(user: &str) -> Vec<u8> {
+    let capabilities =
+        CLIENT_LONG_PASSWORD | CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH;
+    let mut login = Vec::with_capacity(96);
+    login.extend_from_slice(&capabilities.to_le_bytes());
+    login.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    login.push(CHARSET_UTF8MB4);
+    login.extend_from_slice(&[0; 23]);
+    login.extend_from_slice(user.as_bytes());
+    login.push(0);
+    // An empty auth response: no password.
+    login.push(0);
+    login.extend_from_slice(b"caching_sha2_password\0");
+    login
 }
 
 /// What the relay reads from a donor's greeting.

@@ -170,26 +170,63 @@ pub fn frame(seq: u8, payload: &[u8]) -> Vec<u8> {
     packet
 }
 
-/// Reads one physical packet, refusing payloads longer than `max_payload`.
+/// Largest greeting the relay reads from a donor: a greeting is a few hundred bytes.
+pub const MAX_GREETING_BYTES: usize = 16 * 1024;
+
+/// How a bounded read of one packet failed.
+#[derive(Debug)]
+pub enum ReadError {
+    Io(std::io::Error),
+    /// The header announced a payload longer than the bound; the payload was not read.
+    Oversize {
+        payload_len: usize,
+        max: usize,
+    },
+}
+
+/// Reads one physical packet whole (its header, then its payload), refusing a payload longer
+/// than `max_payload` before reading any of it. Every packet the relay reads on its own (before
+/// the copy takes over, and in its probes) comes through here.
+pub async fn read_bounded<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_payload: usize,
+) -> Result<Vec<u8>, ReadError> {
+    let mut packet = vec![0u8; HEADER_LEN];
+    reader
+        .read_exact(&mut packet)
+        .await
+        .map_err(ReadError::Io)?;
+    let header = PacketHeader::parse(&packet).expect("a whole header");
+    if header.payload_len > max_payload {
+        return Err(ReadError::Oversize {
+            payload_len: header.payload_len,
+            max: max_payload,
+        });
+    }
+    packet.resize(HEADER_LEN + header.payload_len, 0);
+    reader
+        .read_exact(&mut packet[HEADER_LEN..])
+        .await
+        .map_err(ReadError::Io)?;
+    Ok(packet)
+}
+
+/// [`read_bounded`], as its header and payload; an oversized payload is an `InvalidData` error.
 pub async fn read_packet<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_payload: usize,
 ) -> std::io::Result<(PacketHeader, Vec<u8>)> {
-    let mut h = [0u8; HEADER_LEN];
-    reader.read_exact(&mut h).await?;
-    let header = PacketHeader::from_bytes(h);
-    if header.payload_len > max_payload {
-        return Err(std::io::Error::new(
+    match read_bounded(reader, max_payload).await {
+        Ok(mut packet) => {
+            let header = PacketHeader::parse(&packet).expect("a whole header");
+            Ok((header, packet.split_off(HEADER_LEN)))
+        }
+        Err(ReadError::Io(e)) => Err(e),
+        Err(ReadError::Oversize { payload_len, max }) => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!(
-                "packet of {} bytes exceeds the limit of {max_payload}",
-                header.payload_len
-            ),
-        ));
+            format!("packet of {payload_len} bytes exceeds the limit of {max}"),
+        )),
     }
-    let mut payload = vec![0u8; header.payload_len];
-    reader.read_exact(&mut payload).await?;
-    Ok((header, payload))
 }
 
 #[cfg(test)]

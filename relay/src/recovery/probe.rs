@@ -20,11 +20,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::protocol::frame;
-use crate::protocol::handshake::{
-    CLIENT_PLUGIN_AUTH, CLIENT_PROTOCOL_41, CLIENT_SECURE_CONNECTION, ServerHello,
-    parse_server_hello,
-};
-use crate::protocol::packet::read_packet;
+use crate::protocol::handshake::{ServerHello, login_request, parse_server_hello};
+use crate::protocol::packet::{MAX_GREETING_BYTES, read_packet};
 
 /// How long a probe may take, connection and greeting included.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,11 +29,6 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const PROBE_USER: &str = "clone-relay-probe";
 /// A probe's answer stands for the other connections of the donor this long.
 const SHARED_FOR: Duration = Duration::from_secs(1);
-/// A greeting is a few hundred bytes.
-const MAX_GREETING_BYTES: usize = 16 * 1024;
-const CLIENT_LONG_PASSWORD: u32 = 0x1;
-/// utf8mb4_0900_ai_ci.
-const CHARSET: u8 = 255;
 
 /// What a probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,26 +107,13 @@ pub async fn probe(donor: &str) -> PathState {
 /// (as [`PROBE_USER`], no password) rather than a broken handshake, which the donor would count
 /// against `max_connect_errors`; waits at most [`PROBE_TIMEOUT`] for the refusal. Best effort.
 pub async fn leave(stream: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
-    if stream.write_all(&frame(1, &probe_login())).await.is_ok() {
+    if stream
+        .write_all(&frame(1, &login_request(PROBE_USER)))
+        .await
+        .is_ok()
+    {
         let _ = timeout(PROBE_TIMEOUT, read_packet(stream, MAX_GREETING_BYTES)).await;
     }
-}
-
-/// A login request for [`PROBE_USER`] with an empty password.
-fn probe_login() -> Vec<u8> {
-    let capabilities =
-        CLIENT_LONG_PASSWORD | CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH;
-    let mut login = Vec::with_capacity(96);
-    login.extend_from_slice(&capabilities.to_le_bytes());
-    login.extend_from_slice(&(16u32 << 20).to_le_bytes());
-    login.push(CHARSET);
-    login.extend_from_slice(&[0; 23]);
-    login.extend_from_slice(PROBE_USER.as_bytes());
-    login.push(0);
-    // An empty auth response: no password.
-    login.push(0);
-    login.extend_from_slice(b"caching_sha2_password\0");
-    login
 }
 
 #[cfg(test)]
@@ -145,7 +124,7 @@ mod tests {
 
     #[test]
     fn the_probe_login_parses_as_a_login_for_the_probe_user() {
-        let login = probe_login();
+        let login = login_request(PROBE_USER);
         let parsed = parse_login_request(&login, login.len()).unwrap();
         assert_eq!(parsed.user, PROBE_USER);
         assert!(!parsed.is_ssl_request);
