@@ -5,38 +5,38 @@
 //!
 //! # Layout
 //!
-//! One connection flows accept -> admit -> dial -> handshake -> decorated copy -> close:
+//! One connection flows accept -> admission -> dial -> handshake -> decorated copy -> close:
 //!
-//! - [`server`]: binding the listener and the accept loop ([`run`], [`Relay::serve`]).
-//! - [`state`]: the shared [`Relay`] state: settings, session registry, counters.
-//! - [`admission`]: one decision per connection: which donor, how long it may wait.
-//! - [`connection`]: one recipient connection from admission to close.
-//! - [`upstream`]: dialing the donor (with backoff for reconnects), the start-up probe.
-//! - [`handshake`]: the stage between dial and copy that owns both legs until login.
-//! - [`auth`]: the auth exchange carried packet by packet across the legs, bridging
-//!   caching_sha2_password's full authentication when only one leg has TLS.
-//! - [`password`]: caching_sha2_password's RSA password exchange (nonce mask, RSA-OAEP).
-//! - [`leg`]: a leg after the handshake: plain TCP or TLS, one `AsyncRead + AsyncWrite`.
-//! - [`copy`]: the bidirectional copy, generic over `AsyncRead + AsyncWrite`.
-//! - [`io`]: I/O decorators on the copy path (byte metering, protocol observation).
-//! - [`stall`]: noticing a connection the donor owes data fall silent (the floor by stage).
-//! - [`path`]: probing a donor's path with a fresh connection when a flow falls silent.
-//! - [`liveness`]: the verdict on a silent flow: lost (reset the session) or link down (keep it).
-//! - [`limit`]: bandwidth caps per relay and per clone session, on the copy path.
+//! - [`server`]: the relay's listeners ([`server::Listeners`]), the accept loops, and
+//!   [`Relay::serve_all`], which serves recipients, a pair's tunnel and the admin API until
+//!   shutdown; the start-up check of the donors and the SIGHUP reload.
+//! - [`state`]: the shared [`Relay`] state: settings, session registry, TLS, limits, counters.
+//! - [`connection`]: one recipient connection from admission to close:
+//!   [`connection::admission`] (which donor, how long it may wait), [`connection::dial`]
+//!   (the donor connection with retries, the start-up probe), [`connection::handshake`] (both
+//!   legs until login, TLS as the policy says), [`connection::auth`] (the auth exchange
+//!   across legs of different kinds),
+//!   [`connection::copy`] (the bidirectional copy), [`connection::leg`] and
+//!   [`connection::transport`] (what a leg is and runs over).
+//! - [`io`]: I/O decorators on the copy path (byte metering, protocol observation); [`limit`]:
+//!   bandwidth caps per relay and per clone session, as a decorator and its scopes.
+//! - [`recovery`]: noticing a silent flow ([`recovery::stall`]), telling a lost flow from a
+//!   link that is down ([`recovery::liveness`], [`recovery::probe`]), donors' readiness
+//!   ([`recovery::health`]).
 //! - [`session`]: clone sessions: connections grouped by clone, with state, bytes, progress.
-//! - [`protocol`]: the MySQL classic protocol and CLONE's sub-protocol, decoded as they pass.
-//! - [`metrics`]: relay-wide counters in Prometheus text format.
-//! - [`admin`]: the admin listener on axum (`/metrics`, `/sessions`, `/healthz`, `/readyz`,
-//!   resets behind a bearer token).
-//! - [`health`]: the outcome of the latest dials of each donor, for readiness.
-//! - [`tls`]: TLS for both legs (rustls): the relay's certificate, donor verification, mutual
-//!   TLS on either leg, and the store that a reload swaps.
-//! - [`socket`]: socket tuning through socket2 (TCP_NODELAY, buffers, keepalive).
-//! - [`transport`]: what a leg runs over: TCP, or a stream of a relay pair's tunnel.
+//! - [`protocol`]: the MySQL classic protocol and CLONE's sub-protocol: framing, the one
+//!   bounded packet reader, the decoder, the handshake and auth packets.
+//! - [`tls`]: TLS material (rustls, rcgen), reload, verifiers, caching_sha2_password's RSA
+//!   exchange ([`tls::password`]), and [`tls::policy`], the one place that says what each TLS
+//!   mode means for a connection.
 //! - [`tunnel`]: the resumable tunnel between the two relays of a pair (`--peer`,
 //!   `--peer-listen`): streams, replay buffers, redials.
-//! - [`config`]: the relay's settings (flags, environment, TOML file) and their validation.
-//! - [`units`]: durations and sizes as people write them (`30s`, `256KiB`).
+//! - [`admin`]: the admin API on axum (`/metrics`, `/sessions`, `/limits`, `/healthz`,
+//!   `/readyz`, resets behind a bearer token), its bounded listener, a small client.
+//! - [`metrics`]: relay-wide counters in Prometheus text format.
+//! - [`config`]: the settings (flags, environment, TOML file), one file per section, and their
+//!   validation; [`units`]: durations and sizes as people write them.
+//! - [`socket`]: socket tuning through socket2 (TCP_NODELAY, buffers, keepalive).
 //! - [`error`]: the library's error type, saying which side failed.
 
 pub mod admin;

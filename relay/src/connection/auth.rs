@@ -9,7 +9,7 @@
 //!
 //! - TLS recipient, plain donor: the recipient sends its password in clear inside its TLS; the
 //!   relay asks the donor for its RSA public key and sends the password encrypted
-//!   ([`crate::connection::password::encrypt`] with the latest nonce), so it never crosses the plain leg
+//!   ([`crate::tls::password::encrypt`] with the latest nonce), so it never crosses the plain leg
 //!   in clear.
 //! - Plain recipient, TLS donor: the recipient asks for the public key; the relay serves its
 //!   own, decrypts what the recipient sends with it, and sends the password in clear inside the
@@ -27,7 +27,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 use zeroize::Zeroizing;
 
-use crate::connection::password;
 use crate::error::RelayError;
 use crate::io::Observer;
 use crate::protocol::auth::{
@@ -37,6 +36,7 @@ use crate::protocol::auth::{
 use crate::protocol::handshake::err_packet;
 use crate::protocol::packet::read_bounded;
 use crate::protocol::{Direction, HEADER_LEN, frame};
+use crate::tls::password;
 use crate::tls::{Policy, RsaKey};
 
 /// MySQL's server error for a bad handshake, sent to the recipient when the relay cannot carry

@@ -45,6 +45,7 @@ use crate::config::{Config, ServerTlsVerify};
 use crate::error::RelayError;
 
 mod own;
+pub mod password;
 pub mod policy;
 mod rsa_key;
 mod store;
@@ -259,7 +260,7 @@ impl Tls {
             Some(path) => {
                 let pem =
                     std::fs::read(path).map_err(|e| file_invalid("server_public_key", path, e))?;
-                let key = crate::connection::password::public_key_from_pem(&pem)
+                let key = crate::tls::password::public_key_from_pem(&pem)
                     .map_err(|e| file_invalid("server_public_key", path, e))?;
                 Some(Arc::new(key))
             }

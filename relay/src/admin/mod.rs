@@ -55,6 +55,12 @@ use crate::config::LimitSettings;
 use crate::state::Relay;
 
 /// Admin requests served at once.
+mod client;
+mod listener;
+
+pub use client::{request, request_with_json, request_with_token};
+use listener::*;
+
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 /// Admin connections open at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -352,177 +358,6 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 /// A JSON error body with its status.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
-}
-
-/// Accepts at most [`MAX_CONNECTIONS`] connections at once, each bounded by
-/// [`CONNECTION_LIFETIME`], and retries failed accepts.
-struct BoundedListener {
-    inner: TcpListener,
-    permits: Arc<Semaphore>,
-}
-
-impl axum::serve::Listener for BoundedListener {
-    type Io = BoundedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (BoundedStream, SocketAddr) {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, peer)) => {
-                    let deadline = Box::pin(tokio::time::sleep(CONNECTION_LIFETIME));
-                    return (
-                        BoundedStream {
-                            stream,
-                            deadline,
-                            _permit: permit,
-                        },
-                        peer,
-                    );
-                }
-                // About that connection only: the next one may be fine.
-                Err(e) if is_connection_error(&e) => debug!(error = %e, "admin accept failed"),
-                Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-}
-
-fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
-}
-
-/// An admin connection: fails its reads and writes once its lifetime is over, and frees its
-/// connection slot when dropped.
-struct BoundedStream {
-    stream: TcpStream,
-    deadline: Pin<Box<Sleep>>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl BoundedStream {
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
-    }
-}
-
-fn lifetime_over() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "admin connection open too long")
-}
-
-impl AsyncRead for BoundedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.expired(cx) {
-            return Poll::Ready(Err(lifetime_over()));
-        }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for BoundedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.expired(cx) {
-            return Poll::Ready(Err(lifetime_over()));
-        }
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.expired(cx) {
-            return Poll::Ready(Err(lifetime_over()));
-        }
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// How long [`request`] waits for a whole answer.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A plain HTTP request (`GET`, or `POST` without a body) against an admin listener: status
-/// and body. For tests and tools.
-pub async fn request(addr: SocketAddr, method: &str, path: &str) -> io::Result<(u16, String)> {
-    request_with_token(addr, method, path, None).await
-}
-
-/// [`request`] with `Authorization: Bearer <token>` when a token is given.
-pub async fn request_with_token(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-) -> io::Result<(u16, String)> {
-    request_with_json(addr, method, path, token, None).await
-}
-
-/// [`request_with_token`] with a JSON body.
-pub async fn request_with_json(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    json: Option<&str>,
-) -> io::Result<(u16, String)> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(token) = token {
-        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    if let Some(json) = json {
-        head.push_str("Content-Type: application/json\r\n");
-        head.push_str(&format!("Content-Length: {}\r\n", json.len()));
-    } else if method != "GET" && method != "HEAD" {
-        head.push_str("Content-Length: 0\r\n");
-    }
-    head.push_str("\r\n");
-    head.push_str(json.unwrap_or_default());
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(head.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, io::Error>(String::from_utf8_lossy(&response).into_owned())
-    };
-    let response = tokio::time::timeout(CLIENT_TIMEOUT, exchange)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "admin request timed out"))??;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status line"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 #[cfg(test)]
