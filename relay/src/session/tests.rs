@@ -362,6 +362,29 @@ async fn sessions_without_a_main_connection_expire_and_ended_ones_are_bounded() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn reading_the_sessions_and_their_counts_changes_nothing() {
+    let reg = registry();
+    let (_aux, _) = connect(&reg, 1, "10.0.0.9");
+    for n in 0..3 {
+        send(
+            &reg,
+            1,
+            vec![command(CommandKind::Attach, Some(clone_id(n)))],
+        );
+    }
+    // Past the orphans' expiry by the clock: the reads still see them, twice alike.
+    tokio::time::advance(reg.settings().orphan_timeout + SECOND).await;
+    let first = (reg.view().sessions.len(), reg.count_by_state());
+    let second = (reg.view().sessions.len(), reg.count_by_state());
+    assert_eq!(first, second);
+    assert_eq!(first.0, 3, "a read expired sessions");
+    assert_eq!(reg.session_count(), 3);
+    // Expiry on its own clock does.
+    reg.expire_now();
+    assert_eq!(reg.view().sessions.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn per_session_lists_stay_bounded() {
     let reg = registry();
     let clone = clone_id(5);

@@ -90,11 +90,11 @@ pub struct SessionsView {
 }
 
 impl Registry {
-    /// Live and recent sessions, unassigned and rejected connections, stale donors.
+    /// Live and recent sessions, unassigned and rejected connections, stale donors. Reading
+    /// changes nothing: expiry runs on its own clock ([`Registry::expire_now`]).
     pub fn view(&self) -> SessionsView {
         let now = Instant::now();
-        let mut inner = self.lock();
-        self.expire(&mut inner, now);
+        let inner = self.lock();
         let inner = &*inner;
         SessionsView {
             sessions: inner
@@ -119,9 +119,7 @@ impl Registry {
 
     /// Session counts by state, and the donors holding a stale clone, for `/metrics`.
     pub fn count_by_state(&self) -> BTreeMap<&'static str, u64> {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        self.expire(&mut inner, now);
+        let inner = self.lock();
         let mut counts: BTreeMap<&'static str, u64> =
             SessionState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
         for s in inner.sessions.values() {
