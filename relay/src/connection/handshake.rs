@@ -30,12 +30,16 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::connection::leg::Wire;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::stage::{
+    CR_SSL_CONNECTION_ERROR, drain, read_greeting, read_packet, recipient_gone, recipient_left,
+    refuse, send_err,
+};
 use crate::connection::auth::{self, Exchange};
 use crate::connection::leg::Leg;
 use crate::connection::transport::Transport;
@@ -43,20 +47,22 @@ use crate::error::RelayError;
 use crate::io::Observer;
 use crate::protocol::auth::{NONCE_LEN, SeqCounter, greeting_nonce, set_login_ssl};
 use crate::protocol::handshake::{
-    CLIENT_SSL, SSL_REQUEST_LEN, ServerHello, err_packet, greeting_err_packet, login_auth_plugin,
-    parse_login_request, parse_server_hello, set_greeting_ssl,
+    CLIENT_SSL, SSL_REQUEST_LEN, ServerHello, login_auth_plugin, parse_login_request,
+    parse_server_hello, set_greeting_ssl,
 };
-use crate::protocol::packet::read_bounded;
 use crate::protocol::{Direction, HEADER_LEN};
 use crate::tls::policy::{self, Policy};
 use crate::tls::{Tls, donor_name};
 
 /// MySQL's server error for "connections using insecure transport are prohibited".
 const ER_SECURE_TRANSPORT_REQUIRED: u16 = 3159;
-/// MySQL's client error for "SSL connection error".
-const CR_SSL_CONNECTION_ERROR: u16 = 2026;
 /// MySQL's error for "client does not support authentication protocol requested by server".
 const ER_NOT_SUPPORTED_AUTH_MODE: u16 = 1251;
+/// How long a recipient may take from the greeting until its login can go to the donor (TLS
+/// included), at most: within the donor's own `connect_timeout` (MySQL's default is 10 s), so a
+/// recipient that stalls is left with the donor's refusal of a login of the relay's, not a
+/// broken handshake the donor counts against `max_connect_errors`.
+pub const PRE_LOGIN_WAIT: Duration = Duration::from_secs(5);
 
 /// What the stage needs to know beyond the sockets.
 #[derive(Debug, Clone, Copy)]
@@ -211,14 +217,82 @@ async fn leave_donor(upstream: &mut Wire, legs: Legs, greeted: bool) {
 
 /// Reads the recipient's first login packet and carries the login: refused, passed through
 /// (`passthrough`), or with each leg set up and the auth exchange carried to its end. Every way
-/// out before the login reaches the donor leaves the donor's connection politely.
+/// out before the login reaches the donor leaves the donor's connection politely, and so does a
+/// recipient that has not logged in within [`PRE_LOGIN_WAIT`] of the greeting: the donor's own
+/// `connect_timeout` (10 s by default, 5 s on some) never runs out on the relay.
 async fn log_in(
-    mut downstream: Wire,
+    downstream: Wire,
     mut upstream: Wire,
     observer: &impl Observer,
     s: &StageSettings<'_>,
     donor: Donor,
 ) -> Result<(Leg, Leg), RelayError> {
+    if s.policy().passthrough() {
+        return pass_through(downstream, upstream, observer, s).await;
+    }
+    let wait = PRE_LOGIN_WAIT.min(s.handshake_timeout);
+    let recipient = tokio::time::timeout(wait, recipient_login(downstream, observer, s, donor));
+    let (mut recipient, login, plan) = match recipient.await {
+        Ok(Ok(logged_in)) => logged_in,
+        Ok(Err(e)) => {
+            leave_donor(&mut upstream, donor.legs, true).await;
+            return Err(e);
+        }
+        Err(_) => {
+            leave_donor(&mut upstream, donor.legs, true).await;
+            return Err(RelayError::HandshakeTimeout(wait));
+        }
+    };
+    match carry_login(&mut recipient, upstream, observer, s, login, donor, plan).await {
+        Ok(upstream) => Ok((recipient, upstream)),
+        Err(e) => {
+            if let Leg::Plain(downstream) = &recipient {
+                drain(downstream.get_ref());
+            }
+            Err(e)
+        }
+    }
+}
+
+/// `passthrough`: the recipient's first packet (its login, or its SSLRequest and then its own
+/// TLS) goes to the donor as it is, and the copy carries the rest undecoded.
+async fn pass_through(
+    mut downstream: Wire,
+    mut upstream: Wire,
+    observer: &impl Observer,
+    s: &StageSettings<'_>,
+) -> Result<(Leg, Leg), RelayError> {
+    let first = read_packet(
+        &mut downstream,
+        observer,
+        Direction::Upstream,
+        s.max_greeting_bytes,
+    )
+    .await
+    .map_err(|e| match e {
+        RelayError::Downstream(e) if recipient_left(&e) => RelayError::ClientLeft,
+        e => e,
+    })?;
+    upstream
+        .write_all(&first)
+        .await
+        .map_err(RelayError::Upstream)?;
+    let payload = &first[HEADER_LEN..];
+    if parse_login_request(payload, payload.len()).is_ok_and(|l| l.is_ssl_request) {
+        debug!("TLS passed through undecoded: clone awareness is off for this connection");
+    }
+    Ok((Leg::Plain(downstream), Leg::Plain(upstream)))
+}
+
+/// The recipient's side of the login, up to the moment its login request may go to the donor:
+/// its first packet, its TLS when it asks for it, the refusals the modes call for (each with an
+/// ERR packet naming the cause), and what the policy makes of the legs.
+async fn recipient_login(
+    mut downstream: Wire,
+    observer: &impl Observer,
+    s: &StageSettings<'_>,
+    donor: Donor,
+) -> Result<(Leg, Vec<u8>, LoginPlan), RelayError> {
     let first = match read_packet(
         &mut downstream,
         observer,
@@ -228,32 +302,18 @@ async fn log_in(
     .await
     {
         Ok(first) => first,
+        Err(RelayError::Downstream(e)) if recipient_left(&e) => {
+            return Err(left_after_greeting(s, donor));
+        }
         Err(e) => {
-            let e = match e {
-                RelayError::Downstream(e) if recipient_left(&e) => left_after_greeting(s, donor),
-                e => {
-                    // A refused packet (oversize, malformed) may leave bytes unread: drained,
-                    // the close is a FIN the recipient can read up to, not a reset.
-                    drain(downstream.get_ref());
-                    e
-                }
-            };
-            leave_donor(&mut upstream, donor.legs, true).await;
+            // A refused packet (oversize, malformed) may leave bytes unread: drained, the close
+            // is a FIN the recipient can read up to, not a reset.
+            drain(downstream.get_ref());
             return Err(e);
         }
     };
     let payload = &first[HEADER_LEN..];
     let wants_tls = parse_login_request(payload, payload.len()).is_ok_and(|l| l.is_ssl_request);
-    if s.policy().passthrough() {
-        upstream
-            .write_all(&first)
-            .await
-            .map_err(RelayError::Upstream)?;
-        if wants_tls {
-            debug!("TLS passed through undecoded: clone awareness is off for this connection");
-        }
-        return Ok((Leg::Plain(downstream), Leg::Plain(upstream)));
-    }
     let refusal = match (wants_tls, donor.offered) {
         (true, false) => Some((
             CR_SSL_CONNECTION_ERROR,
@@ -274,22 +334,15 @@ async fn log_in(
     if let Some((code, reason)) = refusal {
         send_err(&mut downstream, 2, code, &reason).await;
         drain(downstream.get_ref());
-        leave_donor(&mut upstream, donor.legs, true).await;
         return Err(RelayError::TlsRefused(reason));
     }
     let (mut recipient, login) = if wants_tls {
-        match accept(downstream, observer, s).await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                leave_donor(&mut upstream, donor.legs, true).await;
-                return Err(e);
-            }
-        }
+        accept(downstream, observer, s).await?
     } else {
         (Leg::Plain(downstream), first)
     };
-    let plan = match plan_login(s, &recipient, &login, donor) {
-        Ok(plan) => plan,
+    match plan_login(s, &recipient, &login, donor) {
+        Ok(plan) => Ok((recipient, login, plan)),
         Err((code, reason)) => {
             let mut recipient_seq = SeqCounter::new(0);
             recipient_seq.received(login[3]);
@@ -297,21 +350,11 @@ async fn log_in(
             if let Leg::Plain(downstream) = &recipient {
                 drain(downstream.get_ref());
             }
-            leave_donor(&mut upstream, donor.legs, true).await;
-            return Err(if code == ER_NOT_SUPPORTED_AUTH_MODE {
+            Err(if code == ER_NOT_SUPPORTED_AUTH_MODE {
                 RelayError::Auth(reason)
             } else {
                 RelayError::TlsRefused(reason)
-            });
-        }
-    };
-    match carry_login(&mut recipient, upstream, observer, s, login, donor, plan).await {
-        Ok(upstream) => Ok((recipient, upstream)),
-        Err(e) => {
-            if let Leg::Plain(downstream) = &recipient {
-                drain(downstream.get_ref());
-            }
-            Err(e)
+            })
         }
     }
 }
@@ -515,84 +558,6 @@ fn ssl_request_for(login: &[u8]) -> Option<Vec<u8>> {
     Some(crate::protocol::frame(1, &head))
 }
 
-/// Sends the recipient an ERR packet naming why the connection cannot go on, and fails with it.
-async fn refuse<T>(
-    downstream: &mut (impl AsyncWrite + Unpin),
-    seq: u8,
-    reason: String,
-) -> Result<T, RelayError> {
-    send_err(downstream, seq, CR_SSL_CONNECTION_ERROR, &reason).await;
-    Err(RelayError::TlsRefused(reason))
-}
-
-/// Sends the recipient an ERR packet and closes the way to it. Best effort: the recipient may
-/// be gone already. With `seq` 0 the packet takes the greeting's place and has no SQL state.
-async fn send_err(downstream: &mut (impl AsyncWrite + Unpin), seq: u8, code: u16, reason: &str) {
-    let packet = if seq == 0 {
-        greeting_err_packet(code, reason)
-    } else {
-        err_packet(seq, code, b"HY000", reason)
-    };
-    let _ = downstream.write_all(&packet).await;
-    let _ = downstream.shutdown().await;
-}
-
-/// Reads the donor's greeting whole (bounded by `max` bytes) before anything sees it, since the
-/// relay may change its TLS offer.
-async fn read_greeting(upstream: &mut Wire, max: usize) -> Result<Vec<u8>, RelayError> {
-    read_bounded(upstream, max)
-        .await
-        .map_err(|e| RelayError::from_read(e, Direction::Downstream))
-}
-
-/// Reads exactly one packet travelling in `dir` (the TLS handshake may follow it on the same
-/// socket), at most `max` payload bytes, and shows it to `observer`.
-async fn read_packet(
-    from: &mut (impl AsyncRead + Unpin),
-    observer: &impl Observer,
-    dir: Direction,
-    max: usize,
-) -> Result<Vec<u8>, RelayError> {
-    let packet = read_bounded(from, max)
-        .await
-        .map_err(|e| RelayError::from_read(e, dir))?;
-    observer
-        .observe(dir, &packet)
-        .map_err(RelayError::Protocol)?;
-    Ok(packet)
-}
-
-fn recipient_left(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
-    )
-}
-
-/// Reads and drops what the recipient has already sent, so that closing after a refusal ends
-/// with a FIN rather than a reset that could hide the refusal from it.
-fn drain(downstream: &Transport) {
-    let Some(downstream) = downstream.tcp() else {
-        return;
-    };
-    let mut sink = [0u8; 4096];
-    while matches!(downstream.try_read(&mut sink), Ok(n) if n > 0) {}
-}
-
-/// Completes when the recipient closes its connection before logging in. It sends nothing
-/// before the greeting, so any readiness is its end; bytes it sent early stay for the login read.
-/// A tunnel stream tells its end through its reads instead: never here.
-pub async fn recipient_gone(downstream: &Transport) {
-    let Some(downstream) = downstream.tcp() else {
-        return std::future::pending().await;
-    };
-    let mut probe = [0u8; 1];
-    match downstream.peek(&mut probe).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -604,7 +569,9 @@ mod tests {
     use crate::limit::Chain;
     use crate::protocol::GREETING_9_7_4;
     use crate::protocol::Violation;
-    use crate::protocol::handshake::{CLIENT_PROTOCOL_41, PROTOCOL_V10};
+    use tokio::io::AsyncRead;
+
+    use crate::protocol::handshake::{CLIENT_PROTOCOL_41, PROTOCOL_V10, err_packet};
     use crate::protocol::{frame, unhex};
     use crate::tls::Tls;
 
@@ -710,6 +677,56 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recipient_silent_after_the_greeting_is_left_with_a_refused_login_in_time() {
+        let tls = Tls::load(&Config::new("127.0.0.1:3306")).unwrap();
+        let settings = settings(&tls);
+        let (mut recipient, downstream) = pair().await;
+        let (upstream, mut donor) = pair().await;
+        let seen = Seen::default();
+        let greeted = tokio::time::Instant::now();
+        let donor_side = async {
+            donor
+                .write_all(&frame(0, &unhex(GREETING_9_7_4)))
+                .await
+                .unwrap();
+            let (seq, payload) = read_one(&mut donor).await;
+            let login = parse_login_request(&payload, payload.len()).unwrap();
+            assert_eq!(
+                (seq, login.user.as_str()),
+                (1, crate::recovery::probe::PROBE_USER)
+            );
+            assert!(
+                greeted.elapsed() <= PRE_LOGIN_WAIT,
+                "left after {:?}, past the donor's connect_timeout",
+                greeted.elapsed()
+            );
+            donor
+                .write_all(&err_packet(2, 1045, b"28000", "Access denied"))
+                .await
+                .unwrap();
+        };
+        let recipient_side = async {
+            // It reads its greeting and says nothing more.
+            read_one(&mut recipient).await;
+            recipient
+        };
+        let (result, (), _recipient) = tokio::join!(
+            run(
+                Wire::new(downstream.into(), Chain::default()),
+                Wire::new(upstream.into(), Chain::default()),
+                &seen,
+                &settings
+            ),
+            donor_side,
+            recipient_side
+        );
+        assert!(
+            matches!(result, Err(RelayError::HandshakeTimeout(wait)) if wait == PRE_LOGIN_WAIT),
+            "{result:?}"
+        );
     }
 
     #[tokio::test]

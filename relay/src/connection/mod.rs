@@ -12,6 +12,7 @@ pub mod copy;
 pub mod dial;
 pub mod handshake;
 pub mod leg;
+mod stage;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -252,7 +253,7 @@ async fn dial(
         let deadline = Some(Instant::now() + patience);
         let stream = tokio::select! {
             stream = tunnel.open(config, peer, deadline) => stream,
-            () = handshake::recipient_gone(downstream) => return Err(RelayError::ClientLeft),
+            () = stage::recipient_gone(downstream) => return Err(RelayError::ClientLeft),
         };
         return match stream {
             Ok(stream) => {
@@ -273,7 +274,7 @@ async fn dial(
         let dialed = match admission.dial_patience {
             Some(patience) => tokio::select! {
                 dialed = dial::dial_until(config, relay.health(), &donor, Instant::now() + patience, conn.id()) => dialed,
-                () = handshake::recipient_gone(downstream) => return Err(RelayError::ClientLeft),
+                () = stage::recipient_gone(downstream) => return Err(RelayError::ClientLeft),
             },
             None => dial::dial(config, relay.health(), &donor).await,
         };
