@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::mysql::{DONOR_PASSWORD, DONOR_USER, MysqlServer};
@@ -23,6 +22,15 @@ const IDLE_DIR: &str = "/tmp/idle-clients";
 /// The header of a 100-byte login packet (sequence id 1) and its first four bytes: a login that
 /// stops halfway.
 const HALF_LOGIN: &[u8] = b"\x64\x00\x00\x01\x85\xa2\xb8\x19";
+/// The load's connections come from loopback addresses 127.0.0.2 and up, this many of them in
+/// turn, as clients of many hosts would: the relay caps the connections one address may hold
+/// before they log in (`--max-pending-logins-per-address`, 32), and the load is not one address.
+const SOURCE_ADDRESSES: usize = 16;
+
+/// The loopback source address of the load's `i`th connection.
+fn source_address(i: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % SOURCE_ADDRESSES) as u8)
+}
 
 /// `count` idle `mysql` clients running in a container, logged in through `target` with the
 /// donor account. They run until [`IdleClients::stop`] (or until the container goes).
@@ -49,7 +57,8 @@ impl<'a> IdleClients<'a> {
         let script = format!(
             "rm -rf {IDLE_DIR} && mkdir -p {IDLE_DIR} && cd {IDLE_DIR} && i=0; \
              while [ $i -lt {count} ]; do \
-               {client} </dev/null >$i.out 2>&1 & echo $! >>pids; i=$((i+1)); \
+               {client} --bind-address=127.0.0.$((2 + i % {SOURCE_ADDRESSES})) </dev/null >$i.out 2>&1 & \
+               echo $! >>pids; i=$((i+1)); \
              done"
         );
         host.shell(&script)
@@ -166,7 +175,12 @@ impl HalfLogins {
     pub async fn open(addr: SocketAddr, count: usize) -> Result<Self> {
         let mut watches = JoinSet::new();
         for i in 0..count {
-            let mut s = TcpStream::connect(addr)
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket
+                .bind(SocketAddr::from((source_address(i), 0)))
+                .with_context(|| format!("half login {i}: bind"))?;
+            let mut s = socket
+                .connect(addr)
                 .await
                 .with_context(|| format!("half login {i}: connect"))?;
             let mut header = [0u8; 4];

@@ -71,6 +71,11 @@ pub enum RelayError {
     #[error("auth exchange: {0}")]
     Auth(String),
 
+    /// The client's address holds its most connections not yet logged in; the client was sent
+    /// this reason in place of a greeting, and no donor was dialed.
+    #[error("refused: {0}")]
+    TooManyPending(String),
+
     /// The recipient closed its connection before logging in (a TCP health check does that).
     #[error("the recipient left before logging in")]
     ClientLeft,
@@ -129,6 +134,7 @@ impl RelayError {
                 crate::protocol::ViolationKind::Compression => "protocol_compression",
             },
             RelayError::ClientLeft => "client_left",
+            RelayError::TooManyPending(_) => "too_many_pending_logins",
             RelayError::DownstreamTls(_) => "tls_downstream",
             RelayError::UpstreamTls { .. } => "tls_upstream",
             RelayError::TlsRefused(_) => "tls_refused",
@@ -150,6 +156,7 @@ impl RelayError {
                 | RelayError::UpstreamTls { .. }
                 | RelayError::TlsRefused(_)
                 | RelayError::Auth(_)
+                | RelayError::TooManyPending(_)
         )
     }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::{info, warn};
 
 use crate::config::{Config, LimitSettings};
+use crate::connection::pending::PendingLogins;
 use crate::error::RelayError;
 use crate::limit::RelayLimits;
 use crate::metrics::Metrics;
@@ -27,6 +28,7 @@ pub struct Relay {
     tls: Arc<TlsStore>,
     limits: Arc<RelayLimits>,
     path_probes: Arc<PathProbes>,
+    pending_logins: Arc<PendingLogins>,
     tunnel: Option<Arc<Tunnel>>,
     next_conn_id: Arc<AtomicU64>,
 }
@@ -58,6 +60,7 @@ impl Relay {
         Ok(Relay {
             limits,
             path_probes: Arc::default(),
+            pending_logins: Arc::new(PendingLogins::new(config.max_pending_logins_per_address)),
             tunnel,
             next_conn_id: Arc::default(),
             config: Arc::new(config),
@@ -154,6 +157,11 @@ impl Relay {
     }
 
     /// The outcome of the latest dials of each donor, for `/readyz`.
+    /// Connections not logged in yet, per client address.
+    pub fn pending_logins(&self) -> &Arc<PendingLogins> {
+        &self.pending_logins
+    }
+
     pub fn health(&self) -> &Health {
         &self.health
     }

@@ -92,6 +92,12 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_connections: usize,
 
+    /// Connections from one client address that have not logged in yet (each holds a donor
+    /// connection until it does); one more is refused with MySQL error 1040 before the donor is
+    /// dialed. Logged-in connections are not counted.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub max_pending_logins_per_address: usize,
+
     /// Bound on dialing the donor (TCP handshake).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     #[serde(with = "units::duration")]

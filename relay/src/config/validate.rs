@@ -68,6 +68,12 @@ impl Config {
         if self.stall.min_streaming.is_zero() {
             return Err(invalid("stall.min_streaming", "must be above 0"));
         }
+        if self.max_pending_logins_per_address == 0 {
+            return Err(invalid(
+                "max_pending_logins_per_address",
+                "must be at least 1",
+            ));
+        }
         if self.handshake_timeout.is_zero() {
             return Err(invalid("handshake_timeout", "must be above 0"));
         }

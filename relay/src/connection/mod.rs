@@ -12,6 +12,7 @@ pub mod copy;
 pub mod dial;
 pub mod handshake;
 pub mod leg;
+pub mod pending;
 mod stage;
 pub mod transport;
 
@@ -43,6 +44,9 @@ use crate::state::Relay;
 /// MySQL's client error for "can't connect to server", sent to the recipient in place of a
 /// greeting when no donor can be reached, so its CLONE fails with a reason rather than EOF.
 const CR_CONN_HOST_ERROR: u16 = 2003;
+/// MySQL's server error for "too many connections", in place of a greeting for an address that
+/// holds its most connections not yet logged in.
+const ER_CON_COUNT_ERROR: u16 = 1040;
 
 /// Both legs of a connection once the handshake stage is done, kept by [`serve`] so it can
 /// reset them however the copy ends.
@@ -167,6 +171,24 @@ async fn carry(
     if let Some(tcp) = downstream.tcp() {
         socket::tune(tcp, config).map_err(RelayError::Downstream)?;
     }
+    // Counted until its login goes through; a tunnel stream was counted by the recipient side.
+    let pending = match &downstream {
+        Transport::Tcp(_) => match relay.pending_logins().admit(peer.ip()) {
+            Some(pending) => Some(pending),
+            None => {
+                let reason = format!(
+                    "clone-relay: {} connections from {} have not logged in yet (--max-pending-logins-per-address)",
+                    relay.pending_logins().max_per_address(),
+                    peer.ip()
+                );
+                let refusal = greeting_err_packet(ER_CON_COUNT_ERROR, &reason);
+                let _ = downstream.write_all(&refusal).await;
+                let _ = downstream.shutdown().await;
+                return Err(RelayError::TooManyPending(reason));
+            }
+        },
+        Transport::Tunnel(_) => None,
+    };
     let admission = admission::admit(relay, conn, peer);
     let (upstream, donor) = match dial(&admission, relay, conn, &downstream, peer).await {
         Ok(dialed) => dialed,
@@ -210,6 +232,7 @@ async fn carry(
     let downstream = Limited::new(downstream, limits.to_donor.clone());
     let upstream = Limited::new(upstream, limits.to_recipient.clone());
     let handshaken = handshake::run(downstream, upstream, conn.as_ref(), &stage).await?;
+    drop(pending);
     conn.set_tls(handshaken.downstream.is_tls(), handshaken.upstream.is_tls());
     let downstream = sockets.downstream.insert(handshaken.downstream);
     let upstream = sockets.upstream.insert(handshaken.upstream);
