@@ -115,7 +115,7 @@ pub struct MysqlServer {
 impl MysqlServer {
     /// Starts a server from `image` and waits until it accepts connections.
     pub async fn start(image: &ImageRef, options: ServerOptions) -> Result<Self> {
-        let port = free_port()?;
+        let port = crate::process::free_port()?;
         let request = GenericImage::new(image.name.as_str(), image.tag.as_str())
             .with_entrypoint("sh")
             .with_wait_for(WaitFor::message_on_stderr("ready for connections"));
@@ -472,12 +472,6 @@ impl MysqlServer {
             Err(e) => format!("(log unavailable: {e})"),
         }
     }
-}
-
-/// A port free on loopback now; the server binds it moments later.
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// The container's command: initialise the data directory, write the start-up SQL that creates

@@ -198,9 +198,30 @@ impl RelayProcess {
     }
 }
 
-/// A loopback port free now, for a listener the relay binds moments later (its `--listen`, or
-/// a donor-side relay's `--peer-listen`).
+/// A loopback port free now, for a listener bound moments later or bound again after a restart
+/// (a relay's `--listen`, a donor-side relay's `--peer-listen`, a server's port). It lies below
+/// the kernel's range of ephemeral ports, so no outgoing connection takes it as its source port
+/// in between; it is drawn at random so that tests running at once rarely draw the same one.
 pub fn free_port() -> Result<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    let mut state = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        ^ u64::from(std::process::id()) << 32;
+    for _ in 0..200 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let port = low + (state % u64::from(high - low)) as u16;
+        if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
 }
