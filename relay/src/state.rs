@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::{info, warn};
 
 use crate::config::{Config, LimitSettings};
-use crate::connection::pending::PendingLogins;
 use crate::error::RelayError;
+use crate::limit::PendingLogins;
 use crate::limit::RelayLimits;
 use crate::metrics::Metrics;
 use crate::protocol::Limits;

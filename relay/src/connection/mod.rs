@@ -12,7 +12,6 @@ pub mod copy;
 pub mod dial;
 pub mod handshake;
 pub mod leg;
-pub mod pending;
 mod stage;
 pub mod transport;
 

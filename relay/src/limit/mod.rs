@@ -8,14 +8,17 @@
 //! - [`bucket`]: one cap on governor, sized to stay accurate, with a turn queue for fairness.
 //! - [`chain`]: the buckets of one direction of a connection, and how a charge is paid.
 //! - [`stream`]: [`Limited`], the copy path's decorator.
+//! - [`pending`]: the cap on connections per client address that have not logged in yet.
 
 pub mod bucket;
 mod chain;
 mod clock;
+mod pending;
 mod stream;
 
 pub use bucket::Bucket;
 pub use chain::{Chain, pay};
+pub use pending::{Pending, PendingLogins};
 pub use stream::Limited;
 
 use std::collections::HashMap;
