@@ -220,6 +220,45 @@ impl MysqlServer {
             .with_context(|| format!("no default gateway in {:?} of {}", route.trim(), self.name))
     }
 
+    /// Makes the server keep per-host connection errors for the host its clients come from
+    /// (the Docker bridge's address on the host): MySQL keeps a host's counts in
+    /// `performance_schema.host_cache` only once the address resolves, and no DNS answers
+    /// inside the container, so the host is named in `/etc/hosts`. Needs a server started
+    /// `isolated` with `resolve_names` (loopback clients have no host cache).
+    pub async fn keep_client_host_errors(&self) -> Result<()> {
+        if !self.isolated {
+            bail!("{}: a loopback client has no host cache", self.name);
+        }
+        let host = self.host_gateway().await?;
+        self.shell(&format!("echo '{host} relay-host' >> /etc/hosts"))
+            .await?;
+        Ok(())
+    }
+
+    /// The connection errors counted against client hosts (`max_connect_errors` blocks a host
+    /// at its count), summed over the host cache.
+    pub async fn connect_errors(&self) -> Result<u64> {
+        let out = self
+            .sql("SELECT IFNULL(SUM(SUM_CONNECT_ERRORS), 0) FROM performance_schema.host_cache")
+            .await?;
+        out.trim()
+            .parse()
+            .with_context(|| format!("{}: host cache count {out:?}", self.name))
+    }
+
+    /// Connections still in their handshake (not logged in), as the process list shows them.
+    pub async fn handshakes_open(&self) -> Result<u64> {
+        let out = self
+            .sql(
+                "SELECT COUNT(*) FROM performance_schema.processlist \
+                 WHERE USER = 'unauthenticated user'",
+            )
+            .await?;
+        out.trim()
+            .parse()
+            .with_context(|| format!("{}: process list count {out:?}", self.name))
+    }
+
     /// Runs a shell command in the container; its standard output, or an error with its
     /// standard error.
     pub async fn shell(&self, command: &str) -> Result<String> {

@@ -42,12 +42,7 @@ async fn probes_never_get_the_relay_blocked_by_max_connect_errors() -> anyhow::R
     options.extra_args = vec!["--max-connect-errors=3".into()];
     let donor = MysqlServer::start(&image, options).await?;
     let addr = donor.addr().to_string();
-    // MySQL keeps a host's error count only once its address resolves (no DNS answers inside
-    // the container): name the host the donor sees the relay's connections come from.
-    let relay_host = donor.host_gateway().await?;
-    donor
-        .shell(&format!("echo '{relay_host} relay-host' >> /etc/hosts"))
-        .await?;
+    donor.keep_client_host_errors().await?;
 
     for i in 0..8 {
         assert_eq!(probe(&addr).await, PathState::Up, "probe {i}");

@@ -124,12 +124,7 @@ async fn donor_with_host_cache(image: &ImageRef, bytes: u64) -> Result<(MysqlSer
     options.isolated = true;
     options.resolve_names = true;
     let donor = MysqlServer::start(image, options).await?;
-    // MySQL keeps a host's counts only once its address resolves (no DNS answers inside the
-    // container): name the host the donor sees the relay's connections come from.
-    let relay_host = donor.host_gateway().await?;
-    donor
-        .shell(&format!("echo '{relay_host} relay-host' >> /etc/hosts"))
-        .await?;
+    donor.keep_client_host_errors().await?;
     let dataset = Dataset::of_size(bytes);
     if bytes > 0 {
         dataset.seed(&donor).await?;

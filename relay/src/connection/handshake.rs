@@ -59,10 +59,10 @@ const ER_SECURE_TRANSPORT_REQUIRED: u16 = 3159;
 /// MySQL's error for "client does not support authentication protocol requested by server".
 const ER_NOT_SUPPORTED_AUTH_MODE: u16 = 1251;
 /// How long a recipient may take from the greeting until its login can go to the donor (TLS
-/// included), at most: within the donor's own `connect_timeout` (MySQL's default is 10 s), so a
-/// recipient that stalls is left with the donor's refusal of a login of the relay's, not a
-/// broken handshake the donor counts against `max_connect_errors`.
-pub const PRE_LOGIN_WAIT: Duration = Duration::from_secs(5);
+/// included), at most: within the donor's own `connect_timeout` (MySQL's default is 10 s; 5 s
+/// is a common setting), so a recipient that stalls is left with the donor's refusal of a login
+/// of the relay's, not a broken handshake the donor counts against `max_connect_errors`.
+pub const PRE_LOGIN_WAIT: Duration = Duration::from_secs(4);
 
 /// What the stage needs to know beyond the sockets.
 #[derive(Debug, Clone, Copy)]
@@ -115,20 +115,33 @@ pub async fn run(
     observer: &impl Observer,
     s: &StageSettings<'_>,
 ) -> Result<Handshaken, RelayError> {
-    let mut greeting = tokio::select! {
-        packet = tokio::time::timeout(s.greeting_wait, read_greeting(&mut upstream, s.max_greeting_bytes)) => {
-            packet.map_err(|_| RelayError::UpstreamTimeout {
-                addr: s.upstream_addr.to_string(),
-                timeout: s.greeting_wait,
-            })??
-        }
-        () = recipient_gone(downstream.get_ref()) => return Err(RelayError::ClientLeft),
-    };
-    let hello = parse_server_hello(&greeting[HEADER_LEN..]);
     let legs = Legs {
         downstream: s.leg(downstream.get_ref()),
         upstream: s.leg(upstream.get_ref()),
     };
+    // A recipient that leaves now still has its donor connection read to the greeting and
+    // left with a refused login: a hang-up in the handshake would count against the relay's
+    // host on the donor.
+    let (greeting, recipient_left) = {
+        let read = tokio::time::timeout(
+            s.greeting_wait,
+            read_greeting(&mut upstream, s.max_greeting_bytes),
+        );
+        tokio::pin!(read);
+        tokio::select! {
+            packet = &mut read => (packet, false),
+            () = recipient_gone(downstream.get_ref()) => (read.await, true),
+        }
+    };
+    let mut greeting = greeting.map_err(|_| RelayError::UpstreamTimeout {
+        addr: s.upstream_addr.to_string(),
+        timeout: s.greeting_wait,
+    })??;
+    let hello = parse_server_hello(&greeting[HEADER_LEN..]);
+    if recipient_left {
+        leave_donor(&mut upstream, legs, hello.is_ok()).await;
+        return Err(RelayError::ClientLeft);
+    }
     let greeting_offers =
         matches!(&hello, Ok(ServerHello::Greeting(g)) if g.capabilities & CLIENT_SSL != 0);
     let donor_offers = s.policy().donor_offers(greeting_offers, legs.upstream);
@@ -153,10 +166,10 @@ pub async fn run(
     observer
         .observe(Direction::Downstream, &greeting)
         .map_err(RelayError::Protocol)?;
-    downstream
-        .write_all(&greeting)
-        .await
-        .map_err(RelayError::Downstream)?;
+    if let Err(e) = downstream.write_all(&greeting).await {
+        leave_donor(&mut upstream, legs, hello.is_ok()).await;
+        return Err(RelayError::Downstream(e));
+    }
     if let Ok(ServerHello::Error { code, message }) = hello {
         // The donor refused the connection (too many connections, host blocked): the recipient
         // has its error packet; there is no login to wait for.

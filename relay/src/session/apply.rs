@@ -67,24 +67,25 @@ impl Registry {
             return;
         };
         c.last_command = Some(cmd.kind);
-        let (upstream, session, role) = (c.upstream.clone(), c.session, c.record.role);
+        let (upstream, session, role, ip) =
+            (c.upstream.clone(), c.session, c.record.role, c.peer_ip);
         let clone = innodb_clone_id(&cmd.locators);
         match (cmd.kind, clone) {
             (CommandKind::Init, _) => {
-                let id = self.new_session(inner, &upstream, now);
+                let id = self.new_session(inner, &upstream, ip, now);
                 Self::bind(inner, conn, id, Role::Main);
             }
             (CommandKind::Reinit, Some(clone)) => {
-                let id = self.session_for(inner, &upstream, clone, now);
+                let id = self.session_for(inner, &upstream, ip, clone, now);
                 Self::bind(inner, conn, id, Role::Main);
                 self.on_reinit(inner, id, now);
             }
             (CommandKind::Attach, Some(clone)) => {
-                let id = self.session_for(inner, &upstream, clone, now);
+                let id = self.session_for(inner, &upstream, ip, clone, now);
                 Self::bind(inner, conn, id, Role::Worker);
             }
             (CommandKind::Ack, Some(clone)) if session.is_none() => {
-                let id = self.session_for(inner, &upstream, clone, now);
+                let id = self.session_for(inner, &upstream, ip, clone, now);
                 Self::bind(inner, conn, id, Role::Aux);
             }
             (CommandKind::Execute, _) => {

@@ -1,13 +1,13 @@
 //! Connections opening and closing, sessions starting, expiring and being reset.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Span, info};
+use tracing::{Span, debug, info};
 
 use super::state::{
     CloneErrorView, ConnRecord, Inner, LiveConn, Role, Session, SessionState, unix_ms,
@@ -24,6 +24,12 @@ const DONOR_PATIENCE_MARGIN: Duration = Duration::from_secs(60);
 const DEFAULT_DONOR_PATIENCE: Duration = Duration::from_secs(5 * 60);
 /// Connections closed for a protocol breach or a timeout kept for `/sessions`.
 const KEEP_REJECTED: usize = 32;
+/// Idle stubs (sessions not ended that moved no data and have no live connection: clone
+/// commands a donor never carried out, or a clone lost before its first byte) kept per
+/// recipient address, and in all. Each connection is in one session at a time, so the sessions
+/// that moved no data number at most these plus the open connections.
+pub const IDLE_STUBS_PER_ADDRESS: usize = 16;
+pub const IDLE_STUBS: usize = 256;
 
 impl Registry {
     /// Registers a new downstream connection; admission reserves its donor next.
@@ -101,6 +107,10 @@ impl Registry {
         s.closed.push(record);
         s.last_activity = now;
         if s.main != Some(conn) {
+            if s.is_idle_stub() {
+                let ip = s.downstream_ip;
+                keep_idle_stubs_bounded(inner, ip);
+            }
             return;
         }
         if !s.state.ended() {
@@ -111,6 +121,10 @@ impl Registry {
                 "main connection lost; waiting for the recipient to resume"
             );
             s.set_state(SessionState::Resuming, now);
+            if s.is_idle_stub() {
+                let ip = s.downstream_ip;
+                keep_idle_stubs_bounded(inner, ip);
+            }
         } else if s.state == SessionState::Completed && c.record.phase == Phase::Clone {
             // The link failed before COM_EXIT: the donor waits for a resume that will not come.
             let patience = s.donor_patience.unwrap_or(DEFAULT_DONOR_PATIENCE);
@@ -259,10 +273,19 @@ impl Registry {
         n
     }
 
-    pub(super) fn new_session(&self, inner: &mut Inner, upstream: &str, now: Instant) -> SessionId {
+    /// A new session for a clone command from `ip` (its connection is bound to it next).
+    pub(super) fn new_session(
+        &self,
+        inner: &mut Inner,
+        upstream: &str,
+        ip: IpAddr,
+        now: Instant,
+    ) -> SessionId {
         inner.next_session += 1;
         let id = inner.next_session;
-        inner.sessions.insert(id, Session::new(id, upstream, now));
+        let mut session = Session::new(id, upstream, now);
+        session.downstream_ip = Some(ip);
+        inner.sessions.insert(id, session);
         self.metrics
             .sessions_started
             .fetch_add(1, Ordering::Relaxed);
@@ -276,6 +299,7 @@ impl Registry {
         &self,
         inner: &mut Inner,
         upstream: &str,
+        ip: IpAddr,
         clone: CloneId,
         now: Instant,
     ) -> SessionId {
@@ -285,7 +309,7 @@ impl Registry {
         {
             return id;
         }
-        let id = self.new_session(inner, upstream, now);
+        let id = self.new_session(inner, upstream, ip, now);
         inner.sessions.get_mut(&id).expect("just made").clone = Some(clone);
         inner.by_clone.insert(key, id);
         id
@@ -301,6 +325,7 @@ impl Registry {
         }
         let previous = c.session.replace(session);
         let (peer_ip, role) = (c.peer_ip, c.record.role);
+        let mut left_a_stub = None;
         let span = Span::current();
         span.record("role", role.as_str());
         span.record("clone_session", session);
@@ -308,6 +333,7 @@ impl Registry {
             && let Some(prev) = previous.and_then(|p| inner.sessions.get_mut(&p))
         {
             prev.live.retain(|&id| id != conn);
+            left_a_stub = prev.is_idle_stub().then_some(prev.downstream_ip);
         }
         let Some(s) = inner.sessions.get_mut(&session) else {
             return;
@@ -321,5 +347,45 @@ impl Registry {
             s.main = Some(conn);
             s.had_main = true;
         }
+        if let Some(ip) = left_a_stub {
+            keep_idle_stubs_bounded(inner, ip);
+        }
     }
+}
+
+/// Forgets the least recently active idle stubs beyond [`IDLE_STUBS_PER_ADDRESS`] of `ip`
+/// and [`IDLE_STUBS`] in all; called whenever a session becomes one.
+fn keep_idle_stubs_bounded(inner: &mut Inner, ip: Option<IpAddr>) {
+    if ip.is_some() {
+        forget_idle_stubs(inner, ip, IDLE_STUBS_PER_ADDRESS);
+    }
+    forget_idle_stubs(inner, None, IDLE_STUBS);
+}
+
+/// Forgets idle stubs of `ip` (of every address when `None`), least recently active first,
+/// until at most `keep` remain.
+fn forget_idle_stubs(inner: &mut Inner, ip: Option<IpAddr>, keep: usize) {
+    let mut stubs: Vec<(Instant, SessionId)> = inner
+        .sessions
+        .values()
+        .filter(|s| ip.is_none() || s.downstream_ip == ip)
+        .filter(|s| s.is_idle_stub())
+        .map(|s| (s.last_activity, s.id))
+        .collect();
+    if stubs.len() <= keep {
+        return;
+    }
+    stubs.sort_unstable();
+    let forget = stubs.len() - keep;
+    for &(_, id) in &stubs[..forget] {
+        inner.sessions.remove(&id);
+    }
+    inner
+        .by_clone
+        .retain(|_, id| inner.sessions.contains_key(id));
+    debug!(
+        forgotten = forget,
+        address = ?ip,
+        "idle sessions that moved no data forgotten to make room"
+    );
 }

@@ -30,6 +30,7 @@ pub use admit::Admitted;
 pub use apply::{ENCRYPTED_OVER_PLAIN_DONOR_LEG, ER_CLONE_ENCRYPTION};
 pub use flow::{DataFlow, Slowness};
 pub use handle::ConnHandle;
+pub use lifecycle::{IDLE_STUBS, IDLE_STUBS_PER_ADDRESS};
 pub use state::{
     Change, CloneErrorView, ConnRecord, Detection, DetectionKind, DonorGaps, ResumeRecord, Role,
     SessionState,

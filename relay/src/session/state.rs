@@ -448,6 +448,11 @@ impl Session {
 
     /// Whether the donor is taken by this session: the clone is under way or waits for a resume,
     /// or the donor may still hold it after a link failed at its end.
+    /// Not ended, moved no data, and no connection: nothing a clone would lose if forgotten.
+    pub fn is_idle_stub(&self) -> bool {
+        !self.state.ended() && self.data_bytes == 0 && self.live.is_empty()
+    }
+
     pub fn holds_donor(&self, now: Instant) -> bool {
         !self.state.ended() || self.donor_holds_until.is_some_and(|t| now < t)
     }
