@@ -19,6 +19,8 @@ use harness::{MysqlServer, ServerOptions, docker_available};
 use tokio::process::Command;
 use tokio::time::Instant;
 
+/// The admin token the sidecar gets from its environment.
+const ADMIN_TOKEN: &str = "relay-image-test-admin-token";
 const MIB: u64 = 1024 * 1024;
 /// Enough for a clone with data in flight; the test is about the image and the pod's shape.
 const DATASET_BYTES: u64 = 64 * MIB;
@@ -140,6 +142,9 @@ async fn the_image_runs_as_a_sidecar_in_the_recipients_namespace_and_clones() ->
         "--read-only",
         "--tmpfs",
         "/tmp",
+        // As the example's Secret gives it.
+        "--env",
+        &format!("CLONE_RELAY_ADMIN_TOKEN={ADMIN_TOKEN}"),
         &tag,
         "--listen",
         RELAY_IN_POD,
@@ -174,7 +179,15 @@ async fn the_image_runs_as_a_sidecar_in_the_recipients_namespace_and_clones() ->
         Vec::<String>::new(),
         "tables that differ from the donor's"
     );
+    // The sessions name users and addresses: from off the pod only with the token.
     let (status, body) = clone_relay::admin::request(admin, "GET", "/sessions").await?;
+    assert_eq!(
+        status, 401,
+        "/sessions without the token from off the pod: {body}"
+    );
+    let (status, body) =
+        clone_relay::admin::request_with_token(admin, "GET", "/sessions", Some(ADMIN_TOKEN))
+            .await?;
     assert_eq!(status, 200, "{body}");
     let view: serde_json::Value = serde_json::from_str(&body)?;
     let session = view["sessions"]

@@ -10,6 +10,18 @@ pub(super) struct BoundedListener {
     pub(super) permits: Arc<Semaphore>,
 }
 
+/// The address an admin request came from (axum's `ConnectInfo` of [`BoundedListener`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PeerAddr(pub(super) SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, BoundedListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, BoundedListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 impl axum::serve::Listener for BoundedListener {
     type Io = BoundedStream;
     type Addr = SocketAddr;

@@ -1,7 +1,8 @@
 //! The admin listener (off unless `--admin` is given), on axum:
 //!
 //! - `GET /metrics`: Prometheus text: the relay's counters, then the admin listener's own.
-//! - `GET /sessions`: JSON of live and recent clone sessions.
+//! - `GET /sessions`: JSON of live and recent clone sessions. It names users and client
+//!   addresses, so a client on loopback reads it and any other needs the admin token.
 //! - `GET /healthz`: 200 while the relay runs.
 //! - `GET /readyz`: 200 when a donor's latest dial succeeded, or one did within the last
 //!   minute (see [`crate::recovery::health`]); else 503 with the reason. It never dials a donor itself.
@@ -38,7 +39,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -54,13 +55,13 @@ use tracing::{debug, info, warn};
 use crate::config::LimitSettings;
 use crate::state::Relay;
 
-/// Admin requests served at once.
 mod client;
 mod listener;
 
 pub use client::{request, request_with_json, request_with_token};
 use listener::*;
 
+/// Admin requests served at once.
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 /// Admin connections open at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -93,7 +94,7 @@ async fn serve_router(
     };
     let app = routes.layer(middleware::from_fn_with_state(limits, limit));
     tokio::select! {
-        result = axum::serve(listener, app).into_future() => {
+        result = axum::serve(listener, app.into_make_service_with_connect_info::<PeerAddr>()).into_future() => {
             if let Err(e) = result {
                 warn!(error = %e, "admin listener stopped");
             }
@@ -109,13 +110,16 @@ fn router(relay: Relay, limits: Arc<Limits>) -> Router {
         .route("/sessions/{id}/reset", post(reset))
         .route("/limits", put(set_limits))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let private = Router::new().route("/sessions", get(sessions)).route_layer(
+        middleware::from_fn_with_state(state.clone(), require_loopback_or_token),
+    );
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/sessions", get(sessions))
         .route("/limits", get(show_limits))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(mutating)
+        .merge(private)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -221,12 +225,26 @@ async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) 
     response
 }
 
+/// Lets a request from loopback through; any other needs the admin token ([`require_token`]).
+async fn require_loopback_or_token(
+    State(state): State<AdminState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if peer.ip().is_loopback() {
+        return next.run(request).await;
+    }
+    require_token(State(state), request, next).await
+}
+
 /// Lets a request through only with the configured bearer token (compared in constant time).
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
     let Some(expected) = state.relay.config().admin_token.as_ref() else {
         return error(
             StatusCode::FORBIDDEN,
-            "no admin token is configured (CLONE_RELAY_ADMIN_TOKEN): mutating endpoints are off",
+            "no admin token is configured (CLONE_RELAY_ADMIN_TOKEN): this endpoint is off \
+             (GET /sessions answers loopback clients without one)",
         );
     };
     let given = request
@@ -363,6 +381,59 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, Secret};
+    use tower::ServiceExt;
+
+    /// GET `/sessions` from `peer`, with `token` as the bearer token when given.
+    async fn sessions_from(relay: &Relay, peer: &str, token: Option<&str>) -> StatusCode {
+        let mut request = Request::get("/sessions");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let mut request = request.body(axum::body::Body::empty()).unwrap();
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(PeerAddr(peer.parse().unwrap())));
+        let routes = router(relay.clone(), Arc::new(Limits::default()));
+        routes.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn sessions_answer_loopback_and_others_only_with_the_token() {
+        let open = Relay::new(Config::new("127.0.0.1:3306")).unwrap();
+        assert_eq!(
+            sessions_from(&open, "127.0.0.1:5000", None).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            sessions_from(&open, "[::1]:5000", None).await,
+            StatusCode::OK
+        );
+        // No token configured: nobody off this host reads user names and addresses.
+        assert_eq!(
+            sessions_from(&open, "10.0.0.7:5000", None).await,
+            StatusCode::FORBIDDEN
+        );
+        let mut config = Config::new("127.0.0.1:3306");
+        config.admin_token = Some(Secret::new("a-token-of-twenty-chars"));
+        let guarded = Relay::new(config).unwrap();
+        assert_eq!(
+            sessions_from(&guarded, "10.0.0.7:5000", None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            sessions_from(&guarded, "10.0.0.7:5000", Some("wrong")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            sessions_from(&guarded, "10.0.0.7:5000", Some("a-token-of-twenty-chars")).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            sessions_from(&guarded, "127.0.0.1:5000", None).await,
+            StatusCode::OK
+        );
+    }
 
     /// A route slow enough that the request slots fill up: in flight never exceeds the limit
     /// (counted by the handler itself), requests beyond it wait and, past QUEUE_WAIT, get 503,

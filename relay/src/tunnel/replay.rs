@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,12 +187,14 @@ impl Replay {
             self.budget.spill.fetch_add(n, Ordering::AcqRel);
         }
         if self.spill.is_none() {
+            // Clone data: readable by the relay's user alone, and never a file (or a link)
+            // someone else put there first.
             let path = self.budget.dir.join(&self.name);
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
+                .mode(0o600)
                 .open(&path)?;
             self.budget
                 .metrics
@@ -309,6 +311,7 @@ impl Drop for Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn budget(memory: u64, spill: u64, dir: &std::path::Path) -> Arc<Budget> {
         Arc::new(Budget::new(
@@ -342,6 +345,11 @@ mod tests {
         assert_eq!(budget.memory_in_use(), 60);
         assert_eq!(budget.spill_in_use(), 240);
         assert!(dir.join("s1").exists());
+        let mode = std::fs::metadata(dir.join("s1"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the spill file is the relay's alone");
         // Reads cross from memory to the file with the same bytes (a read ends at most at the
         // end of the memory chunk it starts in).
         for offset in [0, 59, 60, 61, 200, 299] {
