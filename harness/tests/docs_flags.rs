@@ -3,6 +3,8 @@
 //! `--help` of one of the project's binaries (clone-relay, chaos and its subcommands,
 //! clone-drill, netbench) or is one of the listed flags of other programs the docs show (cargo,
 //! docker, mysqld, systemctl); and every flag in those `--help`s is named somewhere in the docs.
+//! Also every test that docs/security.md names as the proof of a claim is a test of the
+//! workspace.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -222,4 +224,73 @@ fn flags_are_read_from_code_only_and_whole() {
         .map(String::from)
         .collect();
     assert_eq!(flags, expect);
+}
+
+/// Every `.rs` file under `dir`, but `target` folders.
+fn rust_files(dir: &Path, into: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if path.is_dir() && name != "target" && !name.starts_with('.') {
+            rust_files(&path, into)?;
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            into.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The test functions of the workspace: each `fn` right after a `#[test]` or `#[tokio::test..]`
+/// attribute.
+fn workspace_tests() -> Result<BTreeSet<String>> {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    for crate_dir in ["relay", "chaos", "harness", "benches"] {
+        rust_files(&root.join(crate_dir), &mut files)?;
+    }
+    let mut tests = BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        let mut after_attribute = false;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with("#[test]") || line.starts_with("#[tokio::test") {
+                after_attribute = true;
+            } else if after_attribute && line.contains("fn ") {
+                let name = line.split("fn ").nth(1).unwrap_or_default();
+                let name: String = name
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                tests.insert(name);
+                after_attribute = false;
+            }
+        }
+    }
+    Ok(tests)
+}
+
+#[test]
+fn every_test_the_security_page_names_exists() -> Result<()> {
+    let page = std::fs::read_to_string(workspace_root().join("docs/security.md"))?;
+    // A test's name: a lower-case identifier of four words or more.
+    let named: BTreeSet<&str> = inline_spans(&page)
+        .filter(|span| {
+            span.split('_').count() >= 4
+                && span
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect();
+    anyhow::ensure!(
+        named.len() >= 20,
+        "docs/security.md names only {} tests: {named:?}",
+        named.len()
+    );
+    let tests = workspace_tests()?;
+    let missing: Vec<&&str> = named.iter().filter(|n| !tests.contains(**n)).collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "docs/security.md names tests that do not exist: {missing:?}"
+    );
+    Ok(())
 }
