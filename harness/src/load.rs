@@ -1,5 +1,6 @@
-//! Traffic on a relay besides a clone: many logged-in clients that sit idle, and connections
-//! that stop in the middle of their login.
+//! Traffic on a relay besides a clone: many logged-in clients that sit idle, connections that
+//! stop in the middle of their login, and a flood of connections from one address that never
+//! log in.
 //!
 //! Idle clients are real `mysql` client processes started inside a container (host networking:
 //! they reach the relay on loopback), each logged in with the donor account and running a long
@@ -220,4 +221,73 @@ impl HalfLogins {
         }
         Ok(lifetimes)
     }
+}
+
+/// What a flood of connections from one address got as their first packet.
+#[derive(Debug, Clone, Default)]
+pub struct FloodOutcome {
+    /// Greetings that arrived within the window given to [`flood`] from its start.
+    pub greeted_in_window: usize,
+    /// Greetings in all.
+    pub greeted: usize,
+    /// MySQL errors in place of a greeting, by error code.
+    pub refused: std::collections::BTreeMap<u16, usize>,
+    /// How long until every connection had its first packet.
+    pub took: Duration,
+}
+
+/// Opens `count` connections to `addr` from the loopback address `from` all at once; each reads
+/// its first packet (a greeting, or an ERR in its place) and then stays silent until the relay
+/// closes it. Returns once every one has its first packet.
+pub async fn flood(
+    addr: SocketAddr,
+    from: std::net::Ipv4Addr,
+    count: usize,
+    window: Duration,
+) -> Result<FloodOutcome> {
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for i in 0..count {
+        set.spawn(async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket
+                .bind(SocketAddr::from((from, 0)))
+                .with_context(|| format!("flood {i}: bind"))?;
+            let mut s = socket
+                .connect(addr)
+                .await
+                .with_context(|| format!("flood {i}: connect"))?;
+            let mut head = [0u8; 7];
+            tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut head))
+                .await
+                .with_context(|| format!("flood {i}: no first packet within 30 s"))?
+                .with_context(|| format!("flood {i}: first packet"))?;
+            let at = start.elapsed();
+            // The relay closes it: a refusal at once, a greeting at the pre-login wait.
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink).await;
+            });
+            // A greeting is protocol 10; an ERR is 0xff, then the code.
+            anyhow::Ok(match head[4] {
+                10 => (at, None),
+                0xff => (at, Some(u16::from_le_bytes([head[5], head[6]]))),
+                other => bail!("flood {i}: first packet starts {other:#x}"),
+            })
+        });
+    }
+    let mut outcome = FloodOutcome::default();
+    while let Some(done) = set.join_next().await {
+        match done?? {
+            (at, None) => {
+                outcome.greeted += 1;
+                if at < window {
+                    outcome.greeted_in_window += 1;
+                }
+            }
+            (_, Some(code)) => *outcome.refused.entry(code).or_default() += 1,
+        }
+    }
+    outcome.took = start.elapsed();
+    Ok(outcome)
 }

@@ -1,16 +1,19 @@
 //! A clone through a busy relay, end to end with real MySQL: while a clone of about 110 MB runs
 //! through the relay on its defaults (the donor leg capped at 20 MiB/s by the chaos proxy), 200
-//! logged-in `mysql` clients sit idle on the relay and 100 connections stop in the middle of
-//! their login. The clone must complete with the donor's data and no resume, at about the speed
-//! of the same clone alone.
+//! logged-in `mysql` clients sit idle on the relay, 100 connections stop in the middle of
+//! their login, and 2 000 connections from one other address open at once and never log in.
+//! The flood gets at most the relay's pending logins per address (32) greetings before the
+//! first of them can have been cut, MySQL error 1040 for the rest; the clone must complete with
+//! the donor's data and no resume, within 1.05x of the same clone alone.
 
 use std::time::{Duration, Instant};
 
 use chaos::{ChaosProxy, Direction, FaultKind, FaultSpec};
+use clone_relay::connection::handshake::PRE_LOGIN_WAIT;
 use harness::clone::clone_instance;
 use harness::dataset::Dataset;
 use harness::image::mysql_image;
-use harness::load::{HalfLogins, IdleClients};
+use harness::load::{HalfLogins, IdleClients, flood};
 use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
 
 const MIB: u64 = 1024 * 1024;
@@ -18,6 +21,13 @@ const DATASET_BYTES: u64 = 110 * MIB;
 const CLONE_TIMEOUT: Duration = Duration::from_secs(300);
 const IDLE_CLIENTS: usize = 200;
 const HALF_LOGINS: usize = 100;
+const FLOOD: usize = 2_000;
+/// The flood's one address; the recipient and the rest of the load come from others.
+const FLOOD_FROM: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 100);
+/// MySQL's "Too many connections", the relay's answer past the pending logins of an address.
+const ER_CON_COUNT_ERROR: u16 = 1040;
+/// The busy clone may take this much longer than the same clone alone.
+const BUSY_OVER_ALONE: f64 = 1.05;
 /// Longer than anything the test does: the idle clients are ended explicitly.
 const IDLE_HOLD: Duration = Duration::from_secs(900);
 
@@ -74,6 +84,7 @@ async fn a_clone_through_a_busy_relay_is_unaffected() -> anyhow::Result<()> {
     .await?;
     let config = RelayFixture::config(chaos.addr());
     let handshake_timeout = config.handshake_timeout;
+    let pending_cap = config.max_pending_logins_per_address;
     let relay = RelayFixture::start_with(config)?;
     let recipient =
         MysqlServer::start(&image, ServerOptions::recipient(2, &[relay.addr()])).await?;
@@ -102,13 +113,27 @@ async fn a_clone_through_a_busy_relay_is_unaffected() -> anyhow::Result<()> {
         let opening = Instant::now();
         let half = HalfLogins::open(relay.addr(), HALF_LOGINS).await?;
         let opening = opening.elapsed();
+        let flood = flood(relay.addr(), FLOOD_FROM, FLOOD, PRE_LOGIN_WAIT).await?;
         // All of them are open now, with the clone still in transfer.
         let view = relay.sessions();
         let state = view.sessions.last().map(|s| s.state.as_str().to_string());
-        anyhow::Ok((half, opening, state, view.unassigned.len()))
+        anyhow::Ok((half, opening, flood, state, view.unassigned.len()))
     };
     let (busy, half_logins) = tokio::join!(clone, half_logins);
-    let (busy, (half, opening, state_then, outside_clone)) = (busy?, half_logins?);
+    let (busy, (half, opening, flood, state_then, outside_clone)) = (busy?, half_logins?);
+    // No pending login of the flood can end before the relay's pre-login wait has passed since
+    // its greeting, so none of the address's places is free again within that window.
+    assert!(
+        flood.greeted_in_window <= pending_cap,
+        "the flood got {} greetings within {PRE_LOGIN_WAIT:?}: {flood:?}",
+        flood.greeted_in_window
+    );
+    let refused = flood.refused.get(&ER_CON_COUNT_ERROR).copied().unwrap_or(0);
+    assert_eq!(
+        refused + flood.greeted,
+        FLOOD,
+        "every flood connection got a greeting or error 1040: {flood:?}"
+    );
     assert_eq!(
         state_then.as_deref(),
         Some("transferring"),
@@ -132,9 +157,16 @@ async fn a_clone_through_a_busy_relay_is_unaffected() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no session for the busy clone: {view:#?}"))?;
     assert_eq!(session.state.as_str(), "completed", "{session:#?}");
     assert_eq!(session.resume_count, 0, "{session:#?}");
+    let busy_over_alone = busy.statement_time.as_secs_f64() / alone.statement_time.as_secs_f64();
+    assert!(
+        busy_over_alone <= BUSY_OVER_ALONE,
+        "busy {:?} against alone {:?}: {busy_over_alone:.2}x",
+        busy.statement_time,
+        alone.statement_time
+    );
 
-    // The half logins are cut by the relay's handshake timeout, counted from the donor's
-    // greeting; the idle clients are still there.
+    // The half logins (and the flood's greeted connections) are cut by the relay's pre-login
+    // wait, counted from the greeting; the idle clients are still there.
     let lifetimes = half
         .wait_closed(handshake_timeout + Duration::from_secs(15))
         .await?;
@@ -143,7 +175,7 @@ async fn a_clone_through_a_busy_relay_is_unaffected() -> anyhow::Result<()> {
     let metrics = relay.metrics_text().await?;
     assert_eq!(
         closed_by_reason(&metrics, "handshake_timeout"),
-        HALF_LOGINS as u64,
+        (HALF_LOGINS + flood.greeted) as u64,
         "{metrics}"
     );
     let still_idle = IdleClients::on_donor(&donor).await?;
@@ -179,13 +211,19 @@ async fn a_clone_through_a_busy_relay_is_unaffected() -> anyhow::Result<()> {
         "busy relay: data set {seeded} bytes; clone alone {:.1} s, busy {:.1} s; \
          busy/alone = {:.2}x; {logged_in} idle clients on the donor, {HALF_LOGINS} half logins \
          opened in {:.1} s, {outside_clone} relay connections outside the clone while it ran; \
-         each cut by the relay {:.1}-{:.1} s after it was sent; donor {}, host cache {cache:?}",
+         each cut by the relay {:.1}-{:.1} s after it was sent; flood of {FLOOD} from \
+         {FLOOD_FROM}: {} greeted ({} within {PRE_LOGIN_WAIT:?}), refused {:?}, all answered in \
+         {:.2} s; donor {}, host cache {cache:?}",
         alone.statement_time.as_secs_f64(),
         busy.statement_time.as_secs_f64(),
-        busy.statement_time.as_secs_f64() / alone.statement_time.as_secs_f64(),
+        busy_over_alone,
         opening.as_secs_f64(),
         shortest.as_secs_f64(),
         longest.as_secs_f64(),
+        flood.greeted,
+        flood.greeted_in_window,
+        flood.refused,
+        flood.took.as_secs_f64(),
         donor_counts.trim(),
     );
     relay.stop().await
