@@ -18,7 +18,7 @@ use clone_relay::io::{Legs, Observed};
 use clone_relay::limit::{Chain, Limited};
 use clone_relay::metrics::Metrics;
 use clone_relay::protocol::decoder::{Direction, ViolationKind};
-use clone_relay::protocol::{PacketHeader, frame};
+use clone_relay::protocol::{Limits, PacketHeader, frame};
 use clone_relay::session::{CloseReason, ConnHandle, Registry, Role, SessionSettings};
 use clone_relay::{Config, RelayError};
 use serde_json::Value;
@@ -275,11 +275,58 @@ fn preamble() -> Vec<(Direction, Vec<u8>)> {
 }
 
 #[tokio::test]
-async fn a_malformed_packet_after_large_data_closes_with_the_breach() {
+async fn messages_the_relay_does_not_know_are_carried_unchanged_and_no_longer_followed() {
     let registry = Arc::new(Registry::new(
         SessionSettings::default(),
         Arc::new(Metrics::default()),
     ));
+    let mut conn = Conn::open(&registry, 1, 1 << 20).await;
+    for (dir, bytes) in preamble() {
+        conn.carry(dir, &bytes).await;
+    }
+    // INIT at protocol 0x0103, and the donor's locators at the version it chose.
+    let mut init = vec![1u8];
+    init.extend_from_slice(&0x0103u32.to_le_bytes());
+    init.extend_from_slice(&300u32.to_le_bytes());
+    conn.carry(Direction::Upstream, &frame(0, &init)).await;
+    let mut locs = vec![1u8];
+    locs.extend_from_slice(&0x0102u32.to_le_bytes());
+    conn.carry(Direction::Downstream, &frame(1, &locs)).await;
+    // A 4 MiB DATA response: the buffer grows on it.
+    let mut data = vec![3u8];
+    data.extend((0..4 << 20).map(|i: u32| (i % 251) as u8));
+    conn.carry(Direction::Downstream, &frame(2, &data)).await;
+
+    // Then a response of a kind this relay does not know (a newer server's), a command of a
+    // kind it does not know, and more data: all carried as they are.
+    conn.carry(Direction::Downstream, &frame(3, &[0x77, 1, 2, 3]))
+        .await;
+    conn.carry(Direction::Upstream, &frame(0, &[0x42, 9, 9]))
+        .await;
+    conn.carry(Direction::Downstream, &frame(4, &data)).await;
+
+    let view = registry.view();
+    let session = view.sessions.first().expect("the INIT made a session");
+    assert_eq!(session.protocol_version.as_deref(), Some("0x0102"));
+    let why = session.not_followed.as_deref().unwrap_or_default();
+    assert!(why.contains("77"), "the session says why: {why:?}");
+    // Only the data before the unknown response was followed.
+    assert_eq!(session.data_bytes, 4 << 20);
+    let [down_read, down_written, up_read, up_written] = conn.close().await;
+    assert_eq!((down_read, down_written), (up_written, up_read));
+}
+
+#[tokio::test]
+async fn broken_framing_after_large_data_closes_with_the_breach() {
+    // The packet limit at 8 MiB, so a single header can announce more than it.
+    let settings = SessionSettings {
+        limits: Limits {
+            max_packet_bytes: 8 << 20,
+            ..Limits::default()
+        },
+        ..SessionSettings::default()
+    };
+    let registry = Arc::new(Registry::new(settings, Arc::new(Metrics::default())));
     let mut conn = Conn::open(&registry, 1, 1 << 20).await;
     for (dir, bytes) in preamble() {
         conn.carry(dir, &bytes).await;
@@ -289,18 +336,17 @@ async fn a_malformed_packet_after_large_data_closes_with_the_breach() {
     data.extend((0..4 << 20).map(|i: u32| (i % 251) as u8));
     conn.carry(Direction::Downstream, &frame(2, &data)).await;
 
-    // Then a response of a kind CLONE does not have.
-    conn.donor
-        .write_all(&frame(3, &[0x77, 1, 2, 3]))
-        .await
-        .unwrap();
+    // Then a header announcing a packet of 16 MiB, over the limit: framing the relay does not
+    // carry.
+    let mut oversize = vec![0xff, 0xff, 0xff, 3];
+    oversize.extend([3u8; 1024]);
+    conn.donor.write_all(&oversize).await.unwrap();
     let err = conn.task.await.unwrap().unwrap_err();
     let RelayError::Protocol(violation) = &err else {
         panic!("not a protocol breach: {err:?}");
     };
-    assert_eq!(violation.kind, ViolationKind::OutOfProtocol);
+    assert_eq!(violation.kind, ViolationKind::Oversize);
     assert_eq!(violation.from, Direction::Downstream);
-    assert!(violation.detail.contains("77"), "{}", violation.detail);
     // None of the bad packet reached the recipient.
     let mut rest = Vec::new();
     let _ = conn.recipient.read_to_end(&mut rest).await;

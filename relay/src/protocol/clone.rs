@@ -212,6 +212,11 @@ pub enum Descriptor {
 }
 
 const DESC_TYPE_STATE: u32 = 3;
+/// A STATE descriptor's flags (big-endian u16) with and without the estimated disk use before
+/// them, and its whole length with it.
+const STATE_FLAGS_WITH_DISK: usize = 44;
+const STATE_FLAGS_WITHOUT_DISK: usize = 36;
+const STATE_LEN_WITH_DISK: usize = STATE_FLAGS_WITH_DISK + 2;
 const DESC_TYPE_DATA: u32 = 5;
 
 /// Parses a DATA_DESC response head: `[2][u8 engine][u8 locator index][InnoDB descriptor]`.
@@ -219,12 +224,22 @@ pub fn parse_data_desc(head: &[u8]) -> Option<Descriptor> {
     let d = head.get(3..)?;
     let desc_type = be_u32(d, 8)?;
     Some(match desc_type {
-        DESC_TYPE_STATE => Descriptor::State {
-            stage: Stage::from_wire(be_u32(d, 12)?),
-            task: be_u32(d, 16)?,
-            estimate_bytes: be_u64(d, 28)?,
-            is_start: d.get(45).is_some_and(|flags| flags & 1 == 1),
-        },
+        DESC_TYPE_STATE => {
+            // The descriptor's own length tells the layout: 8.0.21 and later put the estimated
+            // disk use (8 bytes) before the 2-byte flags, older servers do not (both say
+            // version 100).
+            let flags_at = if be_u32(d, 4)? as usize >= STATE_LEN_WITH_DISK {
+                STATE_FLAGS_WITH_DISK
+            } else {
+                STATE_FLAGS_WITHOUT_DISK
+            };
+            Descriptor::State {
+                stage: Stage::from_wire(be_u32(d, 12)?),
+                task: be_u32(d, 16)?,
+                estimate_bytes: be_u64(d, 28)?,
+                is_start: d.get(flags_at + 1).is_some_and(|flags| flags & 1 == 1),
+            }
+        }
         DESC_TYPE_DATA => Descriptor::Data {
             stage: Stage::from_wire(be_u32(d, 12)?),
             task: be_u32(d, 16)?,
@@ -344,6 +359,42 @@ mod tests {
         head.extend(3862i32.to_le_bytes());
         head.extend(b"Clone Donor Error");
         assert_eq!(parse_error(&head), Some((3862, "Clone Donor Error".into())));
+    }
+
+    #[test]
+    fn reads_a_state_descriptor_without_the_disk_estimate() {
+        // As servers before 8.0.21 send it: 38 bytes, the flags right after the byte estimate.
+        let mut head = unhex(STATE_FILE_COPY);
+        head.drain(3 + 36..3 + 44);
+        head[3 + 4..3 + 8].copy_from_slice(&38u32.to_be_bytes());
+        let started = Descriptor::State {
+            stage: Stage::FileCopy,
+            task: 0,
+            estimate_bytes: 0x1281_fb00,
+            is_start: true,
+        };
+        assert_eq!(parse_data_desc(&head), Some(started));
+        // The same descriptor not marking a start.
+        let last = head.len() - 1;
+        head[last] = 0;
+        assert!(matches!(
+            parse_data_desc(&head),
+            Some(Descriptor::State {
+                is_start: false,
+                ..
+            })
+        ));
+        // With the disk estimate, the flags are read after it, not at the old place.
+        let mut head = unhex(STATE_FILE_COPY);
+        head[3 + 37] = 1;
+        head[3 + 45] = 0;
+        assert!(matches!(
+            parse_data_desc(&head),
+            Some(Descriptor::State {
+                is_start: false,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -65,6 +65,13 @@ pub enum Event {
         name: String,
         value: String,
     },
+    /// The clone protocol version the donor chose (its COM_RES_LOCS).
+    ProtocolVersion(u32),
+    /// A well-framed clone message the relay does not know: from here on its bytes are carried
+    /// and not read.
+    StoppedFollowing {
+        reason: String,
+    },
 }
 
 /// Before auth, packets over the login limit are handed over at their header, so a huge length
@@ -178,7 +185,7 @@ impl Decoder {
     pub fn past_login(&self) -> bool {
         matches!(
             self.talk.phase,
-            Phase::Command | Phase::Clone | Phase::Opaque
+            Phase::Command | Phase::Clone | Phase::Opaque | Phase::Unfollowed
         )
     }
 
@@ -436,11 +443,9 @@ impl Conversation {
             }
             (Phase::Clone, Upstream) => {
                 let Some(cmd) = parse_command(head) else {
-                    return self.stop(
-                        dir,
-                        ViolationKind::OutOfProtocol,
-                        format!("unknown clone command {:02x?}", head.first()),
-                    );
+                    let reason = format!("unknown clone command {:02x?}", head.first());
+                    self.stop_following(reason, on_event);
+                    return Ok(());
                 };
                 if cmd.kind == CommandKind::Exit {
                     self.exiting = true;
@@ -461,12 +466,16 @@ impl Conversation {
                 }
                 let kind = head.first().and_then(|&b| ResponseKind::from_byte(b));
                 match kind {
-                    None => self.stop(
-                        dir,
-                        ViolationKind::OutOfProtocol,
-                        format!("unknown clone response {:02x?}", head.first()),
-                    ),
+                    None => {
+                        let reason = format!("unknown clone response {:02x?}", head.first());
+                        self.stop_following(reason, on_event);
+                        Ok(())
+                    }
                     Some(ResponseKind::Locators) => {
+                        if let Some(version) = head.get(1..5) {
+                            let version = u32::from_le_bytes(version.try_into().expect("4 bytes"));
+                            on_event(Event::ProtocolVersion(version));
+                        }
                         on_event(Event::CloneLocators(parse_locators_response(head)));
                         Ok(())
                     }
@@ -475,11 +484,11 @@ impl Conversation {
                             on_event(Event::CloneDescriptor(desc));
                             Ok(())
                         }
-                        None => self.stop(
-                            dir,
-                            ViolationKind::Malformed,
-                            format!("descriptor of {} bytes", h.payload_len),
-                        ),
+                        None => {
+                            let reason = format!("a descriptor of {} bytes", h.payload_len);
+                            self.stop_following(reason, on_event);
+                            Ok(())
+                        }
                     },
                     Some(ResponseKind::Data) => {
                         on_event(Event::CloneData {
@@ -502,18 +511,23 @@ impl Conversation {
                         Ok(())
                     }
                     Some(ResponseKind::Error) => {
-                        // The donor leaves the clone protocol after an error.
+                        // The donor stays in the clone protocol after an error: the recipient
+                        // ends it with COM_EXIT, which the donor answers with COMPLETE.
                         let (errno, message) = parse_error(head).unwrap_or((-1, String::new()));
                         on_event(Event::CloneError { errno, message });
-                        self.phase = Phase::Command;
-                        self.exiting = false;
                         Ok(())
                     }
                     Some(_) => Ok(()),
                 }
             }
-            (Phase::Opaque | Phase::Refused, _) => Ok(()),
+            (Phase::Opaque | Phase::Refused | Phase::Unfollowed, _) => Ok(()),
         }
+    }
+
+    /// Stops reading the clone protocol of this connection; its packets still pass framed.
+    fn stop_following(&mut self, reason: String, on_event: &mut dyn FnMut(Event)) {
+        self.phase = Phase::Unfollowed;
+        on_event(Event::StoppedFollowing { reason });
     }
 }
 

@@ -42,6 +42,9 @@ pub enum Phase {
     Clone,
     /// TLS (or a compression the relay cannot read) started: bytes pass undecoded.
     Opaque,
+    /// A clone message the relay does not know (a newer server, a fork): bytes pass with their
+    /// framing and limits still checked, but no longer read.
+    Unfollowed,
     /// The server refused the login or the connection.
     Refused,
 }

@@ -53,6 +53,21 @@ impl Registry {
                 Event::CloneComplete => on_complete(inner, conn, now),
                 Event::CloneError { errno, message } => on_error(inner, conn, errno, message, now),
                 Event::DonorConfig { name, value } => on_donor_config(inner, conn, &name, &value),
+                Event::ProtocolVersion(version) => {
+                    if let Some(s) = c.session.and_then(|id| inner.sessions.get_mut(&id)) {
+                        s.protocol_version = Some(version);
+                    }
+                }
+                Event::StoppedFollowing { reason } => {
+                    warn!(
+                        conn,
+                        reason = %reason,
+                        "clone message not known to the relay: its bytes are carried, no longer followed"
+                    );
+                    if let Some(s) = c.session.and_then(|id| inner.sessions.get_mut(&id)) {
+                        s.not_followed = Some(reason);
+                    }
+                }
                 Event::TlsStarted
                 | Event::Authenticated
                 | Event::Refused { .. }

@@ -358,6 +358,11 @@ pub(super) struct Session {
     /// The longest gaps between donor bytes on the session's closed connections.
     pub donor_gaps: DonorGaps,
     pub error: Option<CloneErrorView>,
+    /// The clone protocol version the donor chose.
+    pub protocol_version: Option<u32>,
+    /// Why the relay stopped following a connection of this session (a message it does not
+    /// know); its bytes are carried all the same.
+    pub not_followed: Option<String>,
     pub history: Bounded<Change<SessionState>>,
     pub stages: Vec<Change<Stage>>,
     pub rate: RateMeter,
@@ -402,6 +407,8 @@ impl Session {
             detections: Bounded::default(),
             donor_gaps: DonorGaps::default(),
             error: None,
+            protocol_version: None,
+            not_followed: None,
             history,
             stages: Vec::new(),
             rate: RateMeter::default(),

@@ -55,6 +55,10 @@ pub struct SessionView {
     pub donor_resume_timeout_secs: Option<u64>,
     pub progress: Option<Progress>,
     pub error: Option<CloneErrorView>,
+    /// The clone protocol version the donor chose, e.g. `0x0103`.
+    pub protocol_version: Option<String>,
+    /// Why the relay stopped following a connection of this session; its bytes were carried.
+    pub not_followed: Option<String>,
     pub history: Vec<Change<SessionState>>,
     pub stages: Vec<Change<Stage>>,
     /// Milliseconds the donor may still hold this clone for a resume that will not come (a link
@@ -189,6 +193,8 @@ impl Session {
             donor_resume_timeout_secs: self.donor_patience.map(|d| d.as_secs()),
             progress: self.progress(rate),
             error: self.error.clone(),
+            protocol_version: self.protocol_version.map(|v| format!("{v:#06x}")),
+            not_followed: self.not_followed.clone(),
             history: self.history.items.iter().cloned().collect(),
             stages: self.stages.clone(),
             donor_holds_for_ms: stale_donor(self, now).map(|d| d.holds_for_ms),
