@@ -9,6 +9,8 @@
 //! - [`mysql`]: a MySQL server in a container (donor or recipient), and running SQL in it.
 //! - [`dataset`]: seeding a donor with a data set of a chosen size, and checksumming it.
 //! - [`clone`]: running `CLONE INSTANCE` on a recipient and following it to its end.
+//! - [`clone_client`]: a recipient at the protocol level, proposing a chosen clone protocol
+//!   version and reading the donor's answers itself.
 //! - [`relay`]: clone-relay running in-process for a test.
 //! - [`process`]: clone-relay as a process of its own, for figures of the relay alone (memory)
 //!   and its log.
@@ -20,6 +22,7 @@
 //!   `clone-drill` runs it.
 
 pub mod clone;
+pub mod clone_client;
 pub mod dataset;
 pub mod docker;
 pub mod drill;

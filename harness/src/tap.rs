@@ -231,6 +231,12 @@ impl Tap {
             .any(|found| found)
     }
 
+    /// For each connection in the order accepted, every byte the donor sent on it (needs
+    /// [`TapOptions::record`]).
+    pub fn from_donor_bytes(&self) -> Vec<Vec<u8>> {
+        self.recorded(|r| r.from_donor.clone())
+    }
+
     /// For each connection in the order accepted, the payload lengths of the packets sent to
     /// the donor during its handshake: up to the donor's OK or ERR, or up to and including an
     /// SSLRequest (TLS follows). Needs [`TapOptions::record`].

@@ -1,0 +1,136 @@
+//! Every clone protocol version through the relay, against the real donor: the harness's
+//! protocol-level recipient ([`harness::clone_client`]) proposes 0x0100, 0x0101, 0x0102 and
+//! 0x0103 in turn, and the 9.7.4 donor answers each at that version, with that version's own
+//! plugin-level responses. The relay runs on its defaults between them, with a recording tap on
+//! its donor leg. For each version:
+//!
+//! - the client's own reading: the donor chose the version proposed; PLUGIN (4) only at 0x0100,
+//!   PLUGIN_V2 (7) from 0x0101, CONFIG_V3 (8) from 0x0102, CONFIG_V4 (9) only at 0x0103; every
+//!   snapshot state finished and acknowledged; data received;
+//! - the bytes the client received on each connection are the bytes the donor sent on it;
+//! - the relay followed the clone: one session, completed, the version shown, its data bytes
+//!   those the client counted, no connection closed for a protocol breach.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use harness::clone_client::{
+    self, ClientClone, PROTOCOL_VERSIONS, RES_COLLATION, RES_CONFIG, RES_CONFIG_V3, RES_CONFIG_V4,
+    RES_PLUGIN, RES_PLUGIN_V2,
+};
+use harness::dataset::Dataset;
+use harness::image::mysql_image;
+use harness::mysql::{DONOR_PASSWORD, DONOR_USER};
+use harness::tap::{Tap, TapOptions};
+use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+
+const DATASET_BYTES: u64 = 16 * 1024 * 1024;
+const CLONE_TIMEOUT: Duration = Duration::from_secs(180);
+/// Bound on the donor ending the previous clone's threads.
+const DONOR_FREE_WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_donor_at_every_protocol_version_is_carried_and_followed() -> Result<()> {
+    if !docker_available("the_real_donor_at_every_protocol_version_is_carried_and_followed").await
+    {
+        return Ok(());
+    }
+    let image = mysql_image().await?;
+    let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
+    Dataset::of_size(DATASET_BYTES).seed(&donor).await?;
+    let tap = Tap::start_with(donor.addr(), TapOptions::new().record()).await?;
+    let relay = RelayFixture::start(tap.addr())?;
+
+    for version in PROTOCOL_VERSIONS {
+        let run = tokio::time::timeout(
+            CLONE_TIMEOUT,
+            clone_client::clone_at_version(relay.addr(), DONOR_USER, DONOR_PASSWORD, version),
+        )
+        .await
+        .context("the clone timed out")?
+        .with_context(|| format!("the clone at {version:#06x}"))?;
+        eprintln!(
+            "{version:#06x}: responses to INIT {:?}, states {:?}, {} data bytes",
+            run.init_responses, run.acknowledged_states, run.data_bytes
+        );
+        check_responses(version, &run)?;
+        check_bytes_as_sent(&tap, &run)?;
+        check_followed(&relay, version, &run)?;
+        donor.wait_until_clone_free(DONOR_FREE_WAIT).await?;
+    }
+    relay.stop().await
+}
+
+/// What the client itself read: the version chosen and that version's responses.
+fn check_responses(version: u32, run: &ClientClone) -> Result<()> {
+    ensure!(
+        run.negotiated == version,
+        "the donor chose {:#06x} for {version:#06x}",
+        run.negotiated
+    );
+    let has = |kind: u8| run.init_responses.contains_key(&kind);
+    ensure!(has(RES_COLLATION) && has(RES_CONFIG), "{run:?}");
+    ensure!(has(RES_PLUGIN) == (version == 0x0100), "PLUGIN: {run:?}");
+    ensure!(has(RES_PLUGIN_V2) == (version >= 0x0101), "PLUGIN_V2: {run:?}");
+    ensure!(has(RES_CONFIG_V3) == (version >= 0x0102), "CONFIG_V3: {run:?}");
+    ensure!(has(RES_CONFIG_V4) == (version >= 0x0103), "CONFIG_V4: {run:?}");
+    let network_timeout = run
+        .configs
+        .iter()
+        .any(|(name, _)| name == "clone_donor_timeout_after_network_failure");
+    ensure!(network_timeout == (version >= 0x0102), "{:?}", run.configs);
+    ensure!(
+        run.acknowledged_states == [1, 2, 3, 4],
+        "states acknowledged: {:?}",
+        run.acknowledged_states
+    );
+    ensure!(run.data_bytes >= DATASET_BYTES, "{} data bytes", run.data_bytes);
+    Ok(())
+}
+
+/// Each connection's bytes at the client are the bytes the donor sent on one connection.
+fn check_bytes_as_sent(tap: &Tap, run: &ClientClone) -> Result<()> {
+    let sent = tap.from_donor_bytes();
+    for (i, received) in run.received.iter().enumerate() {
+        ensure!(
+            sent.iter().any(|s| s == received),
+            "connection {i}: the {} bytes received are not what the donor sent on any of {} \
+             connections (lengths {:?})",
+            received.len(),
+            sent.len(),
+            sent.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
+
+/// The relay's session of this clone: completed, the version shown, the data counted.
+fn check_followed(relay: &RelayFixture, version: u32, run: &ClientClone) -> Result<()> {
+    let shown = format!("{version:#06x}");
+    let view = relay.sessions();
+    let session = view
+        .sessions
+        .iter()
+        .find(|s| s.protocol_version.as_deref() == Some(shown.as_str()))
+        .with_context(|| format!("no session at {shown}: {view:#?}"))?;
+    ensure!(
+        session.state.as_str() == "completed",
+        "session at {shown}: {}",
+        session.state.as_str()
+    );
+    ensure!(session.not_followed.is_none(), "{:?}", session.not_followed);
+    ensure!(
+        session.data_bytes == run.data_bytes,
+        "the relay counted {} data bytes, the client {}",
+        session.data_bytes,
+        run.data_bytes
+    );
+    let breaches: Vec<_> = session
+        .connections
+        .iter()
+        .filter_map(|c| c.close_reason.as_deref())
+        .filter(|r| r.contains("protocol"))
+        .collect();
+    ensure!(breaches.is_empty(), "{breaches:?}");
+    Ok(())
+}
