@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use clone_relay::protocol::auth::greeting_nonce;
@@ -18,6 +20,7 @@ use clone_relay::protocol::handshake::{
 };
 use clone_relay::tls::password;
 use ring::digest::{SHA256, digest};
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,6 +34,7 @@ const COM_QUIT: u8 = 0x01;
 
 /// Clone commands (the first payload byte).
 const CMD_INIT: u8 = 1;
+const CMD_REINIT: u8 = 3;
 const CMD_EXECUTE: u8 = 4;
 const CMD_ACK: u8 = 5;
 const CMD_EXIT: u8 = 6;
@@ -67,6 +71,10 @@ const STATE_FLAGS_WITHOUT_DISK: usize = 36;
 const STATE_FLAG_START: u16 = 1;
 const STATE_FLAG_ACK: u16 = 2;
 
+/// Payloads longer than this are kept in a capture by their first [`CAPTURE_HEAD`] bytes.
+const CAPTURE_CUT: usize = 4096;
+const CAPTURE_HEAD: usize = 96;
+
 /// caching_sha2_password's more-data answers.
 const FAST_AUTH_OK: u8 = 3;
 const PERFORM_FULL_AUTH: u8 = 4;
@@ -88,6 +96,31 @@ pub struct ClientClone {
     pub data_bytes: u64,
     /// Every byte received on each connection from its greeting to its end: main, then aux.
     pub received: Vec<Vec<u8>>,
+    /// The donor's locator from its LOCS (engine, bytes): what a COM_REINIT of this clone names.
+    pub donor_locator: Option<(u8, Vec<u8>)>,
+    /// The error the donor ended the clone with (COM_RES_ERROR), if it did.
+    pub error: Option<DonorError>,
+    /// Every packet both ways, in order, as relay/tests/captures keeps them.
+    pub capture: Vec<Value>,
+}
+
+/// What the client does besides a plain clone.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    /// The protocol version proposed.
+    pub version: u32,
+    /// Acknowledge the end of this snapshot state with this error code instead of 0, as a
+    /// recipient that failed to apply it does: the donor then ends the clone with an error.
+    pub fail_ack: Option<(u32, i32)>,
+}
+
+impl ClientOptions {
+    pub fn version(version: u32) -> Self {
+        ClientOptions {
+            version,
+            fail_ack: None,
+        }
+    }
 }
 
 /// A clone error the donor sent (COM_RES_ERROR) or a classic ERR.
@@ -106,59 +139,46 @@ impl std::fmt::Display for DonorError {
 impl std::error::Error for DonorError {}
 
 /// Clones from `addr` (a donor, or a relay in front of one) as `user`, proposing `version`.
-/// A donor error comes back as a [`DonorError`] inside the error.
+/// A donor error is returned as an error.
 pub async fn clone_at_version(
     addr: SocketAddr,
     user: &str,
     password: &str,
     version: u32,
 ) -> Result<ClientClone> {
-    let mut main = Conn::login(addr, user, password).await.context("main")?;
-    let mut aux = Conn::login(addr, user, password).await.context("aux")?;
+    let run = clone_with(addr, user, password, ClientOptions::version(version)).await?;
+    match run.error {
+        Some(error) => Err(error.into()),
+        None => Ok(run),
+    }
+}
+
+/// Clones from `addr` as `options` say. A donor error ends the clone as MySQL's recipient ends
+/// it (COM_EXIT on each connection, answered with COMPLETE) and is kept in
+/// [`ClientClone::error`]; anything else that goes wrong is an error.
+pub async fn clone_with(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    options: ClientOptions,
+) -> Result<ClientClone> {
+    let log = Capture::new();
+    let mut main = Conn::login(addr, user, password, 1, &log)
+        .await
+        .context("main")?;
+    let mut aux = Conn::login(addr, user, password, 2, &log)
+        .await
+        .context("aux")?;
     let mut out = ClientClone::default();
 
-    main.write(0, &init_command(version)).await?;
-    let mut donor_locator = None;
-    loop {
-        let payload = main.read().await?;
-        let kind = payload.first().copied().unwrap_or_default();
-        *out.init_responses.entry(kind).or_default() += 1;
-        match kind {
-            RES_LOCS => {
-                out.negotiated = le_u32(&payload, 1).context("LOCS without a version")?;
-                donor_locator = Some(first_locator(&payload[5..]).context("LOCS without one")?);
-            }
-            RES_CONFIG | RES_CONFIG_V3 | RES_CONFIG_V4 => {
-                out.configs.push(config_pair(&payload[1..]).context("a config response")?)
-            }
-            RES_COMPLETE => break,
-            RES_ERROR => return Err(donor_error(&payload).into()),
-            _ => {}
-        }
-    }
-    let donor_locator = donor_locator.context("the donor sent no LOCS")?;
-
-    main.write(0, &[CMD_EXECUTE]).await?;
-    loop {
-        let payload = main.read().await?;
-        match payload.first().copied() {
-            Some(RES_DATA_DESC) => {
-                let desc = payload.get(3..).unwrap_or_default();
-                if let Some((state, flags_at)) = finished_state(desc) {
-                    let mut ack_desc = desc.to_vec();
-                    let flags = u16::from_be_bytes([desc[flags_at], desc[flags_at + 1]]);
-                    ack_desc[flags_at..flags_at + 2]
-                        .copy_from_slice(&(flags | STATE_FLAG_ACK).to_be_bytes());
-                    aux.write(0, &ack_command(&donor_locator, &ack_desc)).await?;
-                    aux.until_complete().await.context("the aux connection's ACK")?;
-                    out.acknowledged_states.push(state);
-                }
-            }
-            Some(RES_DATA) => out.data_bytes += payload.len() as u64 - 1,
-            Some(RES_COMPLETE) => break,
-            Some(RES_ERROR) => return Err(donor_error(&payload).into()),
-            _ => {}
-        }
+    main.write(
+        0,
+        &locator_command(CMD_INIT, options.version, &init_locator()),
+    )
+    .await?;
+    out.error = init_responses(&mut main, &mut out).await?;
+    if out.error.is_none() {
+        out.error = execute(&mut main, &mut aux, &mut out, options).await?;
     }
     for conn in [&mut aux, &mut main] {
         conn.write(0, &[CMD_EXIT]).await?;
@@ -168,28 +188,135 @@ pub async fn clone_at_version(
     for conn in [main, aux] {
         out.received.push(conn.finish().await?);
     }
+    out.capture = log.rows();
     Ok(out)
 }
 
-/// COM_INIT: `[1][u32 version][u32 ddl timeout][InnoDB locator]`.
-fn init_command(version: u32) -> Vec<u8> {
-    let mut cmd = vec![CMD_INIT];
-    cmd.extend(version.to_le_bytes());
-    cmd.extend(DDL_TIMEOUT.to_le_bytes());
-    cmd.push(ENGINE_INNODB);
-    cmd.extend((INIT_LOCATOR_LEN as u32).to_le_bytes());
-    let mut locator = [0u8; INIT_LOCATOR_LEN];
+/// Sends COM_REINIT for the clone `locator` names (from an earlier [`ClientClone`]) on a new
+/// main connection, reads the donor's answer to it and ends with COM_EXIT. The donor's refusal
+/// is in [`ClientClone::error`].
+pub async fn reinit(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    version: u32,
+    locator: &(u8, Vec<u8>),
+) -> Result<ClientClone> {
+    let log = Capture::new();
+    let mut main = Conn::login(addr, user, password, 1, &log)
+        .await
+        .context("main")?;
+    let mut out = ClientClone::default();
+    main.write(0, &locator_command(CMD_REINIT, version, locator))
+        .await?;
+    out.error = init_responses(&mut main, &mut out).await?;
+    main.write(0, &[CMD_EXIT]).await?;
+    main.until_complete().await.context("COM_EXIT")?;
+    main.write(0, &[COM_QUIT]).await?;
+    out.received.push(main.finish().await?);
+    out.capture = log.rows();
+    Ok(out)
+}
+
+/// The donor's answers to COM_INIT or COM_REINIT, up to COMPLETE or ERROR.
+async fn init_responses(main: &mut Conn, out: &mut ClientClone) -> Result<Option<DonorError>> {
+    loop {
+        let payload = main.read().await?;
+        let kind = payload.first().copied().unwrap_or_default();
+        *out.init_responses.entry(kind).or_default() += 1;
+        match kind {
+            RES_LOCS => {
+                out.negotiated = le_u32(&payload, 1).context("LOCS without a version")?;
+                out.donor_locator = Some(first_locator(&payload[5..]).context("LOCS without one")?);
+            }
+            RES_CONFIG | RES_CONFIG_V3 | RES_CONFIG_V4 => out
+                .configs
+                .push(config_pair(&payload[1..]).context("a config response")?),
+            RES_COMPLETE => return Ok(None),
+            RES_ERROR => return Ok(Some(donor_error(&payload))),
+            _ => {}
+        }
+    }
+}
+
+/// The main task from COM_EXECUTE to COMPLETE or ERROR, each finished state acknowledged on
+/// aux.
+async fn execute(
+    main: &mut Conn,
+    aux: &mut Conn,
+    out: &mut ClientClone,
+    options: ClientOptions,
+) -> Result<Option<DonorError>> {
+    let donor_locator = out
+        .donor_locator
+        .clone()
+        .context("the donor sent no LOCS")?;
+    main.write(0, &[CMD_EXECUTE]).await?;
+    loop {
+        let payload = main.read().await?;
+        match payload.first().copied() {
+            Some(RES_DATA_DESC) => {
+                let desc = payload.get(3..).unwrap_or_default();
+                let Some((state, flags_at)) = finished_state(desc) else {
+                    continue;
+                };
+                let mut ack_desc = desc.to_vec();
+                let flags = u16::from_be_bytes([desc[flags_at], desc[flags_at + 1]]);
+                ack_desc[flags_at..flags_at + 2]
+                    .copy_from_slice(&(flags | STATE_FLAG_ACK).to_be_bytes());
+                let error = match options.fail_ack {
+                    Some((at, code)) if at == state => code,
+                    _ => 0,
+                };
+                aux.write(0, &ack_command(error, &donor_locator, &ack_desc))
+                    .await?;
+                if let Some(error) = aux.until_complete_or_error().await? {
+                    return Ok(Some(error));
+                }
+                out.acknowledged_states.push(state);
+            }
+            Some(RES_DATA) => out.data_bytes += payload.len() as u64 - 1,
+            Some(RES_COMPLETE) => return Ok(None),
+            Some(RES_ERROR) => return Ok(Some(donor_error(&payload))),
+            _ => {}
+        }
+    }
+}
+
+/// Writes a run's capture to `path`, one JSON object per line.
+pub fn write_capture(path: &std::path::Path, run: &ClientClone) -> Result<()> {
+    let mut text = String::new();
+    for row in &run.capture {
+        text.push_str(&row.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// COM_INIT or COM_REINIT: `[cmd][u32 version][u32 ddl timeout][engine][u32 len][locator]`.
+fn locator_command(cmd: u8, version: u32, locator: &(u8, Vec<u8>)) -> Vec<u8> {
+    let mut out = vec![cmd];
+    out.extend(version.to_le_bytes());
+    out.extend(DDL_TIMEOUT.to_le_bytes());
+    out.push(locator.0);
+    out.extend((locator.1.len() as u32).to_le_bytes());
+    out.extend(&locator.1);
+    out
+}
+
+/// The locator of a new clone: an InnoDB locator descriptor with no clone yet.
+fn init_locator() -> (u8, Vec<u8>) {
+    let mut locator = vec![0u8; INIT_LOCATOR_LEN];
     locator[..4].copy_from_slice(&DESC_VERSION.to_be_bytes());
     locator[4..8].copy_from_slice(&DESC_LOCATOR_LEN.to_be_bytes());
     locator[8..12].copy_from_slice(&DESC_TYPE_LOCATOR.to_be_bytes());
-    cmd.extend(locator);
-    cmd
+    (ENGINE_INNODB, locator)
 }
 
 /// COM_ACK: `[5][i32 error][engine][u32 len][locator][u32 len][descriptor]`.
-fn ack_command(locator: &(u8, Vec<u8>), desc: &[u8]) -> Vec<u8> {
+fn ack_command(error: i32, locator: &(u8, Vec<u8>), desc: &[u8]) -> Vec<u8> {
     let mut cmd = vec![CMD_ACK];
-    cmd.extend(0i32.to_le_bytes());
+    cmd.extend(error.to_le_bytes());
     cmd.push(locator.0);
     cmd.extend((locator.1.len() as u32).to_le_bytes());
     cmd.extend(&locator.1);
@@ -257,31 +384,86 @@ fn be_u32(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// The packets of one run, in the order sent and read, as relay/tests/captures keeps them.
+#[derive(Debug, Clone)]
+struct Capture {
+    start: Instant,
+    rows: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Capture {
+    fn new() -> Self {
+        Capture {
+            start: Instant::now(),
+            rows: Arc::default(),
+        }
+    }
+
+    fn t(&self) -> f64 {
+        (self.start.elapsed().as_secs_f64() * 1e4).round() / 1e4
+    }
+
+    fn event(&self, conn: u64, event: &str) {
+        let row = json!({"conn": conn, "event": event, "t": self.t()});
+        self.rows.lock().expect("capture").push(row);
+    }
+
+    fn packet(&self, conn: u64, dir: &str, seq: u8, payload: &[u8]) {
+        let kept = if payload.len() > CAPTURE_CUT {
+            &payload[..CAPTURE_HEAD]
+        } else {
+            payload
+        };
+        let hex: String = kept.iter().map(|b| format!("{b:02x}")).collect();
+        let row = json!({"conn": conn, "dir": dir, "t": self.t(), "seq": seq,
+            "len": payload.len(), "hex": hex});
+        self.rows.lock().expect("capture").push(row);
+    }
+
+    fn rows(&self) -> Vec<Value> {
+        self.rows.lock().expect("capture").clone()
+    }
+}
+
 /// One clone connection: classic packets, every byte received kept.
 struct Conn {
+    id: u64,
     stream: TcpStream,
     received: Vec<u8>,
     /// The sequence id of the last packet read.
     last_seq: u8,
+    capture: Capture,
 }
 
 impl Conn {
-    /// Connects, logs in and sends COM_CLONE.
-    async fn login(addr: SocketAddr, user: &str, password: &str) -> Result<Self> {
+    /// Connects, logs in and sends COM_CLONE; `id` names the connection in the capture.
+    async fn login(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+        id: u64,
+        capture: &Capture,
+    ) -> Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        capture.event(id, "open");
         let mut conn = Conn {
+            id,
             stream,
             received: Vec::new(),
             last_seq: 0,
+            capture: capture.clone(),
         };
         let greeting = conn.read().await?;
         if greeting.first() == Some(&0xff) {
             return Err(donor_error(&greeting).into());
         }
         let nonce = greeting_nonce(&greeting).context("a greeting without a nonce")?;
-        conn.write(1, &login_request(user, &scramble(password.as_bytes(), &nonce)))
-            .await?;
+        conn.write(
+            1,
+            &login_request(user, &scramble(password.as_bytes(), &nonce)),
+        )
+        .await?;
         loop {
             let reply = conn.read().await?;
             match reply.as_slice() {
@@ -289,16 +471,19 @@ impl Conn {
                 [0xff, ..] => return Err(donor_error(&reply).into()),
                 [0x01, FAST_AUTH_OK] => {}
                 [0x01, PERFORM_FULL_AUTH] => {
-                    conn.write(conn.last_seq + 1, &[REQUEST_PUBLIC_KEY])
-                        .await?;
+                    conn.write(conn.last_seq + 1, &[REQUEST_PUBLIC_KEY]).await?;
                     let key = conn.read().await?;
                     ensure!(key.first() == Some(&0x01), "no public key came: {key:02x?}");
-                    let key = password::public_key_from_pem(&key[1..]).map_err(anyhow::Error::msg)?;
+                    let key =
+                        password::public_key_from_pem(&key[1..]).map_err(anyhow::Error::msg)?;
                     let encrypted = password::encrypt(password.as_bytes(), &nonce, &key)
                         .map_err(anyhow::Error::msg)?;
                     conn.write(conn.last_seq + 1, &encrypted).await?;
                 }
-                other => bail!("unexpected auth packet {:02x?}", &other[..other.len().min(8)]),
+                other => bail!(
+                    "unexpected auth packet {:02x?}",
+                    &other[..other.len().min(8)]
+                ),
             }
         }
         conn.write(0, &[COM_CLONE]).await?;
@@ -322,6 +507,8 @@ impl Conn {
             self.stream.read_exact(&mut payload[start..]).await?;
             self.received.extend_from_slice(&header);
             self.received.extend_from_slice(&payload[start..]);
+            self.capture
+                .packet(self.id, "s2c", header[3], &payload[start..]);
             if len < 0xff_ffff {
                 return Ok(payload);
             }
@@ -331,16 +518,25 @@ impl Conn {
     async fn write(&mut self, seq: u8, payload: &[u8]) -> Result<()> {
         let packet = clone_relay::protocol::frame(seq, payload);
         self.stream.write_all(&packet).await?;
+        self.capture.packet(self.id, "c2s", seq, payload);
         Ok(())
     }
 
     /// Reads responses until COMPLETE; an ERROR is returned as a [`DonorError`].
     async fn until_complete(&mut self) -> Result<()> {
+        match self.until_complete_or_error().await? {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads responses until COMPLETE (`None`) or ERROR.
+    async fn until_complete_or_error(&mut self) -> Result<Option<DonorError>> {
         loop {
             let payload = self.read().await?;
             match payload.first() {
-                Some(&RES_COMPLETE) => return Ok(()),
-                Some(&RES_ERROR) => return Err(donor_error(&payload).into()),
+                Some(&RES_COMPLETE) => return Ok(None),
+                Some(&RES_ERROR) => return Ok(Some(donor_error(&payload))),
                 _ => {}
             }
         }
@@ -350,6 +546,7 @@ impl Conn {
     /// received.
     async fn finish(mut self) -> Result<Vec<u8>> {
         self.stream.read_to_end(&mut self.received).await?;
+        self.capture.event(self.id, "close");
         Ok(self.received)
     }
 }
@@ -395,10 +592,12 @@ mod tests {
     #[test]
     fn init_matches_what_mysql_9_7_sends() {
         // COM_INIT as MySQL 9.7.4's recipient sent it (relay/tests/captures), version 0x0103.
-        let mut expected = vec![0x01, 0x03, 0x01, 0, 0, 0x2c, 0x01, 0, 0x80, 0x0c, 0x80, 0, 0, 0];
+        let mut expected = vec![
+            0x01, 0x03, 0x01, 0, 0, 0x2c, 0x01, 0, 0x80, 0x0c, 0x80, 0, 0, 0,
+        ];
         expected.extend([0, 0, 0, 0x64, 0, 0, 0, 0x22, 0, 0, 0, 0x01]);
         expected.extend([0u8; 116]);
-        assert_eq!(init_command(0x0103), expected);
+        assert_eq!(locator_command(CMD_INIT, 0x0103, &init_locator()), expected);
     }
 
     #[test]
@@ -410,8 +609,12 @@ mod tests {
                 .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
                 .collect()
         };
-        let finished = hex("000000640000002e00000003000000010000000000000000000000000000000000000000000000000000000000000000");
-        let started = hex("000000640000002e0000000300000002000000000000000a00000007000000001281fb000000000018c21b000001");
+        let finished = hex(
+            "000000640000002e00000003000000010000000000000000000000000000000000000000000000000000000000000000",
+        );
+        let started = hex(
+            "000000640000002e0000000300000002000000000000000a00000007000000001281fb000000000018c21b000001",
+        );
         assert_eq!(finished_state(&finished[..46]), Some((1, 44)));
         assert_eq!(finished_state(&started), None);
     }

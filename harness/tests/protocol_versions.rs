@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use harness::clone_client::{
-    self, ClientClone, PROTOCOL_VERSIONS, RES_COLLATION, RES_CONFIG, RES_CONFIG_V3, RES_CONFIG_V4,
-    RES_PLUGIN, RES_PLUGIN_V2,
+    self, ClientClone, ClientOptions, PROTOCOL_VERSIONS, RES_COLLATION, RES_CONFIG, RES_CONFIG_V3,
+    RES_CONFIG_V4, RES_PLUGIN, RES_PLUGIN_V2,
 };
 use harness::dataset::Dataset;
 use harness::image::mysql_image;
@@ -31,8 +31,7 @@ const DONOR_FREE_WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_real_donor_at_every_protocol_version_is_carried_and_followed() -> Result<()> {
-    if !docker_available("the_real_donor_at_every_protocol_version_is_carried_and_followed").await
-    {
+    if !docker_available("the_real_donor_at_every_protocol_version_is_carried_and_followed").await {
         return Ok(());
     }
     let image = mysql_image().await?;
@@ -53,10 +52,124 @@ async fn the_real_donor_at_every_protocol_version_is_carried_and_followed() -> R
             "{version:#06x}: responses to INIT {:?}, states {:?}, {} data bytes",
             run.init_responses, run.acknowledged_states, run.data_bytes
         );
+        record(&format!("protocol-{version:#06x}"), &run)?;
         check_responses(version, &run)?;
         check_bytes_as_sent(&tap, &run)?;
         check_followed(&relay, version, &run)?;
         donor.wait_until_clone_free(DONOR_FREE_WAIT).await?;
+    }
+    relay.stop().await
+}
+
+/// With `CLONE_RELAY_RECORD_CAPTURES` set to a folder, writes the run's packets there as
+/// `clone-9.7.4-<name>.jsonl` (how relay/tests/captures got them).
+fn record(name: &str, run: &ClientClone) -> Result<()> {
+    if let Some(dir) = std::env::var_os("CLONE_RELAY_RECORD_CAPTURES") {
+        let path = std::path::Path::new(&dir).join(format!("clone-9.7.4-{name}.jsonl"));
+        clone_client::write_capture(&path, run)?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_donor_error_and_a_refused_reinit_end_as_mysql_ends_them() -> Result<()> {
+    if !docker_available("a_donor_error_and_a_refused_reinit_end_as_mysql_ends_them").await {
+        return Ok(());
+    }
+    let image = mysql_image().await?;
+    let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
+    Dataset::of_size(DATASET_BYTES).seed(&donor).await?;
+    let mut relay = RelayFixture::start(donor.addr())?;
+    // The REINIT below is a resume the relay counts, on purpose.
+    relay.expect_faults();
+
+    // The client acknowledges the end of the file copy with an error, as a recipient that could
+    // not apply it: the donor answers with COM_RES_ERROR on main, and COM_EXIT with COMPLETE.
+    let options = ClientOptions {
+        version: 0x0103,
+        fail_ack: Some((2, 1030)),
+    };
+    let failed = tokio::time::timeout(
+        CLONE_TIMEOUT,
+        clone_client::clone_with(relay.addr(), DONOR_USER, DONOR_PASSWORD, options),
+    )
+    .await
+    .context("the failing clone timed out")??;
+    record("donor-error", &failed)?;
+    let error = failed.error.clone().context("the donor sent no error")?;
+    ensure!(error.errno == 1815, "{error}");
+    ensure!(
+        error.message.contains("error in concurrent task"),
+        "{error}"
+    );
+    // The donor answers the failing ACK itself with COMPLETE; the error comes on main.
+    ensure!(
+        failed.acknowledged_states == [1, 2],
+        "{:?}",
+        failed.acknowledged_states
+    );
+    donor.wait_until_clone_free(DONOR_FREE_WAIT).await?;
+
+    // A clone that completes, then a REINIT naming it: the donor refuses it.
+    let done = tokio::time::timeout(
+        CLONE_TIMEOUT,
+        clone_client::clone_at_version(relay.addr(), DONOR_USER, DONOR_PASSWORD, 0x0103),
+    )
+    .await
+    .context("the clone timed out")??;
+    donor.wait_until_clone_free(DONOR_FREE_WAIT).await?;
+    let locator = done.donor_locator.clone().context("no LOCS")?;
+    let refused =
+        clone_client::reinit(relay.addr(), DONOR_USER, DONOR_PASSWORD, 0x0103, &locator).await?;
+    record("reinit-refused", &refused)?;
+    let error = refused
+        .error
+        .clone()
+        .context("the REINIT was not refused")?;
+    ensure!(error.errno == 1815, "{error}");
+    ensure!(
+        error.message.contains("could not find existing clone"),
+        "{error}"
+    );
+
+    // The relay: the failed clone failed with the donor's error, the completed one stayed
+    // completed, the refused REINIT is a failed session of its own; no connection closed for a
+    // protocol breach.
+    let view = relay.sessions();
+    let states: Vec<(&str, Option<&str>)> = view
+        .sessions
+        .iter()
+        .map(|s| {
+            (
+                s.state.as_str(),
+                s.error.as_ref().map(|e| e.message.as_str()),
+            )
+        })
+        .collect();
+    ensure!(
+        states
+            == [
+                (
+                    "failed",
+                    Some("Internal error: Innodb Clone error in concurrent task")
+                ),
+                ("completed", None),
+                (
+                    "failed",
+                    Some("Internal error: Innodb Clone Restart could not find existing clone")
+                ),
+            ],
+        "{states:?}"
+    );
+    for session in &view.sessions {
+        ensure!(session.not_followed.is_none(), "{:?}", session.not_followed);
+        let breaches: Vec<_> = session
+            .connections
+            .iter()
+            .filter_map(|c| c.close_reason.as_deref())
+            .filter(|r| r.contains("protocol"))
+            .collect();
+        ensure!(breaches.is_empty(), "{breaches:?}");
     }
     relay.stop().await
 }
@@ -71,9 +184,18 @@ fn check_responses(version: u32, run: &ClientClone) -> Result<()> {
     let has = |kind: u8| run.init_responses.contains_key(&kind);
     ensure!(has(RES_COLLATION) && has(RES_CONFIG), "{run:?}");
     ensure!(has(RES_PLUGIN) == (version == 0x0100), "PLUGIN: {run:?}");
-    ensure!(has(RES_PLUGIN_V2) == (version >= 0x0101), "PLUGIN_V2: {run:?}");
-    ensure!(has(RES_CONFIG_V3) == (version >= 0x0102), "CONFIG_V3: {run:?}");
-    ensure!(has(RES_CONFIG_V4) == (version >= 0x0103), "CONFIG_V4: {run:?}");
+    ensure!(
+        has(RES_PLUGIN_V2) == (version >= 0x0101),
+        "PLUGIN_V2: {run:?}"
+    );
+    ensure!(
+        has(RES_CONFIG_V3) == (version >= 0x0102),
+        "CONFIG_V3: {run:?}"
+    );
+    ensure!(
+        has(RES_CONFIG_V4) == (version >= 0x0103),
+        "CONFIG_V4: {run:?}"
+    );
     let network_timeout = run
         .configs
         .iter()
@@ -84,7 +206,11 @@ fn check_responses(version: u32, run: &ClientClone) -> Result<()> {
         "states acknowledged: {:?}",
         run.acknowledged_states
     );
-    ensure!(run.data_bytes >= DATASET_BYTES, "{} data bytes", run.data_bytes);
+    ensure!(
+        run.data_bytes >= DATASET_BYTES,
+        "{} data bytes",
+        run.data_bytes
+    );
     Ok(())
 }
 

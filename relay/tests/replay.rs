@@ -1,6 +1,8 @@
-//! Replays of real CLONE traffic between two MySQL 9.7.4 servers (`tests/captures`, described
-//! in its README): the decoder reads every packet, and the session registry puts all connections
-//! of a capture in one clone session with the right roles and one resume.
+//! Replays of real CLONE traffic from MySQL 9.7.4 donors (`tests/captures`, described in its
+//! README): the decoder reads every packet, and the session registry puts all connections of a
+//! capture in one clone session with the right roles and one resume. The donor at each protocol
+//! version (0x0100-0x0103), a donor error mid-clone and a REINIT the donor refuses are replayed
+//! from captures the harness's protocol-level recipient recorded.
 
 mod common;
 use common::unhex;
@@ -12,7 +14,7 @@ use std::sync::Arc;
 
 use clone_relay::io::{Legs, Observer};
 use clone_relay::metrics::Metrics;
-use clone_relay::protocol::PacketHeader;
+use clone_relay::protocol::{PacketHeader, Phase};
 use clone_relay::protocol::clone::{CommandKind, Stage};
 use clone_relay::protocol::decoder::{Decoder, Direction, Event, Limits};
 use clone_relay::session::{
@@ -152,6 +154,68 @@ fn reset_mid_transfer_is_one_session_resumed_once() {
     );
     let progress = session.progress.as_ref().expect("progress");
     assert_eq!(progress.percent, Some(100.0), "{progress:?}");
+}
+
+#[test]
+fn every_protocol_version_is_followed_with_its_version_shown() {
+    for version in ["0x0100", "0x0101", "0x0102", "0x0103"] {
+        let rows = capture(&format!("clone-9.7.4-protocol-{version}.jsonl"));
+        let registry = replay(&rows);
+        assert_eq!(roles(&registry), [(1, Role::Main), (2, Role::Aux)]);
+        let session = &registry.view().sessions[0];
+        assert_eq!(session.protocol_version.as_deref(), Some(version));
+        assert_eq!(session.state, SessionState::Completed, "{version}");
+        assert_eq!(session.not_followed, None, "{version}");
+        assert_eq!(session.data_bytes, data_bytes(&rows), "{version}");
+        // The network-failure timeout comes in CONFIG_V3, from 0x0102 on.
+        let timeout = session.donor_resume_timeout_secs;
+        assert_eq!(
+            timeout.is_some(),
+            version >= "0x0102",
+            "{version}: {timeout:?}"
+        );
+        let progress = session.progress.as_ref().expect("progress");
+        assert_eq!(progress.percent, Some(100.0), "{version}: {progress:?}");
+    }
+}
+
+#[test]
+fn a_donor_error_fails_the_session_and_the_connections_leave_the_clone_protocol() {
+    // The recipient acknowledged the end of the file copy with an error; the donor sent
+    // COM_RES_ERROR on main and answered each COM_EXIT with COMPLETE.
+    let rows = capture("clone-9.7.4-donor-error.jsonl");
+    let registry = replay(&rows);
+    assert_eq!(roles(&registry), [(1, Role::Main), (2, Role::Aux)]);
+    let session = &registry.view().sessions[0];
+    assert_eq!(session.state, SessionState::Failed);
+    let error = session.error.as_ref().expect("the donor's error");
+    assert_eq!(
+        (error.errno, error.message.as_str()),
+        (
+            1815,
+            "Internal error: Innodb Clone error in concurrent task"
+        )
+    );
+    assert_eq!(session.not_followed, None);
+    assert_eq!(session.data_bytes, data_bytes(&rows));
+}
+
+#[test]
+fn a_refused_reinit_is_a_failed_session_with_the_donors_reason() {
+    let rows = capture("clone-9.7.4-reinit-refused.jsonl");
+    let registry = replay(&rows);
+    assert_eq!(roles(&registry), [(1, Role::Main)]);
+    let session = &registry.view().sessions[0];
+    assert_eq!(session.resume_count, 1);
+    assert_eq!(session.state, SessionState::Failed);
+    let error = session.error.as_ref().expect("the donor's refusal");
+    assert_eq!(
+        (error.errno, error.message.as_str()),
+        (
+            1815,
+            "Internal error: Innodb Clone Restart could not find existing clone"
+        )
+    );
 }
 
 #[test]

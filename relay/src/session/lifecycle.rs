@@ -304,8 +304,13 @@ impl Registry {
         now: Instant,
     ) -> SessionId {
         let key = (upstream.to_string(), clone);
+        // A completed clone is over on the donor too: a command naming it again (which the
+        // donor refuses) starts a session of its own and leaves the completed one as it was.
         if let Some(&id) = inner.by_clone.get(&key)
-            && inner.sessions.contains_key(&id)
+            && inner
+                .sessions
+                .get(&id)
+                .is_some_and(|s| s.state != SessionState::Completed)
         {
             return id;
         }
