@@ -86,6 +86,14 @@ pub enum FaultKind {
         #[serde(default = "default_retransmit_ms")]
         retransmit_ms: u64,
     },
+    /// One MySQL classic packet (`payload_hex`, sequence id 0) inserted at the first boundary
+    /// between logical packets at or after `after_bytes` of the stream; the stream's own bytes
+    /// pass unchanged. It reads the (uncompressed) framing from the connection's first byte, so
+    /// it takes no trigger. For a message a peer does not know, well framed.
+    InjectPacket {
+        after_bytes: u64,
+        payload_hex: String,
+    },
     /// The link goes down again and again, measured in one of two ways (exactly one is given):
     /// `period_ms`, for `down_ms` at the end of every period of time; or `period_bytes`, at every
     /// `period_bytes` bytes of the connection's stream in the fault's direction (a reset there,
@@ -115,6 +123,7 @@ impl FaultKind {
             FaultKind::SlowClose { .. } => "slow_close",
             FaultKind::Loss { .. } => "loss",
             FaultKind::Flap { .. } => "flap",
+            FaultKind::InjectPacket { .. } => "inject_packet",
         }
     }
 }
@@ -276,6 +285,18 @@ impl FaultSpec {
             FaultKind::Loss {
                 segment_bytes: 0, ..
             } => bad("fault.segment_bytes", "must be above 0"),
+            FaultKind::InjectPacket { payload_hex, .. } => match unhex(payload_hex) {
+                None => bad("fault.payload_hex", "must be hex digits, two per byte"),
+                Some(p) if p.is_empty() || p.len() >= 0xff_ffff => bad(
+                    "fault.payload_hex",
+                    "must hold 1 to 16 777 214 bytes (one physical packet)",
+                ),
+                Some(_) if self.trigger != Trigger::default() => bad(
+                    "trigger",
+                    "inject_packet reads the framing from the connection's start: no trigger",
+                ),
+                Some(_) => Ok(()),
+            },
             FaultKind::Flap {
                 period_ms,
                 period_bytes,
@@ -303,6 +324,17 @@ impl FaultSpec {
             _ => Ok(()),
         }
     }
+}
+
+/// The bytes of a hex string (two digits per byte), or `None` when it is not one.
+pub fn unhex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Checks a list of faults; the error's field starts with the fault's index.
@@ -426,5 +458,29 @@ mod tests {
         let json = serde_json::to_string(&bytes).unwrap();
         assert!(!json.contains("period_ms"), "{json}");
         assert_eq!(serde_json::from_str::<FaultSpec>(&json).unwrap(), bytes);
+    }
+
+    #[test]
+    fn an_injected_packet_is_checked_and_takes_no_trigger() {
+        let spec: FaultSpec = toml::from_str(
+            "fault = { type = \"inject_packet\", after_bytes = 8388608, payload_hex = \"77a1\" }\n\
+             direction = \"downstream\"",
+        )
+        .unwrap();
+        assert_eq!(spec.validate(), Ok(()));
+        let field = |spec: &FaultSpec| spec.validate().unwrap_err().field;
+        let mut odd = spec.clone();
+        odd.fault = FaultKind::InjectPacket {
+            after_bytes: 1,
+            payload_hex: "7".into(),
+        };
+        assert_eq!(field(&odd), "fault.payload_hex");
+        let mut empty = spec.clone();
+        empty.fault = FaultKind::InjectPacket {
+            after_bytes: 1,
+            payload_hex: String::new(),
+        };
+        assert_eq!(field(&empty), "fault.payload_hex");
+        assert_eq!(field(&spec.clone().after_bytes(10)), "trigger");
     }
 }

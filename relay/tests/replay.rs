@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use clone_relay::io::{Legs, Observer};
 use clone_relay::metrics::Metrics;
-use clone_relay::protocol::{PacketHeader, Phase};
 use clone_relay::protocol::clone::{CommandKind, Stage};
 use clone_relay::protocol::decoder::{Decoder, Direction, Event, Limits};
+use clone_relay::protocol::{PacketHeader, Phase};
 use clone_relay::session::{
     CloseReason, ConnHandle, Registry, Role, SessionSettings, SessionState,
 };
@@ -196,6 +196,9 @@ fn a_donor_error_fails_the_session_and_the_connections_leave_the_clone_protocol(
             "Internal error: Innodb Clone error in concurrent task"
         )
     );
+    // After COM_EXIT and its COMPLETE, both are classic connections again (their COM_QUIT).
+    let phases: Vec<Phase> = session.connections.iter().map(|c| c.phase).collect();
+    assert_eq!(phases, [Phase::Command, Phase::Command]);
     assert_eq!(session.not_followed, None);
     assert_eq!(session.data_bytes, data_bytes(&rows));
 }

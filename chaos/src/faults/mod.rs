@@ -3,6 +3,7 @@
 mod bandwidth;
 mod blackhole;
 mod flap;
+mod inject_packet;
 mod latency;
 mod limit_data;
 mod loss;
@@ -14,6 +15,7 @@ mod timeout;
 pub use bandwidth::Bandwidth;
 pub use blackhole::Blackhole;
 pub use flap::{ByteFlap, Flap};
+pub use inject_packet::InjectPacket;
 pub use latency::Latency;
 pub use limit_data::LimitData;
 pub use loss::Loss;
@@ -78,6 +80,14 @@ pub fn build(kind: &FaultKind, buckets: &SharedBuckets) -> Box<dyn Fault> {
             segment_bytes: *segment_bytes as u64,
             retransmit: ms(*retransmit_ms),
         }),
+        FaultKind::InjectPacket {
+            after_bytes,
+            payload_hex,
+        } => Box::new(InjectPacket::new(
+            *after_bytes,
+            // Validation checked the hex.
+            &crate::spec::unhex(payload_hex).unwrap_or_default(),
+        )),
         FaultKind::Flap {
             period_ms,
             period_bytes,
@@ -122,6 +132,18 @@ pub(crate) mod testing {
         offset: u64,
         len: usize,
     ) -> Flow {
+        let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        apply_bytes(fault, window, arrived, offset, &bytes)
+    }
+
+    /// Applies `fault` to `bytes` read at `arrived`, at stream `offset`, active in `window`.
+    pub fn apply_bytes(
+        fault: &mut dyn Fault,
+        window: Window,
+        arrived: Instant,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Flow {
         let log = DecisionLog::default();
         let ctx = Ctx {
             arrived,
@@ -133,7 +155,7 @@ pub(crate) mod testing {
             direction: Direction::Downstream,
             label: "test",
         };
-        let bytes = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<_>>());
+        let bytes = Bytes::copy_from_slice(bytes);
         fault.apply(&ctx, vec![Piece::new(bytes, arrived)])
     }
 

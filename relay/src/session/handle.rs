@@ -71,6 +71,10 @@ impl ConnHandle {
                     flow.on_execute(now);
                 }
                 Event::CloneComplete | Event::CloneError { .. } => flow.on_done(),
+                // Not followed, the connection is carried as a plain TCP proxy would carry it:
+                // no data is reckoned owed, so no stall is watched for and its failure resets
+                // nothing else.
+                Event::StoppedFollowing { .. } => flow.on_done(),
                 _ => {}
             }
         }

@@ -113,7 +113,17 @@ impl Registry {
             }
             return;
         }
-        if !s.state.ended() {
+        let main_unfollowed = c.record.phase == Phase::Unfollowed;
+        if !s.state.ended() && main_unfollowed {
+            // The relay cannot tell a finished clone from a lost link here: no resume is
+            // awaited and nothing is failed.
+            info!(
+                clone_session = s.id,
+                reason = %reason.detail,
+                "main connection ended while not followed"
+            );
+            s.set_state(SessionState::Unfollowed, now);
+        } else if !s.state.ended() {
             s.lost_at = Some(now);
             info!(
                 clone_session = s.id,

@@ -57,15 +57,20 @@ pub enum SessionState {
     Resuming,
     Completed,
     Failed,
+    /// A message the relay does not know came on the main connection, so the relay stopped
+    /// reading the clone there; the main connection has ended, and how the clone ended is the
+    /// recipient's to say.
+    Unfollowed,
 }
 
 impl SessionState {
-    pub const ALL: [SessionState; 5] = [
+    pub const ALL: [SessionState; 6] = [
         SessionState::Initializing,
         SessionState::Transferring,
         SessionState::Resuming,
         SessionState::Completed,
         SessionState::Failed,
+        SessionState::Unfollowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,11 +80,15 @@ impl SessionState {
             SessionState::Resuming => "resuming",
             SessionState::Completed => "completed",
             SessionState::Failed => "failed",
+            SessionState::Unfollowed => "unfollowed",
         }
     }
 
     pub fn ended(self) -> bool {
-        matches!(self, SessionState::Completed | SessionState::Failed)
+        matches!(
+            self,
+            SessionState::Completed | SessionState::Failed | SessionState::Unfollowed
+        )
     }
 }
 
