@@ -68,6 +68,17 @@ impl Link {
         *self.dark.lock().unwrap() = Some(id);
     }
 
+    /// Caps each tunnel connection at `rate` bytes per second each way.
+    fn slow(&self, rate: u64) {
+        self.proxy
+            .control()
+            .add(FaultSpec::new(FaultKind::Bandwidth {
+                rate_bytes_per_sec: rate,
+                shared_group: None,
+            }))
+            .unwrap();
+    }
+
     fn light(&self) {
         if let Some(id) = self.dark.lock().unwrap().take() {
             self.proxy.control().remove(id).unwrap();
@@ -246,6 +257,25 @@ async fn a_stream_survives_ten_resets_of_its_tunnel_connection_with_mutual_tls()
     assert_eq!(count(&pair.recipient_metrics, |m| &m.tunnel_fallbacks), 0);
     assert!(count(&pair.donor_metrics, |m| &m.tunnel_replayed_bytes) > 0);
     assert!(pair.link.accepted() > 10);
+}
+
+#[tokio::test]
+async fn a_link_at_16_kib_per_second_carries_the_stream_without_reconnecting() {
+    // Data frames of 64 KiB (what the pipeline hands over at once) take 4 s each at this rate,
+    // longer than the default --tunnel-timeout of 3 s: the link is alive while its bytes come.
+    let pair = Pair::start(false, None, |_| {}).await;
+    pair.link.slow(16 * 1024);
+    let end = pair.open().await;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        round_trip(end, pattern(160 * 1024)),
+    )
+    .await
+    .expect("the round trip ends")
+    .expect("the stream carries every byte");
+    assert_eq!(count(&pair.recipient_metrics, |m| &m.tunnel_reconnects), 0);
+    assert_eq!(count(&pair.recipient_metrics, |m| &m.tunnel_fallbacks), 0);
+    assert_eq!(pair.link.accepted(), 1);
 }
 
 #[tokio::test]

@@ -4,8 +4,13 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
 
 /// Opens every hello and welcome: the format and its version.
 const MAGIC: &[u8; 4] = b"CRT1";
@@ -176,9 +181,100 @@ pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), data: &mut Vec<u8>) ->
     }
 }
 
+/// [`read_frame`], as long as bytes keep coming: `Ok(None)` once `silence` passes with no byte
+/// at all. A frame that takes longer than `silence` on a slow link is not a dead link.
+pub async fn read_frame_while_alive(
+    r: &mut (impl AsyncRead + Unpin),
+    data: &mut Vec<u8>,
+    silence: Duration,
+) -> io::Result<Option<Frame>> {
+    let last_byte = Arc::new(Mutex::new(Instant::now()));
+    let mut watched = Watched {
+        inner: r,
+        last_byte: last_byte.clone(),
+    };
+    let read = read_frame(&mut watched, data);
+    tokio::pin!(read);
+    loop {
+        let since = *last_byte.lock().unwrap_or_else(PoisonError::into_inner);
+        tokio::select! {
+            frame = &mut read => return frame.map(Some),
+            () = tokio::time::sleep_until(since + silence) => {
+                let since = *last_byte.lock().unwrap_or_else(PoisonError::into_inner);
+                if since.elapsed() >= silence {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// A reader that notes when a byte last arrived.
+struct Watched<'a, R> {
+    inner: &'a mut R,
+    last_byte: Arc<Mutex<Instant>>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Watched<'_, R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            *self
+                .last_byte
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        }
+        polled
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_slower_than_the_silence_is_read_while_its_bytes_keep_coming() {
+        let (mut tx, mut rx) = tokio::io::duplex(1024);
+        let payload = vec![5u8; 64 * 1024];
+        let mut bytes = data_header(payload.len()).to_vec();
+        bytes.extend(&payload);
+        // 64 KiB at 1 KiB every 100 ms: 6.4 s for one frame, a silence of 3 s.
+        let writer = tokio::spawn(async move {
+            for piece in bytes.chunks(1024) {
+                tx.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tx
+        });
+        let started = Instant::now();
+        let mut data = Vec::new();
+        let frame = read_frame_while_alive(&mut rx, &mut data, Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert_eq!(frame, Some(Frame::Data));
+        assert_eq!(data, payload);
+        assert!(started.elapsed() > Duration::from_secs(6));
+
+        // Then the link falls silent in the middle of a frame: given up 3 s after its last byte.
+        let mut tx = writer.await.unwrap();
+        tx.write_all(&data_header(100)).await.unwrap();
+        tx.write_all(&[1; 50]).await.unwrap();
+        let started = Instant::now();
+        let frame = read_frame_while_alive(&mut rx, &mut data, Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert_eq!(frame, None);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(3) && waited < Duration::from_millis(3100),
+            "{waited:?}"
+        );
+    }
 
     #[tokio::test]
     async fn hello_welcome_and_frames_round_trip() {

@@ -399,18 +399,20 @@ impl Stream {
     ) -> LinkEnd {
         let mut data = Vec::new();
         loop {
-            let frame = match tokio::time::timeout(silence, frame::read_frame(r, &mut data)).await {
-                Err(_) => {
+            // The link is alive while any byte comes: on a slow link a frame may take longer
+            // than the silence.
+            let frame = match frame::read_frame_while_alive(r, &mut data, silence).await {
+                Ok(None) => {
                     return LinkEnd::Lost(format!(
                         "nothing from the other relay for {}ms",
                         silence.as_millis()
                     ));
                 }
-                Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     return LinkEnd::Broken(format!("the other relay broke the protocol: {e}"));
                 }
-                Ok(Err(e)) => return LinkEnd::Lost(format!("receiving: {e}")),
-                Ok(Ok(frame)) => frame,
+                Err(e) => return LinkEnd::Lost(format!("receiving: {e}")),
+                Ok(Some(frame)) => frame,
             };
             match frame {
                 Frame::Data => {
