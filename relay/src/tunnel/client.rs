@@ -57,7 +57,7 @@ impl Tunnel {
                 },
             }
         };
-        let (stream, end, local) = Stream::new(self.replay(&token, "recipient"));
+        let (stream, end, local) = Stream::new(self.replay());
         self.stream_opened();
         let tunnel = self.clone();
         let config = config.clone();

@@ -95,11 +95,9 @@ impl Tunnel {
         token
     }
 
-    /// An empty replay buffer for the stream `token` on this side.
-    fn replay(&self, token: &Token, side: &str) -> Replay {
-        let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
-        let name = format!("clone-relay-{}-{side}-{hex}.spill", std::process::id());
-        Replay::new(name, self.budget.clone())
+    /// An empty replay buffer for a stream on this side.
+    fn replay(&self) -> Replay {
+        Replay::new(self.budget.clone())
     }
 
     fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<Token, mpsc::Sender<Resume>>> {

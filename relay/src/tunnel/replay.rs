@@ -1,8 +1,13 @@
 //! A stream's replay buffer: the bytes sent to the other relay that it has not acknowledged, so
 //! they can be sent again on a new tunnel connection. Held in memory while the relay's memory
-//! budget lasts, then appended to a spill file of the stream's own (removed when the buffer is
-//! dropped), up to the relay's spill budget. When acknowledgements catch up, what is left in the
-//! file moves back into memory and the file goes.
+//! budget lasts, then appended to a spill file of the stream's own, up to the relay's spill
+//! budget. When acknowledgements catch up, what is left in the file moves back into memory and
+//! the file goes.
+//!
+//! Spill files hold clone data, so nobody else can read them, even after a crash: each is an
+//! unnamed file (`O_TMPFILE`, or created and unlinked at once where that is missing) in the
+//! spill directory, gone with its descriptor, and every record in it is sealed with AES-256-GCM
+//! under a random key that exists only in this process's memory.
 //!
 //! The file is written and read with plain blocking calls: it is written just before it is read
 //! back, so the page cache serves it.
@@ -10,19 +15,22 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::metrics::Metrics;
 
-/// The size of the chunks the spill file's rest comes back to memory in.
-const CHUNK_BYTES: u64 = 64 * 1024;
+/// The tag AES-GCM appends to each sealed record.
+const TAG_LEN: usize = 16;
 
-/// The memory and disk all replay buffers of a relay may use together.
+/// The memory and disk all replay buffers of a relay may use together, and the key their spill
+/// files are sealed with.
 #[derive(Debug)]
 pub struct Budget {
     memory_limit: u64,
@@ -31,10 +39,18 @@ pub struct Budget {
     memory: AtomicU64,
     spill: AtomicU64,
     metrics: Arc<Metrics>,
+    key: LessSafeKey,
+    /// The next record's nonce: each record sealed under the key gets a new one.
+    next_nonce: AtomicU64,
 }
 
 impl Budget {
     pub fn new(memory_limit: u64, spill_limit: u64, dir: PathBuf, metrics: Arc<Metrics>) -> Self {
+        let mut key = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut key)
+            .expect("the system's random source works");
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).expect("a 32-byte key"));
         Budget {
             memory_limit,
             spill_limit,
@@ -42,7 +58,29 @@ impl Budget {
             memory: AtomicU64::new(0),
             spill: AtomicU64::new(0),
             metrics,
+            key,
+            next_nonce: AtomicU64::new(0),
         }
+    }
+
+    /// `data` sealed as one record: the ciphertext with its tag, and the record's nonce.
+    fn seal(&self, data: &[u8]) -> io::Result<(Vec<u8>, u64)> {
+        let counter = self.next_nonce.fetch_add(1, Ordering::Relaxed);
+        let mut sealed = Vec::with_capacity(data.len() + TAG_LEN);
+        sealed.extend_from_slice(data);
+        self.key
+            .seal_in_place_append_tag(nonce(counter), Aad::empty(), &mut sealed)
+            .map_err(|_| io::Error::other("sealing a spill record failed"))?;
+        Ok((sealed, counter))
+    }
+
+    /// Opens a record sealed by [`Budget::seal`] in place; returns its plaintext length.
+    fn open(&self, sealed: &mut [u8], counter: u64) -> io::Result<usize> {
+        let plain = self
+            .key
+            .open_in_place(nonce(counter), Aad::empty(), sealed)
+            .map_err(|_| io::Error::other("a spill record does not open: the file was changed"))?;
+        Ok(plain.len())
     }
 
     /// Bytes held in memory by all buffers.
@@ -88,30 +126,62 @@ impl Budget {
     }
 }
 
-/// What [`Replay::read_at`] found: bytes held in memory, or so many bytes of the spill file
-/// read into the caller's scratch buffer.
+fn nonce(counter: u64) -> Nonce {
+    let mut bytes = [0u8; NONCE_LEN];
+    bytes[NONCE_LEN - 8..].copy_from_slice(&counter.to_be_bytes());
+    Nonce::assume_unique_for_key(bytes)
+}
+
+/// What [`Replay::read_at`] found: bytes held in memory, or bytes of the spill file opened in
+/// the caller's scratch buffer at `from..from + len`.
 #[derive(Debug)]
 pub enum Piece {
     Memory(Bytes),
-    File(usize),
+    File { from: usize, len: usize },
 }
 
 impl Piece {
     pub fn bytes<'a>(&'a self, scratch: &'a [u8]) -> &'a [u8] {
         match self {
             Piece::Memory(bytes) => bytes,
-            Piece::File(len) => &scratch[..*len],
+            Piece::File { from, len } => &scratch[*from..*from + *len],
         }
     }
 }
 
-/// The spill file of one buffer: stream bytes `[start, start + len)`.
+/// One sealed record of a spill file: stream bytes `[at, at + len)` (relative to the spill's
+/// start), sealed at `file_at` under nonce `counter`.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    at: u64,
+    len: u64,
+    file_at: u64,
+    counter: u64,
+}
+
+/// The spill file of one buffer: stream bytes `[start, start + len)`, in sealed records.
 #[derive(Debug)]
 struct Spill {
     file: File,
-    path: PathBuf,
     start: u64,
     len: u64,
+    records: Vec<Record>,
+    file_len: u64,
+}
+
+impl Spill {
+    /// The record holding spill offset `at`, opened into `scratch`, with its place.
+    fn open(&self, at: u64, budget: &Budget, scratch: &mut Vec<u8>) -> io::Result<Record> {
+        let i = self.records.partition_point(|r| r.at + r.len <= at);
+        let record = *self
+            .records
+            .get(i)
+            .ok_or_else(|| io::Error::other("replay offset past the spill file"))?;
+        scratch.resize(record.len as usize + TAG_LEN, 0);
+        self.file.read_exact_at(scratch, record.file_at)?;
+        budget.open(scratch, record.counter)?;
+        Ok(record)
+    }
 }
 
 /// Unacknowledged bytes `[base, end)` of one direction of a stream: the oldest in memory, the
@@ -123,20 +193,18 @@ pub struct Replay {
     memory_len: u64,
     spill: Option<Spill>,
     end: u64,
-    name: String,
     budget: Arc<Budget>,
 }
 
 impl Replay {
-    /// An empty buffer; `name` names its spill file.
-    pub fn new(name: String, budget: Arc<Budget>) -> Self {
+    /// An empty buffer.
+    pub fn new(budget: Arc<Budget>) -> Self {
         Replay {
             base: 0,
             memory: VecDeque::new(),
             memory_len: 0,
             spill: None,
             end: 0,
-            name,
             budget,
         }
     }
@@ -187,28 +255,29 @@ impl Replay {
             self.budget.spill.fetch_add(n, Ordering::AcqRel);
         }
         if self.spill.is_none() {
-            // Clone data: readable by the relay's user alone, and never a file (or a link)
-            // someone else put there first.
-            let path = self.budget.dir.join(&self.name);
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)?;
+            let file = tempfile::tempfile_in(&self.budget.dir)?;
             self.budget
                 .metrics
                 .tunnel_spills
                 .fetch_add(1, Ordering::Relaxed);
             self.spill = Some(Spill {
                 file,
-                path,
                 start: self.end,
                 len: 0,
+                records: Vec::new(),
+                file_len: 0,
             });
         }
         let spill = self.spill.as_mut().expect("just made");
-        spill.file.write_all_at(&data, spill.len)?;
+        let (sealed, counter) = self.budget.seal(&data)?;
+        spill.file.write_all_at(&sealed, spill.file_len)?;
+        spill.records.push(Record {
+            at: spill.len,
+            len: n,
+            file_at: spill.file_len,
+            counter,
+        });
+        spill.file_len += sealed.len() as u64;
         spill.len += n;
         self.end += n;
         self.note_use();
@@ -233,11 +302,11 @@ impl Replay {
             .spill
             .as_ref()
             .ok_or_else(|| io::Error::other("replay offset past the buffer"))?;
-        let from = offset - spill.start;
-        let len = (spill.len - from).min(max as u64) as usize;
-        scratch.resize(len, 0);
-        spill.file.read_exact_at(scratch, from)?;
-        Ok(Piece::File(len))
+        let at = offset - spill.start;
+        let record = spill.open(at, &self.budget, scratch)?;
+        let from = (at - record.at) as usize;
+        let len = (record.len as usize - from).min(max);
+        Ok(Piece::File { from, len })
     }
 
     /// Drops what the other relay has acknowledged (everything before `upto`). Once what is left
@@ -267,14 +336,15 @@ impl Replay {
             if left == 0 {
                 self.drop_spill();
             } else if self.budget.take_memory(left) {
-                // In chunks, so that acknowledgements free memory as they come.
+                // Record by record, so that acknowledgements free memory as they come.
                 let mut at = self.base;
+                let mut scratch = Vec::new();
                 while at < self.end {
-                    let len = (self.end - at).min(CHUNK_BYTES) as usize;
-                    let mut chunk = vec![0u8; len];
-                    spill.file.read_exact_at(&mut chunk, at - spill.start)?;
-                    self.memory.push_back(Bytes::from(chunk));
-                    at += len as u64;
+                    let record = spill.open(at - spill.start, &self.budget, &mut scratch)?;
+                    let from = (at - spill.start - record.at) as usize;
+                    let chunk = Bytes::copy_from_slice(&scratch[from..record.len as usize]);
+                    at += chunk.len() as u64;
+                    self.memory.push_back(chunk);
                 }
                 self.memory_len = left;
                 self.drop_spill();
@@ -284,10 +354,10 @@ impl Replay {
         Ok(())
     }
 
+    /// Closes the spill file, which has no name: its blocks are freed.
     fn drop_spill(&mut self) {
         if let Some(spill) = self.spill.take() {
             self.budget.release_spill(spill.len);
-            let _ = std::fs::remove_file(&spill.path);
         }
     }
 
@@ -311,7 +381,6 @@ impl Drop for Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn budget(memory: u64, spill: u64, dir: &std::path::Path) -> Arc<Budget> {
         Arc::new(Budget::new(
@@ -332,27 +401,38 @@ mod tests {
         Bytes::from((from..from + n).map(|i| i as u8).collect::<Vec<u8>>())
     }
 
+    /// Every byte the spill file holds, as written on disk.
+    fn raw_spill(replay: &Replay) -> Vec<u8> {
+        let spill = replay.spill.as_ref().expect("a spill file");
+        let mut raw = vec![0u8; spill.file_len as usize];
+        spill.file.read_exact_at(&mut raw, 0).unwrap();
+        raw
+    }
+
     #[test]
-    fn spills_past_memory_reads_back_and_removes_the_file() {
+    fn spills_past_memory_sealed_and_unnamed_reads_back_and_frees_the_file() {
         let dir = std::env::temp_dir().join(format!("replay-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let budget = budget(100, 1000, &dir);
-        let mut replay = Replay::new("s1".into(), budget.clone());
+        let mut replay = Replay::new(budget.clone());
         for i in 0..5 {
             replay.push(bytes(i * 60, 60)).unwrap();
         }
         assert_eq!((replay.base(), replay.end()), (0, 300));
         assert_eq!(budget.memory_in_use(), 60);
         assert_eq!(budget.spill_in_use(), 240);
-        assert!(dir.join("s1").exists());
-        let mode = std::fs::metadata(dir.join("s1"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "the spill file is the relay's alone");
+        // The file has no name in the spill directory, and its bytes are sealed.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        let raw = raw_spill(&replay);
+        assert_eq!(raw.len(), 4 * (60 + TAG_LEN));
+        let plain = bytes(60, 60);
+        assert!(
+            !raw.windows(8).any(|w| plain.windows(8).any(|p| p == w)),
+            "plaintext in the spill file"
+        );
         // Reads cross from memory to the file with the same bytes (a read ends at most at the
-        // end of the memory chunk it starts in).
-        for offset in [0, 59, 60, 61, 200, 299] {
+        // end of the memory chunk or spill record it starts in).
+        for offset in [0, 59, 60, 61, 119, 120, 200, 299] {
             let got = read(&replay, offset, 7);
             assert!(!got.is_empty() && got.len() <= 7, "at {offset}");
             assert_eq!(got, bytes(offset, got.len() as u64), "at {offset}");
@@ -361,11 +441,11 @@ mod tests {
         assert_eq!(replay.base(), 130);
         assert_eq!(budget.memory_in_use(), 0);
         // 170 left: more than memory holds, so the file stays.
-        assert!(dir.join("s1").exists());
+        assert!(replay.spill.is_some());
         assert_eq!(read(&replay, 130, 10), bytes(130, 10));
         replay.ack(250).unwrap();
         // 50 left: back in memory, the file gone.
-        assert!(!dir.join("s1").exists());
+        assert!(replay.spill.is_none());
         assert_eq!(budget.spill_in_use(), 0);
         assert_eq!(budget.memory_in_use(), 50);
         assert_eq!(read(&replay, 260, 100), bytes(260, 40));
@@ -378,16 +458,29 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_spill_record_is_an_error_not_wrong_bytes() {
+        let dir = std::env::temp_dir();
+        let budget = budget(0, 1000, &dir);
+        let mut replay = Replay::new(budget);
+        replay.push(bytes(0, 100)).unwrap();
+        let spill = replay.spill.as_ref().unwrap();
+        spill.file.write_all_at(&[0xff], 10).unwrap();
+        let mut scratch = Vec::new();
+        let err = replay.read_at(0, 10, &mut scratch).unwrap_err();
+        assert!(err.to_string().contains("does not open"), "{err}");
+    }
+
+    #[test]
     fn without_a_spill_budget_nothing_goes_to_a_file() {
         let dir = std::env::temp_dir().join(format!("replay-nospill-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let budget = budget(100, 0, &dir);
-        let mut replay = Replay::new("s2".into(), budget.clone());
+        let mut replay = Replay::new(budget.clone());
         replay.push(bytes(0, 80)).unwrap();
         assert!(!replay.has_room(40));
         // A read that was under way when the room ran out goes over memory, not to a file.
         replay.push(bytes(80, 40)).unwrap();
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        assert!(replay.spill.is_none());
         assert_eq!(budget.memory_in_use(), 120);
         assert_eq!(read(&replay, 80, 40), bytes(80, 40));
         replay.ack(120).unwrap();
@@ -400,7 +493,7 @@ mod tests {
     fn room_runs_out_when_both_budgets_are_spent() {
         let dir = std::env::temp_dir();
         let budget = budget(10, 0, &dir);
-        let mut replay = Replay::new(format!("unused-{}", std::process::id()), budget);
+        let mut replay = Replay::new(budget);
         assert!(replay.has_room(10));
         replay.push(bytes(0, 10)).unwrap();
         assert!(!replay.has_room(1));

@@ -66,7 +66,7 @@ impl Tunnel {
             (None, true) => {
                 let (resumes, next) = mpsc::channel(2);
                 self.streams().insert(hello.token, resumes);
-                let (stream, end, local) = Stream::new(self.replay(&hello.token, "donor"));
+                let (stream, end, local) = Stream::new(self.replay());
                 self.stream_opened();
                 let recipient = hello.recipient;
                 let tunnel = self.clone();
