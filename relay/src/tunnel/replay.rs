@@ -42,7 +42,13 @@ pub struct Budget {
     key: LessSafeKey,
     /// The next record's nonce: each record sealed under the key gets a new one.
     next_nonce: AtomicU64,
+    /// Replay buffers alive.
+    buffers: AtomicU64,
 }
+
+/// Bounds on one buffer's share of the memory budget.
+const MIN_SHARE: u64 = 1024 * 1024;
+const MAX_SHARE: u64 = 12 * 1024 * 1024;
 
 impl Budget {
     pub fn new(memory_limit: u64, spill_limit: u64, dir: PathBuf, metrics: Arc<Metrics>) -> Self {
@@ -60,7 +66,15 @@ impl Budget {
             metrics,
             key,
             next_nonce: AtomicU64::new(0),
+            buffers: AtomicU64::new(0),
         }
+    }
+
+    /// One buffer's share of the memory budget: the budget split evenly between the buffers
+    /// alive and one more (the slack each read past a share takes), within 1 to 12 MiB.
+    fn share(&self) -> u64 {
+        let buffers = self.buffers.load(Ordering::Relaxed);
+        (self.memory_limit / (buffers + 1)).clamp(MIN_SHARE, MAX_SHARE)
     }
 
     /// `data` sealed as one record: the ciphertext with its tag, and the record's nonce.
@@ -199,6 +213,7 @@ pub struct Replay {
 impl Replay {
     /// An empty buffer.
     pub fn new(budget: Arc<Budget>) -> Self {
+        budget.buffers.fetch_add(1, Ordering::Relaxed);
         Replay {
             base: 0,
             memory: VecDeque::new(),
@@ -207,6 +222,11 @@ impl Replay {
             end: 0,
             budget,
         }
+    }
+
+    /// This buffer's share of the memory budget, while it is split with the others alive.
+    pub fn share(&self) -> u64 {
+        self.budget.share()
     }
 
     /// Offset of the oldest unacknowledged byte.
@@ -372,6 +392,7 @@ impl Replay {
 
 impl Drop for Replay {
     fn drop(&mut self) {
+        self.budget.buffers.fetch_sub(1, Ordering::Relaxed);
         self.budget.release_memory(self.memory_len);
         self.drop_spill();
         self.note_use();
@@ -487,6 +508,19 @@ mod tests {
         assert_eq!(budget.memory_in_use(), 0);
         assert!(replay.has_room(100));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_shares_of_a_clone_at_mysqls_default_concurrency_fit_the_default_budget() {
+        let budget = budget(64 << 20, 0, &std::env::temp_dir());
+        let first = Replay::new(budget.clone());
+        assert_eq!(first.share(), 12 << 20);
+        // Main, aux and 16 workers.
+        let rest: Vec<Replay> = (1..18).map(|_| Replay::new(budget.clone())).collect();
+        assert!(first.share() * 18 <= 64 << 20, "{}", first.share());
+        assert!(first.share() >= 3 << 20, "{}", first.share());
+        drop(rest);
+        assert_eq!(first.share(), 12 << 20);
     }
 
     #[test]

@@ -36,12 +36,14 @@ const ACK_EVERY: u64 = 1024 * 1024;
 const PIPE_BYTES: usize = 256 * 1024;
 /// Largest read from the pipeline at once.
 const READ_BYTES: usize = 64 * 1024;
-/// Bytes sent and not yet acknowledged, at most: what may be lost in flight with a connection
-/// and sent again (8 MiB carry 160 MiB/s over a 50 ms round trip, per stream).
-const SEND_WINDOW: u64 = 8 * 1024 * 1024;
-/// While a tunnel connection is up, the pipeline is read this far ahead of what was sent, so
-/// the MySQL side slows with the link; while none is, up to the buffer budget.
-const READ_AHEAD: u64 = 4 * 1024 * 1024;
+/// Of a stream's share of the buffer budget ([`Replay::share`]), what it may have sent and not
+/// had acknowledged (what may be lost in flight with a connection and sent again), in thirds;
+/// the rest is how far ahead of what was sent the pipeline is read while a tunnel connection is
+/// up, so the MySQL side slows with the link. While no connection is up, the pipeline is read up
+/// to the buffer budget. With the default 64 MiB and a clone at MySQL's default concurrency
+/// (17-18 streams) the shares add up to the budget, so a clean clone never spills; a few streams
+/// get up to 8 MiB of window each (160 MiB/s over a 50 ms round trip).
+const SEND_THIRDS: u64 = 2;
 
 /// A tunnel connection: TLS or plain TCP.
 pub trait Link: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -237,12 +239,13 @@ impl Stream {
     }
 
     /// Whether the pipeline may be read: the buffer has room, and while a connection is up,
-    /// what it has not sent yet is under [`READ_AHEAD`].
+    /// what it has not sent yet is under its part of the stream's share.
     fn may_read(&self) -> bool {
         let st = self.state();
+        let read_ahead = st.replay.share() / 3 * (3 - SEND_THIRDS);
         let ahead = st
             .sending_at
-            .is_some_and(|at| st.replay.end() - at >= READ_AHEAD);
+            .is_some_and(|at| st.replay.end() - at >= read_ahead);
         !ahead && st.replay.has_room(READ_BYTES as u64)
     }
 
@@ -266,7 +269,7 @@ impl Stream {
                 Ok(n) => {
                     // A short read keeps a buffer of its own size, so the memory counted is the
                     // memory held.
-                    let chunk = if n < READ_BYTES / 4 {
+                    let chunk = if n < READ_BYTES {
                         bytes::Bytes::copy_from_slice(&buf[..n])
                     } else {
                         buf.truncate(n);
@@ -321,7 +324,8 @@ impl Stream {
                 if let Some(reason) = &st.broken {
                     return LinkEnd::Broken(reason.clone());
                 }
-                let window = (st.replay.base() + SEND_WINDOW).saturating_sub(pos);
+                let send_window = st.replay.share() / 3 * SEND_THIRDS;
+                let window = (st.replay.base() + send_window).saturating_sub(pos);
                 let chunk = if pos < st.replay.end() && window > 0 {
                     let max = MAX_DATA.min(window as usize);
                     match st.replay.read_at(pos, max, &mut scratch) {
