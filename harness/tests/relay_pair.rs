@@ -24,10 +24,9 @@
 //!    process of its own on a 16 MiB buffer cap: no resume, its peak resident set under the cap
 //!    plus a fixed margin, its buffers spilled to files that never have a name in the spill
 //!    folder and hold no bytes once the clone's streams ended;
-//! 4. a flapping link (chaos `flap`, reset mode, 10 s period, 1 s down) for a whole clone capped
-//!    at 8 MiB/s: no resume. The flap's period counts from each connection's own start, so every
-//!    tunnel connection is reset 9 s after it opens and every 10 s after that, and a connection
-//!    opened in another's down window is not down itself;
+//! 4. the whole link flapping (chaos `flap`, reset mode, 10 s period, 1 s down, its periods
+//!    counted from the proxy's start so that every tunnel connection, new ones included, is down
+//!    in the same second) for a whole clone capped at 8 MiB/s: no resume;
 //! 5. an outage longer than the pair bridges (`tunnel.bridge` 5 s, the link dark for 15 s): the
 //!    clone falls back to CLONE's own resume and completes faithful, or fails with a clear error;
 //!    it never hangs (every wait has a deadline) and never leaves wrong data.
@@ -1032,14 +1031,17 @@ async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
     Ok(row)
 }
 
-/// 4. The link flapping, 1 s down every 10 s, for a whole clone capped at 8 MiB/s.
+/// 4. The whole link flapping, 1 s down every 10 s, for a whole clone capped at 8 MiB/s. The
+/// periods count from the proxy's start (`at_ms` 0), so every tunnel connection goes down at
+/// the same moment and one opened in a down second is down too.
 async fn flap(env: &Env, mode: FlapMode, name: &'static str) -> Result<Row> {
     let flap = FaultSpec::new(FaultKind::Flap {
         period_ms: Some(10_000),
         period_bytes: None,
         down_ms: 1_000,
         mode,
-    });
+    })
+    .at_ms(0);
     let pair = Pair::start(
         env,
         PairOptions {
