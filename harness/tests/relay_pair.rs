@@ -1031,9 +1031,9 @@ async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
     Ok(row)
 }
 
-/// 4. The whole link flapping, 1 s down every 10 s, for a whole clone capped at 8 MiB/s. The
-/// periods count from the proxy's start (`at_ms` 0), so every tunnel connection goes down at
-/// the same moment and one opened in a down second is down too.
+/// Scenario 4: the whole link flapping, 1 s down every 10 s, for a whole clone capped at
+/// 8 MiB/s. The periods count from the proxy's start (`at_ms` 0), so every tunnel connection
+/// goes down at the same moment and one opened in a down second is down too.
 async fn flap(env: &Env, mode: FlapMode, name: &'static str) -> Result<Row> {
     let flap = FaultSpec::new(FaultKind::Flap {
         period_ms: Some(10_000),
