@@ -603,12 +603,7 @@ mod tests {
     #[test]
     fn only_finished_states_are_acknowledged() {
         // STATE descriptors from a 9.7.4 donor: init finished, file copy started.
-        let hex = |s: &str| -> Vec<u8> {
-            (0..s.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-                .collect()
-        };
+        let hex = |s: &str| chaos::spec::unhex(s).expect("hex");
         let finished = hex(
             "000000640000002e00000003000000010000000000000000000000000000000000000000000000000000000000000000",
         );

@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use clone_relay::session::SessionView;
 use harness::clone_client::{
     self, ClientClone, ClientOptions, PROTOCOL_VERSIONS, RES_COLLATION, RES_CONFIG, RES_CONFIG_V3,
     RES_CONFIG_V4, RES_PLUGIN, RES_PLUGIN_V2,
@@ -29,14 +30,30 @@ const CLONE_TIMEOUT: Duration = Duration::from_secs(180);
 /// Bound on the donor ending the previous clone's threads.
 const DONOR_FREE_WAIT: Duration = Duration::from_secs(60);
 
+/// A donor holding the data set.
+async fn seeded_donor() -> Result<MysqlServer> {
+    let image = mysql_image().await?;
+    let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
+    Dataset::of_size(DATASET_BYTES).seed(&donor).await?;
+    Ok(donor)
+}
+
+/// The close reasons of `session`'s connections that were protocol breaches.
+fn breaches(session: &SessionView) -> Vec<&str> {
+    session
+        .connections
+        .iter()
+        .filter_map(|c| c.close_reason.as_deref())
+        .filter(|r| r.contains("protocol"))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_real_donor_at_every_protocol_version_is_carried_and_followed() -> Result<()> {
     if !docker_available("the_real_donor_at_every_protocol_version_is_carried_and_followed").await {
         return Ok(());
     }
-    let image = mysql_image().await?;
-    let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
-    Dataset::of_size(DATASET_BYTES).seed(&donor).await?;
+    let donor = seeded_donor().await?;
     let tap = Tap::start_with(donor.addr(), TapOptions::new().record()).await?;
     let relay = RelayFixture::start(tap.addr())?;
 
@@ -76,9 +93,7 @@ async fn a_donor_error_and_a_refused_reinit_end_as_mysql_ends_them() -> Result<(
     if !docker_available("a_donor_error_and_a_refused_reinit_end_as_mysql_ends_them").await {
         return Ok(());
     }
-    let image = mysql_image().await?;
-    let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
-    Dataset::of_size(DATASET_BYTES).seed(&donor).await?;
+    let donor = seeded_donor().await?;
     let mut relay = RelayFixture::start(donor.addr())?;
     // The REINIT below is a resume the relay counts, on purpose.
     relay.expect_faults();
@@ -163,13 +178,7 @@ async fn a_donor_error_and_a_refused_reinit_end_as_mysql_ends_them() -> Result<(
     );
     for session in &view.sessions {
         ensure!(session.not_followed.is_none(), "{:?}", session.not_followed);
-        let breaches: Vec<_> = session
-            .connections
-            .iter()
-            .filter_map(|c| c.close_reason.as_deref())
-            .filter(|r| r.contains("protocol"))
-            .collect();
-        ensure!(breaches.is_empty(), "{breaches:?}");
+        ensure!(breaches(session).is_empty(), "{:?}", breaches(session));
     }
     relay.stop().await
 }
@@ -251,12 +260,6 @@ fn check_followed(relay: &RelayFixture, version: u32, run: &ClientClone) -> Resu
         session.data_bytes,
         run.data_bytes
     );
-    let breaches: Vec<_> = session
-        .connections
-        .iter()
-        .filter_map(|c| c.close_reason.as_deref())
-        .filter(|r| r.contains("protocol"))
-        .collect();
-    ensure!(breaches.is_empty(), "{breaches:?}");
+    ensure!(breaches(session).is_empty(), "{:?}", breaches(session));
     Ok(())
 }
