@@ -64,7 +64,19 @@ impl RelayProcess {
     pub async fn start(upstream: SocketAddr, extra: &[&str]) -> Result<Self> {
         // Its log at `warn`, or as `RUST_LOG` asks when the test run sets it.
         let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-        Self::spawn(upstream, extra, &log, None).await
+        Self::spawn(None, Some(upstream), extra, &log, None).await
+    }
+
+    /// A relay listening on `listen` (for example where one just killed listened, to restart it
+    /// in place), to `upstream` when given (a recipient-side relay of a pair has none: its
+    /// `--peer` is in `extra`), its log as [`RelayProcess::start`] sets it.
+    pub async fn start_at(
+        listen: SocketAddr,
+        upstream: Option<SocketAddr>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        Self::spawn(Some(listen), upstream, extra, &log, None).await
     }
 
     /// [`RelayProcess::start`] with the log filter `rust_log` (as `RUST_LOG`) and the process's
@@ -76,24 +88,31 @@ impl RelayProcess {
         rust_log: &str,
         log_file: &Path,
     ) -> Result<Self> {
-        Self::spawn(upstream, extra, rust_log, Some(log_file)).await
+        Self::spawn(None, Some(upstream), extra, rust_log, Some(log_file)).await
     }
 
     async fn spawn(
-        upstream: SocketAddr,
+        listen: Option<SocketAddr>,
+        upstream: Option<SocketAddr>,
         extra: &[&str],
         rust_log: &str,
         log_file: Option<&Path>,
     ) -> Result<Self> {
         let binary = relay_binary().await?;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let addr = match listen {
+            Some(addr) => addr,
+            None => SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),
+        };
         let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         let mut command = Command::new(&binary);
         command
             .arg("--listen")
             .arg(addr.to_string())
-            .arg("--upstream")
-            .arg(upstream.to_string())
+            .args(
+                upstream
+                    .iter()
+                    .flat_map(|u| ["--upstream".into(), u.to_string()]),
+            )
             .arg("--admin")
             .arg(admin_addr.to_string())
             .args(extra)
@@ -176,6 +195,17 @@ impl RelayProcess {
             bail!("/sessions answered {status}: {body}");
         }
         Ok(serde_json::from_str(&body)?)
+    }
+
+    /// The process's id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills the process (SIGKILL: no clean shutdown, as a crash or an OOM kill) and waits
+    /// until it is gone, so its ports can be bound again.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await.context("killing clone-relay")
     }
 
     /// The process's resident memory now and at its peak (`VmRSS`, `VmHWM`), in bytes.

@@ -47,7 +47,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use chaos::{ChaosProxy, Direction, FaultKind, FaultSpec, FlapMode};
 use clone_relay::config::TunnelSettings;
-use clone_relay::session::SessionView;
 use harness::clone::{CloneOutcome, Transport, clone_instance_with};
 use harness::dataset::{Checksums, Dataset, mismatches};
 use harness::image::mysql_image;
@@ -57,6 +56,28 @@ use tokio::time::Instant;
 
 const MIB: u64 = 1 << 20;
 const DATASET_BYTES: u64 = 100 * MIB;
+/// MySQL's default `clone_max_concurrency`, pinned (autotune off): sixteen workers beside the
+/// main and auxiliary connections.
+const CLONE_CONCURRENCY: u64 = 16;
+/// MySQL's error when the donor refuses a resume (`COM_REINIT`): it still holds the old clone
+/// ("Clone restart wait for idle state timed out"), lost it, or aborted it.
+const ER_CLONE_RESTART: i64 = 1815;
+/// The tunnel's memory for buffers on the relays' defaults, and the resident set allowed above
+/// it for a relay at MySQL's default concurrency (stated in the README): the idle process, a
+/// copy buffer of up to 1 MiB per direction for each of the clone's 18 connections, TLS, and
+/// the allocator.
+const DEFAULT_MEMORY: u64 = 64 * MIB;
+const DEFAULT_RSS_MARGIN: u64 = 64 * MIB;
+/// The longest dark link the pair hides on its defaults: `tunnel.bridge` (25 s) counted from the
+/// loss, below the recipient's own patience on a silent connection (`net_read_timeout`, 30 s;
+/// measured: with a 45 s bridge a 35 s dark link had the recipient resume at 35 s).
+const BRIDGED: Duration = Duration::from_secs(25);
+/// The link's latency each way in the clean clone.
+const LATENCY_MS: u64 = 25;
+/// The donor side's session cap in the plain recipient's clone, and how long the recipient's
+/// rate is measured under it.
+const SESSION_CAP_MIB: u64 = 16;
+const CAP_WINDOW: Duration = Duration::from_secs(6);
 /// The link's cap, donor to recipient, shared by every tunnel connection.
 const LINK_RATE_MIB: u64 = 20;
 /// The cap during the flap, so that the clone (about 27 s) spans two or three periods.
@@ -86,13 +107,25 @@ const BLACKHOLE: Duration = Duration::from_secs(20);
 /// about as much again while it carries a clone (peaks 52-60 MiB seen); the outage spills about
 /// 190 MiB, so a bound of 80 MiB still shows that spilled bytes do not stay in memory.
 const BUFFER_MEMORY: u64 = 16 * MIB;
+/// Its spill budget: the outage fills memory and spill, so the donor-side relay stops reading
+/// and TCP holds the donor back.
+const BUFFER_SPILL: u64 = 96 * MIB;
+/// What the donor may transmit while the buffers are full (TCP's buffers filling, keepalives).
+const TX_WHILE_FULL: u64 = 4 * MIB;
 const RSS_MARGIN: u64 = 64 * MIB;
+/// While the link is dark, the spill files are scanned for the planted label each time this
+/// much more was spilled, and at least `SPILL_SCANNED` must have been read in one scan.
+const SCAN_EVERY: u64 = 64 * MIB;
+const SPILL_SCANNED: u64 = 50 * MIB;
 /// Bound on waiting for the spilled bytes to be freed once the clone ended.
 const SPILL_CLEAN_WAIT: Duration = Duration::from_secs(30);
 /// The outage past what the pair bridges, and the bridge it is set to.
 const SHORT_BRIDGE: Duration = Duration::from_secs(5);
 const OVERRUN: Duration = Duration::from_secs(15);
-/// The soak's outage past the default bridge (45 s).
+/// The dark link CI runs on the defaults (the soak adds 25 s, 40 s and 70 s): past the
+/// recipient's patience (`net_read_timeout`, 30 s), so the pair falls back to CLONE's resume.
+const DARK: Duration = Duration::from_secs(35);
+/// The soak's longest dark link, past the default bridge (25 s).
 const LONG_OVERRUN: Duration = Duration::from_secs(70);
 /// How often the blackhole samples the donor-side process.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -163,6 +196,38 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Reads every regular file process `pid` has open (spill files have no name: they are read
+/// through `/proc/<pid>/fd`) and looks for `needle`. Returns the bytes read and whether it was
+/// found.
+fn open_files_hold(pid: u32, needle: &[u8]) -> Result<(u64, bool)> {
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let path = entry?.path();
+        // Sockets, pipes and the like are not files; a descriptor closed meanwhile is gone.
+        if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        scanned += bytes.len() as u64;
+        if bytes.windows(needle.len()).any(|w| w == needle) {
+            return Ok((scanned, true));
+        }
+    }
+    Ok((scanned, false))
+}
+
+/// What `server` has transmitted on its network interface.
+async fn donor_tx_bytes(server: &MysqlServer) -> Result<u64> {
+    let out = server
+        .shell("cat /sys/class/net/eth0/statistics/tx_bytes")
+        .await?;
+    out.trim()
+        .parse()
+        .with_context(|| format!("the donor's tx_bytes: {out:?}"))
 }
 
 /// Entries in `dir` (0 when it is gone).
@@ -331,6 +396,9 @@ struct Env {
     donor: MysqlServer,
     dataset: Dataset,
     donor_sums: Checksums,
+    /// A random 64-byte label planted in a row of every table: clone data that must never be
+    /// readable in a spill file.
+    label: String,
     recipient: MysqlServer,
     /// Where every pair's recipient-side relay listens: the recipient's valid donor.
     pair_addr: SocketAddr,
@@ -346,20 +414,31 @@ impl Env {
         let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
         let dataset = Dataset::of_size(DATASET_BYTES);
         dataset.seed(&donor).await?;
+        let label = random_label();
+        for table in dataset.table_names() {
+            donor
+                .sql(&format!(
+                    "INSERT INTO {table} (k, label, payload, created_at) \
+                     VALUES (0, '{label}', RANDOM_BYTES(1024), NOW(6))"
+                ))
+                .await?;
+        }
         let donor_sums = dataset.checksums(&donor).await?;
         let pair_addr = loopback(free_port()?);
         let single_addr = loopback(free_port()?);
         let mut options = ServerOptions::recipient(2, &[pair_addr, single_addr, donor.addr()]);
-        // Main, aux and three workers from the start: five streams on the tunnel.
+        // MySQL's default concurrency, pinned: main, aux and sixteen workers from the start,
+        // at least 17 streams on the tunnel.
         options.extra_args = vec![
             "--clone-autotune-concurrency=OFF".into(),
-            "--clone-max-concurrency=4".into(),
+            format!("--clone-max-concurrency={CLONE_CONCURRENCY}"),
         ];
         let recipient = MysqlServer::start(&image, options).await?;
         Ok(Env {
             donor,
             dataset,
             donor_sums,
+            label,
             recipient,
             pair_addr,
             single_addr,
@@ -369,79 +448,173 @@ impl Env {
     }
 }
 
-/// A clone session as the donor-side relay's `/sessions` shows it (it may run as a process, so
-/// it is read over HTTP on both kinds).
+/// 64 random hexadecimal characters.
+fn random_label() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Fills `bytes` from the system's random source.
+fn getrandom(bytes: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(bytes))
+        .expect("/dev/urandom is readable");
+}
+
+/// A clone session as a relay's `/sessions` shows it (read over HTTP, in process or not).
 #[derive(Debug, Clone)]
-struct DonorSession {
+struct SideSession {
     id: u64,
     state: String,
     resume_count: u64,
     /// What the donor sent.
     bytes_from_upstream: u64,
+    /// Clone data carried.
+    data_bytes: u64,
+    /// Connections the session had.
+    connections: u64,
+    /// The stages seen, in order.
+    stages: Vec<String>,
+    progress: serde_json::Value,
+    resumes: serde_json::Value,
     detections: serde_json::Value,
 }
 
-impl DonorSession {
+impl SideSession {
     fn from_json(v: &serde_json::Value) -> Result<Self> {
         let number = |field: &str| {
             v[field]
                 .as_u64()
                 .with_context(|| format!("session field {field} missing in {v}"))
         };
-        Ok(DonorSession {
+        let listed = v["connections"].as_array().map_or(0, Vec::len) as u64;
+        Ok(SideSession {
             id: number("id")?,
             state: v["state"].as_str().unwrap_or_default().to_string(),
             resume_count: number("resume_count")?,
             bytes_from_upstream: number("bytes_from_upstream")?,
+            data_bytes: number("data_bytes")?,
+            connections: listed + number("connections_not_listed")?,
+            stages: v["stages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["to"].as_str().map(str::to_string))
+                .collect(),
+            progress: v["progress"].clone(),
+            resumes: v["resumes"].clone(),
             detections: v["detections"].clone(),
         })
     }
 
     fn ended(&self) -> bool {
-        self.state == "completed" || self.state == "failed"
+        self.state == "completed" || self.state == "failed" || self.state == "unfollowed"
     }
 }
 
-/// The donor-side relay: in the test's process, or as a process of its own (for its memory).
-enum DonorSide {
+/// One relay of a pair: in the test's process, or as a process of its own (for its memory, or
+/// to kill it).
+enum Side {
     InProcess(RelayFixture),
     Process {
         relay: RelayProcess,
-        peer_addr: SocketAddr,
+        /// How it was started, to start it again in place.
+        listen: SocketAddr,
+        upstream: Option<SocketAddr>,
+        flags: Vec<String>,
     },
 }
 
-impl DonorSide {
-    fn peer_addr(&self) -> SocketAddr {
-        match self {
-            DonorSide::InProcess(relay) => relay.peer_addr(),
-            DonorSide::Process { peer_addr, .. } => *peer_addr,
-        }
-    }
-
+impl Side {
     async fn sessions_json(&self) -> Result<serde_json::Value> {
         match self {
-            DonorSide::InProcess(relay) => relay.sessions_json().await,
-            DonorSide::Process { relay, .. } => relay.sessions_json().await,
+            Side::InProcess(relay) => relay.sessions_json().await,
+            Side::Process { relay, .. } => relay.sessions_json().await,
         }
     }
 
     async fn metrics_text(&self) -> Result<String> {
         match self {
-            DonorSide::InProcess(relay) => relay.metrics_text().await,
-            DonorSide::Process { relay, .. } => relay.metrics_text().await,
+            Side::InProcess(relay) => relay.metrics_text().await,
+            Side::Process { relay, .. } => relay.metrics_text().await,
         }
     }
 
     /// Its latest session.
-    async fn latest(&self) -> Result<Option<DonorSession>> {
+    async fn latest(&self) -> Result<Option<SideSession>> {
         let view = self.sessions_json().await?;
         view["sessions"]
             .as_array()
             .and_then(|s| s.last())
-            .map(DonorSession::from_json)
+            .map(SideSession::from_json)
             .transpose()
     }
+
+    /// Waits until its latest session has carried `bytes` of clone data.
+    async fn session_past(&self, bytes: u64, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.latest().await? {
+                Some(s) if s.data_bytes >= bytes => return Ok(()),
+                Some(s) if s.ended() => bail!(
+                    "the session ended {} after {} bytes, before {bytes}",
+                    s.state,
+                    s.data_bytes
+                ),
+                _ => ensure!(
+                    Instant::now() < deadline,
+                    "no session carried {bytes} bytes within {within:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn process(&self) -> Option<&RelayProcess> {
+        match self {
+            Side::InProcess(_) => None,
+            Side::Process { relay, .. } => Some(relay),
+        }
+    }
+
+    /// Kills the process (SIGKILL) and starts it again in place, on the same flags: a crash
+    /// and the restart its supervisor does.
+    async fn kill_and_restart(&mut self) -> Result<()> {
+        let Side::Process {
+            relay,
+            listen,
+            upstream,
+            flags,
+        } = self
+        else {
+            bail!("only a relay running as a process can be killed");
+        };
+        relay.kill().await?;
+        let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        *relay = RelayProcess::start_at(*listen, *upstream, &args).await?;
+        Ok(())
+    }
+
+    /// Stops it; one in process fails on a resume no fault explains.
+    async fn stop(self) -> Result<()> {
+        match self {
+            Side::InProcess(relay) => relay.stop().await,
+            Side::Process { mut relay, .. } => relay.kill().await,
+        }
+    }
+}
+
+/// The donor-side relay as a process of its own.
+#[derive(Default)]
+struct DonorProcess {
+    /// `--tunnel-memory`, when not the default.
+    memory: Option<u64>,
+    /// `--tunnel-spill`, when not the default.
+    spill: Option<u64>,
+    /// `--tunnel-spill-dir`, when not the default.
+    spill_dir: Option<PathBuf>,
 }
 
 /// How a pair is set up.
@@ -453,10 +626,12 @@ struct PairOptions {
     bridge: Option<Duration>,
     /// The tunnel without TLS on both relays.
     plain: bool,
-    /// The donor-side relay's `tunnel.memory` and `tunnel.spill` (in process).
-    donor_buffer: Option<(usize, usize)>,
-    /// Run the donor-side relay as a process with this buffer memory and spill folder.
-    donor_process: Option<(u64, PathBuf)>,
+    /// Run the donor-side relay as a process.
+    donor_process: Option<DonorProcess>,
+    /// Run the recipient-side relay as a process.
+    recipient_process: bool,
+    /// A session cap on the donor-side relay (in process), bytes per second.
+    donor_session_rate: Option<u64>,
     /// The scenario injects faults: resumes are the scenario's to judge (see
     /// [`RelayFixture::expect_faults`]); without it any resume fails the run.
     faults_expected: bool,
@@ -467,73 +642,89 @@ struct PairOptions {
 
 /// The two relays and the link between them.
 struct Pair {
-    recipient_side: RelayFixture,
+    recipient_side: Side,
     chaos: ChaosProxy,
-    donor_side: DonorSide,
+    donor_side: Side,
     transport: Transport,
 }
 
 impl Pair {
     async fn start(env: &Env, options: PairOptions) -> Result<Pair> {
+        let peer_listen = loopback(free_port()?);
         let donor_side = match &options.donor_process {
             None => {
                 let mut config = RelayFixture::config(env.donor.addr());
-                config.peer_listen = Some(loopback(0));
+                config.peer_listen = Some(peer_listen);
                 env.certs.donor_side.apply(&mut config.tunnel);
                 config.tunnel.plain = options.plain;
                 if let Some(bridge) = options.bridge {
                     config.tunnel.bridge = bridge;
                 }
-                if let Some((memory, spill)) = options.donor_buffer {
-                    config.tunnel.memory_bytes = memory;
-                    config.tunnel.spill_bytes = spill;
-                }
+                config.limits.session = options.donor_session_rate;
                 let mut relay = RelayFixture::start_with(config)?;
                 if options.faults_expected {
                     relay.expect_faults();
                 }
-                DonorSide::InProcess(relay)
+                Side::InProcess(relay)
             }
-            Some((memory, spill_dir)) => {
-                let peer_addr = loopback(free_port()?);
-                let mut flags = vec![
-                    "--peer-listen".to_string(),
-                    peer_addr.to_string(),
-                    "--tunnel-memory".into(),
-                    format!("{}MiB", memory / MIB),
-                    "--tunnel-spill-dir".into(),
-                    spill_dir.display().to_string(),
-                ];
+            Some(process) => {
+                let mut flags = vec!["--peer-listen".to_string(), peer_listen.to_string()];
+                if let Some(memory) = process.memory {
+                    flags.extend(["--tunnel-memory".into(), format!("{}MiB", memory / MIB)]);
+                }
+                if let Some(spill) = process.spill {
+                    flags.extend(["--tunnel-spill".into(), format!("{}MiB", spill / MIB)]);
+                }
+                if let Some(dir) = &process.spill_dir {
+                    flags.extend(["--tunnel-spill-dir".into(), dir.display().to_string()]);
+                }
                 flags.extend(env.certs.donor_side.flags());
-                if let Some(bridge) = options.bridge {
-                    flags.extend(["--tunnel-bridge".into(), format!("{}s", bridge.as_secs())]);
+                flags.extend(common_flags(&options));
+                let listen = loopback(free_port()?);
+                let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+                let upstream = Some(env.donor.addr());
+                let relay = RelayProcess::start_at(listen, upstream, &args).await?;
+                Side::Process {
+                    relay,
+                    listen,
+                    upstream,
+                    flags,
                 }
-                if options.plain {
-                    flags.push("--tunnel-plain".into());
-                }
-                let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-                let relay = RelayProcess::start(env.donor.addr(), &flags).await?;
-                DonorSide::Process { relay, peer_addr }
             }
         };
         let chaos = ChaosProxy::start(
             loopback(0),
-            donor_side.peer_addr().to_string(),
+            peer_listen.to_string(),
             env.seed,
-            options.faults,
+            options.faults.clone(),
         )
         .await?;
-        let mut config = RelayFixture::config_for(&[]);
-        config.peer = Some(chaos.addr().to_string());
-        env.certs.recipient_side.apply(&mut config.tunnel);
-        config.tunnel.plain = options.plain;
-        if let Some(bridge) = options.bridge {
-            config.tunnel.bridge = bridge;
-        }
-        let mut recipient_side = RelayFixture::start_at(env.pair_addr, config)?;
-        if options.faults_expected {
-            recipient_side.expect_faults();
-        }
+        let recipient_side = if options.recipient_process {
+            let mut flags = vec!["--peer".to_string(), chaos.addr().to_string()];
+            flags.extend(env.certs.recipient_side.flags());
+            flags.extend(common_flags(&options));
+            let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let relay = RelayProcess::start_at(env.pair_addr, None, &args).await?;
+            Side::Process {
+                relay,
+                listen: env.pair_addr,
+                upstream: None,
+                flags,
+            }
+        } else {
+            let mut config = RelayFixture::config_for(&[]);
+            config.peer = Some(chaos.addr().to_string());
+            env.certs.recipient_side.apply(&mut config.tunnel);
+            config.tunnel.plain = options.plain;
+            if let Some(bridge) = options.bridge {
+                config.tunnel.bridge = bridge;
+            }
+            let mut relay = RelayFixture::start_at(env.pair_addr, config)?;
+            if options.faults_expected {
+                relay.expect_faults();
+            }
+            Side::InProcess(relay)
+        };
         Ok(Pair {
             recipient_side,
             chaos,
@@ -544,7 +735,30 @@ impl Pair {
 
     /// Reconnects of the tunnel as each relay counts them: (recipient side, donor side).
     async fn reconnects(&self) -> Result<(f64, f64)> {
-        let name = "clone_relay_tunnel_reconnects_total";
+        self.both("clone_relay_tunnel_reconnects_total").await
+    }
+
+    /// Every error 1815 the donor answered a resume with, as either relay saw it on the wire
+    /// (the answer the recipient got), in any of its sessions.
+    async fn refused_resumes(&self) -> Result<Vec<String>> {
+        let mut refused = Vec::new();
+        for (name, side) in [
+            ("recipient side", &self.recipient_side),
+            ("donor side", &self.donor_side),
+        ] {
+            let view = side.sessions_json().await?;
+            for session in view["sessions"].as_array().into_iter().flatten() {
+                let error = &session["error"];
+                if error["errno"].as_i64() == Some(ER_CLONE_RESTART) {
+                    refused.push(format!("{name}: {}", error["message"]));
+                }
+            }
+        }
+        Ok(refused)
+    }
+
+    /// A metric both relays must have: (recipient side, donor side).
+    async fn both(&self, name: &str) -> Result<(f64, f64)> {
         Ok((
             require_metric(
                 &self.recipient_side.metrics_text().await?,
@@ -555,7 +769,7 @@ impl Pair {
         ))
     }
 
-    /// Stops both relays (a relay fixture fails on a resume no fault explains) and the link.
+    /// Stops both relays (one in process fails on a resume no fault explains) and the link.
     async fn stop(self) -> Result<()> {
         let Pair {
             recipient_side,
@@ -564,24 +778,32 @@ impl Pair {
             ..
         } = self;
         let recipient = recipient_side.stop().await;
-        let donor = match donor_side {
-            DonorSide::InProcess(relay) => relay.stop().await,
-            // Killed when dropped.
-            DonorSide::Process { .. } => Ok(()),
-        };
+        let donor = donor_side.stop().await;
         chaos.stop().await;
         recipient.context("the recipient-side relay")?;
         donor.context("the donor-side relay")
     }
 }
 
+/// Flags both relays of a pair run with, as processes.
+fn common_flags(options: &PairOptions) -> Vec<String> {
+    let mut flags = Vec::new();
+    if let Some(bridge) = options.bridge {
+        flags.extend(["--tunnel-bridge".into(), format!("{}s", bridge.as_secs())]);
+    }
+    if options.plain {
+        flags.push("--tunnel-plain".into());
+    }
+    flags
+}
+
 /// One clone through a pair.
 struct Run {
     outcome: CloneOutcome,
     /// The clone's session on the recipient-side relay.
-    recipient_side: SessionView,
+    recipient_side: SideSession,
     /// The clone's session on the donor-side relay.
-    donor_side: DonorSession,
+    donor_side: SideSession,
     mismatched: Vec<String>,
 }
 
@@ -610,8 +832,8 @@ impl Run {
     fn ensure_no_resume(&self, what: &str) -> Result<()> {
         ensure!(
             self.recipient_side.resume_count == 0 && self.donor_side.resume_count == 0,
-            "{what}: MySQL resumed the clone: {} resumes on the recipient side ({:?}), {} on the \
-             donor side; detections: recipient side {:?}, donor side {}",
+            "{what}: MySQL resumed the clone: {} resumes on the recipient side ({}), {} on the \
+             donor side; detections: recipient side {}, donor side {}",
             self.recipient_side.resume_count,
             self.recipient_side.resumes,
             self.donor_side.resume_count,
@@ -647,21 +869,15 @@ async fn clone_through<T>(
 async fn finish(env: &Env, pair: &Pair, outcome: CloneOutcome) -> Result<Run> {
     let deadline = Instant::now() + SESSION_END_WAIT;
     let (recipient_side, donor_side) = loop {
-        let recipient_side = pair
-            .recipient_side
-            .sessions()
-            .sessions
-            .last()
-            .cloned()
-            .with_context(|| {
-                format!("the clone ended before the recipient-side relay saw a clone: {outcome:?}")
-            })?;
+        let recipient_side = pair.recipient_side.latest().await?.with_context(|| {
+            format!("the clone ended before the recipient-side relay saw a clone: {outcome:?}")
+        })?;
         let donor_side = pair
             .donor_side
             .latest()
             .await?
             .with_context(|| format!("the donor-side relay has no session ({outcome:?})"))?;
-        if recipient_side.state.ended() && donor_side.ended() {
+        if recipient_side.ended() && donor_side.ended() {
             break (recipient_side, donor_side);
         }
         if Instant::now() >= deadline {
@@ -669,7 +885,7 @@ async fn finish(env: &Env, pair: &Pair, outcome: CloneOutcome) -> Result<Run> {
                 "the clone ended ({outcome:?}) but {SESSION_END_WAIT:?} later the relays' \
                  sessions had not: recipient side {} ({}), donor side {} ({})",
                 recipient_side.id,
-                recipient_side.state.as_str(),
+                recipient_side.state,
                 donor_side.id,
                 donor_side.state
             );
@@ -715,12 +931,21 @@ impl Row {
     }
 }
 
-/// 1. A clean clone through the pair: the baseline.
+/// 1. A clean clone through the pair, both relays processes of their own on their defaults, at
+///    MySQL's default concurrency over a link capped at [`LINK_RATE_MIB`] with [`LATENCY_MS`]
+///    each way: the baseline.
 async fn clean(env: &Env) -> Result<(Run, Row)> {
+    let latency = FaultSpec::new(FaultKind::Latency {
+        latency_ms: LATENCY_MS,
+        jitter_ms: 0,
+    })
+    .direction(Direction::Both);
     let pair = Pair::start(
         env,
         PairOptions {
-            faults: vec![capped(LINK_RATE_MIB)],
+            faults: vec![capped(LINK_RATE_MIB), latency],
+            donor_process: Some(DonorProcess::default()),
+            recipient_process: true,
             ..PairOptions::default()
         },
     )
@@ -734,22 +959,72 @@ async fn clean(env: &Env) -> Result<(Run, Row)> {
         "clean: the tunnel reconnected on a clean link ({recipient_reconnects} on the recipient \
          side, {donor_reconnects} on the donor side)"
     );
-    // Spill files the donor-side relay made with no outage at all.
-    let spills = metric(
-        &pair.donor_side.metrics_text().await?,
-        "clone_relay_tunnel_spills_total",
-    )
-    .unwrap_or(0.0);
+    // Both sides follow the clone: every connection, the same stages, and its progress to the end.
+    let streams = CLONE_CONCURRENCY + 1;
+    for (side, session) in [
+        ("recipient side", &run.recipient_side),
+        ("donor side", &run.donor_side),
+    ] {
+        ensure!(
+            session.state == "completed" && session.connections >= streams,
+            "clean: the {side}'s session is {} with {} connections (at least {streams} expected)",
+            session.state,
+            session.connections
+        );
+        ensure!(
+            session.stages.iter().any(|s| s.contains("file_copy"))
+                && session.progress["percent"].as_f64() == Some(100.0),
+            "clean: the {side} did not follow the clone's stages and progress: stages {:?}, \
+             progress {}",
+            session.stages,
+            session.progress
+        );
+    }
+    ensure!(
+        run.recipient_side.stages == run.donor_side.stages,
+        "clean: the sides saw different stages: {:?} and {:?}",
+        run.recipient_side.stages,
+        run.donor_side.stages
+    );
+    // A clean clone at MySQL's default concurrency fits the default buffers: no spill.
+    let (recipient_spills, donor_spills) = pair.both("clone_relay_tunnel_spills_total").await?;
+    ensure!(
+        recipient_spills == 0.0 && donor_spills == 0.0,
+        "clean: {recipient_spills} spill files on the recipient side, {donor_spills} on the \
+         donor side, with no outage"
+    );
+    let mut peaks = Vec::new();
+    for side in [&pair.recipient_side, &pair.donor_side] {
+        let relay = side.process().context("both sides run as processes")?;
+        peaks.push(relay.memory()?.1);
+    }
     let row = Row::new(
         "clean",
         &run,
         Some(LINK_RATE_MIB),
         format!(
-            "donor sent {:.1} MiB; donor side made {spills} spill files",
-            mib(run.donor_side.bytes_from_upstream)
+            "{} streams; donor sent {:.1} MiB; 0 spills; peak RSS {:.1} MiB recipient side, \
+             {:.1} MiB donor side",
+            run.recipient_side.connections,
+            mib(run.donor_side.bytes_from_upstream),
+            mib(peaks[0]),
+            mib(peaks[1])
         ),
     );
+    let mut problems = Vec::new();
+    for (side, peak) in ["recipient side", "donor side"].iter().zip(&peaks) {
+        if *peak > DEFAULT_MEMORY + DEFAULT_RSS_MARGIN {
+            problems.push(format!(
+                "the {side}'s peak resident set was {:.1} MiB, over its {:.0} MiB buffer cap \
+                 plus {:.0} MiB",
+                mib(*peak),
+                mib(DEFAULT_MEMORY),
+                mib(DEFAULT_RSS_MARGIN)
+            ));
+        }
+    }
     pair.stop().await?;
+    ensure!(problems.is_empty(), "clean: {}", problems.join("; "));
     Ok((run, row))
 }
 
@@ -800,9 +1075,8 @@ async fn reset_the_tunnel(pair: &Pair) -> Result<(u64, [u64; 2], f64)> {
         spilled = spilled.max(metric(&text, "clone_relay_tunnel_spill_bytes").unwrap_or(0.0));
         next = pair
             .recipient_side
-            .sessions()
-            .sessions
-            .last()
+            .latest()
+            .await?
             .map_or(0, |s| s.data_bytes)
             + RESET_EVERY;
     }
@@ -882,6 +1156,13 @@ struct Samples {
     spill_files: usize,
     /// Most files ever seen by name in the spill folder (spill files have none).
     named_files: usize,
+    /// The donor's transmitted bytes (its network interface's counter) when the buffers were
+    /// first seen full during the outage, and at the last second of the outage.
+    donor_tx: Option<(u64, u64)>,
+    /// Most bytes of the process's open files read in one scan for the planted label, and
+    /// whether a scan found it.
+    scanned: u64,
+    label_seen: bool,
     /// Once a second: seconds since the clone began, resident set, buffer bytes in memory and
     /// in spill files (MiB).
     timeline: Vec<String>,
@@ -895,15 +1176,20 @@ async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
         env,
         PairOptions {
             faults: vec![capped(LINK_RATE_MIB)],
-            donor_process: Some((BUFFER_MEMORY, spill_dir.clone())),
+            donor_process: Some(DonorProcess {
+                memory: Some(BUFFER_MEMORY),
+                spill: Some(BUFFER_SPILL),
+                spill_dir: Some(spill_dir.clone()),
+            }),
             faults_expected: true,
             ..PairOptions::default()
         },
     )
     .await?;
-    let DonorSide::Process { relay, .. } = &pair.donor_side else {
-        bail!("the donor-side relay should be a process");
-    };
+    let relay = pair
+        .donor_side
+        .process()
+        .context("the donor-side relay should be a process")?;
     let done = AtomicBool::new(false);
     // Samples the donor-side process from the clone's start, and darkens the link once the
     // session has carried OUTAGE_AT.
@@ -916,7 +1202,7 @@ async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
         while !done.load(Ordering::Relaxed) {
             let at = began.elapsed();
             if dark_from.is_none() {
-                let latest = pair.recipient_side.sessions().sessions.last().cloned();
+                let latest = pair.recipient_side.latest().await?;
                 match latest {
                     Some(s) if s.data_bytes >= OUTAGE_AT => {
                         control.add(
@@ -926,9 +1212,9 @@ async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
                         )?;
                         dark_from = Some(at);
                     }
-                    Some(s) if s.state.ended() => bail!(
+                    Some(s) if s.ended() => bail!(
                         "the session ended {} after {} bytes, before the outage",
-                        s.state.as_str(),
+                        s.state,
                         s.data_bytes
                     ),
                     _ => ensure!(
@@ -952,7 +1238,26 @@ async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
             let spills = metric(&text, "clone_relay_tunnel_spills_total").unwrap_or(0.0);
             seen.spill_files = seen.spill_files.max(spills as usize);
             seen.named_files = seen.named_files.max(entries(&spill_dir));
+            // While dark, every 64 MiB more spilled: the spill files' contents, read through
+            // the process's descriptors, must not show the label planted in the data.
+            if phase == 1 && spilled >= (seen.scanned + SCAN_EVERY) as f64 {
+                let pid = relay.pid().context("the donor-side relay exited")?;
+                let label = env.label.clone();
+                let (scanned, found) =
+                    tokio::task::spawn_blocking(move || open_files_hold(pid, label.as_bytes()))
+                        .await??;
+                seen.scanned = seen.scanned.max(scanned);
+                seen.label_seen |= found;
+            }
             if at >= next_line {
+                // Once the buffers are full, the donor is held back by TCP: what its network
+                // interface transmits stays flat.
+                if phase == 1 && buffer + spilled >= (BUFFER_MEMORY + BUFFER_SPILL - 2 * MIB) as f64
+                {
+                    let tx = donor_tx_bytes(&env.donor).await?;
+                    let first = seen.donor_tx.map_or(tx, |(first, _)| first);
+                    seen.donor_tx = Some((first, tx));
+                }
                 seen.timeline.push(format!(
                     "{:>3.0}s{} rss {:.1} mem {:.1} spill {:.1}",
                     at.as_secs_f64(),
@@ -985,10 +1290,15 @@ async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
         }
     }
     let (recipient_reconnects, donor_reconnects) = pair.reconnects().await?;
+    let full_tx = seen.donor_tx.map_or("-".to_string(), |(first, last)| {
+        format!("{:.2} MiB", mib(last - first))
+    });
     let note = format!(
         "{:.2}x clean; donor-side process: peak RSS {:.1} MiB (cap {:.0} MiB; {:.1} before the \
          outage, {:.1} during, {:.1} after), buffers up to {:.1} MiB, spilled up to {:.1} MiB in \
-         {} files; reconnects {recipient_reconnects}/{donor_reconnects}",
+         {} files ({:.1} MiB of them scanned, label not found); buffers full (cap {:.0} MiB \
+         of memory and spill): the donor transmitted {full_tx} meanwhile; reconnects \
+         {recipient_reconnects}/{donor_reconnects}",
         run.took() / clean.took(),
         mib(peak),
         mib(BUFFER_MEMORY),
@@ -997,7 +1307,9 @@ async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
         mib(seen.rss[2]),
         seen.buffer / MIB as f64,
         seen.spilled / MIB as f64,
-        seen.spill_files
+        seen.spill_files,
+        mib(seen.scanned),
+        mib(BUFFER_MEMORY + BUFFER_SPILL)
     );
     let mut problems = Vec::new();
     if peak > BUFFER_MEMORY + RSS_MARGIN {
@@ -1012,6 +1324,27 @@ async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
     // The buffers must have reached their memory cap and spilled, or the figures prove nothing.
     if seen.spilled == 0.0 || seen.spill_files == 0 {
         problems.push("the donor-side relay never spilled".into());
+    }
+    match seen.donor_tx {
+        None => problems.push(format!(
+            "the buffers never filled ({:.0} MiB of memory and spill) during the outage",
+            mib(BUFFER_MEMORY + BUFFER_SPILL)
+        )),
+        Some((first, last)) if last - first > TX_WHILE_FULL => problems.push(format!(
+            "the donor transmitted {:.1} MiB while the donor-side relay's buffers were full",
+            mib(last - first)
+        )),
+        Some(_) => {}
+    }
+    if seen.label_seen {
+        problems.push("the label planted in the data set is readable in a spill file".into());
+    }
+    if seen.scanned < SPILL_SCANNED {
+        problems.push(format!(
+            "the spill files held at most {:.1} MiB when scanned ({:.0} MiB wanted)",
+            mib(seen.scanned),
+            mib(SPILL_SCANNED)
+        ));
     }
     if seen.named_files > 0 {
         problems.push(format!(
@@ -1068,6 +1401,130 @@ async fn flap(env: &Env, mode: FlapMode, name: &'static str) -> Result<Row> {
             "{cut} tunnel connections cut; reconnects {recipient_reconnects}/{donor_reconnects}"
         ),
     );
+    pair.stop().await?;
+    Ok(row)
+}
+
+/// The link dark for `outage` from [`OUTAGE_AT`] of clone data, on the pair's defaults: the
+/// clone completes with equal tables and MySQL refuses no resume. Within [`BRIDGED`] MySQL sees
+/// no resume at all; past it the pair falls back to CLONE's own resume.
+async fn dark(env: &Env, outage: Duration, name: &'static str) -> Result<Row> {
+    let pair = Pair::start(
+        env,
+        PairOptions {
+            faults: vec![capped(LINK_RATE_MIB)],
+            faults_expected: true,
+            ..PairOptions::default()
+        },
+    )
+    .await?;
+    let cut = async {
+        pair.recipient_side
+            .session_past(OUTAGE_AT, SESSION_WAIT)
+            .await?;
+        let control = pair.chaos.control();
+        control.add(
+            FaultSpec::new(FaultKind::Blackhole {})
+                .at_ms(control.now_ms())
+                .lasting_ms(outage.as_millis() as u64),
+        )?;
+        anyhow::Ok(())
+    };
+    let (run, ()) = clone_through(env, &pair, &AtomicBool::new(false), cut).await?;
+    let (recipient_fallbacks, donor_fallbacks) =
+        pair.both("clone_relay_tunnel_fallbacks_total").await?;
+    let refused = pair.refused_resumes().await?;
+    let note = format!(
+        "{} resumes (recipient side); fallbacks {recipient_fallbacks}/{donor_fallbacks}; \
+         outcome {} {}",
+        run.recipient_side.resume_count, run.outcome.state, run.outcome.error_no
+    );
+    let mut problems = Vec::new();
+    if let Err(e) = run.ensure_faithful(name) {
+        problems.push(format!("{e:#}"));
+    }
+    if !refused.is_empty() {
+        problems.push(format!("MySQL refused a resume: {}", refused.join(" | ")));
+    }
+    if outage <= BRIDGED {
+        if let Err(e) = run.ensure_no_resume(name) {
+            problems.push(format!("{e:#}"));
+        }
+    } else {
+        // Past it, both relays give the streams up and reset MySQL's connections: the recipient
+        // resumes once (COM_REINIT), when the link is back.
+        if recipient_fallbacks == 0.0 {
+            problems.push(format!("no fallback past the {BRIDGED:?} the pair bridges"));
+        }
+        if run.recipient_side.resume_count != 1 {
+            problems.push(format!(
+                "{} resumes where one was expected: {}",
+                run.recipient_side.resume_count, run.recipient_side.resumes
+            ));
+        }
+    }
+    let mut row = Row::new(name, &run, Some(LINK_RATE_MIB), note);
+    row.failed = problems;
+    pair.stop().await?;
+    Ok(row)
+}
+
+/// One relay of the pair (the recipient side's, or the donor side's) killed with SIGKILL once
+/// [`OUTAGE_AT`] of clone data was carried, and started again in place on the same flags: the
+/// clone resumes through the pair (CLONE's own resume) and completes with equal tables, and
+/// MySQL refuses no resume (a donor still holding the old clone would answer 1815).
+async fn restart(env: &Env, recipient_side: bool, name: &'static str) -> Result<Row> {
+    let mut pair = Pair::start(
+        env,
+        PairOptions {
+            faults: vec![capped(LINK_RATE_MIB)],
+            donor_process: (!recipient_side).then(DonorProcess::default),
+            recipient_process: recipient_side,
+            faults_expected: true,
+            ..PairOptions::default()
+        },
+    )
+    .await?;
+    env.donor.wait_until_clone_free(DONOR_FREE_WAIT).await?;
+    let began = Instant::now();
+    let clone = clone_instance_with(&env.recipient, env.pair_addr, CLONE_TIMEOUT, pair.transport);
+    let side = if recipient_side {
+        &mut pair.recipient_side
+    } else {
+        &mut pair.donor_side
+    };
+    let kill = async {
+        side.session_past(OUTAGE_AT, SESSION_WAIT).await?;
+        let at = began.elapsed();
+        side.kill_and_restart().await?;
+        anyhow::Ok(at)
+    };
+    let (outcome, killed_at) = tokio::join!(clone, kill);
+    let killed_at = killed_at?;
+    let run = finish(env, &pair, outcome?).await?;
+    let refused = pair.refused_resumes().await?;
+    let note = format!(
+        "killed at {:.1} s; the clone resumed {} times after the restart",
+        killed_at.as_secs_f64(),
+        run.recipient_side.resume_count
+    );
+    let mut problems = Vec::new();
+    if let Err(e) = run.ensure_faithful(name) {
+        problems.push(format!("{e:#}"));
+    }
+    if !refused.is_empty() {
+        problems.push(format!("MySQL refused a resume: {}", refused.join(" | ")));
+    }
+    // One resume, answered at once: a donor still holding the old clone keeps the resume
+    // waiting (up to 30 s, then 1815) and the recipient tries again.
+    if run.recipient_side.resume_count != 1 {
+        problems.push(format!(
+            "{} resumes where one was expected: {}",
+            run.recipient_side.resume_count, run.recipient_side.resumes
+        ));
+    }
+    let mut row = Row::new(name, &run, Some(LINK_RATE_MIB), note);
+    row.failed = problems;
     pair.stop().await?;
     Ok(row)
 }
@@ -1138,7 +1595,7 @@ async fn past_the_bridge(
 /// A recipient that clones in plaintext (`REQUIRE NO SSL`), uncapped: its login crosses the
 /// tunnel as a TLS recipient's does, and the clone completes with no resume.
 async fn plain_recipient(env: &Env) -> Result<Row> {
-    let name = "plain recipient, uncapped";
+    let name = "plain recipient, donor-side session cap";
     // An empty authentication cache on the donor: the login takes caching_sha2_password's full
     // exchange (the password itself), not the fast one an earlier clone's login would allow.
     env.donor.sql("FLUSH PRIVILEGES").await?;
@@ -1146,16 +1603,72 @@ async fn plain_recipient(env: &Env) -> Result<Row> {
         env,
         PairOptions {
             transport: Some(Transport::NoSsl),
+            donor_session_rate: Some(SESSION_CAP_MIB * MIB),
             ..PairOptions::default()
         },
     )
     .await?;
-    let (run, ()) = clone_through(env, &pair, &AtomicBool::new(false), async { Ok(()) }).await?;
+    // The cap, as the recipient counts what it received (`clone_progress`), in FILE COPY.
+    let measure = async {
+        pair.recipient_side
+            .session_past(OUTAGE_AT, SESSION_WAIT)
+            .await?;
+        let start = recipient_bytes(&env.recipient).await?;
+        tokio::time::sleep(CAP_WINDOW).await;
+        let end = recipient_bytes(&env.recipient).await?;
+        anyhow::Ok(rates_between(start, end))
+    };
+    let (run, (lowest, highest)) =
+        clone_through(env, &pair, &AtomicBool::new(false), measure).await?;
     run.ensure_faithful(name)?;
     run.ensure_no_resume(name)?;
-    let row = Row::new(name, &run, None, "REQUIRE NO SSL".into());
+    let cap = (SESSION_CAP_MIB * MIB) as f64;
+    let note = format!(
+        "REQUIRE NO SSL; {SESSION_CAP_MIB} MiB/s session cap on the donor side, the recipient's \
+         clone_progress: {:.2}-{:.2} MiB/s",
+        lowest / MIB as f64,
+        highest / MIB as f64
+    );
+    let mut row = Row::new(name, &run, Some(SESSION_CAP_MIB), note);
+    if lowest > cap * 1.03 || highest < cap * 0.97 {
+        row.failed.push(format!(
+            "the recipient received {:.2}-{:.2} MiB/s under a {SESSION_CAP_MIB} MiB/s cap (3%)",
+            lowest / MIB as f64,
+            highest / MIB as f64
+        ));
+    }
     pair.stop().await?;
     Ok(row)
+}
+
+/// The recipient's count of network bytes (`clone_progress`), taken by a query somewhere between
+/// the two instants.
+struct RecipientBytes {
+    from: Instant,
+    to: Instant,
+    bytes: u64,
+}
+
+async fn recipient_bytes(recipient: &MysqlServer) -> Result<RecipientBytes> {
+    let from = Instant::now();
+    let out = recipient
+        .sql("SELECT SUM(NETWORK) FROM performance_schema.clone_progress")
+        .await?;
+    let to = Instant::now();
+    let bytes = out
+        .trim()
+        .parse()
+        .with_context(|| format!("clone_progress's NETWORK: {out:?}"))?;
+    Ok(RecipientBytes { from, to, bytes })
+}
+
+/// The lowest and highest rates two counts allow, bytes per second: each was taken at an
+/// unknown moment inside its query.
+fn rates_between(a: RecipientBytes, b: RecipientBytes) -> (f64, f64) {
+    let bytes = b.bytes.saturating_sub(a.bytes) as f64;
+    let longest = (b.to - a.from).as_secs_f64();
+    let shortest = (b.from - a.to).as_secs_f64();
+    (bytes / longest, bytes / shortest)
 }
 
 /// Soak: uncapped clone times through the pair (mutual TLS and plain tunnel), one relay, and
@@ -1254,15 +1767,28 @@ async fn a_relay_pair_hides_link_drops_from_mysql() -> Result<()> {
         let flapping = flap(&env, FlapMode::Reset, "flap (reset mode)").await;
         record("flap", flapping.map(|r| vec![r]));
     }
-    if wanted("bridge") {
-        let overrun = past_the_bridge(&env, Some(SHORT_BRIDGE), OVERRUN, "15 s outage, 5 s bridge");
-        record("past the bridge", overrun.await.map(|r| vec![r]));
+    if wanted("dark") {
+        let outage = dark(&env, DARK, "35 s dark link, defaults").await;
+        record("dark link", outage.map(|r| vec![r]));
+    }
+    if wanted("restart") {
+        let killed = restart(&env, true, "recipient-side relay killed and restarted").await;
+        record("recipient side restarted", killed.map(|r| vec![r]));
+        let killed = restart(&env, false, "donor-side relay killed and restarted").await;
+        record("donor side restarted", killed.map(|r| vec![r]));
     }
     if soak() {
+        for (outage, name) in [
+            (Duration::from_secs(25), "25 s dark link, defaults"),
+            (Duration::from_secs(40), "40 s dark link, defaults"),
+            (LONG_OVERRUN, "70 s dark link, defaults"),
+        ] {
+            record(name, dark(&env, outage, name).await.map(|r| vec![r]));
+        }
+        let overrun = past_the_bridge(&env, Some(SHORT_BRIDGE), OVERRUN, "15 s outage, 5 s bridge");
+        record("past the bridge", overrun.await.map(|r| vec![r]));
         let flapping = flap(&env, FlapMode::Blackhole, "flap (blackhole mode)").await;
         record("flap, blackhole mode", flapping.map(|r| vec![r]));
-        let overrun = past_the_bridge(&env, None, LONG_OVERRUN, "70 s outage, default bridge");
-        record("past the default bridge", overrun.await.map(|r| vec![r]));
         record("throughput", throughput(&env).await);
     }
 

@@ -88,6 +88,16 @@ pub enum RelayError {
     #[error("donor silent for {}ms on a transfer: link presumed dead", silence.as_millis())]
     Stalled { silence: Duration },
 
+    /// On the donor side of a pair: the recipient's connection closed (the recipient-side relay
+    /// ended the stream's direction) and the donor did not close its own within the grace; its
+    /// leg is reset so that the donor lets go of the clone.
+    #[error(
+        "the recipient's connection closed (reported by the recipient-side relay) and the donor \
+         kept on for {}ms: resetting the donor's leg",
+        .0.as_millis()
+    )]
+    RecipientGone(Duration),
+
     /// The connection's clone session was reset on request.
     #[error("clone session reset on request")]
     Aborted,
@@ -141,6 +151,7 @@ impl RelayError {
             RelayError::Auth(_) => "auth_exchange",
             RelayError::HandshakeTimeout(_) => "handshake_timeout",
             RelayError::Stalled { .. } => "stalled",
+            RelayError::RecipientGone(_) => "recipient_gone",
             RelayError::Aborted => "aborted",
             RelayError::Shutdown => "shutdown",
         }

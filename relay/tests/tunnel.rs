@@ -296,10 +296,10 @@ async fn a_dark_link_is_bridged_and_its_backlog_spills_to_an_unnamed_file_that_g
     let mut back = vec![0u8; MIB as usize];
     r.read_exact(&mut back).await.unwrap();
     pair.link.go_dark();
-    // While dark, the recipient side buffers what it is given: past 1 MiB, in a spill file
-    // that has no name in the spill directory.
+    // While dark, the recipient side buffers what it is given: past 1 MiB, in spill segments
+    // (8 MiB each) that have no name in the spill directory.
     w.write_all(&data[MIB as usize..]).await.unwrap();
-    assert_eq!(count(&pair.recipient_metrics, |m| &m.tunnel_spills), 1);
+    assert_eq!(count(&pair.recipient_metrics, |m| &m.tunnel_spills), 2);
     assert!(count(&pair.recipient_metrics, |m| &m.tunnel_spill_bytes) > 0);
     assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 0);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -365,4 +365,93 @@ async fn a_tunnel_without_the_right_certificate_is_refused() {
         "a recipient side from another CA gets no stream"
     );
     assert_eq!(count(&pair.donor_metrics, |m| &m.tunnel_streams_opened), 0);
+}
+
+#[tokio::test]
+async fn a_client_certificate_the_donor_side_does_not_trust_is_refused_by_the_donor_side() {
+    let pair = Pair::start(true, None, |_| {}).await;
+    // A recipient side that trusts the donor side's CA, with a certificate from another CA: the
+    // refusal can only be the donor side's.
+    let other = Pki::new("untrusted-client");
+    let mut stranger = pair.recipient_config.clone();
+    stranger.tunnel.cert = Some(other.dir.join("recipient.pem"));
+    stranger.tunnel.key = Some(other.dir.join("recipient-key.pem"));
+    let tunnel = Arc::new(Tunnel::new(&stranger, Arc::default()).unwrap().unwrap());
+    let refused = tunnel
+        .open(&stranger, "10.0.0.9:51000".parse().unwrap(), None)
+        .await
+        .expect_err("a recipient side with an untrusted certificate gets no stream");
+    let reason = refused.to_string();
+    assert!(reason.contains("alert"), "{reason}");
+    assert_eq!(count(&pair.donor_metrics, |m| &m.tunnel_streams_opened), 0);
+}
+
+#[tokio::test]
+async fn a_donor_side_certificate_for_another_name_is_refused_by_the_recipient_side() {
+    let pair = Pair::start(true, None, |c| {
+        if c.peer.is_some() {
+            c.tunnel.server_name = Some("donor-side.example".into());
+        }
+    })
+    .await;
+    let refused = pair
+        .recipient_side
+        .open(
+            &pair.recipient_config,
+            "10.0.0.9:51000".parse().unwrap(),
+            None,
+        )
+        .await
+        .expect_err("the donor side's certificate names localhost only");
+    let reason = refused.to_string();
+    assert!(reason.contains("donor-side.example"), "{reason}");
+    assert_eq!(count(&pair.donor_metrics, |m| &m.tunnel_streams_opened), 0);
+}
+
+#[tokio::test]
+async fn a_restarted_recipient_side_relay_has_its_earlier_streams_given_up_at_once() {
+    let pair = Pair::start(true, None, |_| {}).await;
+    let (mut first_r, mut first_w) = tokio::io::split(pair.open().await);
+    let other = pair
+        .recipient_side
+        .open(
+            &pair.recipient_config,
+            "10.0.0.7:51000".parse().unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    let (mut other_r, mut other_w) = tokio::io::split(other);
+    for (r, w) in [(&mut first_r, &mut first_w), (&mut other_r, &mut other_w)] {
+        w.write_all(b"up").await.unwrap();
+        let mut back = [0u8; 2];
+        r.read_exact(&mut back).await.unwrap();
+    }
+    // The relay restarted: a new run, same certificate and address, opens a stream for the same
+    // recipient. The donor side gives up the earlier run's stream for it at once (the bridge is
+    // 45 s): the earlier stream's reads fail.
+    let restarted = Arc::new(
+        Tunnel::new(&pair.recipient_config, Arc::default())
+            .unwrap()
+            .unwrap(),
+    );
+    let _fresh = restarted
+        .open(
+            &pair.recipient_config,
+            "10.0.0.9:52000".parse().unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut more = [0u8; 1];
+    let e = tokio::time::timeout(Duration::from_secs(10), first_r.read(&mut more))
+        .await
+        .expect("the earlier run's stream is given up long before the bridge")
+        .expect_err("its reads fail");
+    assert!(e.to_string().contains("no longer holds"), "{e}");
+    // Another recipient's stream goes on.
+    other_w.write_all(b"on").await.unwrap();
+    let mut back = [0u8; 2];
+    other_r.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"on");
 }

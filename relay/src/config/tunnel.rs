@@ -75,14 +75,16 @@ pub struct TunnelSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spill_dir: Option<PathBuf>,
 
-    /// The longest outage of the tunnel the pair bridges while holding MySQL's connections;
-    /// past it both relays reset their sides and the recipient's CLONE resumes by itself. Below
-    /// the recipient's own read timeout (about a minute).
+    /// The longest outage of the tunnel the pair bridges while holding MySQL's connections,
+    /// counted from the loss (`tunnel.timeout` after the link's last byte); past it both relays
+    /// reset their sides and the recipient's CLONE resumes by itself. With the timeout, below
+    /// the recipient's own patience on a silent connection (`net_read_timeout`, 30 s by
+    /// default), so that the donor has let go of the clone before the recipient resumes.
     #[arg(
         id = "tunnel.bridge",
         long = "tunnel-bridge",
         value_name = "DURATION",
-        default_value = "45s",
+        default_value = "25s",
         value_parser = parse_duration
     )]
     #[serde(with = "units::duration")]

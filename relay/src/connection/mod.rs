@@ -46,6 +46,11 @@ const CR_CONN_HOST_ERROR: u16 = 2003;
 /// MySQL's server error for "too many connections", in place of a greeting for an address that
 /// holds its most connections not yet logged in.
 const ER_CON_COUNT_ERROR: u16 = 1040;
+/// On the donor side of a pair, how long the donor may keep a connection open once the recipient
+/// closed its own: a donor that still reads closes at once; one that keeps sending (a clone's
+/// donor whose recipient gave up) is reset then, so that it lets go of the clone before the
+/// recipient's resume asks for it.
+const RECIPIENT_GONE_GRACE: Duration = Duration::from_secs(2);
 
 /// Both legs of a connection once the handshake stage is done, kept by [`serve`] so it can
 /// reset them however the copy ends.
@@ -81,15 +86,20 @@ pub async fn serve(
     liveness::settle(&conn, &legs, result.is_err());
     if let Err(e) = &result
         && conn.owed_data()
-        && !matches!(e, RelayError::Aborted | RelayError::Shutdown)
+        && !matches!(
+            e,
+            RelayError::Aborted | RelayError::Shutdown | RelayError::RecipientGone(_)
+        )
     {
+        // (A recipient gone tells of this connection only: its clone's other connections end
+        // on their own, and a resume may already have started new ones in the session.)
         // The clone cannot go on without this connection: reset the rest of it now.
         let others = relay.registry().abort_session_of(id);
         info!(others, reason = %e, "connection of a clone in transfer failed; resetting its session");
     }
     if matches!(
         result,
-        Err(RelayError::Aborted | RelayError::Stalled { .. })
+        Err(RelayError::Aborted | RelayError::Stalled { .. } | RelayError::RecipientGone(_))
     ) {
         // A real reset on both legs: the recipient sees the failure at once and resumes, and
         // the donor lets go of its end.
@@ -203,6 +213,8 @@ async fn carry(
         .and_then(|tcp| socket2::SockRef::from(tcp).try_clone().ok());
     // The tunnel bridges its own outages: the stall watch is for a donor's own socket.
     let upstream_tunnel = upstream.is_tunnel();
+    // On the donor side of a pair: the recipient's direction ending means the recipient closed.
+    let recipient_closed = downstream.peer_ended();
     if config.socket_buffer_bytes.is_none()
         && let Some(bytes) = relay.limits().receive_buffer()
     {
@@ -255,6 +267,21 @@ async fn carry(
             )
             .await
         } => Err(RelayError::Stalled { silence }),
+        () = donor_kept_on(recipient_closed) => Err(RelayError::RecipientGone(RECIPIENT_GONE_GRACE)),
+    }
+}
+
+/// On the donor side of a pair, completes once the recipient's connection has been closed for
+/// [`RECIPIENT_GONE_GRACE`] (the copy has not ended by then: the donor kept its end open, as
+/// a clone's donor does while it still sends); never on a connection from a recipient itself.
+/// MySQL's clients do not half-close, so nothing the donor sends after that is read.
+async fn donor_kept_on(recipient_closed: Option<CancellationToken>) {
+    match recipient_closed {
+        Some(closed) => {
+            closed.cancelled().await;
+            tokio::time::sleep(RECIPIENT_GONE_GRACE).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

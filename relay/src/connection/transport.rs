@@ -33,6 +33,14 @@ impl Transport {
     pub fn is_tunnel(&self) -> bool {
         matches!(self, Transport::Tunnel(_))
     }
+
+    /// For a tunnel stream, cancelled once the other side's direction has been read to its end.
+    pub fn peer_ended(&self) -> Option<tokio_util::sync::CancellationToken> {
+        match self {
+            Transport::Tcp(_) => None,
+            Transport::Tunnel(s) => Some(s.ended()),
+        }
+    }
 }
 
 impl From<TcpStream> for Transport {

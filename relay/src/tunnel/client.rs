@@ -39,6 +39,7 @@ impl Tunnel {
             received: 0,
             fresh: true,
             recipient,
+            instance: self.instance,
         };
         let mut backoff = FIRST_BACKOFF;
         let link = loop {

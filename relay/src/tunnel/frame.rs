@@ -13,11 +13,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 /// Opens every hello and welcome: the format and its version.
-const MAGIC: &[u8; 4] = b"CRT1";
+const MAGIC: &[u8; 4] = b"CRT2";
 /// Largest data frame; a larger length is a broken peer.
 pub const MAX_DATA: usize = 256 * 1024;
 /// A stream's identity across reconnects.
 pub type Token = [u8; 16];
+/// A recipient-side relay's run: drawn at random when the process starts, so a restarted relay
+/// is told apart from the one before.
+pub type Instance = [u8; 16];
 
 const DATA: u8 = 1;
 const ACK: u8 = 2;
@@ -37,6 +40,8 @@ pub struct Hello {
     pub fresh: bool,
     /// The recipient's address, which the donor side groups clone sessions by.
     pub recipient: SocketAddr,
+    /// The recipient-side relay's run that opened the stream.
+    pub instance: Instance,
 }
 
 /// The donor side's answer to a [`Hello`].
@@ -69,6 +74,7 @@ pub async fn write_hello(w: &mut (impl AsyncWrite + Unpin), hello: &Hello) -> io
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&hello.token);
+    out.extend_from_slice(&hello.instance);
     out.extend_from_slice(&hello.received.to_be_bytes());
     out.push(u8::from(hello.fresh));
     out.push(addr.len() as u8);
@@ -81,6 +87,8 @@ pub async fn read_hello(r: &mut (impl AsyncRead + Unpin)) -> io::Result<Hello> {
     read_magic(r).await?;
     let mut token = [0u8; 16];
     r.read_exact(&mut token).await?;
+    let mut instance = [0u8; 16];
+    r.read_exact(&mut instance).await?;
     let received = r.read_u64().await?;
     let fresh = match r.read_u8().await? {
         0 => false,
@@ -99,6 +107,7 @@ pub async fn read_hello(r: &mut (impl AsyncRead + Unpin)) -> io::Result<Hello> {
         received,
         fresh,
         recipient,
+        instance,
     })
 }
 
@@ -283,6 +292,7 @@ mod tests {
             received: 1 << 40,
             fresh: true,
             recipient: "10.1.2.3:4567".parse().unwrap(),
+            instance: [9; 16],
         };
         let mut wire = Vec::new();
         write_hello(&mut wire, &hello).await.unwrap();

@@ -20,6 +20,7 @@ pub mod server;
 pub mod stream;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -32,13 +33,37 @@ use crate::config::{Config, TunnelSettings};
 use crate::error::RelayError;
 use crate::metrics::Metrics;
 use crate::tls::TunnelTls;
-use frame::{Hello, Token};
+use frame::{Hello, Instance, Token};
 use replay::{Budget, Replay};
 use stream::{Link, LinkEnd, Stream};
 use tracing::warn;
 
-/// A new tunnel connection for a stream the donor side holds, with its hello.
-type Resume = (Box<dyn Link>, Hello);
+/// What the donor side hands a stream it holds.
+enum Attach {
+    /// A new tunnel connection for the stream, with its hello.
+    Resume(Box<dyn Link>, Hello),
+    /// The recipient-side relay that opened the stream was restarted: the stream will never be
+    /// resumed, so it is given up at once (its donor leg reset) with this reason.
+    Abandon(String),
+}
+
+/// Where the donor side's streams come from, to tell a restarted recipient-side relay by: the
+/// tunnel's client certificate (none on a plain tunnel), the address the tunnel connection came
+/// from, and the recipient's address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Origin {
+    certificate: Vec<u8>,
+    relay: IpAddr,
+    recipient: IpAddr,
+}
+
+/// A stream the donor side holds.
+#[derive(Debug)]
+struct Held {
+    attach: mpsc::Sender<Attach>,
+    origin: Origin,
+    instance: Instance,
+}
 
 /// A relay's side of its tunnels: settings, TLS, the buffer budget, and on the donor side the
 /// streams that a reconnect may resume.
@@ -50,7 +75,10 @@ pub struct Tunnel {
     tls: Option<TunnelTls>,
     budget: Arc<Budget>,
     metrics: Arc<Metrics>,
-    streams: Mutex<HashMap<Token, mpsc::Sender<Resume>>>,
+    /// This relay's run, which the recipient side's hellos carry.
+    instance: Instance,
+    /// The streams the donor side holds.
+    streams: Mutex<HashMap<Token, Held>>,
 }
 
 impl Tunnel {
@@ -82,11 +110,12 @@ impl Tunnel {
             tls,
             budget: Arc::new(budget),
             metrics,
+            instance: Tunnel::token(),
             streams: Mutex::default(),
         }))
     }
 
-    /// A fresh stream's token.
+    /// A fresh stream's token, or a run's instance.
     fn token() -> Token {
         let mut token = [0u8; 16];
         SystemRandom::new()
@@ -100,7 +129,7 @@ impl Tunnel {
         Replay::new(self.budget.clone())
     }
 
-    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<Token, mpsc::Sender<Resume>>> {
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<Token, Held>> {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -1,16 +1,19 @@
 //! A stream's replay buffer: the bytes sent to the other relay that it has not acknowledged, so
-//! they can be sent again on a new tunnel connection. Held in memory while the relay's memory
-//! budget lasts, then appended to a spill file of the stream's own, up to the relay's spill
-//! budget. When acknowledgements catch up, what is left in the file moves back into memory and
-//! the file goes.
+//! they can be sent again on a new tunnel connection, in order. Each read from the stream's
+//! local side is held in memory while the relay's memory budget lasts, else sealed into a spill
+//! segment of the stream's own, up to the relay's spill budget. A segment holds up to
+//! [`SEGMENT_BYTES`] and is closed, its blocks freed, once every record in it is acknowledged,
+//! so disk use follows what is unacknowledged.
 //!
-//! Spill files hold clone data, so nobody else can read them, even after a crash: each is an
+//! Spill segments hold clone data, so nobody else can read them, even after a crash: each is an
 //! unnamed file (`O_TMPFILE`, or created and unlinked at once where that is missing) in the
 //! spill directory, gone with its descriptor, and every record in it is sealed with AES-256-GCM
 //! under a random key that exists only in this process's memory.
 //!
-//! The file is written and read with plain blocking calls: it is written just before it is read
-//! back, so the page cache serves it.
+//! The buffer itself does no file I/O: [`Replay::place`] hands out a [`SpillWrite`] and
+//! [`Replay::read_at`] a [`SealedRead`], which the stream performs on a blocking thread without
+//! holding its lock, and acknowledgements hand back the segments they release
+//! ([`Released`]) to be closed there too.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -146,67 +149,146 @@ fn nonce(counter: u64) -> Nonce {
     Nonce::assume_unique_for_key(bytes)
 }
 
-/// What [`Replay::read_at`] found: bytes held in memory, or bytes of the spill file opened in
-/// the caller's scratch buffer at `from..from + len`.
+/// A spill segment holds up to this much (in sealed records); the next record starts another.
+pub const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// One unnamed spill file.
 #[derive(Debug)]
-pub enum Piece {
-    Memory(Bytes),
-    File { from: usize, len: usize },
+pub struct Segment {
+    file: File,
 }
 
-impl Piece {
-    pub fn bytes<'a>(&'a self, scratch: &'a [u8]) -> &'a [u8] {
+/// One stretch of unacknowledged bytes: in memory, or a sealed record of a spill segment, of
+/// which the first `skip` bytes were acknowledged.
+#[derive(Debug)]
+enum Item {
+    Memory(Bytes),
+    Sealed {
+        segment: Arc<Segment>,
+        file_at: u64,
+        len: u64,
+        counter: u64,
+        skip: u64,
+    },
+}
+
+impl Item {
+    /// Bytes not yet acknowledged.
+    fn len(&self) -> u64 {
         match self {
-            Piece::Memory(bytes) => bytes,
-            Piece::File { from, len } => &scratch[*from..*from + *len],
+            Item::Memory(bytes) => bytes.len() as u64,
+            Item::Sealed { len, skip, .. } => len - skip,
         }
     }
 }
 
-/// One sealed record of a spill file: stream bytes `[at, at + len)` (relative to the spill's
-/// start), sealed at `file_at` under nonce `counter`.
-#[derive(Debug, Clone, Copy)]
-struct Record {
-    at: u64,
-    len: u64,
+/// A record to seal and append to a spill segment (a new one when `append_to` is `None`), off
+/// the stream's lock; [`Replay::commit`] then adds it. Its spill budget is already taken.
+#[derive(Debug)]
+pub struct SpillWrite {
+    data: Bytes,
+    append_to: Option<(Arc<Segment>, u64)>,
+    budget: Arc<Budget>,
+}
+
+/// A record written by [`SpillWrite::write`].
+#[derive(Debug)]
+pub struct Written {
+    segment: Arc<Segment>,
     file_at: u64,
+    sealed_len: u64,
+    len: u64,
     counter: u64,
 }
 
-/// The spill file of one buffer: stream bytes `[start, start + len)`, in sealed records.
-#[derive(Debug)]
-struct Spill {
-    file: File,
-    start: u64,
-    len: u64,
-    records: Vec<Record>,
-    file_len: u64,
-}
+impl SpillWrite {
+    /// Seals the record and writes it (blocking). On failure its spill budget is given back.
+    pub fn write(self) -> io::Result<Written> {
+        let len = self.data.len() as u64;
+        let written = self.seal_and_write();
+        if written.is_err() {
+            self.budget.release_spill(len);
+        }
+        written
+    }
 
-impl Spill {
-    /// The record holding spill offset `at`, opened into `scratch`, with its place.
-    fn open(&self, at: u64, budget: &Budget, scratch: &mut Vec<u8>) -> io::Result<Record> {
-        let i = self.records.partition_point(|r| r.at + r.len <= at);
-        let record = *self
-            .records
-            .get(i)
-            .ok_or_else(|| io::Error::other("replay offset past the spill file"))?;
-        scratch.resize(record.len as usize + TAG_LEN, 0);
-        self.file.read_exact_at(scratch, record.file_at)?;
-        budget.open(scratch, record.counter)?;
-        Ok(record)
+    fn seal_and_write(&self) -> io::Result<Written> {
+        let (segment, file_at) = match &self.append_to {
+            Some((segment, at)) => (segment.clone(), *at),
+            None => {
+                let file = tempfile::tempfile_in(&self.budget.dir)?;
+                self.budget
+                    .metrics
+                    .tunnel_spills
+                    .fetch_add(1, Ordering::Relaxed);
+                (Arc::new(Segment { file }), 0)
+            }
+        };
+        let (sealed, counter) = self.budget.seal(&self.data)?;
+        segment.file.write_all_at(&sealed, file_at)?;
+        Ok(Written {
+            segment,
+            file_at,
+            sealed_len: sealed.len() as u64,
+            len: self.data.len() as u64,
+            counter,
+        })
     }
 }
 
-/// Unacknowledged bytes `[base, end)` of one direction of a stream: the oldest in memory, the
-/// rest (once memory ran out) in the spill file.
+/// What [`Replay::read_at`] found: bytes held in memory, or a sealed record to read.
+#[derive(Debug)]
+pub enum Piece {
+    Memory(Bytes),
+    Sealed(SealedRead),
+}
+
+/// Part of a sealed record, to read (blocking) into a scratch buffer.
+#[derive(Debug)]
+pub struct SealedRead {
+    segment: Arc<Segment>,
+    file_at: u64,
+    len: u64,
+    counter: u64,
+    /// The part wanted: `from..from + take` of the record's plaintext.
+    from: usize,
+    take: usize,
+    budget: Arc<Budget>,
+}
+
+impl SealedRead {
+    /// Reads and opens the record into `scratch` (which keeps its capacity for the next);
+    /// returns the wanted part's place in it.
+    pub fn read(&self, scratch: &mut Vec<u8>) -> io::Result<std::ops::Range<usize>> {
+        scratch.resize(self.len as usize + TAG_LEN, 0);
+        self.segment.file.read_exact_at(scratch, self.file_at)?;
+        self.budget.open(scratch, self.counter)?;
+        Ok(self.from..self.from + self.take)
+    }
+}
+
+/// Spill segments no longer needed, to be closed (their blocks freed) off the stream's lock:
+/// dropping this closes them.
+#[derive(Debug, Default)]
+#[must_use = "dropping it closes spill files: do it off the stream's lock"]
+pub struct Released(Vec<Arc<Segment>>);
+
+impl Released {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Unacknowledged bytes `[base, end)` of one direction of a stream, in order.
 #[derive(Debug)]
 pub struct Replay {
     base: u64,
-    memory: VecDeque<Bytes>,
+    items: VecDeque<Item>,
     memory_len: u64,
-    spill: Option<Spill>,
+    spill_len: u64,
     end: u64,
+    /// The segment records are appended to, and its length.
+    writing: Option<(Arc<Segment>, u64)>,
     budget: Arc<Budget>,
 }
 
@@ -216,10 +298,11 @@ impl Replay {
         budget.buffers.fetch_add(1, Ordering::Relaxed);
         Replay {
             base: 0,
-            memory: VecDeque::new(),
+            items: VecDeque::new(),
             memory_len: 0,
-            spill: None,
+            spill_len: 0,
             end: 0,
+            writing: None,
             budget,
         }
     }
@@ -239,146 +322,133 @@ impl Replay {
         self.end
     }
 
-    /// Whether another `n` bytes fit: in the spill budget once this buffer spills (its bytes
-    /// stay in order), else in memory or the spill budget.
+    /// Whether another `n` bytes fit, in memory or in the spill budget.
     pub fn has_room(&self, n: u64) -> bool {
-        if self.spill.is_some() {
-            self.budget.spill_room(n)
-        } else {
-            self.budget.memory_room(n) || self.budget.spill_room(n)
-        }
+        self.budget.memory_room(n) || self.budget.spill_room(n)
     }
 
-    /// Appends bytes read from the local side: to memory while the budget allows and nothing is
-    /// spilled, else to the spill file. The reader asks [`Replay::has_room`] first, so a push
-    /// goes over a budget by one read at most, and over the memory budget rather than make a
-    /// spill file where there is no spill budget. Fails when the file cannot be written.
-    pub fn push(&mut self, data: Bytes) -> io::Result<()> {
+    /// Places bytes read from the local side: into memory at once while the budget allows
+    /// (`None`), else as a record for a spill segment, which the caller writes off the lock and
+    /// then [`Replay::commit`]s before placing more. The reader asks [`Replay::has_room`] first,
+    /// so a push goes over a budget by one read at most, and over the memory budget rather than
+    /// make a spill file where there is no spill budget.
+    pub fn place(&mut self, data: Bytes) -> Option<SpillWrite> {
         let n = data.len() as u64;
-        let to_memory = self.spill.is_none()
-            && (self.budget.take_memory(n) || {
-                if self.budget.take_spill(n) {
-                    false
-                } else {
-                    self.budget.memory.fetch_add(n, Ordering::AcqRel);
-                    true
-                }
-            });
+        let to_memory = self.budget.take_memory(n) || {
+            if self.budget.take_spill(n) {
+                false
+            } else {
+                self.budget.memory.fetch_add(n, Ordering::AcqRel);
+                true
+            }
+        };
         if to_memory {
             self.memory_len += n;
-            self.memory.push_back(data);
+            self.items.push_back(Item::Memory(data));
             self.end += n;
             self.note_use();
-            return Ok(());
+            return None;
         }
-        if self.spill.is_some() && !self.budget.take_spill(n) {
-            self.budget.spill.fetch_add(n, Ordering::AcqRel);
-        }
-        if self.spill.is_none() {
-            let file = tempfile::tempfile_in(&self.budget.dir)?;
-            self.budget
-                .metrics
-                .tunnel_spills
-                .fetch_add(1, Ordering::Relaxed);
-            self.spill = Some(Spill {
-                file,
-                start: self.end,
-                len: 0,
-                records: Vec::new(),
-                file_len: 0,
-            });
-        }
-        let spill = self.spill.as_mut().expect("just made");
-        let (sealed, counter) = self.budget.seal(&data)?;
-        spill.file.write_all_at(&sealed, spill.file_len)?;
-        spill.records.push(Record {
-            at: spill.len,
-            len: n,
-            file_at: spill.file_len,
-            counter,
+        Some(SpillWrite {
+            data,
+            append_to: self.writing.clone(),
+            budget: self.budget.clone(),
+        })
+    }
+
+    /// Adds a record written to a spill segment.
+    pub fn commit(&mut self, written: Written) {
+        let next = written.file_at + written.sealed_len;
+        self.writing = (next < SEGMENT_BYTES).then(|| (written.segment.clone(), next));
+        self.spill_len += written.len;
+        self.end += written.len;
+        self.items.push_back(Item::Sealed {
+            segment: written.segment,
+            file_at: written.file_at,
+            len: written.len,
+            counter: written.counter,
+            skip: 0,
         });
-        spill.file_len += sealed.len() as u64;
-        spill.len += n;
-        self.end += n;
         self.note_use();
-        Ok(())
     }
 
     /// Up to `max` bytes from `offset` (between `base` and `end`): a part of a memory chunk, or
-    /// bytes of the spill file read into `scratch` (which keeps its capacity for the next).
-    pub fn read_at(&self, offset: u64, max: usize, scratch: &mut Vec<u8>) -> io::Result<Piece> {
-        debug_assert!(self.base <= offset && offset < self.end);
+    /// of a sealed record (it ends at most at the end of the chunk or record it starts in).
+    pub fn read_at(&self, offset: u64, max: usize) -> io::Result<Piece> {
         let mut at = self.base;
-        for chunk in &self.memory {
-            let chunk_end = at + chunk.len() as u64;
-            if offset < chunk_end {
+        for item in &self.items {
+            let item_end = at + item.len();
+            if offset < item_end {
                 let from = (offset - at) as usize;
-                let to = chunk.len().min(from + max);
-                return Ok(Piece::Memory(chunk.slice(from..to)));
+                let take = (item.len() as usize - from).min(max);
+                return Ok(match item {
+                    Item::Memory(bytes) => Piece::Memory(bytes.slice(from..from + take)),
+                    Item::Sealed {
+                        segment,
+                        file_at,
+                        len,
+                        counter,
+                        skip,
+                    } => Piece::Sealed(SealedRead {
+                        segment: segment.clone(),
+                        file_at: *file_at,
+                        len: *len,
+                        counter: *counter,
+                        from: *skip as usize + from,
+                        take,
+                        budget: self.budget.clone(),
+                    }),
+                });
             }
-            at = chunk_end;
+            at = item_end;
         }
-        let spill = self
-            .spill
-            .as_ref()
-            .ok_or_else(|| io::Error::other("replay offset past the buffer"))?;
-        let at = offset - spill.start;
-        let record = spill.open(at, &self.budget, scratch)?;
-        let from = (at - record.at) as usize;
-        let len = (record.len as usize - from).min(max);
-        Ok(Piece::File { from, len })
+        Err(io::Error::other("replay offset past the buffer"))
     }
 
-    /// Drops what the other relay has acknowledged (everything before `upto`). Once what is left
-    /// sits in the spill file only and fits in memory, it moves back to memory and the file goes.
-    pub fn ack(&mut self, upto: u64) -> io::Result<()> {
+    /// Drops what the other relay has acknowledged (everything before `upto`). Returns the
+    /// spill segments that no longer hold an unacknowledged record.
+    pub fn ack(&mut self, upto: u64) -> Released {
         let upto = upto.min(self.end);
+        let mut released = Released::default();
         while self.base < upto {
-            let Some(front) = self.memory.front_mut() else {
-                // The acknowledged bytes are in the file: they stay until the file goes.
-                self.base = upto;
+            let Some(front) = self.items.front_mut() else {
                 break;
             };
-            let take = (upto - self.base).min(front.len() as u64);
-            if take == front.len() as u64 {
-                self.memory.pop_front();
-            } else {
-                let _ = front.split_to(take as usize);
-            }
-            self.memory_len -= take;
-            self.budget.release_memory(take);
-            self.base += take;
-        }
-        if let Some(spill) = &self.spill
-            && self.memory.is_empty()
-        {
-            let left = self.end - self.base;
-            if left == 0 {
-                self.drop_spill();
-            } else if self.budget.take_memory(left) {
-                // Record by record, so that acknowledgements free memory as they come.
-                let mut at = self.base;
-                let mut scratch = Vec::new();
-                while at < self.end {
-                    let record = spill.open(at - spill.start, &self.budget, &mut scratch)?;
-                    let from = (at - spill.start - record.at) as usize;
-                    let chunk = Bytes::copy_from_slice(&scratch[from..record.len as usize]);
-                    at += chunk.len() as u64;
-                    self.memory.push_back(chunk);
+            let take = (upto - self.base).min(front.len());
+            let whole = take == front.len();
+            match front {
+                Item::Memory(bytes) => {
+                    let _ = bytes.split_to(take as usize);
+                    self.memory_len -= take;
+                    self.budget.release_memory(take);
                 }
-                self.memory_len = left;
-                self.drop_spill();
+                Item::Sealed { skip, .. } => {
+                    *skip += take;
+                    self.spill_len -= take;
+                    self.budget.release_spill(take);
+                }
+            }
+            self.base += take;
+            if !whole {
+                break;
+            }
+            if let Some(Item::Sealed { segment, .. }) = self.items.pop_front() {
+                // The segment being written to, with no other record left in it: the next
+                // record starts a new one, and this one closes.
+                let in_segment = |item: &Item| matches!(item, Item::Sealed { segment: s, .. } if Arc::ptr_eq(s, &segment));
+                if self
+                    .writing
+                    .as_ref()
+                    .is_some_and(|(w, _)| Arc::ptr_eq(w, &segment))
+                    && !self.items.iter().any(in_segment)
+                {
+                    self.writing = None;
+                }
+                released.0.push(segment);
             }
         }
         self.note_use();
-        Ok(())
-    }
-
-    /// Closes the spill file, which has no name: its blocks are freed.
-    fn drop_spill(&mut self) {
-        if let Some(spill) = self.spill.take() {
-            self.budget.release_spill(spill.len);
-        }
+        released
     }
 
     fn note_use(&self) {
@@ -394,7 +464,7 @@ impl Drop for Replay {
     fn drop(&mut self) {
         self.budget.buffers.fetch_sub(1, Ordering::Relaxed);
         self.budget.release_memory(self.memory_len);
-        self.drop_spill();
+        self.budget.release_spill(self.spill_len);
         self.note_use();
     }
 }
@@ -412,21 +482,45 @@ mod tests {
         ))
     }
 
+    /// Places `data`, writing it to a spill segment when it goes there.
+    fn push(replay: &mut Replay, data: Bytes) {
+        if let Some(write) = replay.place(data) {
+            replay.commit(write.write().unwrap());
+        }
+    }
+
     fn read(replay: &Replay, offset: u64, max: usize) -> Bytes {
-        let mut scratch = Vec::new();
-        let piece = replay.read_at(offset, max, &mut scratch).unwrap();
-        Bytes::copy_from_slice(piece.bytes(&scratch))
+        match replay.read_at(offset, max).unwrap() {
+            Piece::Memory(bytes) => bytes,
+            Piece::Sealed(sealed) => {
+                let mut scratch = Vec::new();
+                let range = sealed.read(&mut scratch).unwrap();
+                Bytes::copy_from_slice(&scratch[range])
+            }
+        }
     }
 
     fn bytes(from: u64, n: u64) -> Bytes {
         Bytes::from((from..from + n).map(|i| i as u8).collect::<Vec<u8>>())
     }
 
-    /// Every byte the spill file holds, as written on disk.
-    fn raw_spill(replay: &Replay) -> Vec<u8> {
-        let spill = replay.spill.as_ref().expect("a spill file");
-        let mut raw = vec![0u8; spill.file_len as usize];
-        spill.file.read_exact_at(&mut raw, 0).unwrap();
+    /// The distinct spill segments the buffer's records are in, oldest first.
+    fn segments(replay: &Replay) -> Vec<Arc<Segment>> {
+        let mut found: Vec<Arc<Segment>> = Vec::new();
+        for item in &replay.items {
+            if let Item::Sealed { segment, .. } = item
+                && !found.iter().any(|s| Arc::ptr_eq(s, segment))
+            {
+                found.push(segment.clone());
+            }
+        }
+        found
+    }
+
+    /// Every byte a segment holds, as written on disk.
+    fn raw(segment: &Segment) -> Vec<u8> {
+        let mut raw = vec![0u8; segment.file.metadata().unwrap().len() as usize];
+        segment.file.read_exact_at(&mut raw, 0).unwrap();
         raw
     }
 
@@ -437,14 +531,15 @@ mod tests {
         let budget = budget(100, 1000, &dir);
         let mut replay = Replay::new(budget.clone());
         for i in 0..5 {
-            replay.push(bytes(i * 60, 60)).unwrap();
+            push(&mut replay, bytes(i * 60, 60));
         }
         assert_eq!((replay.base(), replay.end()), (0, 300));
         assert_eq!(budget.memory_in_use(), 60);
         assert_eq!(budget.spill_in_use(), 240);
-        // The file has no name in the spill directory, and its bytes are sealed.
+        // The segment has no name in the spill directory, and its bytes are sealed.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-        let raw = raw_spill(&replay);
+        let segment = segments(&replay).pop().expect("a spill segment");
+        let raw = raw(&segment);
         assert_eq!(raw.len(), 4 * (60 + TAG_LEN));
         let plain = bytes(60, 60);
         assert!(
@@ -458,56 +553,77 @@ mod tests {
             assert!(!got.is_empty() && got.len() <= 7, "at {offset}");
             assert_eq!(got, bytes(offset, got.len() as u64), "at {offset}");
         }
-        replay.ack(130).unwrap();
+        // Acknowledged bytes leave the budgets at once, records and memory alike.
+        drop(replay.ack(130));
         assert_eq!(replay.base(), 130);
         assert_eq!(budget.memory_in_use(), 0);
-        // 170 left: more than memory holds, so the file stays.
-        assert!(replay.spill.is_some());
+        assert_eq!(budget.spill_in_use(), 170);
         assert_eq!(read(&replay, 130, 10), bytes(130, 10));
-        replay.ack(250).unwrap();
-        // 50 left: back in memory, the file gone.
-        assert!(replay.spill.is_none());
-        assert_eq!(budget.spill_in_use(), 0);
-        assert_eq!(budget.memory_in_use(), 50);
-        assert_eq!(read(&replay, 260, 100), bytes(260, 40));
-        replay.push(bytes(300, 20)).unwrap();
+        // With memory free again, the next read goes there, after the records.
+        push(&mut replay, bytes(300, 20));
+        assert_eq!(budget.memory_in_use(), 20);
         assert_eq!(read(&replay, 299, 5), bytes(299, 1));
         assert_eq!(read(&replay, 300, 5), bytes(300, 5));
+        // Once its last record is acknowledged, the segment is handed back to be closed: only
+        // the acknowledgement's caller still holds it.
+        let released = replay.ack(300);
+        assert_eq!(budget.spill_in_use(), 0);
+        assert!(!released.is_empty() && segments(&replay).is_empty());
+        drop(segment);
+        assert_eq!(Arc::strong_count(&released.0[0]), released.0.len());
         drop(replay);
         assert_eq!(budget.memory_in_use(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
+    fn disk_use_follows_what_is_unacknowledged_segment_by_segment() {
+        let budget = budget(0, 64 << 20, &std::env::temp_dir());
+        let mut replay = Replay::new(budget.clone());
+        let record = 64 * 1024;
+        for i in 0..200 {
+            push(&mut replay, bytes(i * record, record));
+        }
+        // 12.5 MiB of records in 8 MiB segments.
+        let open = segments(&replay);
+        assert_eq!(open.len(), 2);
+        assert_eq!(budget.metrics.tunnel_spills.load(Ordering::Relaxed), 2);
+        drop(open);
+        // The first segment's records acknowledged: it goes, the second stays.
+        let first_segment_records = SEGMENT_BYTES.div_ceil(record + TAG_LEN as u64);
+        let released = replay.ack(first_segment_records * record);
+        assert_eq!(released.0.len() as u64, first_segment_records);
+        assert_eq!(Arc::strong_count(&released.0[0]), released.0.len());
+        assert_eq!(segments(&replay).len(), 1);
+        assert_eq!(read(&replay, 150 * record, 10), bytes(150 * record, 10));
+    }
+
+    #[test]
     fn a_changed_spill_record_is_an_error_not_wrong_bytes() {
-        let dir = std::env::temp_dir();
-        let budget = budget(0, 1000, &dir);
+        let budget = budget(0, 1000, &std::env::temp_dir());
         let mut replay = Replay::new(budget);
-        replay.push(bytes(0, 100)).unwrap();
-        let spill = replay.spill.as_ref().unwrap();
-        spill.file.write_all_at(&[0xff], 10).unwrap();
-        let mut scratch = Vec::new();
-        let err = replay.read_at(0, 10, &mut scratch).unwrap_err();
+        push(&mut replay, bytes(0, 100));
+        segments(&replay)[0].file.write_all_at(&[0xff], 10).unwrap();
+        let Piece::Sealed(sealed) = replay.read_at(0, 10).unwrap() else {
+            panic!("the record is in the spill segment");
+        };
+        let err = sealed.read(&mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("does not open"), "{err}");
     }
 
     #[test]
     fn without_a_spill_budget_nothing_goes_to_a_file() {
-        let dir = std::env::temp_dir().join(format!("replay-nospill-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let budget = budget(100, 0, &dir);
+        let budget = budget(100, 0, &std::env::temp_dir());
         let mut replay = Replay::new(budget.clone());
-        replay.push(bytes(0, 80)).unwrap();
+        assert!(replay.place(bytes(0, 80)).is_none());
         assert!(!replay.has_room(40));
         // A read that was under way when the room ran out goes over memory, not to a file.
-        replay.push(bytes(80, 40)).unwrap();
-        assert!(replay.spill.is_none());
+        assert!(replay.place(bytes(80, 40)).is_none());
         assert_eq!(budget.memory_in_use(), 120);
         assert_eq!(read(&replay, 80, 40), bytes(80, 40));
-        replay.ack(120).unwrap();
+        drop(replay.ack(120));
         assert_eq!(budget.memory_in_use(), 0);
         assert!(replay.has_room(100));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -525,13 +641,12 @@ mod tests {
 
     #[test]
     fn room_runs_out_when_both_budgets_are_spent() {
-        let dir = std::env::temp_dir();
-        let budget = budget(10, 0, &dir);
+        let budget = budget(10, 0, &std::env::temp_dir());
         let mut replay = Replay::new(budget);
         assert!(replay.has_room(10));
-        replay.push(bytes(0, 10)).unwrap();
+        push(&mut replay, bytes(0, 10));
         assert!(!replay.has_room(1));
-        replay.ack(4).unwrap();
+        drop(replay.ack(4));
         assert!(replay.has_room(4));
     }
 }

@@ -1,7 +1,9 @@
 //! The donor side of a pair: takes tunnel connections (TLS, then the hello), creates a stream
 //! for a fresh hello and hands its end to the relay's pipeline, and passes a resuming hello's
 //! connection to the stream it names. A stream whose connection is lost waits for the next one
-//! for `tunnel.bridge` (plus the silence that tells a loss), then is given up.
+//! for `tunnel.bridge` (plus the silence that tells a loss), then is given up; so is every stream
+//! of a recipient-side relay that was restarted (a fresh hello from the same [`Origin`] with
+//! another instance), at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::frame::{self, Hello, Welcome};
 use super::stream::{LinkEnd, Local, Stream, StreamEnd};
-use super::{Link, Resume, Tunnel};
+use super::{Attach, Held, Link, Origin, Tunnel};
 use crate::config::Config;
 use crate::error::RelayError;
 use crate::socket;
@@ -31,28 +33,46 @@ impl Tunnel {
         socket::tune(&tcp, config).map_err(RelayError::Downstream)?;
         let silence = self.settings.timeout.max(config.handshake_timeout);
         let opened = timeout(silence, async {
-            let mut link: Box<dyn Link> = match &self.tls {
-                Some(tls) => Box::new(
-                    tls.acceptor
+            let (mut link, certificate): (Box<dyn Link>, _) = match &self.tls {
+                Some(tls) => {
+                    let tls = tls
+                        .acceptor
                         .accept(tcp)
                         .await
-                        .map_err(|e| RelayError::DownstreamTls(e.to_string()))?,
-                ),
-                None => Box::new(tcp),
+                        .map_err(|e| RelayError::DownstreamTls(e.to_string()))?;
+                    let certificate = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|c| c.to_vec())
+                        .unwrap_or_default();
+                    (Box::new(tls), certificate)
+                }
+                None => (Box::new(tcp), Vec::new()),
             };
             let hello = frame::read_hello(&mut link)
                 .await
                 .map_err(RelayError::Downstream)?;
-            Ok::<_, RelayError>((link, hello))
+            Ok::<_, RelayError>((link, hello, certificate))
         })
         .await
         .map_err(|_| RelayError::HandshakeTimeout(silence))?;
-        let (mut link, hello) = opened?;
-        let known = self.streams().get(&hello.token).cloned();
+        let (mut link, hello, certificate) = opened?;
+        let origin = Origin {
+            certificate,
+            relay: from.ip(),
+            recipient: hello.recipient.ip(),
+        };
+        let known = self
+            .streams()
+            .get(&hello.token)
+            .map(|held| held.attach.clone());
         match (known, hello.fresh) {
             (Some(resume), _) => {
                 debug!(%from, "tunnel connection resumes a stream");
-                if let Err(mpsc::error::SendError((mut link, _))) = resume.send((link, hello)).await
+                if let Err(mpsc::error::SendError(Attach::Resume(mut link, _))) =
+                    resume.send(Attach::Resume(link, hello)).await
                 {
                     let _ = frame::write_welcome(&mut link, Welcome::Unknown).await;
                 }
@@ -64,8 +84,16 @@ impl Tunnel {
                 Ok(None)
             }
             (None, true) => {
-                let (resumes, next) = mpsc::channel(2);
-                self.streams().insert(hello.token, resumes);
+                self.abandon_earlier_runs(&origin, &hello);
+                let (attach, next) = mpsc::channel(2);
+                self.streams().insert(
+                    hello.token,
+                    Held {
+                        attach,
+                        origin,
+                        instance: hello.instance,
+                    },
+                );
                 let (stream, end, local) = Stream::new(self.replay());
                 self.stream_opened();
                 let recipient = hello.recipient;
@@ -84,15 +112,41 @@ impl Tunnel {
         }
     }
 
-    /// Carries `stream` over each connection the recipient side brings, until it is done or no
-    /// connection came within the bridge.
+    /// Gives up at once every stream that an earlier run of the recipient-side relay behind
+    /// `hello` opened: that run is gone, and its streams will never be resumed, while the donor
+    /// would hold their clone (and refuse the recipient's resume) until they were given up.
+    fn abandon_earlier_runs(&self, origin: &Origin, hello: &Hello) {
+        let stale: Vec<_> = self
+            .streams()
+            .values()
+            .filter(|held| held.origin == *origin && held.instance != hello.instance)
+            .map(|held| held.attach.clone())
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        info!(
+            streams = stale.len(),
+            recipient = %hello.recipient,
+            "the recipient-side relay was restarted; giving up its earlier run's streams"
+        );
+        for attach in stale {
+            tokio::spawn(async move {
+                let reason = "the recipient-side relay was restarted".to_string();
+                let _ = attach.send(Attach::Abandon(reason)).await;
+            });
+        }
+    }
+
+    /// Carries `stream` over each connection the recipient side brings, until it is done, no
+    /// connection came within the bridge, or its recipient-side relay was restarted.
     async fn serve_stream(
         &self,
         stream: &Arc<Stream>,
         local: Local,
         mut link: Box<dyn Link>,
         mut hello: Hello,
-        mut resumes: mpsc::Receiver<Resume>,
+        mut attach: mpsc::Receiver<Attach>,
     ) {
         let reader = tokio::spawn(stream.clone().read_local(local.reader).in_current_span());
         let mut writer = local.writer;
@@ -122,12 +176,16 @@ impl Tunnel {
                 let send_from = hello.received;
                 let end = tokio::select! {
                     end = stream.carry(link, &mut writer, send_from, silence) => end,
-                    next = resumes.recv() => match next {
-                        Some(next) => {
+                    next = attach.recv() => match next {
+                        Some(Attach::Resume(next, next_hello)) => {
                             // The recipient side redialed first: its old connection is dead.
-                            (link, hello) = next;
+                            (link, hello) = (next, next_hello);
                             resumed = true;
                             continue;
+                        }
+                        Some(Attach::Abandon(reason)) => {
+                            self.give_up(stream, &reason);
+                            break;
                         }
                         None => LinkEnd::Lost("closed".into()),
                     },
@@ -137,10 +195,14 @@ impl Tunnel {
                 };
                 info!(%reason, "tunnel connection lost; waiting for the recipient side");
             }
-            match timeout(patience, resumes.recv()).await {
-                Ok(Some(next)) => {
-                    (link, hello) = next;
+            match timeout(patience, attach.recv()).await {
+                Ok(Some(Attach::Resume(next, next_hello))) => {
+                    (link, hello) = (next, next_hello);
                     resumed = true;
+                }
+                Ok(Some(Attach::Abandon(reason))) => {
+                    self.give_up(stream, &reason);
+                    break;
                 }
                 _ => {
                     let reason = format!(

@@ -24,9 +24,10 @@ use tokio::io::{
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, FIN_FRAME, Frame, MAX_DATA};
-use super::replay::Replay;
+use super::replay::{Piece, Released, Replay};
 
 /// Each side acknowledges at least this often; the acknowledgement is also the heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -44,6 +45,13 @@ const READ_BYTES: usize = 64 * 1024;
 /// (17-18 streams) the shares add up to the budget, so a clean clone never spills; a few streams
 /// get up to 8 MiB of window each (160 MiB/s over a 50 ms round trip).
 const SEND_THIRDS: u64 = 2;
+
+/// Closes released spill segments on a blocking thread (closing frees their blocks).
+fn close_off_thread(released: Released) {
+    if !released.is_empty() {
+        tokio::task::spawn_blocking(move || drop(released));
+    }
+}
 
 /// A tunnel connection: TLS or plain TCP.
 pub trait Link: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -72,9 +80,16 @@ impl Failure {
 pub struct StreamEnd {
     io: DuplexStream,
     failure: Arc<Failure>,
+    ended: CancellationToken,
 }
 
 impl StreamEnd {
+    /// Cancelled once the pipeline has read the other side's direction to its end: on the donor
+    /// side, the recipient's connection closed.
+    pub fn ended(&self) -> CancellationToken {
+        self.ended.clone()
+    }
+
     fn failed(&self) -> Option<io::Error> {
         self.failure
             .get()
@@ -93,7 +108,12 @@ impl AsyncRead for StreamEnd {
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) if buf.filled().len() == before => match this.failed() {
                 Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Ready(Ok(())),
+                None => {
+                    if buf.remaining() > 0 {
+                        this.ended.cancel();
+                    }
+                    Poll::Ready(Ok(()))
+                }
             },
             other => other,
         }
@@ -201,7 +221,11 @@ impl Stream {
         let (reader, writer) = tokio::io::split(far);
         (
             stream,
-            StreamEnd { io: near, failure },
+            StreamEnd {
+                io: near,
+                failure,
+                ended: CancellationToken::new(),
+            },
             Local { reader, writer },
         )
     }
@@ -226,9 +250,11 @@ impl Stream {
                 "the other relay reports {peer_received} bytes received; this side holds {base}..{end}"
             ));
         }
-        st.replay.ack(peer_received).map_err(|e| e.to_string())?;
+        let released = st.replay.ack(peer_received);
         st.told = (st.received, false);
         let again = st.sent_max.saturating_sub(peer_received);
+        drop(st);
+        close_off_thread(released);
         self.room.notify_one();
         Ok(again)
     }
@@ -257,25 +283,32 @@ impl Stream {
                 self.room.notified().await;
             }
             let mut buf = BytesMut::zeroed(READ_BYTES);
-            let read = reader.read(&mut buf).await;
-            let mut st = self.state();
-            match read {
+            let n = match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => {
-                    st.local_done = true;
-                    drop(st);
+                    self.state().local_done = true;
                     self.to_send.notify_one();
                     return;
                 }
-                Ok(n) => {
-                    // A short read keeps a buffer of its own size, so the memory counted is the
-                    // memory held.
-                    let chunk = if n < READ_BYTES {
-                        bytes::Bytes::copy_from_slice(&buf[..n])
-                    } else {
-                        buf.truncate(n);
-                        buf.freeze()
-                    };
-                    if let Err(e) = st.replay.push(chunk) {
+                Ok(n) => n,
+            };
+            // A short read keeps a buffer of its own size, so the memory counted is the memory
+            // held.
+            let chunk = if n < READ_BYTES {
+                bytes::Bytes::copy_from_slice(&buf[..n])
+            } else {
+                buf.truncate(n);
+                buf.freeze()
+            };
+            let spill = self.state().replay.place(chunk);
+            if let Some(spill) = spill {
+                // Sealed and written on a blocking thread, the stream's lock not held.
+                let written = tokio::task::spawn_blocking(move || spill.write())
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e)));
+                let mut st = self.state();
+                match written {
+                    Ok(written) => st.replay.commit(written),
+                    Err(e) => {
                         st.broken = Some(format!("the replay buffer's spill file failed: {e}"));
                         st.local_done = true;
                         drop(st);
@@ -284,7 +317,6 @@ impl Stream {
                     }
                 }
             }
-            drop(st);
             self.to_send.notify_one();
         }
     }
@@ -328,7 +360,7 @@ impl Stream {
                 let window = (st.replay.base() + send_window).saturating_sub(pos);
                 let chunk = if pos < st.replay.end() && window > 0 {
                     let max = MAX_DATA.min(window as usize);
-                    match st.replay.read_at(pos, max, &mut scratch) {
+                    match st.replay.read_at(pos, max) {
                         Ok(chunk) => Some(chunk),
                         Err(e) => {
                             return LinkEnd::Broken(format!("reading the replay buffer: {e}"));
@@ -360,11 +392,30 @@ impl Stream {
                 last_ack = Instant::now();
             }
             if let Some(chunk) = chunk {
-                let bytes = chunk.bytes(&scratch);
+                let bytes = match chunk {
+                    Piece::Memory(bytes) => bytes,
+                    Piece::Sealed(sealed) => {
+                        // Read and opened on a blocking thread, the stream's lock not held.
+                        let mut buf = std::mem::take(&mut scratch);
+                        let (read, buf) = tokio::task::spawn_blocking(move || {
+                            let read = sealed.read(&mut buf);
+                            (read, buf)
+                        })
+                        .await
+                        .unwrap_or_else(|e| (Err(io::Error::other(e)), Vec::new()));
+                        scratch = buf;
+                        match read {
+                            Ok(range) => bytes::Bytes::copy_from_slice(&scratch[range]),
+                            Err(e) => {
+                                return LinkEnd::Broken(format!("reading the replay buffer: {e}"));
+                            }
+                        }
+                    }
+                };
                 if let Err(e) = w.write_all(&frame::data_header(bytes.len())).await {
                     return lost(e);
                 }
-                if let Err(e) = w.write_all(bytes).await {
+                if let Err(e) = w.write_all(&bytes).await {
                     return lost(e);
                 }
                 pos += bytes.len() as u64;
@@ -433,11 +484,10 @@ impl Stream {
                             st.replay.end()
                         ));
                     }
-                    if let Err(e) = st.replay.ack(received) {
-                        return LinkEnd::Broken(format!("the replay buffer's spill file: {e}"));
-                    }
+                    let released = st.replay.ack(received);
                     st.peer_has_fin |= fin && st.local_done;
                     drop(st);
+                    close_off_thread(released);
                     self.room.notify_one();
                     self.to_send.notify_one();
                 }
