@@ -279,6 +279,22 @@ async fn a_link_at_16_kib_per_second_carries_the_stream_without_reconnecting() {
 }
 
 #[tokio::test]
+async fn a_link_at_4_kib_per_second_carries_a_tls_stream_without_reconnecting() {
+    // A TLS record of 16 KiB takes 4 s at this rate, longer than the default --tunnel-timeout of
+    // 3 s: the link is alive while its socket's bytes come, whole records or not.
+    let pair = Pair::start(true, None, |_| {}).await;
+    pair.link.slow(4 * 1024);
+    let end = pair.open().await;
+    tokio::time::timeout(Duration::from_secs(60), round_trip(end, pattern(40 * 1024)))
+        .await
+        .expect("the round trip ends")
+        .expect("the stream carries every byte");
+    assert_eq!(count(&pair.recipient_metrics, |m| &m.tunnel_reconnects), 0);
+    assert_eq!(count(&pair.recipient_metrics, |m| &m.tunnel_fallbacks), 0);
+    assert_eq!(pair.link.accepted(), 1);
+}
+
+#[tokio::test]
 async fn a_dark_link_is_bridged_and_its_backlog_spills_to_an_unnamed_file_that_goes() {
     let spill = std::env::temp_dir().join(format!("tunnel-spill-{}", std::process::id()));
     std::fs::create_dir_all(&spill).unwrap();

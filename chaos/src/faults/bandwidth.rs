@@ -5,8 +5,16 @@ use tokio::time::Instant;
 
 use crate::fault::{Ctx, Fault, Flow, Piece, split_at};
 
-/// Pieces are cut to this size so that a cap paces the stream smoothly.
-const QUANTUM: usize = 16 * 1024;
+/// Pieces are cut to a sixteenth of a second at the cap, between these sizes, so that a cap
+/// paces the stream smoothly: a slow link delivers a little at a time, as a real one delivers
+/// packets, rather than a large piece after a long wait.
+const MIN_QUANTUM: usize = 512;
+const MAX_QUANTUM: usize = 16 * 1024;
+
+/// The piece size for a cap of `rate` bytes per second.
+fn quantum(rate: u64) -> usize {
+    ((rate / 16) as usize).clamp(MIN_QUANTUM, MAX_QUANTUM)
+}
 
 /// A rate cap. Each piece is given the send slot the cap allows after the pieces before it; a
 /// bucket shared by several connections hands out slots to all of them in turn.
@@ -21,8 +29,9 @@ impl Fault for Bandwidth {
     fn apply(&mut self, _ctx: &Ctx<'_>, pieces: Vec<Piece>) -> Flow {
         let mut out = Vec::with_capacity(pieces.len());
         let mut rest = pieces;
+        let quantum = quantum(self.rate_bytes_per_sec);
         while !rest.is_empty() {
-            let (mut head, tail) = split_at(rest, QUANTUM);
+            let (mut head, tail) = split_at(rest, quantum);
             rest = tail;
             let len: usize = head.iter().map(|p| p.bytes.len()).sum();
             let mut next_free = self.bucket.lock().expect("bandwidth bucket lock");
@@ -64,5 +73,20 @@ mod tests {
         let fb = apply(&mut b, always(t0), t0, 0, 100_000);
         let last_b = fb.pieces.last().unwrap().not_before - t0;
         assert!((199..=201).contains(&last_b.as_millis()), "{last_b:?}");
+    }
+
+    #[test]
+    fn a_slow_cap_delivers_small_pieces_often() {
+        let t0 = Instant::now();
+        let mut slow = Bandwidth {
+            rate_bytes_per_sec: 4096,
+            bucket: Arc::new(Mutex::new(None)),
+        };
+        let flow = apply(&mut slow, always(t0), t0, 0, 8192);
+        // 512-byte pieces, one every 125 ms, rather than one 8 KiB piece after 2 s.
+        assert_eq!(flow.pieces.len(), 16);
+        let first = flow.pieces[0].not_before - t0;
+        assert!((124..=126).contains(&first.as_millis()), "{first:?}");
+        assert_eq!(total(&flow), 8192);
     }
 }

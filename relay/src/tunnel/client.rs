@@ -12,8 +12,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::{Instrument, debug, info};
 
-use super::frame::{self, Hello, Welcome};
-use super::stream::{Local, Stream, StreamEnd};
+use super::frame::{self, Heard, Hello, Watched, Welcome};
+use super::stream::{Connection, Local, Stream, StreamEnd};
 use super::{Link, Tunnel};
 use crate::config::Config;
 use crate::error::RelayError;
@@ -42,9 +42,9 @@ impl Tunnel {
             instance: self.instance,
         };
         let mut backoff = FIRST_BACKOFF;
-        let link = loop {
+        let connection = loop {
             match self.connect(config, &hello).await {
-                Ok((link, Welcome::Resume { .. })) => break link,
+                Ok((connection, Welcome::Resume { .. })) => break connection,
                 Ok((_, Welcome::Unknown)) => {
                     return Err(self.peer_error("the donor-side relay refused a new stream"));
                 }
@@ -64,7 +64,9 @@ impl Tunnel {
         let config = config.clone();
         tokio::spawn(
             async move {
-                tunnel.drive(&stream, local, link, &config, hello).await;
+                tunnel
+                    .drive(&stream, local, connection, &config, hello)
+                    .await;
                 tunnel.stream_ended();
             }
             .in_current_span(),
@@ -72,12 +74,12 @@ impl Tunnel {
         Ok(end)
     }
 
-    /// Carries `stream` over `link` and each connection after it, until it is done or given up.
+    /// Carries `stream` over `connection` and each one after it, until it is done or given up.
     async fn drive(
         &self,
         stream: &Arc<Stream>,
         local: Local,
-        mut link: Box<dyn Link>,
+        mut connection: Connection,
         config: &Config,
         mut hello: Hello,
     ) {
@@ -86,7 +88,9 @@ impl Tunnel {
         let mut send_from = 0;
         let silence = self.settings.timeout;
         loop {
-            let end = stream.carry(link, &mut writer, send_from, silence).await;
+            let end = stream
+                .carry(connection, &mut writer, send_from, silence)
+                .await;
             let Some(reason) = self.link_ended(stream, end) else {
                 break;
             };
@@ -95,7 +99,7 @@ impl Tunnel {
             hello.received = stream.received();
             match self.reconnect(stream, config, &hello).await {
                 Ok((next, from)) => {
-                    link = next;
+                    connection = next;
                     send_from = from;
                 }
                 Err(reason) => {
@@ -115,7 +119,7 @@ impl Tunnel {
         stream: &Stream,
         config: &Config,
         hello: &Hello,
-    ) -> Result<(Box<dyn Link>, u64), String> {
+    ) -> Result<(Connection, u64), String> {
         let lost = Instant::now();
         let deadline = lost + self.settings.bridge;
         let mut backoff = Duration::ZERO;
@@ -124,14 +128,14 @@ impl Tunnel {
             attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let last_error = match timeout(remaining, self.connect(config, hello)).await {
-                Ok(Ok((link, Welcome::Resume { received }))) => {
+                Ok(Ok((connection, Welcome::Resume { received }))) => {
                     let replayed = stream.resume_from(received)?;
                     self.count_resume(replayed);
                     info!(
                         outage_ms = lost.elapsed().as_millis() as u64,
                         attempts, replayed, "tunnel stream resumed"
                     );
-                    return Ok((link, received));
+                    return Ok((connection, received));
                 }
                 Ok(Ok((_, Welcome::Unknown))) => {
                     return Err("the donor-side relay no longer holds the stream".into());
@@ -158,7 +162,7 @@ impl Tunnel {
         &self,
         config: &Config,
         hello: &Hello,
-    ) -> Result<(Box<dyn Link>, Welcome), RelayError> {
+    ) -> Result<(Connection, Welcome), RelayError> {
         let peer = self.peer.as_deref().expect("the recipient side has a peer");
         let tcp = timeout(config.connect_timeout, TcpStream::connect(peer))
             .await
@@ -171,6 +175,8 @@ impl Tunnel {
                 source,
             })?;
         socket::tune(&tcp, config).map_err(RelayError::Upstream)?;
+        let heard = Heard::new();
+        let tcp = Watched::new(tcp, heard.clone());
         let answer = async {
             let mut link: Box<dyn Link> = match &self.tls {
                 Some(tls) => {
@@ -194,7 +200,7 @@ impl Tunnel {
             let welcome = frame::read_welcome(&mut link)
                 .await
                 .map_err(RelayError::Upstream)?;
-            Ok((link, welcome))
+            Ok((Connection { link, heard }, welcome))
         };
         let silence = self.settings.timeout.max(config.connect_timeout);
         timeout(silence, answer)

@@ -2,6 +2,7 @@
 //! the donor side's [`Welcome`]; then both sides send [`Frame`]s: data, acknowledgements (also
 //! the heartbeat) and the end of a direction. Integers are big-endian.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -56,8 +57,8 @@ pub enum Welcome {
 /// One frame after the hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// Data, in the reader's buffer.
-    Data,
+    /// Data: `len` bytes follow the header, for the reader to take as they arrive.
+    Data { len: usize },
     /// The sender has delivered this many bytes of the other direction, and whether it has
     /// seen that direction's end. Sent at least every heartbeat.
     Ack { received: u64, fin: bool },
@@ -167,18 +168,15 @@ pub fn ack(received: u64, fin: bool) -> [u8; 10] {
 
 pub const FIN_FRAME: [u8; 1] = [FIN];
 
-/// Reads one frame; a data frame's payload replaces what `data` held (it keeps its capacity
-/// from one frame to the next).
-pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), data: &mut Vec<u8>) -> io::Result<Frame> {
+/// Reads one frame; of a data frame, its header only.
+pub async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> io::Result<Frame> {
     match r.read_u8().await? {
         DATA => {
             let len = r.read_u32().await? as usize;
             if len == 0 || len > MAX_DATA {
                 return Err(invalid(format!("data frame of {len} bytes")));
             }
-            data.resize(len, 0);
-            r.read_exact(data).await?;
-            Ok(Frame::Data)
+            Ok(Frame::Data { len })
         }
         ACK => {
             let received = r.read_u64().await?;
@@ -190,27 +188,39 @@ pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), data: &mut Vec<u8>) ->
     }
 }
 
-/// [`read_frame`], as long as bytes keep coming: `Ok(None)` once `silence` passes with no byte
-/// at all. A frame that takes longer than `silence` on a slow link is not a dead link.
-pub async fn read_frame_while_alive(
-    r: &mut (impl AsyncRead + Unpin),
-    data: &mut Vec<u8>,
+/// When a tunnel connection's socket last delivered a byte: TLS records and frames arrive
+/// whole only once their last byte has, so liveness is judged below them.
+#[derive(Debug)]
+pub struct Heard(Mutex<Instant>);
+
+impl Heard {
+    pub fn new() -> Arc<Heard> {
+        Arc::new(Heard(Mutex::new(Instant::now())))
+    }
+
+    fn at(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+}
+
+/// A read of the tunnel connection, as long as bytes keep coming: `Ok(None)` once `silence`
+/// passes with no byte at all from the network (as `heard` tells). A read that takes longer
+/// than `silence` on a slow link is not a dead link.
+pub async fn while_alive<T>(
+    read: impl Future<Output = io::Result<T>>,
     silence: Duration,
-) -> io::Result<Option<Frame>> {
-    let last_byte = Arc::new(Mutex::new(Instant::now()));
-    let mut watched = Watched {
-        inner: r,
-        last_byte: last_byte.clone(),
-    };
-    let read = read_frame(&mut watched, data);
+    heard: &Heard,
+) -> io::Result<Option<T>> {
     tokio::pin!(read);
     loop {
-        let since = *last_byte.lock().unwrap_or_else(PoisonError::into_inner);
         tokio::select! {
-            frame = &mut read => return frame.map(Some),
-            () = tokio::time::sleep_until(since + silence) => {
-                let since = *last_byte.lock().unwrap_or_else(PoisonError::into_inner);
-                if since.elapsed() >= silence {
+            done = &mut read => return done.map(Some),
+            () = tokio::time::sleep_until(heard.at() + silence) => {
+                if heard.at().elapsed() >= silence {
                     return Ok(None);
                 }
             }
@@ -218,27 +228,61 @@ pub async fn read_frame_while_alive(
     }
 }
 
-/// A reader that notes when a byte last arrived.
-struct Watched<'a, R> {
-    inner: &'a mut R,
-    last_byte: Arc<Mutex<Instant>>,
+/// A tunnel connection's socket, noting in [`Heard`] when a byte arrives.
+#[derive(Debug)]
+pub struct Watched<T> {
+    inner: T,
+    heard: Arc<Heard>,
 }
 
-impl<R: AsyncRead + Unpin> AsyncRead for Watched<'_, R> {
+impl<T> Watched<T> {
+    pub fn new(inner: T, heard: Arc<Heard>) -> Self {
+        Watched { inner, heard }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            *self
-                .last_byte
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+            self.heard.now();
         }
         polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -248,7 +292,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_frame_slower_than_the_silence_is_read_while_its_bytes_keep_coming() {
-        let (mut tx, mut rx) = tokio::io::duplex(1024);
+        let (mut tx, rx) = tokio::io::duplex(1024);
         let payload = vec![5u8; 64 * 1024];
         let mut bytes = data_header(payload.len()).to_vec();
         bytes.extend(&payload);
@@ -261,11 +305,18 @@ mod tests {
             tx
         });
         let started = Instant::now();
-        let mut data = Vec::new();
-        let frame = read_frame_while_alive(&mut rx, &mut data, Duration::from_secs(3))
+        let heard = Heard::new();
+        let mut rx = Watched::new(rx, heard.clone());
+        let silence = Duration::from_secs(3);
+        let frame = while_alive(read_frame(&mut rx), silence, &heard)
             .await
             .unwrap();
-        assert_eq!(frame, Some(Frame::Data));
+        assert_eq!(frame, Some(Frame::Data { len: 64 * 1024 }));
+        let mut data = vec![0u8; 64 * 1024];
+        let read = while_alive(rx.read_exact(&mut data), silence, &heard)
+            .await
+            .unwrap();
+        assert!(read.is_some());
         assert_eq!(data, payload);
         assert!(started.elapsed() > Duration::from_secs(6));
 
@@ -273,11 +324,16 @@ mod tests {
         let mut tx = writer.await.unwrap();
         tx.write_all(&data_header(100)).await.unwrap();
         tx.write_all(&[1; 50]).await.unwrap();
-        let started = Instant::now();
-        let frame = read_frame_while_alive(&mut rx, &mut data, Duration::from_secs(3))
+        let frame = while_alive(read_frame(&mut rx), silence, &heard)
             .await
             .unwrap();
-        assert_eq!(frame, None);
+        assert_eq!(frame, Some(Frame::Data { len: 100 }));
+        let started = Instant::now();
+        let mut data = [0u8; 100];
+        let read = while_alive(rx.read_exact(&mut data), silence, &heard)
+            .await
+            .unwrap();
+        assert_eq!(read, None);
         let waited = started.elapsed();
         assert!(
             waited >= Duration::from_secs(3) && waited < Duration::from_millis(3100),
@@ -304,22 +360,23 @@ mod tests {
         wire.extend_from_slice(&ack(12, true));
         wire.extend_from_slice(&FIN_FRAME);
         let mut r = &wire[..];
-        let mut data = Vec::new();
         assert_eq!(read_hello(&mut r).await.unwrap(), hello);
         assert_eq!(
             read_welcome(&mut r).await.unwrap(),
             Welcome::Resume { received: 99 }
         );
-        assert_eq!(read_frame(&mut r, &mut data).await.unwrap(), Frame::Data);
-        assert_eq!(data, b"abc");
+        assert_eq!(read_frame(&mut r).await.unwrap(), Frame::Data { len: 3 });
+        let mut data = [0u8; 3];
+        r.read_exact(&mut data).await.unwrap();
+        assert_eq!(&data, b"abc");
         assert_eq!(
-            read_frame(&mut r, &mut data).await.unwrap(),
+            read_frame(&mut r).await.unwrap(),
             Frame::Ack {
                 received: 12,
                 fin: true
             }
         );
-        assert_eq!(read_frame(&mut r, &mut data).await.unwrap(), Frame::Fin);
+        assert_eq!(read_frame(&mut r).await.unwrap(), Frame::Fin);
     }
 
     #[tokio::test]
@@ -329,9 +386,7 @@ mod tests {
         assert!(e.to_string().contains("not a clone-relay tunnel"), "{e}");
         let mut huge = data_header(MAX_DATA + 1).to_vec();
         huge.extend_from_slice(&[0; 16]);
-        let e = read_frame(&mut &huge[..], &mut Vec::new())
-            .await
-            .unwrap_err();
+        let e = read_frame(&mut &huge[..]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
 }

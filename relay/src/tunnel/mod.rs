@@ -35,13 +35,13 @@ use crate::metrics::Metrics;
 use crate::tls::TunnelTls;
 use frame::{Hello, Instance, Token};
 use replay::{Budget, Replay};
-use stream::{Link, LinkEnd, Stream};
+use stream::{Connection, Link, LinkEnd, Stream};
 use tracing::warn;
 
 /// What the donor side hands a stream it holds.
 enum Attach {
     /// A new tunnel connection for the stream, with its hello.
-    Resume(Box<dyn Link>, Hello),
+    Resume(Connection, Hello),
     /// The recipient-side relay that opened the stream was restarted: the stream will never be
     /// resumed, so it is given up at once (its donor leg reset) with this reason.
     Abandon(String),

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tracing::{Instrument, debug, info, warn};
 
-use super::frame::{self, Hello, Welcome};
-use super::stream::{LinkEnd, Local, Stream, StreamEnd};
+use super::frame::{self, Heard, Hello, Watched, Welcome};
+use super::stream::{Connection, LinkEnd, Local, Stream, StreamEnd};
 use super::{Attach, Held, Link, Origin, Tunnel};
 use crate::config::Config;
 use crate::error::RelayError;
@@ -32,6 +32,8 @@ impl Tunnel {
     ) -> Result<Option<(StreamEnd, SocketAddr)>, RelayError> {
         socket::tune(&tcp, config).map_err(RelayError::Downstream)?;
         let silence = self.settings.timeout.max(config.handshake_timeout);
+        let heard = Heard::new();
+        let tcp = Watched::new(tcp, heard.clone());
         let opened = timeout(silence, async {
             let (mut link, certificate): (Box<dyn Link>, _) = match &self.tls {
                 Some(tls) => {
@@ -58,7 +60,8 @@ impl Tunnel {
         })
         .await
         .map_err(|_| RelayError::HandshakeTimeout(silence))?;
-        let (mut link, hello, certificate) = opened?;
+        let (link, hello, certificate) = opened?;
+        let mut connection = Connection { link, heard };
         let origin = Origin {
             certificate,
             relay: from.ip(),
@@ -71,16 +74,16 @@ impl Tunnel {
         match (known, hello.fresh) {
             (Some(resume), _) => {
                 debug!(%from, "tunnel connection resumes a stream");
-                if let Err(mpsc::error::SendError(Attach::Resume(mut link, _))) =
-                    resume.send(Attach::Resume(link, hello)).await
+                if let Err(mpsc::error::SendError(Attach::Resume(mut connection, _))) =
+                    resume.send(Attach::Resume(connection, hello)).await
                 {
-                    let _ = frame::write_welcome(&mut link, Welcome::Unknown).await;
+                    let _ = frame::write_welcome(&mut connection.link, Welcome::Unknown).await;
                 }
                 Ok(None)
             }
             (None, false) => {
                 info!(%from, "tunnel connection for a stream this relay no longer holds");
-                let _ = frame::write_welcome(&mut link, Welcome::Unknown).await;
+                let _ = frame::write_welcome(&mut connection.link, Welcome::Unknown).await;
                 Ok(None)
             }
             (None, true) => {
@@ -101,7 +104,9 @@ impl Tunnel {
                 tokio::spawn(
                     async move {
                         let token = hello.token;
-                        tunnel.serve_stream(&stream, local, link, hello, next).await;
+                        tunnel
+                            .serve_stream(&stream, local, connection, hello, next)
+                            .await;
                         tunnel.streams().remove(&token);
                         tunnel.stream_ended();
                     }
@@ -144,7 +149,7 @@ impl Tunnel {
         &self,
         stream: &Arc<Stream>,
         local: Local,
-        mut link: Box<dyn Link>,
+        mut connection: Connection,
         mut hello: Hello,
         mut attach: mpsc::Receiver<Attach>,
     ) {
@@ -158,7 +163,7 @@ impl Tunnel {
                 Ok(replayed) => replayed,
                 Err(reason) => {
                     warn!(%reason, "tunnel stream cannot resume; giving it up");
-                    let _ = frame::write_welcome(&mut link, Welcome::Unknown).await;
+                    let _ = frame::write_welcome(&mut connection.link, Welcome::Unknown).await;
                     stream.fail(format!("clone-relay: {reason}"));
                     break;
                 }
@@ -166,7 +171,10 @@ impl Tunnel {
             let welcome = Welcome::Resume {
                 received: stream.received(),
             };
-            if frame::write_welcome(&mut link, welcome).await.is_err() {
+            if frame::write_welcome(&mut connection.link, welcome)
+                .await
+                .is_err()
+            {
                 // Lost before it started: wait for the next one as for any loss.
             } else {
                 if resumed {
@@ -175,11 +183,11 @@ impl Tunnel {
                 }
                 let send_from = hello.received;
                 let end = tokio::select! {
-                    end = stream.carry(link, &mut writer, send_from, silence) => end,
+                    end = stream.carry(connection, &mut writer, send_from, silence) => end,
                     next = attach.recv() => match next {
                         Some(Attach::Resume(next, next_hello)) => {
                             // The recipient side redialed first: its old connection is dead.
-                            (link, hello) = (next, next_hello);
+                            (connection, hello) = (next, next_hello);
                             resumed = true;
                             continue;
                         }
@@ -197,7 +205,7 @@ impl Tunnel {
             }
             match timeout(patience, attach.recv()).await {
                 Ok(Some(Attach::Resume(next, next_hello))) => {
-                    (link, hello) = (next, next_hello);
+                    (connection, hello) = (next, next_hello);
                     resumed = true;
                 }
                 Ok(Some(Attach::Abandon(reason))) => {

@@ -26,13 +26,15 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{self, FIN_FRAME, Frame, MAX_DATA};
+use super::frame::{self, FIN_FRAME, Frame, Heard, MAX_DATA};
 use super::replay::{Piece, Released, Replay};
 
 /// Each side acknowledges at least this often; the acknowledgement is also the heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_millis(100);
 /// An acknowledgement goes out early once this much arrived since the last.
 const ACK_EVERY: u64 = 1024 * 1024;
+/// Largest part of a data frame delivered to the pipeline at once.
+const DELIVER_BYTES: usize = 64 * 1024;
 /// The in-memory pipe between the pipeline and the stream's tasks.
 const PIPE_BYTES: usize = 256 * 1024;
 /// Largest read from the pipeline at once.
@@ -53,9 +55,21 @@ fn close_off_thread(released: Released) {
     }
 }
 
-/// A tunnel connection: TLS or plain TCP.
+/// A tunnel connection's byte stream: TLS or plain TCP.
 pub trait Link: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Link for T {}
+
+/// A tunnel connection: its byte stream, over a socket that notes when a byte last arrived.
+pub struct Connection {
+    pub link: Box<dyn Link>,
+    pub heard: Arc<Heard>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").finish_non_exhaustive()
+    }
+}
 
 /// Why a stream was given up, told to the pipeline through its reads.
 #[derive(Debug, Default)]
@@ -325,11 +339,12 @@ impl Stream {
     /// other side reported), until the stream is done or the connection is lost.
     pub async fn carry(
         &self,
-        link: impl Link,
+        connection: Connection,
         local: &mut WriteHalf<DuplexStream>,
         send_from: u64,
         silence: Duration,
     ) -> LinkEnd {
+        let Connection { link, heard } = connection;
         let (r, w) = tokio::io::split(link);
         // Data frames are read past the buffer: it serves the small frames and headers.
         let mut r = BufReader::with_capacity(16 * 1024, r);
@@ -337,7 +352,7 @@ impl Stream {
         self.state().sending_at = Some(send_from);
         let end = tokio::select! {
             end = self.send(&mut w, send_from) => end,
-            end = self.receive(&mut r, local, silence) => end,
+            end = self.receive(&mut r, local, silence, &heard) => end,
         };
         // No connection: the pipeline may be read up to the buffer budget meanwhile.
         self.state().sending_at = None;
@@ -451,18 +466,20 @@ impl Stream {
         r: &mut (impl AsyncRead + Unpin),
         local: &mut WriteHalf<DuplexStream>,
         silence: Duration,
+        heard: &Heard,
     ) -> LinkEnd {
-        let mut data = Vec::new();
+        let mut data = vec![0u8; DELIVER_BYTES];
+        let silent = || {
+            LinkEnd::Lost(format!(
+                "nothing from the other relay for {}ms",
+                silence.as_millis()
+            ))
+        };
         loop {
             // The link is alive while any byte comes: on a slow link a frame may take longer
             // than the silence.
-            let frame = match frame::read_frame_while_alive(r, &mut data, silence).await {
-                Ok(None) => {
-                    return LinkEnd::Lost(format!(
-                        "nothing from the other relay for {}ms",
-                        silence.as_millis()
-                    ));
-                }
+            let frame = match frame::while_alive(frame::read_frame(r), silence, heard).await {
+                Ok(None) => return silent(),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     return LinkEnd::Broken(format!("the other relay broke the protocol: {e}"));
                 }
@@ -470,11 +487,28 @@ impl Stream {
                 Ok(Some(frame)) => frame,
             };
             match frame {
-                Frame::Data => {
+                Frame::Data { len } => {
                     if self.state().peer_done {
                         return LinkEnd::Broken("data after the end of the stream".into());
                     }
-                    self.deliver(&data, local).await;
+                    // Delivered as it arrives: on a slow link MySQL gets a frame a little at a
+                    // time rather than all of it after a long wait.
+                    let mut left = len;
+                    while left > 0 {
+                        let want = left.min(data.len());
+                        let n = match frame::while_alive(r.read(&mut data[..want]), silence, heard)
+                            .await
+                        {
+                            Ok(Some(0)) => {
+                                return LinkEnd::Lost("receiving: closed inside a frame".into());
+                            }
+                            Ok(Some(n)) => n,
+                            Ok(None) => return silent(),
+                            Err(e) => return LinkEnd::Lost(format!("receiving: {e}")),
+                        };
+                        self.deliver(&data[..n], local).await;
+                        left -= n;
+                    }
                 }
                 Frame::Ack { received, fin } => {
                     let mut st = self.state();
