@@ -665,7 +665,10 @@ impl Pair {
             None => {
                 let mut config = RelayFixture::config(env.donor.addr());
                 config.peer_listen = Some(peer_listen);
-                env.certs.donor_side.apply(&mut config.tunnel);
+                // A plain tunnel takes no certificates.
+                if !options.plain {
+                    env.certs.donor_side.apply(&mut config.tunnel);
+                }
                 config.tunnel.plain = options.plain;
                 if let Some(bridge) = options.bridge {
                     config.tunnel.bridge = bridge;
@@ -688,7 +691,9 @@ impl Pair {
                 if let Some(dir) = &process.spill_dir {
                     flags.extend(["--tunnel-spill-dir".into(), dir.display().to_string()]);
                 }
-                flags.extend(env.certs.donor_side.flags());
+                if !options.plain {
+                    flags.extend(env.certs.donor_side.flags());
+                }
                 flags.extend(common_flags(&options));
                 let listen = loopback(free_port()?);
                 let args: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -711,7 +716,9 @@ impl Pair {
         .await?;
         let recipient_side = if options.recipient_process {
             let mut flags = vec!["--peer".to_string(), chaos.addr().to_string()];
-            flags.extend(env.certs.recipient_side.flags());
+            if !options.plain {
+                flags.extend(env.certs.recipient_side.flags());
+            }
             flags.extend(common_flags(&options));
             let args: Vec<&str> = flags.iter().map(String::as_str).collect();
             let relay = RelayProcess::start_at(env.pair_addr, None, &args).await?;
@@ -724,7 +731,9 @@ impl Pair {
         } else {
             let mut config = RelayFixture::config_for(&[]);
             config.peer = Some(chaos.addr().to_string());
-            env.certs.recipient_side.apply(&mut config.tunnel);
+            if !options.plain {
+                env.certs.recipient_side.apply(&mut config.tunnel);
+            }
             config.tunnel.plain = options.plain;
             if let Some(bridge) = options.bridge {
                 config.tunnel.bridge = bridge;
