@@ -1424,6 +1424,21 @@ async fn flap(env: &Env, mode: FlapMode, name: &'static str) -> Result<Row> {
     Ok(row)
 }
 
+/// Darkens the whole link for `outage` (new connections included) once the recipient side's
+/// session has carried [`OUTAGE_AT`].
+async fn darken(pair: &Pair, outage: Duration) -> Result<()> {
+    pair.recipient_side
+        .session_past(OUTAGE_AT, SESSION_WAIT)
+        .await?;
+    let control = pair.chaos.control();
+    control.add(
+        FaultSpec::new(FaultKind::Blackhole {})
+            .at_ms(control.now_ms())
+            .lasting_ms(outage.as_millis() as u64),
+    )?;
+    Ok(())
+}
+
 /// The link dark for `outage` from [`OUTAGE_AT`] of clone data, on the pair's defaults: the
 /// clone completes with equal tables and MySQL refuses no resume. Within [`BRIDGED`] MySQL sees
 /// no resume at all; past it the pair falls back to CLONE's own resume.
@@ -1437,19 +1452,8 @@ async fn dark(env: &Env, outage: Duration, name: &'static str) -> Result<Row> {
         },
     )
     .await?;
-    let cut = async {
-        pair.recipient_side
-            .session_past(OUTAGE_AT, SESSION_WAIT)
-            .await?;
-        let control = pair.chaos.control();
-        control.add(
-            FaultSpec::new(FaultKind::Blackhole {})
-                .at_ms(control.now_ms())
-                .lasting_ms(outage.as_millis() as u64),
-        )?;
-        anyhow::Ok(())
-    };
-    let (run, ()) = clone_through(env, &pair, &AtomicBool::new(false), cut).await?;
+    let (run, ()) =
+        clone_through(env, &pair, &AtomicBool::new(false), darken(&pair, outage)).await?;
     let (recipient_fallbacks, donor_fallbacks) =
         pair.both("clone_relay_tunnel_fallbacks_total").await?;
     let refused = pair.refused_resumes().await?;
@@ -1566,19 +1570,8 @@ async fn past_the_bridge(
         },
     )
     .await?;
-    let cut = async {
-        pair.recipient_side
-            .session_past(OUTAGE_AT, SESSION_WAIT)
-            .await?;
-        let control = pair.chaos.control();
-        control.add(
-            FaultSpec::new(FaultKind::Blackhole {})
-                .at_ms(control.now_ms())
-                .lasting_ms(outage.as_millis() as u64),
-        )?;
-        anyhow::Ok(())
-    };
-    let (run, ()) = clone_through(env, &pair, &AtomicBool::new(false), cut).await?;
+    let (run, ()) =
+        clone_through(env, &pair, &AtomicBool::new(false), darken(&pair, outage)).await?;
     let fallbacks = |text: &str| metric(text, "clone_relay_tunnel_fallbacks_total").unwrap_or(0.0);
     let fallbacks = (
         fallbacks(&pair.recipient_side.metrics_text().await?),
