@@ -157,6 +157,14 @@ pub trait Fault: Send + Debug {
     fn close_delay(&self) -> Duration {
         Duration::ZERO
     }
+
+    /// For a fault judged as bytes leave (a rate cap): the piece size the link hands it, one
+    /// piece at a time, its window checked as each piece leaves. Connections sharing a cap then
+    /// take turns piece by piece, as flows on a real link do, and the cap ends with its window
+    /// rather than with the bytes queued while it lasted.
+    fn pace_bytes(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Bandwidth buckets shared by name across connections.

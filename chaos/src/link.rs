@@ -109,6 +109,11 @@ impl Chain {
         Flow::pass(pieces)
     }
 
+    /// How many bytes to put through the chain at a time: a paced fault's piece, or all.
+    fn pace_bytes(&self) -> Option<usize> {
+        self.faults.iter().filter_map(Scheduled::pace_bytes).min()
+    }
+
     fn due_cut(&self) -> Option<(Instant, Cut)> {
         let now = Instant::now();
         self.faults
@@ -196,50 +201,55 @@ async fn write_side<W: AsyncWrite>(
             let _ = dst.shutdown().await;
             return Ok(WriteEnd::Eof);
         };
-        // The chunk goes through the chain; if the faults change while its pieces wait (a
-        // blackhole removed, say), what is not yet written goes through the new chain.
-        let mut pending = bytes;
-        'chain: loop {
-            let flow = chain.apply(arrived, offset, pending.clone());
-            let mut written = 0usize;
-            for piece in flow.pieces {
-                let due = chain.due_cut();
-                let held = piece.not_before > Instant::now() || !piece.pause.is_zero();
-                if held || due.is_some_and(|(at, _)| at <= Instant::now()) {
-                    let wait = async {
-                        if piece.not_before > Instant::now() {
-                            tokio::time::sleep_until(piece.not_before).await;
+        // The chunk goes through the chain (a paced chain takes it a piece at a time); if the
+        // faults change while its pieces wait (a blackhole removed, say), what is not yet
+        // written goes through the new chain.
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let take = chain.pace_bytes().map_or(rest.len(), |n| n.min(rest.len()));
+            let mut pending = rest.split_to(take);
+            'chain: loop {
+                let flow = chain.apply(arrived, offset, pending.clone());
+                let mut written = 0usize;
+                for piece in flow.pieces {
+                    let due = chain.due_cut();
+                    let held = piece.not_before > Instant::now() || !piece.pause.is_zero();
+                    if held || due.is_some_and(|(at, _)| at <= Instant::now()) {
+                        let wait = async {
+                            if piece.not_before > Instant::now() {
+                                tokio::time::sleep_until(piece.not_before).await;
+                            }
+                            if !piece.pause.is_zero() {
+                                tokio::time::sleep(piece.pause).await;
+                            }
+                        };
+                        tokio::select! {
+                        biased;
+                        _ = sleep_until(due.map(|d| d.0)) => return Ok(WriteEnd::Cut(due.expect("due").1)),
+                        _ = table_changed(&mut table) => {
+                            chain.reconcile();
+                            pending = pending.slice(written..);
+                            offset += written as u64;
+                            continue 'chain;
                         }
-                        if !piece.pause.is_zero() {
-                            tokio::time::sleep(piece.pause).await;
+                        _ = wait => {}
                         }
-                    };
+                    }
+                    // A peer that stops reading must not hide a due cut.
+                    let due = chain.due_cut();
                     tokio::select! {
-                    biased;
-                    _ = sleep_until(due.map(|d| d.0)) => return Ok(WriteEnd::Cut(due.expect("due").1)),
-                    _ = table_changed(&mut table) => {
-                        chain.reconcile();
-                        pending = pending.slice(written..);
-                        offset += written as u64;
-                        continue 'chain;
+                        biased;
+                        _ = sleep_until(due.map(|d| d.0)) => return Ok(WriteEnd::Cut(due.expect("due").1)),
+                        done = dst.write_all(&piece.bytes) => done?,
                     }
-                    _ = wait => {}
-                    }
+                    written += piece.bytes.len();
                 }
-                // A peer that stops reading must not hide a due cut.
-                let due = chain.due_cut();
-                tokio::select! {
-                    biased;
-                    _ = sleep_until(due.map(|d| d.0)) => return Ok(WriteEnd::Cut(due.expect("due").1)),
-                    done = dst.write_all(&piece.bytes) => done?,
+                offset += pending.len() as u64;
+                if let Some(cut) = flow.then {
+                    return Ok(WriteEnd::Cut(cut));
                 }
-                written += piece.bytes.len();
+                break;
             }
-            offset += pending.len() as u64;
-            if let Some(cut) = flow.then {
-                return Ok(WriteEnd::Cut(cut));
-            }
-            break;
         }
     }
 }

@@ -135,7 +135,13 @@ impl Scheduled {
         let Some(window) = self.window else {
             return Flow::pass(pieces);
         };
-        if !window.contains(arrived) {
+        // A paced fault is judged as the bytes leave (now), others as they arrived.
+        let judged_at = if self.fault.pace_bytes().is_some() {
+            Instant::now().max(arrived)
+        } else {
+            arrived
+        };
+        if !window.contains(judged_at) {
             before.extend(pieces);
             return Flow::pass(before);
         }
@@ -153,6 +159,11 @@ impl Scheduled {
         before.append(&mut flow.pieces);
         flow.pieces = before;
         flow
+    }
+
+    /// The piece size a paced fault takes at a time, if it is one and applies here.
+    pub fn pace_bytes(&self) -> Option<usize> {
+        self.applies.then(|| self.fault.pace_bytes()).flatten()
     }
 
     pub fn due_cut(&self, now: Instant) -> Option<(Instant, Cut)> {

@@ -420,3 +420,68 @@ async fn a_scheduled_outage_is_one_window_for_every_connection() {
     server.read_exact(&mut buf).await.unwrap();
     assert!(near(start.elapsed(), 300 * MS, MS), "{:?}", start.elapsed());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_cap_ends_with_its_window_even_for_bytes_queued_during_it() {
+    // 200 kB written at once (read into the link's queue at once) under a 10 kB/s cap that
+    // lasts 1 s: about 10 kB pass in that second and the rest right after it, not at 10 kB/s.
+    let r = run(
+        vec![
+            FaultSpec::new(FaultKind::Bandwidth {
+                rate_bytes_per_sec: 10_000,
+                shared_group: None,
+            })
+            .lasting_ms(1000),
+        ],
+        data(200_000),
+    )
+    .await;
+    assert_eq!(r.received, data(200_000));
+    let last = r.last_at.unwrap();
+    assert!(near(last, 1000 * MS, 100 * MS), "{last:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_sharing_a_cap_take_turns() {
+    // Two connections, 64 KiB each, through one 64 KiB/s cap: both finish after about 2 s, and
+    // neither waits for the other's whole chunk (32 KiB, half a second) between its pieces.
+    let buckets = Arc::new(SharedBuckets::default());
+    let cap = FaultSpec::new(FaultKind::Bandwidth {
+        rate_bytes_per_sec: 64 * 1024,
+        shared_group: Some("link".into()),
+    })
+    .direction(Direction::Upstream);
+    let start = Instant::now();
+    let mut receivers = Vec::new();
+    for index in 1..=2 {
+        let mut ctx = context(vec![cap.clone()], Arc::default());
+        ctx.conn.index = index;
+        ctx.buckets = buckets.clone();
+        let (mut client, client_side) = duplex(64 * 1024);
+        let (server_side, mut server) = duplex(64 * 1024);
+        tokio::spawn(link::run(client_side, server_side, ctx, |_| {}));
+        tokio::spawn(async move {
+            client.write_all(&data(64 * 1024)).await.unwrap();
+            client.shutdown().await.unwrap();
+            // Kept open until the far end has read everything.
+            let _ = client.read(&mut [0u8; 1]).await;
+        });
+        receivers.push(tokio::spawn(async move {
+            let (mut received, mut last, mut longest_gap) = (0, Duration::ZERO, Duration::ZERO);
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = server.read(&mut buf).await {
+                let now = start.elapsed();
+                longest_gap = longest_gap.max(now - last);
+                last = now;
+                received += n;
+            }
+            (received, last, longest_gap)
+        }));
+    }
+    for receiver in receivers {
+        let (received, last, longest_gap) = receiver.await.unwrap();
+        assert_eq!(received, 64 * 1024);
+        assert!(near(last, 2000 * MS, 100 * MS), "{last:?}");
+        assert!(longest_gap < 200 * MS, "{longest_gap:?}");
+    }
+}

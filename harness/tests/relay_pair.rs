@@ -36,7 +36,10 @@
 //! 5. the link dark for 35 s: past the recipient's own patience (`net_read_timeout`, 30 s), so
 //!    the pair gives up at its 25 s bridge and the recipient resumes once (one `COM_REINIT`),
 //!    with no resume refused (1815), completed and equal;
-//! 6. each relay killed with SIGKILL mid-clone and started again in place: the clone resumes
+//! 6. the whole link (both directions, every tunnel connection sharing it) at 64 KiB/s for
+//!    10 s mid-clone: the clone slowed by most of those 10 s, completed and equal, no resume and
+//!    no reconnect storm (at most 2 reconnects on both sides together);
+//! 7. each relay killed with SIGKILL mid-clone and started again in place: the clone resumes
 //!    once through the pair, no resume refused, completed and equal.
 //!
 //! `CLONE_RELAY_SOAK=1` adds dark links of 25 s (bridged: no resume), 40 s and 70 s (one
@@ -46,7 +49,7 @@
 //! outage that shows both the fallback and the donor letting go. `CHAOS_SEED` replays the
 //! proxy's decisions; `RUST_LOG` sets the relays' log (the processes' too);
 //! `RELAY_PAIR_ONLY=resets,blackhole` runs only those scenarios after the clean clone (`plain`,
-//! `resets`, `blackhole`, `flap`, `dark`, `restart`).
+//! `resets`, `blackhole`, `flap`, `dark`, `slow`, `restart`).
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -112,6 +115,12 @@ const DONOR_BYTES_TOLERANCE: f64 = 0.01;
 /// The blackholes start once this much clone data was carried.
 const OUTAGE_AT: u64 = 20 * MIB;
 const BLACKHOLE: Duration = Duration::from_secs(20);
+/// The slow link: the whole link (both directions, every connection) at 64 KiB/s for 10 s.
+const SLOW_RATE: u64 = 64 * 1024;
+const SLOW_FOR: Duration = Duration::from_secs(10);
+/// Reconnects (both sides together) a slow link may cost: none is expected, a stray one is
+/// tolerated, a storm (every stream) is not.
+const SLOW_RECONNECTS: f64 = 2.0;
 /// The donor-side relay's replay buffer memory in the blackhole, and the resident set allowed
 /// above it: the process idles at about 18 MiB and its copy buffers, TLS and allocator take
 /// about as much again while it carries a clone (peaks 52-60 MiB seen); the outage spills about
@@ -1492,6 +1501,70 @@ async fn dark(env: &Env, outage: Duration, name: &'static str) -> Result<Row> {
     Ok(row)
 }
 
+/// The whole link slowed to [`SLOW_RATE`] for [`SLOW_FOR`] once the recipient side's session has
+/// carried [`OUTAGE_AT`]: the pair carries the clone on, slowly, without giving up a stream.
+async fn slow_link(env: &Env, clean: &Run) -> Result<Row> {
+    let name = "64 KiB/s for 10 s";
+    let pair = Pair::start(
+        env,
+        PairOptions {
+            faults: vec![capped(LINK_RATE_MIB)],
+            faults_expected: true,
+            ..PairOptions::default()
+        },
+    )
+    .await?;
+    let slow = async {
+        pair.recipient_side
+            .session_past(OUTAGE_AT, SESSION_WAIT)
+            .await?;
+        let control = pair.chaos.control();
+        control.add(
+            FaultSpec::new(FaultKind::Bandwidth {
+                rate_bytes_per_sec: SLOW_RATE,
+                shared_group: Some("slow".into()),
+            })
+            .at_ms(control.now_ms())
+            .lasting_ms(SLOW_FOR.as_millis() as u64),
+        )?;
+        Ok(())
+    };
+    let (run, ()) = clone_through(env, &pair, &AtomicBool::new(false), slow).await?;
+    let (recipient_reconnects, donor_reconnects) = pair.reconnects().await?;
+    let refused = pair.refused_resumes().await?;
+    let note = format!(
+        "reconnects {recipient_reconnects}/{donor_reconnects}; {} resumes; outcome {} {}",
+        run.recipient_side.resume_count, run.outcome.state, run.outcome.error_no
+    );
+    let mut problems = Vec::new();
+    for check in [run.ensure_faithful(name), run.ensure_no_resume(name)] {
+        if let Err(e) = check {
+            problems.push(format!("{e:#}"));
+        }
+    }
+    if !refused.is_empty() {
+        problems.push(format!("MySQL refused a resume: {}", refused.join(" | ")));
+    }
+    // A storm would give up every stream (17) at least once on each side.
+    if recipient_reconnects + donor_reconnects > SLOW_RECONNECTS {
+        problems.push(format!(
+            "the slow link cost reconnects: {recipient_reconnects} (recipient side), \
+             {donor_reconnects} (donor side)"
+        ));
+    }
+    // The link carries at most 640 KiB in those 10 s, so the clone must lose most of them.
+    let slowed = run.took() - clean.took();
+    if slowed < SLOW_FOR.as_secs_f64() / 2.0 {
+        problems.push(format!(
+            "the slow link did not land: the clone took {slowed:.1} s more than the clean one"
+        ));
+    }
+    let mut row = Row::new(name, &run, Some(LINK_RATE_MIB), note);
+    row.failed = problems;
+    pair.stop().await?;
+    Ok(row)
+}
+
 /// One relay of the pair (the recipient side's, or the donor side's) killed with SIGKILL once
 /// [`OUTAGE_AT`] of clone data was carried, and started again in place on the same flags: the
 /// clone resumes through the pair (CLONE's own resume) and completes with equal tables, and
@@ -1760,6 +1833,9 @@ async fn a_relay_pair_hides_link_drops_from_mysql() -> Result<()> {
     if wanted("dark") {
         let outage = dark(&env, DARK, "35 s dark link, defaults").await;
         record("dark link", outage.map(|r| vec![r]));
+    }
+    if wanted("slow") {
+        record("slow link", slow_link(&env, &clean).await.map(|r| vec![r]));
     }
     if wanted("restart") {
         let killed = restart(&env, true, "recipient-side relay killed and restarted").await;

@@ -46,6 +46,10 @@ impl Fault for Bandwidth {
         }
         Flow::pass(out)
     }
+
+    fn pace_bytes(&self) -> Option<usize> {
+        Some(quantum(self.rate_bytes_per_sec))
+    }
 }
 
 #[cfg(test)]
