@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::mysql::{DONOR_PASSWORD, DONOR_USER, MysqlServer};
 
@@ -29,6 +29,9 @@ pub struct CloneOutcome {
     pub network_bytes: u64,
     /// The FILE COPY stage's data bytes.
     pub file_copy_bytes: u64,
+    /// The transfer stages (FILE COPY through REDO COPY) as the recipient's `clone_progress`
+    /// timed them: the copy alone, without the connection set-up, the restart or recovery.
+    pub transfer_time: Duration,
 }
 
 impl CloneOutcome {
@@ -146,6 +149,7 @@ pub async fn clone_instance_as(
                 && (state == "Completed" || state == "Failed")
             {
                 let (data_bytes, network_bytes, file_copy_bytes) = progress(recipient).await?;
+                let transfer_time = transfer_time(recipient).await?;
                 return Ok(CloneOutcome {
                     state: state.clone(),
                     error_no: error_no.parse().unwrap_or(-1),
@@ -156,6 +160,7 @@ pub async fn clone_instance_as(
                     data_bytes,
                     network_bytes,
                     file_copy_bytes,
+                    transfer_time,
                 });
             }
         }
@@ -181,6 +186,23 @@ async fn progress(recipient: &MysqlServer) -> Result<(u64, u64, u64)> {
         }
     }
     Ok(totals)
+}
+
+/// From the first transfer stage's start to the last one's end in `clone_progress` (FILE COPY,
+/// PAGE COPY, REDO COPY); zero when the clone reached none of them.
+async fn transfer_time(recipient: &MysqlServer) -> Result<Duration> {
+    let micros = recipient
+        .sql(
+            "SELECT COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(BEGIN_TIME), MAX(END_TIME)), 0) \
+             FROM performance_schema.clone_progress \
+             WHERE STAGE IN ('FILE COPY', 'PAGE COPY', 'REDO COPY') AND BEGIN_TIME IS NOT NULL",
+        )
+        .await?;
+    let micros: i64 = micros
+        .trim()
+        .parse()
+        .with_context(|| format!("the transfer stages' time: {micros:?}"))?;
+    Ok(Duration::from_micros(micros.max(0) as u64))
 }
 
 /// Makes `recipient` verify the certificate of whatever it clones from against `ca_pem`

@@ -29,6 +29,40 @@ pub async fn relay_binary() -> Result<PathBuf> {
     workspace_binary("clone-relay", "clone-relay").await
 }
 
+/// The `clone-relay` binary of the workspace's release build, built (or brought up to date)
+/// with `cargo build --release` first: for figures of the relay's speed, which a debug build
+/// does not show.
+pub async fn release_relay_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    // target/<profile>/deps/<test> -> target/release/clone-relay
+    let target_dir = exe
+        .ancestors()
+        .nth(3)
+        .context("the test binary has no target folder")?;
+    let binary = target_dir.join("release").join("clone-relay");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "clone-relay",
+            "--bin",
+            "clone-relay",
+        ])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .status()
+        .await
+        .context("running cargo build --release")?;
+    if !status.success() || !binary.exists() {
+        bail!(
+            "building the release clone-relay failed ({status}); expected {}",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
 /// The binary `name` of the workspace's package `package`, of the build the running test
 /// belongs to: next to the test binaries' folder, built first with cargo when it is not there
 /// yet (a `cargo test --workspace` has built it already).
@@ -64,7 +98,14 @@ impl RelayProcess {
     pub async fn start(upstream: SocketAddr, extra: &[&str]) -> Result<Self> {
         // Its log at `warn`, or as `RUST_LOG` asks when the test run sets it.
         let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-        Self::spawn(None, Some(upstream), extra, &log, None).await
+        Self::spawn(None, None, Some(upstream), extra, &log, None).await
+    }
+
+    /// [`RelayProcess::start`] with the binary at `binary` (for example
+    /// [`release_relay_binary`]'s).
+    pub async fn start_binary(binary: &Path, upstream: SocketAddr, extra: &[&str]) -> Result<Self> {
+        let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        Self::spawn(Some(binary), None, Some(upstream), extra, &log, None).await
     }
 
     /// A relay listening on `listen` (for example where one just killed listened, to restart it
@@ -76,7 +117,7 @@ impl RelayProcess {
         extra: &[&str],
     ) -> Result<Self> {
         let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-        Self::spawn(Some(listen), upstream, extra, &log, None).await
+        Self::spawn(None, Some(listen), upstream, extra, &log, None).await
     }
 
     /// [`RelayProcess::start`] with the log filter `rust_log` (as `RUST_LOG`) and the process's
@@ -88,17 +129,21 @@ impl RelayProcess {
         rust_log: &str,
         log_file: &Path,
     ) -> Result<Self> {
-        Self::spawn(None, Some(upstream), extra, rust_log, Some(log_file)).await
+        Self::spawn(None, None, Some(upstream), extra, rust_log, Some(log_file)).await
     }
 
     async fn spawn(
+        binary: Option<&Path>,
         listen: Option<SocketAddr>,
         upstream: Option<SocketAddr>,
         extra: &[&str],
         rust_log: &str,
         log_file: Option<&Path>,
     ) -> Result<Self> {
-        let binary = relay_binary().await?;
+        let binary = match binary {
+            Some(path) => path.to_path_buf(),
+            None => relay_binary().await?,
+        };
         let addr = match listen {
             Some(addr) => addr,
             None => SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),

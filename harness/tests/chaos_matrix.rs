@@ -317,6 +317,7 @@ fn a_clone_that_never_started_is_not_compared() {
         data_bytes,
         network_bytes: data_bytes,
         file_copy_bytes: data_bytes,
+        transfer_time: Duration::ZERO,
     };
     let cell = |outcome, relayed_bytes, mismatched| Cell {
         waited: Duration::ZERO,

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::connection::leg::Wire;
+use crate::connection::leg::{Wire, tls_wire};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -450,7 +450,7 @@ async fn accept(
         unreachable!("TLS is offered only when the relay terminates it");
     };
     let mut recipient = acceptor
-        .accept(downstream)
+        .accept(tls_wire(downstream))
         .await
         .map_err(|e| RelayError::DownstreamTls(e.to_string()))?;
     let login = match read_packet(
@@ -509,7 +509,7 @@ async fn carry_login(
             .connector()
             .expect("TLS to donors only with a connector");
         match connector
-            .connect(donor_name(s.upstream_addr), upstream)
+            .connect(donor_name(s.upstream_addr), tls_wire(upstream))
             .await
         {
             Ok(tls) => Leg::ToDonor(Box::new(tls)),

@@ -8,7 +8,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::{client, server};
 
@@ -19,14 +19,26 @@ use crate::limit::Limited;
 /// the caps count what crosses the wire.
 pub type Wire = Limited<Transport>;
 
+/// The read-ahead under TLS: rustls asks its transport for about 4 KiB at a time, so without
+/// it every 4 KiB of a TLS leg would be a read (a system call, a bucket payment) of its own.
+const TLS_READ_AHEAD: usize = 64 * 1024;
+
+/// What TLS runs over: the wire, read in large reads and handed to rustls from memory.
+pub type TlsWire = BufReader<Wire>;
+
+/// The wire for a TLS session on it. Nothing may have been read ahead on `wire` itself.
+pub fn tls_wire(wire: Wire) -> TlsWire {
+    BufReader::with_capacity(TLS_READ_AHEAD, wire)
+}
+
 /// A leg's stream.
 #[derive(Debug)]
 pub enum Leg {
     Plain(Wire),
     /// TLS from the recipient, terminated by the relay.
-    FromRecipient(Box<server::TlsStream<Wire>>),
+    FromRecipient(Box<server::TlsStream<TlsWire>>),
     /// TLS to the donor, originated by the relay.
-    ToDonor(Box<client::TlsStream<Wire>>),
+    ToDonor(Box<client::TlsStream<TlsWire>>),
 }
 
 impl Leg {
@@ -38,8 +50,8 @@ impl Leg {
     pub fn transport(&self) -> &Transport {
         match self {
             Leg::Plain(s) => s.get_ref(),
-            Leg::FromRecipient(s) => s.get_ref().0.get_ref(),
-            Leg::ToDonor(s) => s.get_ref().0.get_ref(),
+            Leg::FromRecipient(s) => s.get_ref().0.get_ref().get_ref(),
+            Leg::ToDonor(s) => s.get_ref().0.get_ref().get_ref(),
         }
     }
 

@@ -215,11 +215,17 @@ async fn carry(
     let upstream_tunnel = upstream.is_tunnel();
     // On the donor side of a pair: the recipient's direction ending means the recipient closed.
     let recipient_closed = downstream.peer_ended();
-    if config.socket_buffer_bytes.is_none()
-        && let Some(bytes) = relay.limits().receive_buffer()
-    {
-        for leg in [downstream.tcp(), upstream.tcp()].into_iter().flatten() {
-            let _ = socket::bound_receive_buffer(leg, bytes);
+    if config.socket_buffer_bytes.is_none() {
+        // Each leg by the caps on the bytes it receives: the recipient's leg takes in bytes
+        // towards the donor, the donor's leg bytes towards the recipient.
+        let limits = relay.limits();
+        for (leg, dir) in [
+            (downstream.tcp(), Direction::Upstream),
+            (upstream.tcp(), Direction::Downstream),
+        ] {
+            if let Some(leg) = leg {
+                let _ = socket::bound_receive_buffer(leg, limits.lowest_toward(dir));
+            }
         }
     }
     // The TLS of this connection, to its end: a reload affects only connections after it.

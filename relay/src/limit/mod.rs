@@ -225,17 +225,16 @@ impl RelayLimits {
         }
     }
 
-    /// The receive buffer for a connection's sockets while a cap is set: 50 ms of the lowest
-    /// cap (enough to keep it busy across a zone's round trip), between 64 KiB and 4 MiB; `None`
-    /// without caps (the kernel's autotuning stays).
-    pub fn receive_buffer(&self) -> Option<usize> {
+    /// The lowest cap (the relay's or a session's) on bytes travelling `dir`, if any.
+    pub fn lowest_toward(&self, dir: Direction) -> Option<u64> {
         let targets = self.targets();
-        let lowest = [targets.relay, targets.session]
+        [targets.relay, targets.session]
             .iter()
-            .flat_map(|c| [c.to_donor, c.to_recipient])
-            .flatten()
-            .min()?;
-        Some(((lowest / 20) as usize).clamp(64 << 10, 4 << 20))
+            .filter_map(|caps| match dir {
+                Direction::Upstream => caps.to_donor,
+                Direction::Downstream => caps.to_recipient,
+            })
+            .min()
     }
 }
 

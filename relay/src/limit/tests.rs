@@ -205,3 +205,20 @@ async fn a_limited_stream_reads_at_the_cap() {
     }
     assert_rate_within(total, WINDOW, cap, 0.01, "a limited duplex");
 }
+
+#[test]
+fn each_direction_takes_the_lowest_cap_on_its_own_bytes() {
+    let limits = RelayLimits::new(Targets {
+        relay: Caps {
+            to_donor: Some(4 << 20),
+            to_recipient: None,
+        },
+        session: Caps {
+            to_donor: Some(1 << 20),
+            to_recipient: None,
+        },
+    });
+    // A cap towards the donor says nothing about the bytes the donor's leg takes in.
+    assert_eq!(limits.lowest_toward(Direction::Upstream), Some(1 << 20));
+    assert_eq!(limits.lowest_toward(Direction::Downstream), None);
+}

@@ -70,10 +70,26 @@ pub struct Options {
     /// Take clone-relay and chaos from this folder.
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
-    /// Record the plain row's relay with `perf record -g` into this file (read it with `perf
-    /// report -i FILE`).
+    /// Record a relay with `perf record -e cpu-clock -g` into this file while the rows run (read
+    /// it with `perf report -i FILE`).
     #[arg(long, value_name = "FILE")]
     pub perf: Option<PathBuf>,
+    /// The relay `--perf` records: the plain row's or the TLS row's.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "ROW",
+        default_value = "plain",
+        requires = "perf"
+    )]
+    pub perf_relay: PerfRelay,
+}
+
+/// A relay `--perf` may record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PerfRelay {
+    Plain,
+    Tls,
 }
 
 impl Options {

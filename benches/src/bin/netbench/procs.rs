@@ -301,10 +301,15 @@ pub fn start_relay(
     start_relay_to(bins, name, &to, extra)
 }
 
-/// Starts a pair over loopback: a donor side in front of `upstream` and a recipient side that
-/// reaches it through a mutual-TLS tunnel, with certificates made under `dir`. Returns the
-/// recipient side first.
-pub fn start_pair(bins: &Bins, upstream: SocketAddr, dir: &Path) -> Result<(RelayProc, RelayProc)> {
+/// Starts a pair over loopback: a donor side in front of `upstream` (with `donor_flags` besides
+/// the tunnel's) and a recipient side that reaches it through a mutual-TLS tunnel, with
+/// certificates made under `dir`. Returns the recipient side first.
+pub fn start_pair(
+    bins: &Bins,
+    upstream: SocketAddr,
+    dir: &Path,
+    donor_flags: &[&str],
+) -> Result<(RelayProc, RelayProc)> {
     let files = clone_relay_benches::tls::tunnel_pki(dir)?;
     let tunnel = |side: &str| -> Vec<String> {
         vec![
@@ -318,6 +323,7 @@ pub fn start_pair(bins: &Bins, upstream: SocketAddr, dir: &Path) -> Result<(Rela
     };
     let mut donor_extra = tunnel("donor");
     donor_extra.extend(["--peer-listen".into(), "127.0.0.1:0".into()]);
+    donor_extra.extend(donor_flags.iter().map(|f| f.to_string()));
     let donor_extra: Vec<&str> = donor_extra.iter().map(String::as_str).collect();
     let donor_side = start_relay(
         bins,
@@ -434,12 +440,20 @@ fn on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// Starts `socat TCP-LISTEN:PORT,bind=127.0.0.1,reuseaddr,fork TCP:UPSTREAM` on a free port and
-/// waits until it accepts. (`fork`: one child per connection, as socat serves more than one.)
-pub fn start_socat(socat: &Path, upstream: SocketAddr) -> Result<(Proc, SocketAddr)> {
+/// Starts `socat [-b BUFFER] TCP-LISTEN:PORT,bind=127.0.0.1,reuseaddr,fork TCP:UPSTREAM` on a
+/// free port and waits until it accepts. (`fork`: one child per connection, as socat serves more
+/// than one; without `-b` socat copies 8 KiB at a time.)
+pub fn start_socat(
+    socat: &Path,
+    upstream: SocketAddr,
+    buffer: Option<usize>,
+) -> Result<(Proc, SocketAddr)> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut command = Command::new(socat);
+    if let Some(bytes) = buffer {
+        command.arg("-b").arg(bytes.to_string());
+    }
     command
         .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
         .arg(format!("TCP:{upstream}"));
@@ -479,6 +493,39 @@ pub fn peak_rss(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
+/// The CPU time process `pid` has used so far, (user, system) in seconds, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which sits in parentheses and may hold spaces: the
+    // state is the first of them, utime and stime (fields 14 and 15 of the line) the 12th and
+    // 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("no command name in /proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("/proc/PID/stat is short")?
+            .parse::<f64>()?)
+    };
+    let hz = clock_ticks_per_second();
+    Ok((ticks(11)? / hz, ticks(12)? / hz))
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 where that fails).
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 /// A value from the relay's `/metrics` (a line `NAME VALUE`).
 pub fn metric(admin: SocketAddr, name: &str) -> Result<f64> {
     let mut s = TcpStream::connect(admin)?;
@@ -508,7 +555,8 @@ impl Perf {
     pub fn start(pid: u32, file: &Path) -> Result<Perf> {
         let mut command = Command::new("perf");
         command
-            .args(["record", "-g", "-o"])
+            // cpu-clock: virtual machines often lack the hardware counters `cycles` needs.
+            .args(["record", "-e", "cpu-clock", "-g", "-o"])
             .arg(file)
             .args(["-p", &pid.to_string()]);
         let mut proc = Proc::spawn("perf", &mut command, false, Stdio::null())?;

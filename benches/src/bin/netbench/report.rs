@@ -117,6 +117,16 @@ pub struct Report {
     /// VmHWM of the relay that carried the plain row, read after its last transfer.
     pub relay_plain_peak_rss_bytes: u64,
     pub transfers_secs: f64,
+    /// CPU each relay process used per GiB it carried in the timed rounds.
+    pub relay_cpu: Vec<RelayCpu>,
+}
+
+/// CPU seconds per GiB carried, user and system, of one relay process (from /proc/PID/stat).
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayCpu {
+    pub relay: String,
+    pub user_secs_per_gib: f64,
+    pub system_secs_per_gib: f64,
 }
 
 impl Report {
@@ -157,6 +167,7 @@ impl Report {
             latency,
             relay_plain_peak_rss_bytes,
             transfers_secs: transfers_took.as_secs_f64(),
+            relay_cpu: Vec::new(),
         }
     }
 
@@ -223,6 +234,23 @@ impl Report {
             "clone-relay peak RSS (VmHWM) after carrying the plain row: {:.1} MiB (target: under 64 MiB)",
             self.relay_plain_peak_rss_bytes as f64 / MIB
         );
+        if !self.relay_cpu.is_empty() {
+            let each: Vec<String> = self
+                .relay_cpu
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {:.2} + {:.2}",
+                        c.relay, c.user_secs_per_gib, c.system_secs_per_gib
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "relay CPU per GiB carried, user + system seconds (/proc/PID/stat, timed rounds): {}",
+                each.join("; ")
+            );
+        }
         out
     }
 }

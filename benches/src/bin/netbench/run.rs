@@ -12,17 +12,20 @@ use clone_relay_benches::clone_stream;
 use clone_relay_benches::tls::{InMemoryPair, bench_pki, client_config, server_config};
 use rustls::{ClientConfig, ServerConfig};
 
-use crate::Options;
 use crate::peers::{DONOR_NAME, DonorPorts, RecvTls, RoundTrips, Transfer, parse_line};
 use crate::procs::{self, Perf};
-use crate::report::{Latency, Report, RowResult};
+use crate::report::{Latency, RelayCpu, Report, RowResult};
+use crate::{Options, PerfRelay};
 
 /// The row everything is compared with.
 pub const DIRECT: &str = "direct";
 /// The name in the certificate clone-relay makes for itself.
 const RELAY_NAME: &str = clone_relay_benches::tls::RELAY_NAME;
-/// Application writes of the in-memory TLS reference, as large as the relay's copy buffer.
+/// Application writes of the in-memory TLS reference: 256 KiB, as it has always been measured
+/// (the relay's copy buffer defaults to 1 MiB; its records are 16 KiB either way).
 const IN_MEMORY_WRITE: usize = 256 * 1024;
+/// clone-relay's default copy buffer (`--copy-buffer`), which socat's second row is given.
+const RELAY_COPY_BUFFER: usize = 1 << 20;
 
 /// One measured path.
 struct Row {
@@ -66,7 +69,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let stream = clone_stream(blocks, 1 << 20);
     let expect = stream.len() as u64;
 
-    eprintln!("netbench: starting the donor, six clone-relay processes, chaos and socat");
+    eprintln!("netbench: starting the donor, eight clone-relay processes, chaos and socat");
     let donor_ca = scratch.0.join("donor-ca.der");
     let (mut donor, ports) = procs::start_donor(
         Command::new(&me)
@@ -94,11 +97,33 @@ pub fn run(opts: &Options) -> Result<()> {
     let pinged = procs::start_relay(&bins, "clone-relay (latency)", ports.ping, &[])?;
     let pair_dir = scratch.0.join("pair");
     std::fs::create_dir_all(&pair_dir)?;
-    let (pair, _pair_donor_side) = procs::start_pair(&bins, ports.plain, &pair_dir)?;
+    let (pair, pair_donor_side) = procs::start_pair(&bins, ports.plain, &pair_dir, &[])?;
+    // The same pair with the least memory the relay takes: what it cannot hold unacknowledged
+    // goes to its (encrypted) spill segments.
+    let spill_dir = scratch.0.join("spill");
+    std::fs::create_dir_all(&spill_dir)?;
+    let spill_dir_arg = spill_dir.to_str().context("scratch path is not UTF-8")?;
+    let (spilling, spilling_donor_side) = procs::start_pair(
+        &bins,
+        ports.plain,
+        &pair_dir,
+        &[
+            "--tunnel-memory",
+            "1MiB",
+            "--tunnel-spill-dir",
+            spill_dir_arg,
+        ],
+    )?;
     let (_chaos, chaos_addr) = procs::start_chaos(&bins, ports.plain)?;
-    let socat = socat.and_then(|path| {
-        procs::start_socat(&path, ports.plain).map_err(|e| format!("socat did not start: {e:#}"))
-    });
+    // socat on its own default buffer, and on the relay's default copy buffer.
+    let start_socat = |buffer: Option<usize>| {
+        socat.clone().and_then(|path| {
+            procs::start_socat(&path, ports.plain, buffer)
+                .map_err(|e| format!("socat did not start: {e:#}"))
+        })
+    };
+    let socat_default = start_socat(None);
+    let socat_sized = start_socat(Some(RELAY_COPY_BUFFER));
 
     let tls_to = |ca: &Path, name: &str| {
         Some(RecvTls {
@@ -138,6 +163,12 @@ pub fn run(opts: &Options) -> Result<()> {
             secs: Vec::new(),
         },
         Row {
+            key: "relay_pair_spill",
+            label: "clone-relay pair, --tunnel-memory 1MiB (spills, encrypted)",
+            target: Ok((spilling.addr, None)),
+            secs: Vec::new(),
+        },
+        Row {
             key: "chaos",
             label: "chaos proxy, no faults",
             target: Ok((chaos_addr, None)),
@@ -146,7 +177,16 @@ pub fn run(opts: &Options) -> Result<()> {
         Row {
             key: "socat",
             label: "socat (TCP-LISTEN,fork to TCP)",
-            target: socat
+            target: socat_default
+                .as_ref()
+                .map(|(_, addr)| (*addr, None))
+                .map_err(Clone::clone),
+            secs: Vec::new(),
+        },
+        Row {
+            key: "socat_1mib",
+            label: "socat -b 1048576 (the relay's copy buffer)",
+            target: socat_sized
                 .as_ref()
                 .map(|(_, addr)| (*addr, None))
                 .map_err(Clone::clone),
@@ -177,8 +217,25 @@ pub fn run(opts: &Options) -> Result<()> {
     let perf = opts
         .perf
         .as_deref()
-        .map(|file| Perf::start(plain.proc.pid(), file))
+        .map(|file| {
+            let recorded = match opts.perf_relay {
+                PerfRelay::Plain => &plain,
+                PerfRelay::Tls => &tls,
+            };
+            Perf::start(recorded.proc.pid(), file)
+        })
         .transpose()?;
+    // The CPU each relay uses in the timed rounds, per byte it carries.
+    let timed_relays = [
+        ("plain", &plain),
+        ("TLS", &tls),
+        ("pair recipient side", &pair),
+        ("pair donor side", &pair_donor_side),
+    ];
+    let cpu_before = timed_relays
+        .iter()
+        .map(|(_, relay)| procs::cpu_seconds(relay.proc.pid()))
+        .collect::<Result<Vec<_>>>()?;
     let started = Instant::now();
     for round in 0..reps {
         for row in &mut rows {
@@ -191,11 +248,22 @@ pub fn run(opts: &Options) -> Result<()> {
         in_memory_secs.push(in_memory.transfer(&stream));
     }
     let transfers_took = started.elapsed();
+    let carried_gib = (reps as u64 * expect) as f64 / (1u64 << 30) as f64;
+    let mut relay_cpu = Vec::new();
+    for ((name, relay), (user, system)) in timed_relays.iter().zip(cpu_before) {
+        let (user_after, system_after) = procs::cpu_seconds(relay.proc.pid())?;
+        relay_cpu.push(RelayCpu {
+            relay: (*name).to_string(),
+            user_secs_per_gib: (user_after - user) / carried_gib,
+            system_secs_per_gib: (system_after - system) / carried_gib,
+        });
+    }
     if let Some(perf) = perf {
         let file = perf.file.clone();
         perf.stop()?;
         eprintln!(
-            "netbench: perf recorded the plain relay into {} (perf report -i {0} --no-children)",
+            "netbench: perf recorded the {:?} relay into {} (perf report -i {1} --no-children)",
+            opts.perf_relay,
             file.display()
         );
     }
@@ -213,6 +281,14 @@ pub fn run(opts: &Options) -> Result<()> {
             );
         }
     }
+
+    // The spilling pair's row measured spill segments written and read back.
+    let spills = procs::metric(spilling_donor_side.admin, "clone_relay_tunnel_spills_total")
+        .context("the spilling pair's donor side /metrics")?;
+    if spills == 0.0 {
+        bail!("the pair on 1 MiB of memory never spilled: its row measured memory alone");
+    }
+    eprintln!("netbench: the pair on 1 MiB of memory spilled {spills} times");
 
     eprintln!("netbench: round trips, direct and through clone-relay");
     // Direct and relayed runs alternate, so that both see the same share of the machine.
@@ -245,7 +321,7 @@ pub fn run(opts: &Options) -> Result<()> {
         &in_memory_secs,
         None,
     ));
-    let report = Report::new(
+    let mut report = Report::new(
         opts,
         expect,
         blocks,
@@ -255,6 +331,7 @@ pub fn run(opts: &Options) -> Result<()> {
         relay_peak_rss,
         transfers_took,
     );
+    report.relay_cpu = relay_cpu;
     print!("{}", report.table());
     if let Some(path) = &opts.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
