@@ -19,17 +19,8 @@ use crate::limit::Limited;
 /// the caps count what crosses the wire.
 pub type Wire = Limited<Transport>;
 
-/// The read-ahead under TLS: rustls asks its transport for about 4 KiB at a time, so without
-/// it every 4 KiB of a TLS leg would be a read (a system call, a bucket payment) of its own.
-const TLS_READ_AHEAD: usize = 64 * 1024;
-
-/// What TLS runs over: the wire, read in large reads and handed to rustls from memory.
+/// What TLS runs over: the wire, read ahead ([`crate::tls::read_ahead`]).
 pub type TlsWire = BufReader<Wire>;
-
-/// The wire for a TLS session on it. Nothing may have been read ahead on `wire` itself.
-pub fn tls_wire(wire: Wire) -> TlsWire {
-    BufReader::with_capacity(TLS_READ_AHEAD, wire)
-}
 
 /// A leg's stream.
 #[derive(Debug)]

@@ -19,6 +19,7 @@ use super::{Attach, Held, Link, Origin, Tunnel};
 use crate::config::Config;
 use crate::error::RelayError;
 use crate::socket;
+use crate::tls::read_ahead;
 
 impl Tunnel {
     /// Takes one tunnel connection from `from`. A fresh stream's end is returned, with the
@@ -39,7 +40,7 @@ impl Tunnel {
                 Some(tls) => {
                     let tls = tls
                         .acceptor
-                        .accept(tcp)
+                        .accept(read_ahead(tcp))
                         .await
                         .map_err(|e| RelayError::DownstreamTls(e.to_string()))?;
                     let certificate = tls
