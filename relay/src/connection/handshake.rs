@@ -52,7 +52,7 @@ use crate::protocol::handshake::{
 };
 use crate::protocol::{Direction, HEADER_LEN};
 use crate::tls::policy::{self, Policy};
-use crate::tls::{Tls, donor_name, read_ahead};
+use crate::tls::{Tls, donor_name};
 
 /// MySQL's server error for "connections using insecure transport are prohibited".
 const ER_SECURE_TRANSPORT_REQUIRED: u16 = 3159;
@@ -450,7 +450,7 @@ async fn accept(
         unreachable!("TLS is offered only when the relay terminates it");
     };
     let mut recipient = acceptor
-        .accept(read_ahead(downstream))
+        .accept(downstream)
         .await
         .map_err(|e| RelayError::DownstreamTls(e.to_string()))?;
     let login = match read_packet(
@@ -509,7 +509,7 @@ async fn carry_login(
             .connector()
             .expect("TLS to donors only with a connector");
         match connector
-            .connect(donor_name(s.upstream_addr), read_ahead(upstream))
+            .connect(donor_name(s.upstream_addr), upstream)
             .await
         {
             Ok(tls) => Leg::ToDonor(Box::new(tls)),

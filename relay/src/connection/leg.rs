@@ -8,7 +8,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::{client, server};
 
@@ -19,17 +19,14 @@ use crate::limit::Limited;
 /// the caps count what crosses the wire.
 pub type Wire = Limited<Transport>;
 
-/// What TLS runs over: the wire, read ahead ([`crate::tls::read_ahead`]).
-pub type TlsWire = BufReader<Wire>;
-
 /// A leg's stream.
 #[derive(Debug)]
 pub enum Leg {
     Plain(Wire),
     /// TLS from the recipient, terminated by the relay.
-    FromRecipient(Box<server::TlsStream<TlsWire>>),
+    FromRecipient(Box<server::TlsStream<Wire>>),
     /// TLS to the donor, originated by the relay.
-    ToDonor(Box<client::TlsStream<TlsWire>>),
+    ToDonor(Box<client::TlsStream<Wire>>),
 }
 
 impl Leg {
@@ -41,8 +38,8 @@ impl Leg {
     pub fn transport(&self) -> &Transport {
         match self {
             Leg::Plain(s) => s.get_ref(),
-            Leg::FromRecipient(s) => s.get_ref().0.get_ref().get_ref(),
-            Leg::ToDonor(s) => s.get_ref().0.get_ref().get_ref(),
+            Leg::FromRecipient(s) => s.get_ref().0.get_ref(),
+            Leg::ToDonor(s) => s.get_ref().0.get_ref(),
         }
     }
 

@@ -71,17 +71,6 @@ pub const RSA_KEY_FILE: &str = "rsa-key.pem";
 /// Size of the relay's RSA key, as MySQL's own auto-generated keys.
 const RSA_BITS: usize = 2048;
 
-/// The read-ahead under every TLS session of the relay: rustls asks its transport for about
-/// 4 KiB at a time, so without it every 4 KiB of TLS would be a read (a system call, a bucket
-/// payment) of its own.
-const READ_AHEAD: usize = 64 * 1024;
-
-/// `io` read in large reads, handed to rustls from memory: what a TLS session runs over. Nothing
-/// may have been read ahead on `io` itself.
-pub fn read_ahead<T: tokio::io::AsyncRead>(io: T) -> tokio::io::BufReader<T> {
-    tokio::io::BufReader::with_capacity(READ_AHEAD, io)
-}
-
 /// TLS for both legs, ready to use.
 #[derive(Clone)]
 pub struct Tls {

@@ -18,7 +18,7 @@ use super::{Link, Tunnel};
 use crate::config::Config;
 use crate::error::RelayError;
 use crate::socket;
-use crate::tls::{donor_name, read_ahead};
+use crate::tls::donor_name;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -184,14 +184,12 @@ impl Tunnel {
                         Some(name) => donor_name(&format!("{name}:0")),
                         None => donor_name(peer),
                     };
-                    let tls = tls
-                        .connector
-                        .connect(name, read_ahead(tcp))
-                        .await
-                        .map_err(|e| RelayError::UpstreamTls {
+                    let tls = tls.connector.connect(name, tcp).await.map_err(|e| {
+                        RelayError::UpstreamTls {
                             addr: peer.to_string(),
                             reason: e.to_string(),
-                        })?;
+                        }
+                    })?;
                     Box::new(tls)
                 }
                 None => Box::new(tcp),

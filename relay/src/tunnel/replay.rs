@@ -50,7 +50,7 @@ pub struct Budget {
 }
 
 /// Bounds on one buffer's share of the memory budget.
-const MIN_SHARE: u64 = 1024 * 1024;
+pub const MIN_SHARE: u64 = 1024 * 1024;
 const MAX_SHARE: u64 = 12 * 1024 * 1024;
 
 impl Budget {

@@ -19,7 +19,6 @@ use super::{Attach, Held, Link, Origin, Tunnel};
 use crate::config::Config;
 use crate::error::RelayError;
 use crate::socket;
-use crate::tls::read_ahead;
 
 impl Tunnel {
     /// Takes one tunnel connection from `from`. A fresh stream's end is returned, with the
@@ -40,7 +39,7 @@ impl Tunnel {
                 Some(tls) => {
                     let tls = tls
                         .acceptor
-                        .accept(read_ahead(tcp))
+                        .accept(tcp)
                         .await
                         .map_err(|e| RelayError::DownstreamTls(e.to_string()))?;
                     let certificate = tls
