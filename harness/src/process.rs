@@ -13,6 +13,18 @@ use tokio::time::Instant;
 /// How long the relay may take to answer `/healthz` after its start.
 const READY_WAIT: Duration = Duration::from_secs(30);
 
+/// A relay process that ended before it answered `/healthz`.
+#[derive(Debug)]
+struct ExitedAtStart(String);
+
+impl std::fmt::Display for ExitedAtStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ExitedAtStart {}
+
 /// A running `clone-relay` process and its admin listener.
 #[derive(Debug)]
 pub struct RelayProcess {
@@ -132,7 +144,32 @@ impl RelayProcess {
         Self::spawn(None, None, Some(upstream), extra, rust_log, Some(log_file)).await
     }
 
+    /// Starts the relay and waits for it. Ports chosen here (`listen` unset) are free when
+    /// checked but may be taken before the relay binds them (`Address already in use`), so a
+    /// relay that exits at start on them gets one more try on fresh ones.
     async fn spawn(
+        binary: Option<&Path>,
+        listen: Option<SocketAddr>,
+        upstream: Option<SocketAddr>,
+        extra: &[&str],
+        rust_log: &str,
+        log_file: Option<&Path>,
+    ) -> Result<Self> {
+        let tries = if listen.is_none() { 2 } else { 1 };
+        let mut exited = None;
+        for _ in 0..tries {
+            match Self::spawn_once(binary, listen, upstream, extra, rust_log, log_file).await {
+                Err(e) if e.downcast_ref::<ExitedAtStart>().is_some() => {
+                    eprintln!("harness: {e:#}; starting it again on fresh ports");
+                    exited = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(exited.expect("at least one try"))
+    }
+
+    async fn spawn_once(
         binary: Option<&Path>,
         listen: Option<SocketAddr>,
         upstream: Option<SocketAddr>,
@@ -148,7 +185,12 @@ impl RelayProcess {
             Some(addr) => addr,
             None => SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),
         };
-        let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        // Two picks may land on the same free port.
+        let mut admin_port = free_port()?;
+        while admin_port == addr.port() {
+            admin_port = free_port()?;
+        }
+        let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port));
         let mut command = Command::new(&binary);
         command
             .arg("--listen")
@@ -185,7 +227,11 @@ impl RelayProcess {
                 return Ok(relay);
             }
             if let Some(status) = relay.child.try_wait()? {
-                bail!("clone-relay exited at start ({status}){}", relay.log_tail());
+                return Err(ExitedAtStart(format!(
+                    "clone-relay exited at start ({status}){}",
+                    relay.log_tail()
+                ))
+                .into());
             }
             if Instant::now() >= deadline {
                 bail!("clone-relay did not answer /healthz within {READY_WAIT:?}");
