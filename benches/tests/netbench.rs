@@ -12,12 +12,13 @@ use std::process::Command;
 use serde_json::Value;
 
 /// Every row of the table, by its key in the JSON.
-const ROWS: [&str; 11] = [
+const ROWS: [&str; 12] = [
     "direct",
     "relay_plain",
     "relay_tls",
     "relay_capped",
     "relay_pair",
+    "relay_pair_plain",
     "relay_pair_spill",
     "chaos",
     "socat",
@@ -84,9 +85,22 @@ fn quick_run_prints_every_row_with_positive_figures() {
         assert!(line.ends_with("x |"), "{line}");
     }
     positive(&report["relay_tls_to_rustls_in_memory"]);
+    positive(&report["pair_to_relay_tls"]);
+    positive(&report["plain_pair_to_relay_plain"]);
     positive(&report["relay_plain_peak_rss_bytes"]);
+    let taken_at = report["taken_at"].as_str().expect("taken_at");
+    let machine = report["machine"].as_str().expect("machine");
+    assert!(
+        taken_at.ends_with('Z') && taken_at.len() == 20,
+        "{taken_at}"
+    );
+    assert!(machine.contains("Linux"), "{machine}");
+    assert!(
+        stdout.contains(&format!("taken {taken_at} on {machine}")),
+        "the table does not say when and where it was taken:\n{stdout}"
+    );
     let cpu = report["relay_cpu"].as_array().expect("relay_cpu");
-    assert_eq!(cpu.len(), 4, "{cpu:?}");
+    assert_eq!(cpu.len(), 6, "{cpu:?}");
     for relay in cpu {
         let total = relay["user_secs_per_gib"].as_f64().unwrap_or(-1.0)
             + relay["system_secs_per_gib"].as_f64().unwrap_or(-1.0);
@@ -103,6 +117,8 @@ fn quick_run_prints_every_row_with_positive_figures() {
     assert!(report["latency"]["added_p50_us"].is_f64());
     for needle in [
         "of rustls in memory",
+        "of one relay with TLS on both legs",
+        "of one plain relay",
         "added latency",
         "peak RSS",
         "relay CPU per GiB",

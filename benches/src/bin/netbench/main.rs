@@ -74,7 +74,8 @@ pub struct Options {
     /// it with `perf report -i FILE`).
     #[arg(long, value_name = "FILE")]
     pub perf: Option<PathBuf>,
-    /// The relay `--perf` records: the plain row's or the TLS row's.
+    /// The relay `--perf` records: the plain row's, the TLS row's, or a side of the
+    /// `--tunnel-plain` pair.
     #[arg(
         long,
         value_enum,
@@ -90,6 +91,10 @@ pub struct Options {
 pub enum PerfRelay {
     Plain,
     Tls,
+    /// The `--tunnel-plain` pair's donor side.
+    PlainPairDonorSide,
+    /// The `--tunnel-plain` pair's recipient side.
+    PlainPairRecipientSide,
 }
 
 impl Options {

@@ -301,25 +301,39 @@ pub fn start_relay(
     start_relay_to(bins, name, &to, extra)
 }
 
+/// The tunnel between a pair's two sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairTunnel {
+    /// Mutual TLS, certificates made under the pair's folder (the default a user runs).
+    MutualTls,
+    /// `--tunnel-plain`.
+    Plain,
+}
+
 /// Starts a pair over loopback: a donor side in front of `upstream` (with `donor_flags` besides
-/// the tunnel's) and a recipient side that reaches it through a mutual-TLS tunnel, with
-/// certificates made under `dir`. Returns the recipient side first.
+/// the tunnel's) and a recipient side that reaches it through `tunnel` (for mutual TLS, with
+/// certificates made under `dir`). Returns the recipient side first.
 pub fn start_pair(
     bins: &Bins,
     upstream: SocketAddr,
     dir: &Path,
+    tunnel: PairTunnel,
     donor_flags: &[&str],
 ) -> Result<(RelayProc, RelayProc)> {
     let files = clone_relay_benches::tls::tunnel_pki(dir)?;
+    let tunnel_kind = tunnel;
     let tunnel = |side: &str| -> Vec<String> {
-        vec![
-            "--tunnel-cert".into(),
-            files.cert(side).display().to_string(),
-            "--tunnel-key".into(),
-            files.key(side).display().to_string(),
-            "--tunnel-ca".into(),
-            files.ca().display().to_string(),
-        ]
+        match tunnel_kind {
+            PairTunnel::Plain => vec!["--tunnel-plain".into()],
+            PairTunnel::MutualTls => vec![
+                "--tunnel-cert".into(),
+                files.cert(side).display().to_string(),
+                "--tunnel-key".into(),
+                files.key(side).display().to_string(),
+                "--tunnel-ca".into(),
+                files.ca().display().to_string(),
+            ],
+        }
     };
     let mut donor_extra = tunnel("donor");
     donor_extra.extend(["--peer-listen".into(), "127.0.0.1:0".into()]);
@@ -334,13 +348,14 @@ pub fn start_pair(
     let Some(peer) = donor_side.peer_listen else {
         bail!("the pair's donor side did not say where it listens for tunnels");
     };
-    let to = [
-        "--peer".to_string(),
-        peer.to_string(),
-        "--tunnel-server-name".to_string(),
-        clone_relay_benches::tls::TUNNEL_NAME.to_string(),
-    ];
-    let recipient_extra = tunnel("recipient");
+    let to = ["--peer".to_string(), peer.to_string()];
+    let mut recipient_extra = tunnel("recipient");
+    if tunnel_kind == PairTunnel::MutualTls {
+        recipient_extra.extend([
+            "--tunnel-server-name".into(),
+            clone_relay_benches::tls::TUNNEL_NAME.into(),
+        ]);
+    }
     let recipient_extra: Vec<&str> = recipient_extra.iter().map(String::as_str).collect();
     let recipient_side = start_relay_to(
         bins,

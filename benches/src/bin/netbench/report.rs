@@ -107,12 +107,20 @@ impl Latency {
 pub struct Report {
     pub quick: bool,
     pub cpus: usize,
+    /// When the run ended (UTC, RFC 3339).
+    pub taken_at: String,
+    /// The machine: CPU model, CPU count, kernel.
+    pub machine: String,
     pub stream_bytes: u64,
     pub stream_data_mib: usize,
     pub repetitions: usize,
     pub rows: Vec<RowResult>,
     /// The TLS row's median as a ratio of rustls in memory.
     pub relay_tls_to_rustls_in_memory: Option<f64>,
+    /// The pair's median (mutual-TLS tunnel) as a ratio of the single relay with TLS on both legs.
+    pub pair_to_relay_tls: Option<f64>,
+    /// The `--tunnel-plain` pair's median as a ratio of the single plain relay.
+    pub plain_pair_to_relay_plain: Option<f64>,
     pub latency: Latency,
     /// VmHWM of the relay that carried the plain row, read after its last transfer.
     pub relay_plain_peak_rss_bytes: u64,
@@ -156,14 +164,24 @@ impl Report {
         let relay_tls_to_rustls_in_memory = rate("relay_tls")
             .zip(rate("rustls_in_memory"))
             .map(|(t, m)| t / m);
+        let pair_to_relay_tls = rate("relay_pair")
+            .zip(rate("relay_tls"))
+            .map(|(p, t)| p / t);
+        let plain_pair_to_relay_plain = rate("relay_pair_plain")
+            .zip(rate("relay_plain"))
+            .map(|(p, r)| p / r);
         Report {
             quick: opts.quick,
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            taken_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            machine: machine(),
             stream_bytes,
             stream_data_mib,
             repetitions,
             rows,
             relay_tls_to_rustls_in_memory,
+            pair_to_relay_tls,
+            plain_pair_to_relay_plain,
             latency,
             relay_plain_peak_rss_bytes,
             transfers_secs: transfers_took.as_secs_f64(),
@@ -176,13 +194,14 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\nnetbench{}: a {} MiB clone-shaped stream (1 MiB DATA packets) over loopback, \
-             {} CPUs; sender, receiver and each peer in its own process; median of {} \
-             transfers per row, rows interleaved round by round\n",
+            "\nnetbench{}: a {} MiB clone-shaped stream (1 MiB DATA packets) over loopback; \
+             sender, receiver and each peer in its own process; median of {} \
+             transfers per row, rows interleaved round by round; taken {} on {}\n",
             if self.quick { " --quick" } else { "" },
             self.stream_data_mib,
-            self.cpus,
-            self.repetitions
+            self.repetitions,
+            self.taken_at,
+            self.machine
         );
         let _ = writeln!(out, "| path | MiB/s | min-max MiB/s | vs direct |");
         let _ = writeln!(out, "|---|---:|---:|---:|");
@@ -211,6 +230,18 @@ impl Report {
             let _ = writeln!(
                 out,
                 "clone-relay with TLS on both legs: {ratio:.2}x of rustls in memory (target: at least 0.5x)"
+            );
+        }
+        if let Some(ratio) = self.pair_to_relay_tls {
+            let _ = writeln!(
+                out,
+                "the pair (mutual-TLS tunnel): {ratio:.2}x of one relay with TLS on both legs (target: at least 0.9x)"
+            );
+        }
+        if let Some(ratio) = self.plain_pair_to_relay_plain {
+            let _ = writeln!(
+                out,
+                "the pair with --tunnel-plain: {ratio:.2}x of one plain relay (target: at least 0.6x)"
             );
         }
         let l = &self.latency;
@@ -253,6 +284,24 @@ impl Report {
         }
         out
     }
+}
+
+/// The CPU model, the CPU count and the kernel's release, as this machine reports them.
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "an unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{cpus} x {model}, Linux {kernel}")
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use clone_relay_benches::tls::{InMemoryPair, bench_pki, client_config, server_co
 use rustls::{ClientConfig, ServerConfig};
 
 use crate::peers::{DONOR_NAME, DonorPorts, RecvTls, RoundTrips, Transfer, parse_line};
-use crate::procs::{self, Perf};
+use crate::procs::{self, PairTunnel, Perf};
 use crate::report::{Latency, RelayCpu, Report, RowResult};
 use crate::{Options, PerfRelay};
 
@@ -69,7 +69,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let stream = clone_stream(blocks, 1 << 20);
     let expect = stream.len() as u64;
 
-    eprintln!("netbench: starting the donor, eight clone-relay processes, chaos and socat");
+    eprintln!("netbench: starting the donor, ten clone-relay processes, chaos and socat");
     let donor_ca = scratch.0.join("donor-ca.der");
     let (mut donor, ports) = procs::start_donor(
         Command::new(&me)
@@ -97,7 +97,10 @@ pub fn run(opts: &Options) -> Result<()> {
     let pinged = procs::start_relay(&bins, "clone-relay (latency)", ports.ping, &[])?;
     let pair_dir = scratch.0.join("pair");
     std::fs::create_dir_all(&pair_dir)?;
-    let (pair, pair_donor_side) = procs::start_pair(&bins, ports.plain, &pair_dir, &[])?;
+    let (pair, pair_donor_side) =
+        procs::start_pair(&bins, ports.plain, &pair_dir, PairTunnel::MutualTls, &[])?;
+    let (plain_pair, plain_pair_donor_side) =
+        procs::start_pair(&bins, ports.plain, &pair_dir, PairTunnel::Plain, &[])?;
     // The same pair with the least memory the relay takes: what it cannot hold unacknowledged
     // goes to its (encrypted) spill segments.
     let spill_dir = scratch.0.join("spill");
@@ -107,6 +110,7 @@ pub fn run(opts: &Options) -> Result<()> {
         &bins,
         ports.plain,
         &pair_dir,
+        PairTunnel::MutualTls,
         &[
             "--tunnel-memory",
             "1MiB",
@@ -160,6 +164,12 @@ pub fn run(opts: &Options) -> Result<()> {
             key: "relay_pair",
             label: "clone-relay pair, mutual-TLS tunnel (plain legs)",
             target: Ok((pair.addr, None)),
+            secs: Vec::new(),
+        },
+        Row {
+            key: "relay_pair_plain",
+            label: "clone-relay pair, --tunnel-plain (plain legs)",
+            target: Ok((plain_pair.addr, None)),
             secs: Vec::new(),
         },
         Row {
@@ -221,6 +231,8 @@ pub fn run(opts: &Options) -> Result<()> {
             let recorded = match opts.perf_relay {
                 PerfRelay::Plain => &plain,
                 PerfRelay::Tls => &tls,
+                PerfRelay::PlainPairDonorSide => &plain_pair_donor_side,
+                PerfRelay::PlainPairRecipientSide => &plain_pair,
             };
             Perf::start(recorded.proc.pid(), file)
         })
@@ -231,6 +243,8 @@ pub fn run(opts: &Options) -> Result<()> {
         ("TLS", &tls),
         ("pair recipient side", &pair),
         ("pair donor side", &pair_donor_side),
+        ("plain pair recipient side", &plain_pair),
+        ("plain pair donor side", &plain_pair_donor_side),
     ];
     let cpu_before = timed_relays
         .iter()
