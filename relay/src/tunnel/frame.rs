@@ -151,8 +151,27 @@ async fn read_magic(r: &mut (impl AsyncRead + Unpin)) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes a data frame's header; the payload follows with its own write.
-pub fn data_header(len: usize) -> [u8; 5] {
+/// Writes a data frame: its header and `data` in vectored writes, so a buffered writer whose
+/// buffer `data` does not fit passes both to the socket without copying them.
+pub async fn write_data(w: &mut (impl AsyncWrite + Unpin), data: &[u8]) -> io::Result<()> {
+    let header = data_header(data.len());
+    let (mut head, mut body) = (&header[..], data);
+    while !head.is_empty() || !body.is_empty() {
+        let n = w
+            .write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(body)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[n - from_head..];
+    }
+    Ok(())
+}
+
+/// A data frame's header; the payload follows it.
+fn data_header(len: usize) -> [u8; 5] {
     let mut header = [DATA, 0, 0, 0, 0];
     header[1..].copy_from_slice(&(len as u32).to_be_bytes());
     header
@@ -289,6 +308,24 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_data_frame_written_in_small_pieces_reads_back_whole() {
+        // A pipe of 3 bytes takes the vectored writes a few bytes at a time, the header split
+        // across them.
+        let (mut tx, mut rx) = tokio::io::duplex(3);
+        let payload: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move { write_data(&mut tx, &sent).await });
+        let Frame::Data { len } = read_frame(&mut rx).await.unwrap() else {
+            panic!("not a data frame");
+        };
+        assert_eq!(len, payload.len());
+        let mut got = vec![0u8; len];
+        rx.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, payload);
+        writer.await.unwrap().unwrap();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_frame_slower_than_the_silence_is_read_while_its_bytes_keep_coming() {

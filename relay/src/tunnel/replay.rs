@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -48,6 +48,14 @@ pub struct Budget {
     /// Replay buffers alive.
     buffers: AtomicU64,
 }
+
+/// The most one read from a stream's local side places: the size of the read buffers, which
+/// are kept for reuse once acknowledged (see [`Replay::spare_buffer`]).
+pub const READ_BYTES: usize = 64 * 1024;
+/// Read buffers a replay buffer keeps for reuse, outside the memory budget (256 KiB): more than
+/// one acknowledgement releases. Fresh buffers from the allocator cost page faults: glibc hands
+/// the pages of freed ones back to the kernel once enough are free together.
+const SPARE_BUFFERS: usize = 4;
 
 /// Bounds on one buffer's share of the memory budget.
 pub const MIN_SHARE: u64 = 1024 * 1024;
@@ -290,6 +298,8 @@ pub struct Replay {
     /// The segment records are appended to, and its length.
     writing: Option<(Arc<Segment>, u64)>,
     budget: Arc<Budget>,
+    /// Read buffers of acknowledged chunks, for the next reads.
+    spare: Vec<BytesMut>,
 }
 
 impl Replay {
@@ -304,6 +314,7 @@ impl Replay {
             end: 0,
             writing: None,
             budget,
+            spare: Vec::new(),
         }
     }
 
@@ -418,7 +429,9 @@ impl Replay {
             let whole = take == front.len();
             match front {
                 Item::Memory(bytes) => {
-                    let _ = bytes.split_to(take as usize);
+                    if !whole {
+                        let _ = bytes.split_to(take as usize);
+                    }
                     self.memory_len -= take;
                     self.budget.release_memory(take);
                 }
@@ -432,7 +445,10 @@ impl Replay {
             if !whole {
                 break;
             }
-            if let Some(Item::Sealed { segment, .. }) = self.items.pop_front() {
+            let popped = self.items.pop_front();
+            if let Some(Item::Memory(chunk)) = popped {
+                self.keep_spare(chunk);
+            } else if let Some(Item::Sealed { segment, .. }) = popped {
                 // The segment being written to, with no other record left in it: the next
                 // record starts a new one, and this one closes.
                 let in_segment = |item: &Item| matches!(item, Item::Sealed { segment: s, .. } if Arc::ptr_eq(s, &segment));
@@ -449,6 +465,25 @@ impl Replay {
         }
         self.note_use();
         released
+    }
+
+    /// A read buffer of an acknowledged chunk, empty, with room for [`READ_BYTES`].
+    pub fn spare_buffer(&mut self) -> Option<BytesMut> {
+        self.spare.pop()
+    }
+
+    /// Keeps an acknowledged chunk's buffer for a later read when nothing else holds it and it
+    /// is a whole read buffer (not a short read's copy, nor the rest of a split chunk).
+    fn keep_spare(&mut self, chunk: Bytes) {
+        if self.spare.len() >= SPARE_BUFFERS {
+            return;
+        }
+        if let Ok(mut buf) = chunk.try_into_mut()
+            && buf.capacity() >= READ_BYTES
+        {
+            buf.clear();
+            self.spare.push(buf);
+        }
     }
 
     fn note_use(&self) {
@@ -648,5 +683,45 @@ mod tests {
         assert!(!replay.has_room(1));
         drop(replay.ack(4));
         assert!(replay.has_room(4));
+    }
+
+    /// A whole read buffer, as the stream's reader makes one.
+    fn read_buffer(fill: u8) -> Bytes {
+        let mut buf = BytesMut::with_capacity(READ_BYTES);
+        buf.resize(READ_BYTES, fill);
+        buf.freeze()
+    }
+
+    #[test]
+    fn acknowledged_read_buffers_are_kept_for_reuse_up_to_a_bound() {
+        let budget = budget(64 << 20, 0, &std::env::temp_dir());
+        let mut replay = Replay::new(budget.clone());
+        for i in 0..8 {
+            push(&mut replay, read_buffer(i));
+        }
+        // Held elsewhere (a send under way): not kept.
+        let in_flight = read(&replay, 0, READ_BYTES);
+        drop(replay.ack(READ_BYTES as u64));
+        assert!(replay.spare_buffer().is_none());
+        drop(in_flight);
+        // Split by a partial acknowledgement: the rest is not a whole buffer.
+        drop(replay.ack(READ_BYTES as u64 + 10));
+        drop(replay.ack(2 * READ_BYTES as u64));
+        assert!(replay.spare_buffer().is_none());
+        // Six whole and held by nothing else: kept, empty, at most SPARE_BUFFERS of them.
+        drop(replay.ack(8 * READ_BYTES as u64));
+        let mut kept = Vec::new();
+        while let Some(buf) = replay.spare_buffer() {
+            assert!(buf.is_empty());
+            assert!(buf.capacity() >= READ_BYTES);
+            kept.push(buf);
+        }
+        assert_eq!(kept.len(), SPARE_BUFFERS);
+        // They are memory outside the budget: the budget counts nothing held.
+        assert_eq!(budget.memory_in_use(), 0);
+        // A short read's copy is no read buffer.
+        push(&mut replay, bytes(0, 100));
+        drop(replay.ack(8 * READ_BYTES as u64 + 100));
+        assert!(replay.spare_buffer().is_none());
     }
 }

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, FIN_FRAME, Frame, Heard, MAX_DATA};
-use super::replay::{MIN_SHARE, Piece, Released, Replay};
+use super::replay::{MIN_SHARE, Piece, READ_BYTES, Released, Replay};
 
 /// Each side acknowledges at least this often; the acknowledgement is also the heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -38,10 +38,10 @@ pub const HEARTBEAT: Duration = Duration::from_millis(100);
 const ACK_EVERY: u64 = MIN_SHARE * SEND_THIRDS / 3 / 3;
 /// Largest part of a data frame delivered to the pipeline at once.
 const DELIVER_BYTES: usize = 64 * 1024;
+/// The tunnel connection's write buffer.
+const WRITE_BUFFER: usize = 16 * 1024;
 /// The in-memory pipe between the pipeline and the stream's tasks.
 const PIPE_BYTES: usize = 256 * 1024;
-/// Largest read from the pipeline at once.
-const READ_BYTES: usize = 64 * 1024;
 /// Of a stream's share of the buffer budget ([`Replay::share`]), what it may have sent and not
 /// had acknowledged (what may be lost in flight with a connection and sent again), in thirds;
 /// the rest is how far ahead of what was sent the pipeline is read while a tunnel connection is
@@ -295,26 +295,34 @@ impl Stream {
     /// Reads the pipeline's bytes into the replay buffer until its side ends; waits while the
     /// buffer budget is spent.
     pub async fn read_local(self: Arc<Self>, mut reader: ReadHalf<DuplexStream>) {
+        let mut buf = BytesMut::new();
         loop {
             while !self.may_read() {
                 self.room.notified().await;
             }
-            let mut buf = BytesMut::zeroed(READ_BYTES);
-            let n = match reader.read(&mut buf).await {
+            if buf.capacity() == 0 {
+                buf = self
+                    .state()
+                    .replay
+                    .spare_buffer()
+                    .unwrap_or_else(|| BytesMut::with_capacity(READ_BYTES));
+            }
+            match reader.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => {
                     self.state().local_done = true;
                     self.to_send.notify_one();
                     return;
                 }
-                Ok(n) => n,
-            };
+                Ok(_) => {}
+            }
             // A short read keeps a buffer of its own size, so the memory counted is the memory
-            // held.
-            let chunk = if n < READ_BYTES {
-                bytes::Bytes::copy_from_slice(&buf[..n])
+            // held; the read buffer stays for the next read.
+            let chunk = if buf.len() < buf.capacity() {
+                let chunk = bytes::Bytes::copy_from_slice(&buf);
+                buf.clear();
+                chunk
             } else {
-                buf.truncate(n);
-                buf.freeze()
+                std::mem::take(&mut buf).freeze()
             };
             let spill = self.state().replay.place(chunk);
             if let Some(spill) = spill {
@@ -351,7 +359,9 @@ impl Stream {
         let (r, w) = tokio::io::split(link);
         // Data frames are read past the buffer: it serves the small frames and headers.
         let mut r = BufReader::with_capacity(16 * 1024, r);
-        let mut w = BufWriter::with_capacity(MAX_DATA + 16, w);
+        // Acknowledgements, ends and small data frames gather in the buffer; a data frame as
+        // large as it goes past it (see `frame::write_data`).
+        let mut w = BufWriter::with_capacity(WRITE_BUFFER, w);
         self.state().sending_at = Some(send_from);
         let end = tokio::select! {
             end = self.send(&mut w, send_from) => end,
@@ -430,10 +440,7 @@ impl Stream {
                         }
                     }
                 };
-                if let Err(e) = w.write_all(&frame::data_header(bytes.len())).await {
-                    return lost(e);
-                }
-                if let Err(e) = w.write_all(&bytes).await {
+                if let Err(e) = frame::write_data(w, &bytes).await {
                     return lost(e);
                 }
                 pos += bytes.len() as u64;
