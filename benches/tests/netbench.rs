@@ -110,6 +110,20 @@ fn quick_run_prints_every_row_with_positive_figures() {
             assert!(total > 0.0, "the TLS relay used no CPU: {relay}");
         }
     }
+    let tunnel = report["tunnel_connections"]
+        .as_array()
+        .expect("tunnel_connections");
+    assert_eq!(tunnel.len(), 2, "{tunnel:?}");
+    for condition in tunnel {
+        positive(&condition["one_stream_mib_per_sec"]);
+        positive(&condition["together_mib_per_sec"]);
+        let line = format!(
+            "the pair's tunnel, {}: {} streams at once",
+            condition["conditions"].as_str().expect("conditions"),
+            condition["streams"]
+        );
+        assert!(stdout.contains(&line), "no {line:?} line:\n{stdout}");
+    }
     for side in ["direct", "relay"] {
         positive(&report["latency"][side]["p50_us"]);
         positive(&report["latency"][side]["p99_us"]);

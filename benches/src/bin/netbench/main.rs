@@ -22,12 +22,14 @@
 //! - `peers`: the hidden subcommands (donor, recipient transfer, ping).
 //! - `procs`: finding or building the binaries, starting and ending processes, socat, perf.
 //! - `run`: the measurement, in order.
+//! - `streams`: the pair's tunnel connections, one per stream against what one shared could carry.
 //! - `report`: the table and the JSON.
 
 mod peers;
 mod procs;
 mod report;
 mod run;
+mod streams;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::peers::{RecvTls, Transfer, parse_line};
+
 /// How long a process may take to say where it listens.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Lines of a process's stderr kept for an error message.
@@ -310,20 +312,42 @@ pub enum PairTunnel {
     Plain,
 }
 
-/// Starts a pair over loopback: a donor side in front of `upstream` (with `donor_flags` besides
-/// the tunnel's) and a recipient side that reaches it through `tunnel` (for mutual TLS, with
-/// certificates made under `dir`). Returns the recipient side first.
-pub fn start_pair(
-    bins: &Bins,
-    upstream: SocketAddr,
-    dir: &Path,
-    tunnel: PairTunnel,
-    donor_flags: &[&str],
-) -> Result<(RelayProc, RelayProc)> {
+/// How a pair is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct PairSpec<'a> {
+    pub tunnel: PairTunnel,
+    /// The donor side's flags besides the tunnel's.
+    pub donor_flags: &'a [&'a str],
+    /// Faults (chaos `--fault` JSON) of a chaos proxy between the two sides; none: no proxy.
+    pub link_faults: &'a [&'a str],
+}
+
+impl PairSpec<'_> {
+    pub const fn tunnel(tunnel: PairTunnel) -> PairSpec<'static> {
+        PairSpec {
+            tunnel,
+            donor_flags: &[],
+            link_faults: &[],
+        }
+    }
+}
+
+/// A running pair: its two sides, and the chaos proxy between them when there is one.
+#[derive(Debug)]
+pub struct Pair {
+    pub recipient_side: RelayProc,
+    pub donor_side: RelayProc,
+    /// The chaos proxy between the sides, held so that it lives as long as the pair.
+    pub _link: Option<Proc>,
+}
+
+/// Starts a pair over loopback: a donor side in front of `upstream` and a recipient side that
+/// reaches it through the tunnel `spec` asks for (for mutual TLS, with certificates made under
+/// `dir`), across a chaos proxy when `spec` gives it faults.
+pub fn start_pair(bins: &Bins, upstream: SocketAddr, dir: &Path, spec: PairSpec) -> Result<Pair> {
     let files = clone_relay_benches::tls::tunnel_pki(dir)?;
-    let tunnel_kind = tunnel;
     let tunnel = |side: &str| -> Vec<String> {
-        match tunnel_kind {
+        match spec.tunnel {
             PairTunnel::Plain => vec!["--tunnel-plain".into()],
             PairTunnel::MutualTls => vec![
                 "--tunnel-cert".into(),
@@ -337,7 +361,7 @@ pub fn start_pair(
     };
     let mut donor_extra = tunnel("donor");
     donor_extra.extend(["--peer-listen".into(), "127.0.0.1:0".into()]);
-    donor_extra.extend(donor_flags.iter().map(|f| f.to_string()));
+    donor_extra.extend(spec.donor_flags.iter().map(|f| f.to_string()));
     let donor_extra: Vec<&str> = donor_extra.iter().map(String::as_str).collect();
     let donor_side = start_relay(
         bins,
@@ -348,9 +372,15 @@ pub fn start_pair(
     let Some(peer) = donor_side.peer_listen else {
         bail!("the pair's donor side did not say where it listens for tunnels");
     };
+    let (link, peer) = if spec.link_faults.is_empty() {
+        (None, peer)
+    } else {
+        let (proc, addr) = start_chaos(bins, peer, spec.link_faults)?;
+        (Some(proc), addr)
+    };
     let to = ["--peer".to_string(), peer.to_string()];
     let mut recipient_extra = tunnel("recipient");
-    if tunnel_kind == PairTunnel::MutualTls {
+    if spec.tunnel == PairTunnel::MutualTls {
         recipient_extra.extend([
             "--tunnel-server-name".into(),
             clone_relay_benches::tls::TUNNEL_NAME.into(),
@@ -363,7 +393,11 @@ pub fn start_pair(
         &to,
         &recipient_extra,
     )?;
-    Ok((recipient_side, donor_side))
+    Ok(Pair {
+        recipient_side,
+        donor_side,
+        _link: link,
+    })
 }
 
 /// Starts `clone-relay --listen 127.0.0.1:0 --admin 127.0.0.1:0 --log-format json`, `to`
@@ -405,14 +439,21 @@ fn start_relay_to(bins: &Bins, name: &str, to: &[String], extra: &[&str]) -> Res
     })
 }
 
-/// Starts `chaos serve` in front of `upstream`, with no faults.
-pub fn start_chaos(bins: &Bins, upstream: SocketAddr) -> Result<(Proc, SocketAddr)> {
+/// Starts `chaos serve` in front of `upstream` with `faults` (chaos `--fault` JSON), seed 1.
+pub fn start_chaos(
+    bins: &Bins,
+    upstream: SocketAddr,
+    faults: &[&str],
+) -> Result<(Proc, SocketAddr)> {
     let mut command = Command::new(&bins.chaos);
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--seed", "1"])
         .arg("--upstream")
         .arg(upstream.to_string())
         .env_remove("RUST_LOG");
+    for fault in faults {
+        command.args(["--fault", fault]);
+    }
     Proc::start("chaos", &mut command, false, chaos_listening)
 }
 
@@ -599,4 +640,20 @@ impl Perf {
         }
         Ok(())
     }
+}
+
+/// One recipient process's transfer; its seconds.
+pub fn transfer(me: &Path, addr: SocketAddr, tls: Option<&RecvTls>, expect: u64) -> Result<f64> {
+    let mut command = Command::new(me);
+    command
+        .args(["recv", "--addr", &addr.to_string()])
+        .args(["--expect", &expect.to_string()]);
+    if let Some(tls) = tls {
+        command
+            .arg("--tls-ca")
+            .arg(&tls.ca)
+            .args(["--tls-name", &tls.name]);
+    }
+    let out = output("recipient", &mut command)?;
+    Ok(parse_line::<Transfer>("recipient", &out)?.secs)
 }

@@ -6,7 +6,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::Options;
-use crate::run::DIRECT;
+use crate::streams::StreamsResult;
+
+/// The row everything is compared with.
+pub const DIRECT: &str = "direct";
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -127,6 +130,8 @@ pub struct Report {
     pub transfers_secs: f64,
     /// CPU each relay process used per GiB it carried in the timed rounds.
     pub relay_cpu: Vec<RelayCpu>,
+    /// The pair's tunnel connections: one stream alone against several at once.
+    pub tunnel_connections: Vec<StreamsResult>,
 }
 
 /// CPU seconds per GiB carried, user and system, of one relay process (from /proc/PID/stat).
@@ -186,6 +191,7 @@ impl Report {
             relay_plain_peak_rss_bytes,
             transfers_secs: transfers_took.as_secs_f64(),
             relay_cpu: Vec::new(),
+            tunnel_connections: Vec::new(),
         }
     }
 
@@ -280,6 +286,18 @@ impl Report {
                 out,
                 "relay CPU per GiB carried, user + system seconds (/proc/PID/stat, timed rounds): {}",
                 each.join("; ")
+            );
+        }
+        for t in &self.tunnel_connections {
+            let _ = writeln!(
+                out,
+                "the pair's tunnel, {}: {} streams at once, one connection each, {:.0} MiB/s in all; \
+                 one stream alone (the most one shared connection could carry) {:.0} MiB/s; {:.2}x",
+                t.conditions,
+                t.streams,
+                t.together_mib_per_sec,
+                t.one_stream_mib_per_sec,
+                t.together_mib_per_sec / t.one_stream_mib_per_sec
             );
         }
         out

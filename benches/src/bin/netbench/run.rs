@@ -12,13 +12,11 @@ use clone_relay_benches::clone_stream;
 use clone_relay_benches::tls::{InMemoryPair, bench_pki, client_config, server_config};
 use rustls::{ClientConfig, ServerConfig};
 
-use crate::peers::{DONOR_NAME, DonorPorts, RecvTls, RoundTrips, Transfer, parse_line};
-use crate::procs::{self, PairTunnel, Perf};
-use crate::report::{Latency, RelayCpu, Report, RowResult};
-use crate::{Options, PerfRelay};
+use crate::peers::{DONOR_NAME, DonorPorts, RecvTls, RoundTrips, parse_line};
+use crate::procs::{self, PairSpec, PairTunnel, Perf};
+use crate::report::{DIRECT, Latency, RelayCpu, Report, RowResult};
+use crate::{Options, PerfRelay, streams};
 
-/// The row everything is compared with.
-pub const DIRECT: &str = "direct";
 /// The name in the certificate clone-relay makes for itself.
 const RELAY_NAME: &str = clone_relay_benches::tls::RELAY_NAME;
 /// Application writes of the in-memory TLS reference: 256 KiB, as it has always been measured
@@ -69,7 +67,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let stream = clone_stream(blocks, 1 << 20);
     let expect = stream.len() as u64;
 
-    eprintln!("netbench: starting the donor, ten clone-relay processes, chaos and socat");
+    eprintln!("netbench: starting the donor, twelve clone-relay processes, chaos and socat");
     let donor_ca = scratch.0.join("donor-ca.der");
     let (mut donor, ports) = procs::start_donor(
         Command::new(&me)
@@ -97,28 +95,48 @@ pub fn run(opts: &Options) -> Result<()> {
     let pinged = procs::start_relay(&bins, "clone-relay (latency)", ports.ping, &[])?;
     let pair_dir = scratch.0.join("pair");
     std::fs::create_dir_all(&pair_dir)?;
-    let (pair, pair_donor_side) =
-        procs::start_pair(&bins, ports.plain, &pair_dir, PairTunnel::MutualTls, &[])?;
-    let (plain_pair, plain_pair_donor_side) =
-        procs::start_pair(&bins, ports.plain, &pair_dir, PairTunnel::Plain, &[])?;
+    let pair = procs::start_pair(
+        &bins,
+        ports.plain,
+        &pair_dir,
+        PairSpec::tunnel(PairTunnel::MutualTls),
+    )?;
+    let plain_pair = procs::start_pair(
+        &bins,
+        ports.plain,
+        &pair_dir,
+        PairSpec::tunnel(PairTunnel::Plain),
+    )?;
     // The same pair with the least memory the relay takes: what it cannot hold unacknowledged
     // goes to its (encrypted) spill segments.
     let spill_dir = scratch.0.join("spill");
     std::fs::create_dir_all(&spill_dir)?;
     let spill_dir_arg = spill_dir.to_str().context("scratch path is not UTF-8")?;
-    let (spilling, spilling_donor_side) = procs::start_pair(
+    let spilling = procs::start_pair(
         &bins,
         ports.plain,
         &pair_dir,
-        PairTunnel::MutualTls,
-        &[
-            "--tunnel-memory",
-            "1MiB",
-            "--tunnel-spill-dir",
-            spill_dir_arg,
-        ],
+        PairSpec {
+            donor_flags: &[
+                "--tunnel-memory",
+                "1MiB",
+                "--tunnel-spill-dir",
+                spill_dir_arg,
+            ],
+            ..PairSpec::tunnel(PairTunnel::MutualTls)
+        },
     )?;
-    let (_chaos, chaos_addr) = procs::start_chaos(&bins, ports.plain)?;
+    // The pair again, its tunnel across a chaos proxy that emulates loss.
+    let lossy_pair = procs::start_pair(
+        &bins,
+        ports.plain,
+        &pair_dir,
+        PairSpec {
+            link_faults: &[streams::LOSS_FAULT],
+            ..PairSpec::tunnel(PairTunnel::MutualTls)
+        },
+    )?;
+    let (_chaos, chaos_addr) = procs::start_chaos(&bins, ports.plain, &[])?;
     // socat on its own default buffer, and on the relay's default copy buffer.
     let start_socat = |buffer: Option<usize>| {
         socat.clone().and_then(|path| {
@@ -163,19 +181,19 @@ pub fn run(opts: &Options) -> Result<()> {
         Row {
             key: "relay_pair",
             label: "clone-relay pair, mutual-TLS tunnel (plain legs)",
-            target: Ok((pair.addr, None)),
+            target: Ok((pair.recipient_side.addr, None)),
             secs: Vec::new(),
         },
         Row {
             key: "relay_pair_plain",
             label: "clone-relay pair, --tunnel-plain (plain legs)",
-            target: Ok((plain_pair.addr, None)),
+            target: Ok((plain_pair.recipient_side.addr, None)),
             secs: Vec::new(),
         },
         Row {
             key: "relay_pair_spill",
             label: "clone-relay pair, --tunnel-memory 1MiB (spills, encrypted)",
-            target: Ok((spilling.addr, None)),
+            target: Ok((spilling.recipient_side.addr, None)),
             secs: Vec::new(),
         },
         Row {
@@ -216,7 +234,7 @@ pub fn run(opts: &Options) -> Result<()> {
     );
     for row in &rows {
         if let Ok((addr, tls)) = &row.target {
-            transfer(&me, *addr, tls.as_ref(), expect)
+            procs::transfer(&me, *addr, tls.as_ref(), expect)
                 .with_context(|| format!("warm-up of {}", row.label))?;
         }
     }
@@ -231,8 +249,8 @@ pub fn run(opts: &Options) -> Result<()> {
             let recorded = match opts.perf_relay {
                 PerfRelay::Plain => &plain,
                 PerfRelay::Tls => &tls,
-                PerfRelay::PlainPairDonorSide => &plain_pair_donor_side,
-                PerfRelay::PlainPairRecipientSide => &plain_pair,
+                PerfRelay::PlainPairDonorSide => &plain_pair.donor_side,
+                PerfRelay::PlainPairRecipientSide => &plain_pair.recipient_side,
             };
             Perf::start(recorded.proc.pid(), file)
         })
@@ -241,10 +259,10 @@ pub fn run(opts: &Options) -> Result<()> {
     let timed_relays = [
         ("plain", &plain),
         ("TLS", &tls),
-        ("pair recipient side", &pair),
-        ("pair donor side", &pair_donor_side),
-        ("plain pair recipient side", &plain_pair),
-        ("plain pair donor side", &plain_pair_donor_side),
+        ("pair recipient side", &pair.recipient_side),
+        ("pair donor side", &pair.donor_side),
+        ("plain pair recipient side", &plain_pair.recipient_side),
+        ("plain pair donor side", &plain_pair.donor_side),
     ];
     let cpu_before = timed_relays
         .iter()
@@ -254,7 +272,7 @@ pub fn run(opts: &Options) -> Result<()> {
     for round in 0..reps {
         for row in &mut rows {
             if let Ok((addr, tls)) = &row.target {
-                let secs = transfer(&me, *addr, tls.as_ref(), expect)
+                let secs = procs::transfer(&me, *addr, tls.as_ref(), expect)
                     .with_context(|| format!("{} (round {})", row.label, round + 1))?;
                 row.secs.push(secs);
             }
@@ -297,12 +315,25 @@ pub fn run(opts: &Options) -> Result<()> {
     }
 
     // The spilling pair's row measured spill segments written and read back.
-    let spills = procs::metric(spilling_donor_side.admin, "clone_relay_tunnel_spills_total")
+    let spills = procs::metric(spilling.donor_side.admin, "clone_relay_tunnel_spills_total")
         .context("the spilling pair's donor side /metrics")?;
     if spills == 0.0 {
         bail!("the pair on 1 MiB of memory never spilled: its row measured memory alone");
     }
     eprintln!("netbench: the pair on 1 MiB of memory spilled {spills} times");
+
+    eprintln!("netbench: the pair's tunnel connections, one per stream against one shared");
+    let tunnel_connections = vec![
+        streams::measure(&me, pair.recipient_side.addr, expect, reps, "full speed")?,
+        // Three rounds: a lossy transfer takes seconds.
+        streams::measure(
+            &me,
+            lossy_pair.recipient_side.addr,
+            expect,
+            reps.min(3),
+            streams::LOSS_LABEL,
+        )?,
+    ];
 
     eprintln!("netbench: round trips, direct and through clone-relay");
     // Direct and relayed runs alternate, so that both see the same share of the machine.
@@ -346,28 +377,13 @@ pub fn run(opts: &Options) -> Result<()> {
         transfers_took,
     );
     report.relay_cpu = relay_cpu;
+    report.tunnel_connections = tunnel_connections;
     print!("{}", report.table());
     if let Some(path) = &opts.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
-}
-
-/// One recipient process's transfer; its seconds.
-fn transfer(me: &Path, addr: SocketAddr, tls: Option<&RecvTls>, expect: u64) -> Result<f64> {
-    let mut command = Command::new(me);
-    command
-        .args(["recv", "--addr", &addr.to_string()])
-        .args(["--expect", &expect.to_string()]);
-    if let Some(tls) = tls {
-        command
-            .arg("--tls-ca")
-            .arg(&tls.ca)
-            .args(["--tls-name", &tls.name]);
-    }
-    let out = procs::output("recipient", &mut command)?;
-    Ok(parse_line::<Transfer>("recipient", &out)?.secs)
 }
 
 /// One `ping` process's round-trip times, in microseconds.
