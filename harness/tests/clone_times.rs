@@ -9,8 +9,8 @@
 //! - capped at 20 MiB/s by MySQL (the recipient's `clone_max_network_bandwidth`): the relayed
 //!   clone at least at the cap (within 5%). MySQL's throttle does not hold a single thread to
 //!   its cap: it sleeps off at most 1 s per check, so a clone runs above the cap by however much
-//!   the thread can read in a burst after each sleep (on loopback 1.2x to 4.9x of the cap
-//!   direct). relay / direct is printed for that cell, not judged: it compares two overshoots.
+//!   the thread can read in a burst after each sleep (1.1x to 2x of the cap here, direct and
+//!   relayed). relay / direct is printed for that cell, not judged: it compares two overshoots.
 //!
 //! It runs with `CLONE_RELAY_SOAK=1` only (about fifteen minutes, and a release build of the
 //! relay): 200 MiB of tables, five rounds; `CLONE_TIMES_QUICK=1` makes that the two capped cells,
