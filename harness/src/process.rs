@@ -104,20 +104,52 @@ pub async fn workspace_binary(package: &str, name: &str) -> Result<PathBuf> {
     Ok(binary)
 }
 
+/// How a relay process is started.
+#[derive(Debug, Clone, Copy)]
+struct Launch<'a> {
+    /// The binary; the workspace's `clone-relay` (built when missing) when `None`.
+    binary: Option<&'a Path>,
+    /// Where it listens; a free loopback port when `None`.
+    listen: Option<SocketAddr>,
+    upstream: Option<SocketAddr>,
+    extra: &'a [&'a str],
+    /// Its log filter, as `RUST_LOG`.
+    rust_log: &'a str,
+    /// Where its stderr, its log, goes; inherited when `None`.
+    log_file: Option<&'a Path>,
+}
+
+impl<'a> Launch<'a> {
+    fn new(upstream: Option<SocketAddr>, extra: &'a [&'a str], rust_log: &'a str) -> Self {
+        Launch {
+            binary: None,
+            listen: None,
+            upstream,
+            extra,
+            rust_log,
+            log_file: None,
+        }
+    }
+}
+
 impl RelayProcess {
     /// Starts the relay to `upstream` on its defaults (plus `extra` flags), on free loopback
     /// ports, and waits until its admin listener answers.
     pub async fn start(upstream: SocketAddr, extra: &[&str]) -> Result<Self> {
         // Its log at `warn`, or as `RUST_LOG` asks when the test run sets it.
         let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-        Self::spawn(None, None, Some(upstream), extra, &log, None).await
+        Self::spawn(Launch::new(Some(upstream), extra, &log)).await
     }
 
     /// [`RelayProcess::start`] with the binary at `binary` (for example
     /// [`release_relay_binary`]'s).
     pub async fn start_binary(binary: &Path, upstream: SocketAddr, extra: &[&str]) -> Result<Self> {
         let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-        Self::spawn(Some(binary), None, Some(upstream), extra, &log, None).await
+        Self::spawn(Launch {
+            binary: Some(binary),
+            ..Launch::new(Some(upstream), extra, &log)
+        })
+        .await
     }
 
     /// A relay listening on `listen` (for example where one just killed listened, to restart it
@@ -129,7 +161,11 @@ impl RelayProcess {
         extra: &[&str],
     ) -> Result<Self> {
         let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-        Self::spawn(None, Some(listen), upstream, extra, &log, None).await
+        Self::spawn(Launch {
+            listen: Some(listen),
+            ..Launch::new(upstream, extra, &log)
+        })
+        .await
     }
 
     /// [`RelayProcess::start`] with the log filter `rust_log` (as `RUST_LOG`) and the process's
@@ -141,24 +177,21 @@ impl RelayProcess {
         rust_log: &str,
         log_file: &Path,
     ) -> Result<Self> {
-        Self::spawn(None, None, Some(upstream), extra, rust_log, Some(log_file)).await
+        Self::spawn(Launch {
+            log_file: Some(log_file),
+            ..Launch::new(Some(upstream), extra, rust_log)
+        })
+        .await
     }
 
     /// Starts the relay and waits for it. Ports chosen here (`listen` unset) are free when
     /// checked but may be taken before the relay binds them (`Address already in use`), so a
     /// relay that exits at start on them gets one more try on fresh ones.
-    async fn spawn(
-        binary: Option<&Path>,
-        listen: Option<SocketAddr>,
-        upstream: Option<SocketAddr>,
-        extra: &[&str],
-        rust_log: &str,
-        log_file: Option<&Path>,
-    ) -> Result<Self> {
-        let tries = if listen.is_none() { 2 } else { 1 };
+    async fn spawn(launch: Launch<'_>) -> Result<Self> {
+        let tries = if launch.listen.is_none() { 2 } else { 1 };
         let mut exited = None;
         for _ in 0..tries {
-            match Self::spawn_once(binary, listen, upstream, extra, rust_log, log_file).await {
+            match Self::spawn_once(launch).await {
                 Err(e) if e.downcast_ref::<ExitedAtStart>().is_some() => {
                     eprintln!("harness: {e:#}; starting it again on fresh ports");
                     exited = Some(e);
@@ -169,14 +202,15 @@ impl RelayProcess {
         Err(exited.expect("at least one try"))
     }
 
-    async fn spawn_once(
-        binary: Option<&Path>,
-        listen: Option<SocketAddr>,
-        upstream: Option<SocketAddr>,
-        extra: &[&str],
-        rust_log: &str,
-        log_file: Option<&Path>,
-    ) -> Result<Self> {
+    async fn spawn_once(launch: Launch<'_>) -> Result<Self> {
+        let Launch {
+            binary,
+            listen,
+            upstream,
+            extra,
+            rust_log,
+            log_file,
+        } = launch;
         let binary = match binary {
             Some(path) => path.to_path_buf(),
             None => relay_binary().await?,

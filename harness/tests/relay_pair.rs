@@ -659,6 +659,17 @@ struct PairOptions {
     transport: Option<Transport>,
 }
 
+impl PairOptions {
+    /// The link capped at [`LINK_RATE_MIB`], with faults to come.
+    fn faulted_link() -> Self {
+        PairOptions {
+            faults: vec![capped(LINK_RATE_MIB)],
+            faults_expected: true,
+            ..PairOptions::default()
+        }
+    }
+}
+
 /// The two relays and the link between them.
 struct Pair {
     recipient_side: Side,
@@ -1113,15 +1124,7 @@ async fn reset_the_tunnel(pair: &Pair) -> Result<(u64, [u64; 2], f64)> {
 
 /// 2. Ten resets of the tunnel during one clone.
 async fn ten_resets(env: &Env, clean: &Run) -> Result<Row> {
-    let pair = Pair::start(
-        env,
-        PairOptions {
-            faults: vec![capped(LINK_RATE_MIB)],
-            faults_expected: true,
-            ..PairOptions::default()
-        },
-    )
-    .await?;
+    let pair = Pair::start(env, PairOptions::faulted_link()).await?;
     let (run, (cut, donor_sent, spilled)) =
         clone_through(env, &pair, &AtomicBool::new(false), reset_the_tunnel(&pair)).await?;
     run.ensure_faithful("resets")?;
@@ -1203,14 +1206,12 @@ async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
     let pair = Pair::start(
         env,
         PairOptions {
-            faults: vec![capped(LINK_RATE_MIB)],
             donor_process: Some(DonorProcess {
                 memory: Some(BUFFER_MEMORY),
                 spill: Some(BUFFER_SPILL),
                 spill_dir: Some(spill_dir.clone()),
             }),
-            faults_expected: true,
-            ..PairOptions::default()
+            ..PairOptions::faulted_link()
         },
     )
     .await?;
@@ -1452,15 +1453,7 @@ async fn darken(pair: &Pair, outage: Duration) -> Result<()> {
 /// clone completes with equal tables and MySQL refuses no resume. Within [`BRIDGED`] MySQL sees
 /// no resume at all; past it the pair falls back to CLONE's own resume.
 async fn dark(env: &Env, outage: Duration, name: &'static str) -> Result<Row> {
-    let pair = Pair::start(
-        env,
-        PairOptions {
-            faults: vec![capped(LINK_RATE_MIB)],
-            faults_expected: true,
-            ..PairOptions::default()
-        },
-    )
-    .await?;
+    let pair = Pair::start(env, PairOptions::faulted_link()).await?;
     let (run, ()) =
         clone_through(env, &pair, &AtomicBool::new(false), darken(&pair, outage)).await?;
     let (recipient_fallbacks, donor_fallbacks) =
@@ -1505,15 +1498,7 @@ async fn dark(env: &Env, outage: Duration, name: &'static str) -> Result<Row> {
 /// carried [`OUTAGE_AT`]: the pair carries the clone on, slowly, without giving up a stream.
 async fn slow_link(env: &Env, clean: &Run) -> Result<Row> {
     let name = "64 KiB/s for 10 s";
-    let pair = Pair::start(
-        env,
-        PairOptions {
-            faults: vec![capped(LINK_RATE_MIB)],
-            faults_expected: true,
-            ..PairOptions::default()
-        },
-    )
-    .await?;
+    let pair = Pair::start(env, PairOptions::faulted_link()).await?;
     let slow = async {
         pair.recipient_side
             .session_past(OUTAGE_AT, SESSION_WAIT)
@@ -1573,11 +1558,9 @@ async fn restart(env: &Env, recipient_side: bool, name: &'static str) -> Result<
     let mut pair = Pair::start(
         env,
         PairOptions {
-            faults: vec![capped(LINK_RATE_MIB)],
             donor_process: (!recipient_side).then(DonorProcess::default),
             recipient_process: recipient_side,
-            faults_expected: true,
-            ..PairOptions::default()
+            ..PairOptions::faulted_link()
         },
     )
     .await?;
@@ -1636,10 +1619,8 @@ async fn past_the_bridge(
     let pair = Pair::start(
         env,
         PairOptions {
-            faults: vec![capped(LINK_RATE_MIB)],
             bridge,
-            faults_expected: true,
-            ..PairOptions::default()
+            ..PairOptions::faulted_link()
         },
     )
     .await?;
