@@ -445,22 +445,23 @@ impl Replay {
             if !whole {
                 break;
             }
-            let popped = self.items.pop_front();
-            if let Some(Item::Memory(chunk)) = popped {
-                self.keep_spare(chunk);
-            } else if let Some(Item::Sealed { segment, .. }) = popped {
-                // The segment being written to, with no other record left in it: the next
-                // record starts a new one, and this one closes.
-                let in_segment = |item: &Item| matches!(item, Item::Sealed { segment: s, .. } if Arc::ptr_eq(s, &segment));
-                if self
-                    .writing
-                    .as_ref()
-                    .is_some_and(|(w, _)| Arc::ptr_eq(w, &segment))
-                    && !self.items.iter().any(in_segment)
-                {
-                    self.writing = None;
+            match self.items.pop_front() {
+                Some(Item::Memory(chunk)) => self.keep_spare(chunk),
+                Some(Item::Sealed { segment, .. }) => {
+                    // The segment being written to, with no other record left in it: the next
+                    // record starts a new one, and this one closes.
+                    let in_segment = |item: &Item| matches!(item, Item::Sealed { segment: s, .. } if Arc::ptr_eq(s, &segment));
+                    if self
+                        .writing
+                        .as_ref()
+                        .is_some_and(|(w, _)| Arc::ptr_eq(w, &segment))
+                        && !self.items.iter().any(in_segment)
+                    {
+                        self.writing = None;
+                    }
+                    released.0.push(segment);
                 }
-                released.0.push(segment);
+                None => {}
             }
         }
         self.note_use();

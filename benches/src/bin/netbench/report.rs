@@ -6,7 +6,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::Options;
-use crate::streams::StreamsResult;
 
 /// The row everything is compared with.
 pub const DIRECT: &str = "direct";
@@ -132,6 +131,37 @@ pub struct Report {
     pub relay_cpu: Vec<RelayCpu>,
     /// The pair's tunnel connections: one stream alone against several at once.
     pub tunnel_connections: Vec<StreamsResult>,
+}
+
+/// The pair's tunnel connections under one condition: medians of one stream alone and of
+/// several at once (see the `streams` module).
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamsResult {
+    pub conditions: String,
+    pub streams: usize,
+    /// One stream alone: the most one shared connection could carry.
+    pub one_stream_mib_per_sec: f64,
+    /// `streams` streams at once, each on its own connection, in all.
+    pub together_mib_per_sec: f64,
+}
+
+impl StreamsResult {
+    /// From each round's rates, MiB/s.
+    pub fn new(
+        conditions: &str,
+        streams: usize,
+        mut alone: Vec<f64>,
+        mut together: Vec<f64>,
+    ) -> Self {
+        alone.sort_by(f64::total_cmp);
+        together.sort_by(f64::total_cmp);
+        StreamsResult {
+            conditions: conditions.to_string(),
+            streams,
+            one_stream_mib_per_sec: median(&alone).unwrap_or(f64::NAN),
+            together_mib_per_sec: median(&together).unwrap_or(f64::NAN),
+        }
+    }
 }
 
 /// CPU seconds per GiB carried, user and system, of one relay process (from /proc/PID/stat).

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
 
 use crate::procs;
+use crate::report::StreamsResult;
 
 /// Streams carried at once.
 pub const STREAMS: usize = 4;
@@ -21,17 +21,6 @@ pub const STREAMS: usize = 4;
 pub const LOSS_FAULT: &str = r#"{"fault":{"type":"loss","probability":0.001,"segment_bytes":1448,"retransmit_ms":20},"direction":"downstream"}"#;
 /// How [`LOSS_FAULT`] reads in the report.
 pub const LOSS_LABEL: &str = "0.1% of 1448-byte segments held 20 ms";
-
-/// One condition's medians.
-#[derive(Debug, Clone, Serialize)]
-pub struct StreamsResult {
-    pub conditions: String,
-    pub streams: usize,
-    /// One stream alone: the most one shared connection could carry.
-    pub one_stream_mib_per_sec: f64,
-    /// [`STREAMS`] streams at once, each on its own connection, in all.
-    pub together_mib_per_sec: f64,
-}
 
 /// `reps` rounds, each of one stream alone through `addr` and then [`STREAMS`] at once.
 pub fn measure(
@@ -51,12 +40,7 @@ pub fn measure(
             at_once(me, addr, STREAMS, expect).context(what(STREAMS))?,
         ));
     }
-    Ok(StreamsResult {
-        conditions: conditions.to_string(),
-        streams: STREAMS,
-        one_stream_mib_per_sec: median(alone),
-        together_mib_per_sec: median(together),
-    })
+    Ok(StreamsResult::new(conditions, STREAMS, alone, together))
 }
 
 /// Seconds from the start of `n` transfers at once to the end of the last.
@@ -74,14 +58,4 @@ fn at_once(me: &Path, addr: SocketAddr, n: usize, expect: u64) -> Result<f64> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(started.elapsed().as_secs_f64())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
 }
