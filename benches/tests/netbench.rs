@@ -2,9 +2,9 @@
 //! chaos, runs every row, and prints the table with a positive figure in each row. No timing is
 //! judged here: the figures only have to exist.
 //!
-//! socat is installed from Debian's packages when missing; when that fails its row says
-//! "skipped: ..." and this test accepts it, except under CI=true, where every row must have
-//! been measured.
+//! It is in the end-to-end tier (ignored unless selected): it runs cargo to build the binaries
+//! it compares, and installs socat from Debian's packages when missing. Every row must have been
+//! measured: a socat row that says "skipped: ..." fails it.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -27,10 +27,6 @@ const ROWS: [&str; 12] = [
     "rustls_in_memory",
 ];
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 fn positive(v: &Value) -> f64 {
     let x = v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
     assert!(x > 0.0 && x.is_finite(), "not positive: {x}");
@@ -38,6 +34,7 @@ fn positive(v: &Value) -> f64 {
 }
 
 #[test]
+#[ignore = "slow: builds the release binaries with cargo, may install socat"]
 fn quick_run_prints_every_row_with_positive_figures() {
     let json = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("netbench-quick-{}.json", std::process::id()));
@@ -70,14 +67,7 @@ fn quick_run_prints_every_row_with_positive_figures() {
             .find(|l| l.starts_with(&format!("| {label} |")))
             .unwrap_or_else(|| panic!("no table line for {label}:\n{stdout}"));
         if let Some(why) = row["skipped"].as_str() {
-            assert!(
-                key.starts_with("socat"),
-                "only socat may be skipped: {line}"
-            );
-            assert!(!in_ci(), "socat skipped under CI=true: {why}");
-            assert!(line.contains("skipped: "), "{line}");
-            eprintln!("socat skipped: {why}");
-            continue;
+            panic!("{key} was not measured: {why}\n{line}");
         }
         positive(&row["mib_per_sec"]);
         positive(&row["ratio_to_direct"]);

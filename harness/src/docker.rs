@@ -1,28 +1,28 @@
-//! Whether Docker is reachable. In CI (`CI=true`) a test that needs it must fail when it is not;
-//! elsewhere the test is skipped with a message.
+//! Whether Docker is reachable. End-to-end tests are in their own tier (ignored unless selected,
+//! see `docs/testing.md`); once selected, one without Docker fails, naming what is missing,
+//! whatever `CI` says.
 
+use anyhow::bail;
 use tokio::process::Command;
 
-/// True when `CI` says this is a CI run.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+/// The reason every end-to-end test carries in its `#[ignore]`.
+pub const END_TO_END: &str = "end-to-end: needs Docker";
 
-/// Checks that the Docker engine answers. Returns false (after saying why) when a test should be
-/// skipped; panics in CI, where a missing engine is a failure.
-pub async fn docker_available(test: &str) -> bool {
+/// Whether this build runs the soak tier's extras (`--features harness/soak`): more seeds, more
+/// clones, baselines without the relay's detection.
+pub const SOAK: bool = cfg!(feature = "soak");
+
+/// Checks that the Docker engine answers; the error names the engine and why it did not.
+pub async fn require_docker() -> anyhow::Result<()> {
     let reason = match Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
         .output()
         .await
     {
-        Ok(out) if out.status.success() => return true,
+        Ok(out) if out.status.success() => return Ok(()),
         Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
         Err(e) => format!("cannot run docker: {e}"),
     };
-    if in_ci() {
-        panic!("{test} needs Docker, which is not available in CI: {reason}");
-    }
-    eprintln!("skipping {test}: Docker is not available ({reason})");
-    false
+    let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".into());
+    bail!("this test needs a running Docker engine ({host}), which did not answer: {reason}")
 }

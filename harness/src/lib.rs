@@ -2,8 +2,8 @@
 //! CLONE itself, and the comparison of both sides.
 //!
 //! # Layout
-//! - [`docker`]: whether Docker is there, and what a test does when it is not (fail in CI, skip
-//!   elsewhere).
+//! - [`docker`]: whether Docker is there (an end-to-end test without it fails, naming it), and
+//!   whether this build runs the soak tier's extras.
 //! - [`image`]: the clone-capable MySQL image: built from Debian packages when missing, or any
 //!   image named by `CLONE_RELAY_MYSQL_IMAGE`.
 //! - [`mysql`]: a MySQL server in a container (donor or recipient), and running SQL in it.
@@ -35,6 +35,6 @@ pub mod tap;
 
 pub use clone::{CloneOutcome, Transport, clone_instance, clone_instance_as, clone_instance_with};
 pub use dataset::Dataset;
-pub use docker::docker_available;
+pub use docker::{SOAK, require_docker};
 pub use mysql::{MysqlServer, ServerOptions};
 pub use relay::RelayFixture;

@@ -105,8 +105,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !harness::docker_available("clone-drill").await {
-        eprintln!("clone-drill: needs a running Docker engine");
+    if let Err(e) = harness::require_docker().await {
+        eprintln!("clone-drill: {e:#}");
         return ExitCode::FAILURE;
     }
     let options = DrillOptions {

@@ -12,7 +12,7 @@ use clone_relay::config::Secret;
 use harness::clone::{Transport, clone_instance_with};
 use harness::dataset::{Dataset, mismatches};
 use harness::image::mysql_image;
-use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
 use tokio::time::Instant;
 
 const MIB: u64 = 1 << 20;
@@ -105,13 +105,10 @@ async fn set_session_cap(relay: &RelayFixture, cap: &str) -> anyhow::Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn a_session_cap_holds_follows_a_live_change_and_counts_tls_on_the_wire() -> anyhow::Result<()>
 {
-    if !docker_available("a_session_cap_holds_follows_a_live_change_and_counts_tls_on_the_wire")
-        .await
-    {
-        return Ok(());
-    }
+    require_docker().await?;
     let image = mysql_image().await?;
     let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
     let dataset = Dataset::of_size(DATASET_BYTES);
@@ -223,10 +220,9 @@ async fn a_session_cap_holds_follows_a_live_change_and_counts_tls_on_the_wire() 
 /// own and reaches the relay on the host's bridge address; a donor serves one clone at a time,
 /// so each clone has its own donor.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn two_clones_at_once_share_a_relay_cap_evenly() -> anyhow::Result<()> {
-    if !docker_available("two_clones_at_once_share_a_relay_cap_evenly").await {
-        return Ok(());
-    }
+    require_docker().await?;
     const EACH_BYTES: u64 = 120 * MIB;
     let image = mysql_image().await?;
     let dataset = Dataset::of_size(EACH_BYTES);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use harness::clone::{CloneOutcome, clone_instance};
 use harness::dataset::{Dataset, mismatches};
 use harness::image::mysql_image;
-use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -64,10 +64,9 @@ fn strings(v: &Value, key: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn a_clone_is_one_session_with_main_aux_and_workers() -> anyhow::Result<()> {
-    if !docker_available("a_clone_is_one_session_with_main_aux_and_workers").await {
-        return Ok(());
-    }
+    require_docker().await?;
     // Autotune off with room for three workers: they attach as soon as data flows.
     let (donor, dataset, relay, recipient) = setup(
         |_| {},
@@ -124,10 +123,9 @@ async fn a_clone_is_one_session_with_main_aux_and_workers() -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn a_reset_mid_transfer_resumes_the_same_session() -> anyhow::Result<()> {
-    if !docker_available("a_reset_mid_transfer_resumes_the_same_session").await {
-        return Ok(());
-    }
+    require_docker().await?;
     // MySQL's own cap keeps the clone going long enough for the reset to land mid-transfer.
     let (donor, dataset, mut relay, recipient) =
         setup(|_| {}, &["--clone-max-network-bandwidth=20"]).await?;
@@ -174,10 +172,9 @@ async fn hostile(relay: std::net::SocketAddr, bytes: &'static [u8]) -> anyhow::R
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn hostile_connections_do_not_disturb_a_clone() -> anyhow::Result<()> {
-    if !docker_available("hostile_connections_do_not_disturb_a_clone").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let (donor, dataset, relay, recipient) = setup(
         |config| config.handshake_timeout = Duration::from_secs(2),
         &["--clone-max-network-bandwidth=20"],

@@ -28,7 +28,7 @@ use harness::dataset::Dataset;
 use harness::image::{ImageRef, mysql_image};
 use harness::mysql::DONOR_USER;
 use harness::tap::Tap;
-use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
@@ -183,10 +183,9 @@ async fn refused_clone(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn both_legs_use_tls_on_the_relays_defaults_and_the_data_is_hidden() -> anyhow::Result<()> {
-    if !docker_available("both_legs_use_tls_on_the_relays_defaults_and_the_data_is_hidden").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, &[], DATASET_BYTES).await?;
@@ -272,10 +271,9 @@ async fn both_legs_use_tls_on_the_relays_defaults_and_the_data_is_hidden() -> an
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn require_ssl_with_the_relays_ca_pinned_survives_a_relay_restart() -> anyhow::Result<()> {
-    if !docker_available("require_ssl_with_the_relays_ca_pinned_survives_a_relay_restart").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, &["--require-secure-transport=ON"], DATASET_BYTES).await?;
@@ -367,10 +365,9 @@ async fn require_ssl_with_the_relays_ca_pinned_survives_a_relay_restart() -> any
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn full_authentication_passes_inside_tls() -> anyhow::Result<()> {
-    if !docker_available("full_authentication_passes_inside_tls").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, &[], DATASET_BYTES).await?;
@@ -415,10 +412,9 @@ async fn offers_tls(addr: SocketAddr) -> anyhow::Result<bool> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn a_donor_without_tls_is_refused_when_the_donor_leg_requires_it() -> anyhow::Result<()> {
-    if !docker_available("a_donor_without_tls_is_refused_when_the_donor_leg_requires_it").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     // An empty list of TLS versions turns TLS off on the classic protocol.
@@ -455,10 +451,9 @@ async fn a_donor_without_tls_is_refused_when_the_donor_leg_requires_it() -> anyh
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn refusals_on_a_tls_donor_name_their_cause_and_forward_nothing() -> anyhow::Result<()> {
-    if !docker_available("refusals_on_a_tls_donor_name_their_cause_and_forward_nothing").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, _) = donor(&image, &[], 0).await?;
@@ -537,10 +532,9 @@ fn unrelated_ca() -> anyhow::Result<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn ca_verification_passes_with_the_donors_own_ca() -> anyhow::Result<()> {
-    if !docker_available("ca_verification_passes_with_the_donors_own_ca").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, &[], DATASET_BYTES).await?;
@@ -682,15 +676,10 @@ fn write_identity(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn a_donor_account_that_requires_x509_clones_through_the_relays_client_certificate()
 -> anyhow::Result<()> {
-    if !docker_available(
-        "a_donor_account_that_requires_x509_clones_through_the_relays_client_certificate",
-    )
-    .await
-    {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, &[], MTLS_DATASET_BYTES).await?;
@@ -877,10 +866,9 @@ fn first_der(chain_pem: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn a_certificate_reload_during_a_tls_clone_leaves_it_whole() -> anyhow::Result<()> {
-    if !docker_available("a_certificate_reload_during_a_tls_clone_leaves_it_whole").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, &[], MTLS_DATASET_BYTES).await?;

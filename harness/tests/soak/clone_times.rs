@@ -12,8 +12,8 @@
 //!   the thread can read in a burst after each sleep (1.1x to 2x of the cap here, direct and
 //!   relayed). relay / direct is printed for that cell, not judged: it compares two overshoots.
 //!
-//! It runs with `CLONE_RELAY_SOAK=1` only (about fifteen minutes, and a release build of the
-//! relay): 200 MiB of tables, five rounds; `CLONE_TIMES_QUICK=1` makes that the two capped cells,
+//! It runs in the soak tier only (about fifteen minutes, and a release build of the relay):
+//! 200 MiB of tables, five rounds; `CLONE_TIMES_QUICK=1` makes that the two capped cells,
 //! 100 MiB, three rounds.
 
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ use harness::clone::{Transport, clone_instance_with};
 use harness::dataset::{Dataset, mismatches};
 use harness::image::mysql_image;
 use harness::process::{RelayProcess, release_relay_binary};
-use harness::{MysqlServer, ServerOptions, docker_available};
+use harness::{MysqlServer, ServerOptions, require_docker};
 
 const MIB: u64 = 1 << 20;
 const CLONE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -35,10 +35,6 @@ const CAP_MIB: u64 = 20;
 const MAX_RATIO: f64 = 1.05;
 /// The chaos proxy's seed (its rate cap draws nothing; the seed only names the run).
 const SEED: u64 = 25;
-
-fn soak() -> bool {
-    std::env::var("CLONE_RELAY_SOAK").is_ok_and(|v| v == "1")
-}
 
 /// The middle value (the mean of the two middle ones for an even count).
 fn median(values: &[f64]) -> f64 {
@@ -87,13 +83,7 @@ fn list(values: &[f64]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn clone_times_direct_and_through_the_relay() -> Result<()> {
-    if !soak() {
-        eprintln!("clone_times: set CLONE_RELAY_SOAK=1 to measure (about fifteen minutes)");
-        return Ok(());
-    }
-    if !docker_available("clone_times_direct_and_through_the_relay").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let full = std::env::var("CLONE_TIMES_QUICK").is_err();
     let (dataset_bytes, rounds) = if full { (200 * MIB, 5) } else { (100 * MIB, 3) };
     let binary = release_relay_binary().await?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use harness::clone::clone_instance;
 use harness::dataset::{Dataset, mismatches};
 use harness::image::mysql_image;
-use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
 
 const DATASET_BYTES: u64 = 120 * 1024 * 1024;
 const MIN_SEEDED_BYTES: u64 = 100 * 1024 * 1024;
@@ -26,10 +26,9 @@ async fn seeded_donor() -> anyhow::Result<(MysqlServer, Dataset)> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn clone_through_relay_matches_donor() -> anyhow::Result<()> {
-    if !docker_available("clone_through_relay_matches_donor").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let (donor, dataset) = seeded_donor().await?;
     let relay = RelayFixture::start(donor.addr())?;
     // Only the relay is a valid donor: the clone cannot bypass it.
@@ -54,10 +53,9 @@ async fn clone_through_relay_matches_donor() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn direct_clone_matches_donor() -> anyhow::Result<()> {
-    if !docker_available("direct_clone_matches_donor").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let (donor, dataset) = seeded_donor().await?;
     let recipient = MysqlServer::start(
         &mysql_image().await?,
@@ -79,10 +77,9 @@ async fn direct_clone_matches_donor() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn clone_through_relay_to_a_dead_donor_fails_clearly() -> anyhow::Result<()> {
-    if !docker_available("clone_through_relay_to_a_dead_donor_fails_clearly").await {
-        return Ok(());
-    }
+    require_docker().await?;
     // A port nothing listens on: the relay cannot reach its upstream.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let relay = RelayFixture::start(dead)?;

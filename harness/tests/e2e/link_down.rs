@@ -7,7 +7,7 @@
 //!   with no relay in the path, measured in the same run.
 //! - The clone's open connections silenced for good 3 s into FILE COPY while new ones work (a
 //!   lost NAT or conntrack entry): the relay must find the flows dead and the recipient resume
-//!   within 5 s of the silence. `CLONE_RELAY_SOAK=1` adds MySQL alone with the same failure.
+//!   within 5 s of the silence. the soak tier (`--features harness/soak`) adds MySQL alone with the same failure.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use clone_relay::session::DetectionKind;
 use harness::clone::{CloneOutcome, clone_instance};
 use harness::dataset::{Dataset, mismatches};
 use harness::image::mysql_image;
-use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
 
 const MIB: u64 = 1 << 20;
 const DATASET_BYTES: u64 = 100 * MIB;
@@ -23,10 +23,6 @@ const OUTAGE: Duration = Duration::from_secs(20);
 const CLONE_TIMEOUT: Duration = Duration::from_secs(600);
 /// About 3 s into FILE COPY at 20 MiB/s (the stages before carry little).
 const SILENCE_AT: u64 = 60 * MIB;
-
-fn soak() -> bool {
-    std::env::var("CLONE_RELAY_SOAK").is_ok_and(|v| v == "1")
-}
 
 /// A recipient that may clone from `valid`, its clone capped at 20 MiB/s by MySQL.
 fn capped(id: u32, valid: std::net::SocketAddr) -> ServerOptions {
@@ -65,10 +61,9 @@ async fn clone_through_outage(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn a_twenty_second_outage_is_waited_out_without_a_resume() -> anyhow::Result<()> {
-    if !docker_available("a_twenty_second_outage_is_waited_out_without_a_resume").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let image = mysql_image().await?;
     let mut options = ServerOptions::donor();
     options.isolated = true;
@@ -159,10 +154,9 @@ async fn clone_with_silence(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn flows_silenced_in_the_kernel_are_found_dead_within_five_seconds() -> anyhow::Result<()> {
-    if !docker_available("flows_silenced_in_the_kernel_are_found_dead_within_five_seconds").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let image = mysql_image().await?;
     let mut options = ServerOptions::donor();
     options.isolated = true;
@@ -227,7 +221,7 @@ async fn flows_silenced_in_the_kernel_are_found_dead_within_five_seconds() -> an
         clean_took.as_secs_f64(),
         took.as_secs_f64() / clean_took.as_secs_f64()
     );
-    if soak() {
+    if harness::SOAK {
         // MySQL alone with the same failure, on a donor of its own with the same data: the
         // first donor may hold the silenced clone's threads for many minutes.
         let mut options = ServerOptions::donor();

@@ -8,7 +8,7 @@ use chaos::{ChaosProxy, FaultKind, FaultSpec};
 use harness::clone::clone_instance;
 use harness::dataset::{Dataset, mismatches};
 use harness::image::mysql_image;
-use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
 
 const DATASET_BYTES: u64 = 100 * 1024 * 1024;
 const CLONE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -22,10 +22,9 @@ fn seed() -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn a_clone_survives_latency_loss_and_slicing() -> anyhow::Result<()> {
-    if !docker_available("a_clone_survives_latency_loss_and_slicing").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let seed = seed();
     let image = mysql_image().await?;
     let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
@@ -88,10 +87,9 @@ async fn a_clone_survives_latency_loss_and_slicing() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn a_clone_survives_real_packet_loss_at_the_donor() -> anyhow::Result<()> {
-    if !docker_available("a_clone_survives_real_packet_loss_at_the_donor").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let image = mysql_image().await?;
     let mut options = ServerOptions::donor();
     options.isolated = true;

@@ -1,5 +1,5 @@
 //! A seeded chaos matrix, end to end: resets, blackholes, flaps and loss, two seeds each (three
-//! under `CLONE_RELAY_SOAK=1`), on the relay's upstream leg, one real clone per cell, each
+//! under the soak tier (`--features harness/soak`)), on the relay's upstream leg, one real clone per cell, each
 //! verified by checksums. It prints a table (and writes it to
 //! `$CARGO_TARGET_TMPDIR/chaos-matrix.txt`, which CI shows).
 //!
@@ -21,7 +21,7 @@ use chaos::{ChaosProxy, Direction, FaultKind, FaultSpec, FlapMode};
 use harness::clone::{CloneOutcome, clone_instance};
 use harness::dataset::Dataset;
 use harness::image::mysql_image;
-use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
 
 const MIB: u64 = 1024 * 1024;
 const DATASET_BYTES: u64 = 100 * MIB;
@@ -33,13 +33,9 @@ const DONOR_RESUME_MINUTES: u64 = 1;
 /// `DONOR_RESUME_MINUTES`).
 const DONOR_FREE_WAIT: Duration = Duration::from_secs(120);
 
-/// Seeds per fault: two in CI, three under `CLONE_RELAY_SOAK=1`.
+/// Seeds per fault: two in CI, three under the soak tier (`--features harness/soak`).
 fn seeds() -> u64 {
-    if std::env::var("CLONE_RELAY_SOAK").is_ok_and(|v| v == "1") {
-        3
-    } else {
-        2
-    }
+    if harness::SOAK { 3 } else { 2 }
 }
 
 /// A value in `lo..hi` drawn from the seed; each `salt` gives another draw.
@@ -226,10 +222,9 @@ impl Rig {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn seeded_chaos_matrix() -> anyhow::Result<()> {
-    if !docker_available("seeded_chaos_matrix").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let base: u64 = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -24,7 +24,7 @@ use harness::dataset::Dataset;
 use harness::image::mysql_image;
 use harness::mysql::{DONOR_PASSWORD, DONOR_USER};
 use harness::tap::Tap;
-use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
 
 const MIB: u64 = 1024 * 1024;
 /// Small: this file is about who may log in and how, not about speed.
@@ -217,13 +217,10 @@ async fn empty_the_cache(donor: &MysqlServer) -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn all_four_leg_combinations_clone_with_an_empty_and_a_warm_auth_cache() -> anyhow::Result<()>
 {
-    if !docker_available("all_four_leg_combinations_clone_with_an_empty_and_a_warm_auth_cache")
-        .await
-    {
-        return Ok(());
-    }
+    require_docker().await?;
     let log = Captured::install();
     let image = mysql_image().await?;
     let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;

@@ -39,7 +39,7 @@ use harness::image::{ImageRef, mysql_image};
 use harness::mysql::{DONOR_PASSWORD, DONOR_USER};
 use harness::process::RelayProcess;
 use harness::tap::{Tap, TapOptions};
-use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
 use serde_json::Value;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
@@ -323,12 +323,9 @@ fn handshake_lengths(tap: &Tap) -> Vec<usize> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn a_stripped_tls_offer_fails_a_require_ssl_clone_as_mysql_alone_would() -> Result<()> {
-    if !docker_available("a_stripped_tls_offer_fails_a_require_ssl_clone_as_mysql_alone_would")
-        .await
-    {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, dataset) = donor_with_host_cache(&image, DATASET_BYTES).await?;
@@ -449,11 +446,9 @@ async fn a_stripped_tls_offer_fails_a_require_ssl_clone_as_mysql_alone_would() -
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn a_stripped_tls_offer_gives_a_default_clone_plaintext_on_both_legs() -> Result<()> {
-    if !docker_available("a_stripped_tls_offer_gives_a_default_clone_plaintext_on_both_legs").await
-    {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, DATASET_BYTES).await?;
@@ -487,10 +482,9 @@ async fn a_stripped_tls_offer_gives_a_default_clone_plaintext_on_both_legs() -> 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn donor_verification_refuses_a_stripped_tls_offer_under_every_mode() -> Result<()> {
-    if !docker_available("donor_verification_refuses_a_stripped_tls_offer_under_every_mode").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, _) = donor(&image, 0).await?;
@@ -547,15 +541,10 @@ async fn donor_verification_refuses_a_stripped_tls_offer_under_every_mode() -> R
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn a_replaced_donor_key_is_refused_when_pinned_and_gets_nothing_it_can_read_otherwise()
 -> Result<()> {
-    if !docker_available(
-        "a_replaced_donor_key_is_refused_when_pinned_and_gets_nothing_it_can_read_otherwise",
-    )
-    .await
-    {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, _) = donor(&image, 0).await?;
@@ -650,12 +639,9 @@ async fn a_replaced_donor_key_is_refused_when_pinned_and_gets_nothing_it_can_rea
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn sha256_password_towards_a_plain_donor_leg_is_refused_for_a_tls_recipient() -> Result<()> {
-    if !docker_available("sha256_password_towards_a_plain_donor_leg_is_refused_for_a_tls_recipient")
-        .await
-    {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, _) = donor(&image, 0).await?;
@@ -790,10 +776,9 @@ fn identity(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn a_relay_pair_carries_the_stripped_offer_and_refuses_require_ssl() -> Result<()> {
-    if !docker_available("a_relay_pair_carries_the_stripped_offer_and_refuses_require_ssl").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, _) = donor(&image, 0).await?;
@@ -886,15 +871,10 @@ fn check_log(what: &str, log: &str) -> Result<usize> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn full_authentication_across_one_tls_leg_completes_and_the_trace_log_keeps_no_password()
 -> Result<()> {
-    if !docker_available(
-        "full_authentication_across_one_tls_leg_completes_and_the_trace_log_keeps_no_password",
-    )
-    .await
-    {
-        return Ok(());
-    }
+    require_docker().await?;
     let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, LOG_DATASET_BYTES).await?;

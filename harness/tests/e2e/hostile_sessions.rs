@@ -28,7 +28,7 @@ use harness::dataset::Dataset;
 use harness::image::mysql_image;
 use harness::mysql::DONOR_USER;
 use harness::process::RelayProcess;
-use harness::{MysqlServer, ServerOptions, docker_available};
+use harness::{MysqlServer, ServerOptions, require_docker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -258,12 +258,9 @@ async fn session_counts(relay: &RelayProcess) -> Result<(usize, usize)> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn clone_commands_for_clones_that_never_move_data_leave_the_relay_bounded() -> Result<()> {
-    if !docker_available("clone_commands_for_clones_that_never_move_data_leave_the_relay_bounded")
-        .await
-    {
-        return Ok(());
-    }
+    require_docker().await?;
     let image = mysql_image().await?;
     let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
     let dataset = Dataset::of_size(DATASET_BYTES);

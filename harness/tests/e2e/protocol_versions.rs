@@ -23,7 +23,7 @@ use harness::dataset::Dataset;
 use harness::image::mysql_image;
 use harness::mysql::{DONOR_PASSWORD, DONOR_USER};
 use harness::tap::{Tap, TapOptions};
-use harness::{MysqlServer, RelayFixture, ServerOptions, docker_available};
+use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
 
 const DATASET_BYTES: u64 = 16 * 1024 * 1024;
 const CLONE_TIMEOUT: Duration = Duration::from_secs(180);
@@ -49,10 +49,9 @@ fn breaches(session: &SessionView) -> Vec<&str> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn the_real_donor_at_every_protocol_version_is_carried_and_followed() -> Result<()> {
-    if !docker_available("the_real_donor_at_every_protocol_version_is_carried_and_followed").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let donor = seeded_donor().await?;
     let tap = Tap::start_with(donor.addr(), TapOptions::new().record()).await?;
     let relay = RelayFixture::start(tap.addr())?;
@@ -89,10 +88,9 @@ fn record(name: &str, run: &ClientClone) -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn a_donor_error_and_a_refused_reinit_end_as_mysql_ends_them() -> Result<()> {
-    if !docker_available("a_donor_error_and_a_refused_reinit_end_as_mysql_ends_them").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let donor = seeded_donor().await?;
     let mut relay = RelayFixture::start(donor.addr())?;
     // The REINIT below is a resume the relay counts, on purpose.

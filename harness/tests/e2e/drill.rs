@@ -8,20 +8,19 @@
 
 use std::time::Duration;
 
-use harness::docker_available;
 use harness::drill::progress::{Mode, Progress};
 use harness::drill::scenario::{self, NAMES};
 use harness::drill::{self, DrillOptions};
+use harness::require_docker;
 
 const MIB: u64 = 1024 * 1024;
 /// About 150 MiB carried per clone: at the scenarios' 40 MiB/s link, 4 s of FILE COPY.
 const DATASET_BYTES: u64 = 40 * MIB;
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "end-to-end: needs Docker"]
 async fn every_drill_scenario_passes_end_to_end() -> anyhow::Result<()> {
-    if !docker_available("every_drill_scenario_passes_end_to_end").await {
-        return Ok(());
-    }
+    require_docker().await?;
     let seed = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
