@@ -17,16 +17,9 @@
 //!
 //! Bounds: at most [`MAX_CONNECTIONS`] connections are served at once (further ones wait in the
 //! listen backlog), each for at most [`CONNECTION_LIFETIME`] and one request (every response
-//! says `Connection: close`), so requests in flight are bounded too. A failed accept is retried
-//! after a pause that doubles from [`ACCEPT_BACKOFF_MIN`] to [`ACCEPT_BACKOFF_MAX`] while
-//! accepts keep failing, and starts again from the bottom after a success.
+//! says `Connection: close`), so requests in flight are bounded too. The listener is
+//! [`plumbing::listener`]'s (a failed accept is retried with backoff).
 
-use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -36,12 +29,10 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use plumbing::BoundedListener;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Sleep;
-use tracing::{debug, warn};
+use tokio::net::TcpListener;
+use tracing::warn;
 
 use crate::proxy::{ChaosError, Control};
 use crate::spec::FaultSpec;
@@ -52,10 +43,6 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 /// Largest request body (a fault spec).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
-/// First pause after a failed accept.
-pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-/// Longest pause between failed accepts.
-pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Serves the control API on `listener` for ever.
 pub async fn serve(listener: TcpListener, control: Control) {
@@ -64,11 +51,12 @@ pub async fn serve(listener: TcpListener, control: Control) {
 
 /// [`serve`] with at most `max_connections` connections at once.
 async fn serve_bounded(listener: TcpListener, control: Control, max_connections: usize) {
-    let listener = BoundedListener {
-        inner: listener,
-        permits: Arc::new(Semaphore::new(max_connections)),
-        backoff: Backoff::default(),
-    };
+    let listener = BoundedListener::new(
+        listener,
+        max_connections,
+        CONNECTION_LIFETIME,
+        "chaos control",
+    );
     // `axum::serve` runs until its listener fails, and this listener never does.
     if let Err(e) = axum::serve(listener, router(control)).await {
         warn!(error = %e, "chaos control API stopped");
@@ -215,177 +203,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Pauses between failed accepts: doubling from [`ACCEPT_BACKOFF_MIN`] up to
-/// [`ACCEPT_BACKOFF_MAX`], back to the bottom after a success.
-#[derive(Debug, Default)]
-struct Backoff {
-    next: Option<Duration>,
-}
-
-impl Backoff {
-    /// The pause to take after a failure.
-    fn failed(&mut self) -> Duration {
-        let pause = self.next.unwrap_or(ACCEPT_BACKOFF_MIN);
-        self.next = Some((pause * 2).min(ACCEPT_BACKOFF_MAX));
-        pause
-    }
-
-    fn succeeded(&mut self) {
-        self.next = None;
-    }
-}
-
-/// Accepts a connection only when one of its permits is free (so at most that many are
-/// served at once), and keeps accepting through errors, with a [`Backoff`].
-struct BoundedListener {
-    inner: TcpListener,
-    permits: Arc<Semaphore>,
-    backoff: Backoff,
-}
-
-impl axum::serve::Listener for BoundedListener {
-    type Io = BoundedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (BoundedStream, SocketAddr) {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, peer)) => {
-                    self.backoff.succeeded();
-                    let stream = BoundedStream {
-                        stream,
-                        deadline: Box::pin(tokio::time::sleep(CONNECTION_LIFETIME)),
-                        _permit: permit,
-                    };
-                    return (stream, peer);
-                }
-                Err(e) => {
-                    let pause = self.backoff.failed();
-                    if pause == ACCEPT_BACKOFF_MIN {
-                        debug!(error = %e, "chaos control accept failed");
-                    } else {
-                        warn!(error = %e, ?pause, "chaos control accepts keep failing");
-                    }
-                    tokio::time::sleep(pause).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-}
-
-/// A control connection: holds its permit until dropped, and fails its reads and writes once
-/// [`CONNECTION_LIFETIME`] is over.
-struct BoundedStream {
-    stream: TcpStream,
-    deadline: Pin<Box<Sleep>>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl BoundedStream {
-    /// An error once the lifetime is over (and the task woken when it will be).
-    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "chaos control connection open too long",
-            )),
-            Poll::Pending => Ok(()),
-        }
-    }
-}
-
-impl AsyncRead for BoundedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.check(cx)?;
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for BoundedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.check(cx)?;
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check(cx)?;
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// How long [`call`] waits for a whole answer.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Sends one request to a control API; returns the status and the JSON body (`null` when the
-/// body is not JSON).
-pub async fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> io::Result<(u16, serde_json::Value)> {
-    let body = body.unwrap_or("");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: chaos\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, io::Error>(String::from_utf8_lossy(&response).into_owned())
-    };
-    let response = tokio::time::timeout(CALL_TIMEOUT, exchange)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "chaos control call timed out"))??;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status line"))?;
-    let json = response
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(serde_json::Value::Null);
-    Ok((status, json))
-}
-
 #[cfg(test)]
 mod tests {
+    use tokio::net::TcpStream;
+
     use super::*;
     use crate::proxy::ChaosProxy;
-
-    #[test]
-    fn accept_backoff_doubles_to_its_ceiling_and_resets() {
-        let mut b = Backoff::default();
-        let pauses: Vec<Duration> = (0..9).map(|_| b.failed()).collect();
-        let ms = Duration::from_millis;
-        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000].map(ms));
-        b.succeeded();
-        assert_eq!(b.failed(), ACCEPT_BACKOFF_MIN);
-    }
 
     /// With room for two connections, two idle clients hold both: a third request waits in
     /// the backlog until one of them goes, then is answered.
@@ -399,7 +222,7 @@ mod tests {
         tokio::spawn(serve_bounded(listener, proxy.control().clone(), 2));
         let idle1 = TcpStream::connect(addr).await.unwrap();
         let idle2 = TcpStream::connect(addr).await.unwrap();
-        let third = tokio::spawn(call(addr, "GET", "/faults", None));
+        let third = tokio::spawn(plumbing::http::request_json(addr, "GET", "/faults", None));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!third.is_finished(), "served beyond the limit");
         drop(idle1);

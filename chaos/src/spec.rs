@@ -1,5 +1,8 @@
-//! What a fault is, as a test, a config file or the control API declares it. Units are in the
-//! names (`latency_ms`, `rate_bytes_per_sec`); [`FaultSpec::validate`] names the bad field.
+//! What a fault is, as a test, a config file or the control API declares it. Values carry their
+//! units as the relay's settings do (`latency = "40ms"`, `rate = "20MiB/s"`, `average = "16KiB"`,
+//! through [`plumbing::units`]); the Rust fields keep theirs in their names (`latency_ms`). The
+//! older keys with the unit in the name and a bare number (`latency_ms = 40`) are read too, with a
+//! warning, for this release only. [`FaultSpec::validate`] names the bad field.
 
 use serde::{Deserialize, Serialize};
 
@@ -46,8 +49,18 @@ fn default_retransmit_ms() -> u64 {
 pub enum FaultKind {
     /// Each chunk arrives `latency_ms` (± `jitter_ms`) later; the stream stays pipelined.
     Latency {
+        #[serde(
+            rename = "latency",
+            alias = "latency_ms",
+            with = "plumbing::units::millis"
+        )]
         latency_ms: u64,
-        #[serde(default)]
+        #[serde(
+            default,
+            rename = "jitter",
+            alias = "jitter_ms",
+            with = "plumbing::units::millis"
+        )]
         jitter_ms: u64,
     },
     /// A rate cap, per connection, or shared by every connection naming the same group. It is
@@ -55,16 +68,36 @@ pub enum FaultKind {
     /// limiter, so a seeded run replays the same waits; it models a thin link, and is not the
     /// relay's own bandwidth cap (see clone-relay's `limit` module).
     Bandwidth {
+        #[serde(
+            rename = "rate",
+            alias = "rate_bytes_per_sec",
+            with = "plumbing::units::rate"
+        )]
         rate_bytes_per_sec: u64,
         #[serde(default)]
         shared_group: Option<String>,
     },
     /// Writes cut into pieces of `average_bytes` (± `variation_bytes`), `delay_us` apart.
     Slicer {
+        #[serde(
+            rename = "average",
+            alias = "average_bytes",
+            with = "plumbing::units::size"
+        )]
         average_bytes: usize,
-        #[serde(default)]
+        #[serde(
+            default,
+            rename = "variation",
+            alias = "variation_bytes",
+            with = "plumbing::units::size"
+        )]
         variation_bytes: usize,
-        #[serde(default)]
+        #[serde(
+            default,
+            rename = "delay",
+            alias = "delay_us",
+            with = "plumbing::units::micros"
+        )]
         delay_us: u64,
     },
     /// A real RST (zero linger) on both sides when the fault becomes active.
@@ -72,18 +105,45 @@ pub enum FaultKind {
     /// Bytes stop and nothing is closed, until the fault ends.
     Blackhole {},
     /// Bytes stop; after `timeout_ms` the connection is closed.
-    Timeout { timeout_ms: u64 },
+    Timeout {
+        #[serde(
+            rename = "timeout",
+            alias = "timeout_ms",
+            with = "plumbing::units::millis"
+        )]
+        timeout_ms: u64,
+    },
     /// The connection is closed after `bytes` bytes in this direction.
-    LimitData { bytes: u64 },
+    LimitData {
+        #[serde(
+            rename = "after_data",
+            alias = "bytes",
+            with = "plumbing::units::bytes"
+        )]
+        bytes: u64,
+    },
     /// The end of the stream is passed on `delay_ms` late.
-    SlowClose { delay_ms: u64 },
+    SlowClose {
+        #[serde(rename = "delay", alias = "delay_ms", with = "plumbing::units::millis")]
+        delay_ms: u64,
+    },
     /// Emulated packet loss: each `segment_bytes` segment is, with `probability`, held back for
     /// `retransmit_ms`, so the stream stalls as TCP does under loss; no byte is lost or reordered.
     Loss {
         probability: f64,
-        #[serde(default = "default_segment_bytes")]
+        #[serde(
+            default = "default_segment_bytes",
+            rename = "segment",
+            alias = "segment_bytes",
+            with = "plumbing::units::size"
+        )]
         segment_bytes: usize,
-        #[serde(default = "default_retransmit_ms")]
+        #[serde(
+            default = "default_retransmit_ms",
+            rename = "retransmit",
+            alias = "retransmit_ms",
+            with = "plumbing::units::millis"
+        )]
         retransmit_ms: u64,
     },
     /// One MySQL classic packet (`payload_hex`, sequence id 0) inserted at the first boundary
@@ -91,6 +151,11 @@ pub enum FaultKind {
     /// pass unchanged. It reads the (uncompressed) framing from the connection's first byte, so
     /// it takes no trigger. For a message a peer does not know, well framed.
     InjectPacket {
+        #[serde(
+            rename = "after_data",
+            alias = "after_bytes",
+            with = "plumbing::units::bytes"
+        )]
         after_bytes: u64,
         payload_hex: String,
     },
@@ -99,11 +164,28 @@ pub enum FaultKind {
     /// `period_bytes` bytes of the connection's stream in the fault's direction (a reset there,
     /// or those bytes held for `down_ms`), so that where it lands depends on bytes alone.
     Flap {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            rename = "period",
+            alias = "period_ms",
+            with = "plumbing::units::option_millis"
+        )]
         period_ms: Option<u64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            rename = "period_data",
+            alias = "period_bytes",
+            with = "plumbing::units::option_bytes"
+        )]
         period_bytes: Option<u64>,
-        #[serde(default)]
+        #[serde(
+            default,
+            rename = "down",
+            alias = "down_ms",
+            with = "plumbing::units::millis"
+        )]
         down_ms: u64,
         #[serde(default)]
         mode: FlapMode,
@@ -145,13 +227,31 @@ pub struct Target {
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
     /// Since the proxy started (a schedule: the same moment for every connection).
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "at",
+        alias = "at_ms",
+        with = "plumbing::units::option_millis"
+    )]
     pub at_ms: Option<u64>,
     /// Since the connection opened.
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "after",
+        alias = "after_ms",
+        with = "plumbing::units::option_millis"
+    )]
     pub after_ms: Option<u64>,
     /// Once this many bytes have passed in the fault's direction.
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "after_data",
+        alias = "after_bytes",
+        with = "plumbing::units::option_bytes"
+    )]
     pub after_bytes: Option<u64>,
 }
 
@@ -176,7 +276,13 @@ pub struct FaultSpec {
     #[serde(default)]
     pub trigger: Trigger,
     /// How long the fault stays active; for good when absent.
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "duration",
+        alias = "duration",
+        with = "plumbing::units::option_millis"
+    )]
     pub duration_ms: Option<u64>,
 }
 
@@ -257,34 +363,34 @@ impl FaultSpec {
             return bad("toxicity", "must be between 0 and 1");
         }
         if self.duration_ms == Some(0) {
-            return bad("duration_ms", "must be above 0");
+            return bad("duration", "must be above 0");
         }
         match &self.fault {
             FaultKind::Latency {
                 latency_ms,
                 jitter_ms,
-            } if jitter_ms > latency_ms => bad("fault.jitter_ms", "must not exceed latency_ms"),
+            } if jitter_ms > latency_ms => bad("fault.jitter", "must not exceed latency"),
             FaultKind::Bandwidth {
                 rate_bytes_per_sec: 0,
                 ..
-            } => bad("fault.rate_bytes_per_sec", "must be above 0"),
+            } => bad("fault.rate", "must be above 0"),
             FaultKind::Slicer {
                 average_bytes: 0, ..
-            } => bad("fault.average_bytes", "must be above 0"),
+            } => bad("fault.average", "must be above 0"),
             FaultKind::Slicer {
                 average_bytes,
                 variation_bytes,
                 ..
             } if variation_bytes >= average_bytes => {
-                bad("fault.variation_bytes", "must be below average_bytes")
+                bad("fault.variation", "must be below average")
             }
-            FaultKind::Timeout { timeout_ms: 0 } => bad("fault.timeout_ms", "must be above 0"),
+            FaultKind::Timeout { timeout_ms: 0 } => bad("fault.timeout", "must be above 0"),
             FaultKind::Loss { probability: p, .. } if !probability(*p) || *p >= 1.0 => {
                 bad("fault.probability", "must be at least 0 and below 1")
             }
             FaultKind::Loss {
                 segment_bytes: 0, ..
-            } => bad("fault.segment_bytes", "must be above 0"),
+            } => bad("fault.segment", "must be above 0"),
             FaultKind::InjectPacket { payload_hex, .. } => match unhex(payload_hex) {
                 None => bad("fault.payload_hex", "must be hex digits, two per byte"),
                 Some(p) if p.is_empty() || p.len() >= 0xff_ffff => bad(
@@ -303,21 +409,20 @@ impl FaultSpec {
                 down_ms,
                 mode,
             } => match (period_ms, period_bytes) {
-                (None, None) => bad("fault.period_ms", "give period_ms or period_bytes"),
-                (Some(_), Some(_)) => bad(
-                    "fault.period_bytes",
-                    "give period_ms or period_bytes, not both",
-                ),
-                (Some(period_ms), None) if *down_ms == 0 || down_ms >= period_ms => {
-                    bad("fault.down_ms", "must be above 0 and below period_ms")
+                (None, None) => bad("fault.period", "give period or period_data"),
+                (Some(_), Some(_)) => {
+                    bad("fault.period_data", "give period or period_data, not both")
                 }
-                (None, Some(0)) => bad("fault.period_bytes", "must be above 0"),
+                (Some(period_ms), None) if *down_ms == 0 || down_ms >= period_ms => {
+                    bad("fault.down", "must be above 0 and below period")
+                }
+                (None, Some(0)) => bad("fault.period_data", "must be above 0"),
                 (None, Some(_)) if *mode == FlapMode::Blackhole && *down_ms == 0 => {
-                    bad("fault.down_ms", "must be above 0")
+                    bad("fault.down", "must be above 0")
                 }
                 (None, Some(_)) if *mode == FlapMode::Reset && *down_ms != 0 => bad(
-                    "fault.down_ms",
-                    "not used by a reset flap on period_bytes (the connection ends there)",
+                    "fault.down",
+                    "not used by a reset flap on period_data (the connection ends there)",
                 ),
                 _ => Ok(()),
             },
@@ -354,8 +459,8 @@ mod tests {
 
     #[test]
     fn reads_a_fault_from_json_and_toml() {
-        let json = r#"{"fault": {"type": "latency", "latency_ms": 50, "jitter_ms": 5},
-                       "direction": "downstream", "trigger": {"after_bytes": 1000}}"#;
+        let json = r#"{"fault": {"type": "latency", "latency": "50ms", "jitter": "5ms"},
+                       "direction": "downstream", "trigger": {"after_data": "1000B"}}"#;
         let spec: FaultSpec = serde_json::from_str(json).unwrap();
         assert_eq!(
             spec.fault,
@@ -365,7 +470,16 @@ mod tests {
             }
         );
         assert_eq!(spec.direction, Direction::Downstream);
+        assert_eq!(spec.trigger.after_bytes, Some(1000));
         assert_eq!(spec.toxicity, 1.0);
+        // The older keys with bare numbers read the same (with a warning).
+        let older = r#"{"fault": {"type": "latency", "latency_ms": 50, "jitter_ms": 5},
+                        "direction": "downstream", "trigger": {"after_bytes": 1000}}"#;
+        assert_eq!(serde_json::from_str::<FaultSpec>(older).unwrap(), spec);
+        // Written with units, under the new keys.
+        let written = serde_json::to_value(&spec).unwrap();
+        assert_eq!(written["fault"]["latency"], "50ms");
+        assert_eq!(written["trigger"]["after_data"], 1000);
         let toml_spec: FaultSpec =
             toml::from_str("fault = { type = \"loss\", probability = 0.05 }").unwrap();
         assert!(matches!(
@@ -395,7 +509,7 @@ mod tests {
             FaultSpec::new(FaultKind::Blackhole {}).toxicity(2.0),
         ];
         let err = validate_all(&bad).unwrap_err();
-        assert_eq!(err.field, "faults[0].fault.rate_bytes_per_sec");
+        assert_eq!(err.field, "faults[0].fault.rate");
         assert_eq!(bad[1].validate().unwrap_err().field, "toxicity");
         let flap = |period_ms, period_bytes, down_ms, mode| {
             FaultSpec::new(FaultKind::Flap {
@@ -408,27 +522,18 @@ mod tests {
             .map_err(|e| e.field)
         };
         let (hole, reset) = (FlapMode::Blackhole, FlapMode::Reset);
-        assert_eq!(
-            flap(Some(100), None, 100, reset).unwrap_err(),
-            "fault.down_ms"
-        );
-        assert_eq!(flap(None, None, 10, hole).unwrap_err(), "fault.period_ms");
+        assert_eq!(flap(Some(100), None, 100, reset).unwrap_err(), "fault.down");
+        assert_eq!(flap(None, None, 10, hole).unwrap_err(), "fault.period");
         assert_eq!(
             flap(Some(100), Some(1000), 10, hole).unwrap_err(),
-            "fault.period_bytes"
+            "fault.period_data"
         );
         assert_eq!(
             flap(None, Some(0), 10, hole).unwrap_err(),
-            "fault.period_bytes"
+            "fault.period_data"
         );
-        assert_eq!(
-            flap(None, Some(1000), 0, hole).unwrap_err(),
-            "fault.down_ms"
-        );
-        assert_eq!(
-            flap(None, Some(1000), 10, reset).unwrap_err(),
-            "fault.down_ms"
-        );
+        assert_eq!(flap(None, Some(1000), 0, hole).unwrap_err(), "fault.down");
+        assert_eq!(flap(None, Some(1000), 10, reset).unwrap_err(), "fault.down");
         assert_eq!(flap(Some(100), None, 10, reset), Ok(()));
         assert_eq!(flap(None, Some(1000), 10, hole), Ok(()));
         assert_eq!(flap(None, Some(1000), 0, reset), Ok(()));

@@ -27,11 +27,11 @@ fn config(text: &str) -> std::path::PathBuf {
 #[test]
 fn a_bad_fault_parameter_is_named() {
     let path = config(
-        "listen = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:9\"\n[[faults]]\nfault = { type = \"bandwidth\", rate_bytes_per_sec = 0 }\n",
+        "listen = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:9\"\n[[faults]]\nfault = { type = \"bandwidth\", rate = \"0B/s\" }\n",
     );
     let (ok, err) = chaos(&["serve", "--config", path.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("faults[0].fault.rate_bytes_per_sec"), "{err}");
+    assert!(err.contains("faults[0].fault.rate"), "{err}");
 }
 
 #[test]

@@ -126,7 +126,7 @@ async fn the_control_api_changes_live_connections() {
     live.read_exact(&mut buf).await.unwrap();
 
     // A blackhole added over HTTP stops the live connection...
-    let (status, body) = control::call(
+    let (status, body) = plumbing::http::request_json(
         api_addr,
         "POST",
         "/faults",
@@ -141,9 +141,10 @@ async fn the_control_api_changes_live_connections() {
     assert!(held.is_err(), "bytes passed a blackhole");
 
     // ...and removing it lets the held bytes through, none lost.
-    let (status, _) = control::call(api_addr, "DELETE", &format!("/faults/{id}"), None)
-        .await
-        .unwrap();
+    let (status, _) =
+        plumbing::http::request_json(api_addr, "DELETE", &format!("/faults/{id}"), None)
+            .await
+            .unwrap();
     assert_eq!(status, 200);
     tokio::time::timeout(Duration::from_secs(5), live.read_exact(&mut buf))
         .await
@@ -152,27 +153,24 @@ async fn the_control_api_changes_live_connections() {
     assert_eq!(&buf, b"pong");
 
     // Bad specs are refused with the field named; unknown ids are 404.
-    let (status, body) = control::call(
+    let (status, body) = plumbing::http::request_json(
         api_addr,
         "POST",
         "/faults",
-        Some(r#"{"fault": {"type": "bandwidth", "rate_bytes_per_sec": 0}}"#),
+        Some(r#"{"fault": {"type": "bandwidth", "rate": "0B/s"}}"#),
     )
     .await
     .unwrap();
-    assert_eq!(status, 400);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("rate_bytes_per_sec"),
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("fault.rate")),
         "{body}"
     );
-    let (status, _) = control::call(api_addr, "DELETE", "/faults/99", None)
+    let (status, _) = plumbing::http::request_json(api_addr, "DELETE", "/faults/99", None)
         .await
         .unwrap();
     assert_eq!(status, 404);
-    let (status, list) = control::call(api_addr, "GET", "/faults", None)
+    let (status, list) = plumbing::http::request_json(api_addr, "GET", "/faults", None)
         .await
         .unwrap();
     assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(0)));
@@ -185,7 +183,9 @@ async fn api(
     path: &str,
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    control::call(addr, method, path, body).await.unwrap()
+    plumbing::http::request_json(addr, method, path, body)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -210,13 +210,13 @@ async fn the_control_api_answers_every_request_with_a_status_and_json() {
         api_addr,
         "PUT",
         &path,
-        Some(r#"{"fault": {"type": "latency", "latency_ms": 5}}"#),
+        Some(r#"{"fault": {"type": "latency", "latency": "5ms"}}"#),
     )
     .await;
     assert_eq!((status, body["id"].as_u64()), (200, Some(id)));
     let (_, list) = api(api_addr, "GET", "/faults", None).await;
     assert_eq!(list[0]["id"].as_u64(), Some(id));
-    assert_eq!(list[0]["spec"]["fault"]["latency_ms"].as_u64(), Some(5));
+    assert_eq!(list[0]["spec"]["fault"]["latency"], "5ms");
     let (status, decisions) = api(api_addr, "GET", "/decisions", None).await;
     assert_eq!((status, decisions["seed"].as_u64()), (200, Some(1)));
     assert!(decisions["decisions"].is_array(), "{decisions}");
@@ -237,12 +237,12 @@ async fn the_control_api_answers_every_request_with_a_status_and_json() {
         api_addr,
         "POST",
         "/faults",
-        Some(r#"{"fault": {"type": "latency", "jitter_ms": 1}}"#),
+        Some(r#"{"fault": {"type": "latency", "jitter": "1ms"}}"#),
     )
     .await;
     assert_eq!((status, body["field"].as_str()), (400, Some("fault")));
     assert!(
-        body["error"].as_str().unwrap().contains("latency_ms"),
+        body["error"].as_str().unwrap().contains("`latency`"),
         "{body}"
     );
     let (status, body) = api(api_addr, "POST", "/faults", Some("{not json")).await;
@@ -253,12 +253,12 @@ async fn the_control_api_answers_every_request_with_a_status_and_json() {
         api_addr,
         "POST",
         "/faults",
-        Some(r#"{"fault": {"type": "flap", "period_ms": 100, "period_bytes": 100}}"#),
+        Some(r#"{"fault": {"type": "flap", "period": "100ms", "period_data": 100}}"#),
     )
     .await;
     assert_eq!(
         (status, body["field"].as_str()),
-        (400, Some("fault.period_bytes"))
+        (400, Some("fault.period_data"))
     );
     // An id that is not a number is 400; an unknown path 404; a wrong method 405.
     let (status, body) = api(api_addr, "DELETE", "/faults/seven", None).await;

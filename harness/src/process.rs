@@ -257,7 +257,7 @@ impl RelayProcess {
         };
         let deadline = Instant::now() + READY_WAIT;
         loop {
-            if let Ok((200, _)) = clone_relay::admin::request(admin_addr, "GET", "/healthz").await {
+            if let Ok((200, _)) = plumbing::http::request(admin_addr, "GET", "/healthz").await {
                 return Ok(relay);
             }
             if let Some(status) = relay.child.try_wait()? {
@@ -314,8 +314,7 @@ impl RelayProcess {
 
     /// `/sessions` as JSON.
     pub async fn sessions_json(&self) -> Result<serde_json::Value> {
-        let (status, body) =
-            clone_relay::admin::request(self.admin_addr, "GET", "/sessions").await?;
+        let (status, body) = plumbing::http::request(self.admin_addr, "GET", "/sessions").await?;
         if status != 200 {
             bail!("/sessions answered {status}: {body}");
         }

@@ -165,8 +165,7 @@ impl RelayFixture {
 
     /// `/sessions` fetched over HTTP from the admin listener, as JSON.
     pub async fn sessions_json(&self) -> Result<serde_json::Value> {
-        let (status, body) =
-            clone_relay::admin::request(self.admin_addr, "GET", "/sessions").await?;
+        let (status, body) = plumbing::http::request(self.admin_addr, "GET", "/sessions").await?;
         if status != 200 {
             bail!("/sessions answered {status}: {body}");
         }
@@ -267,7 +266,7 @@ impl Drop for RelayFixture {
 
 /// `/metrics` of the relay whose admin listener is at `admin`, as text.
 pub async fn metrics_text(admin: SocketAddr) -> Result<String> {
-    let (status, body) = clone_relay::admin::request(admin, "GET", "/metrics").await?;
+    let (status, body) = plumbing::http::request(admin, "GET", "/metrics").await?;
     if status != 200 {
         bail!("/metrics answered {status}: {body}");
     }

@@ -13,10 +13,13 @@ use anyhow::{Context, Result, bail};
 use harness::process::workspace_binary;
 
 /// Flags of programs other than the project's that the docs show in their commands.
-const OTHER_PROGRAMS: [(&str, &str); 20] = [
+const OTHER_PROGRAMS: [(&str, &str); 23] = [
     ("--all-targets", "cargo clippy"),
     ("--bin", "cargo run"),
     ("--check", "cargo fmt"),
+    ("--features", "cargo test"),
+    ("--ignored", "cargo test"),
+    ("--include-ignored", "cargo test"),
     ("--no-fail-fast", "cargo test"),
     ("--no-run", "cargo bench"),
     ("--nocapture", "cargo test"),

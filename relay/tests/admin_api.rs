@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use clone_relay::admin::{self, MAX_CONCURRENT_REQUESTS, request, request_with_token};
+use clone_relay::admin::{self, MAX_CONCURRENT_REQUESTS};
 use clone_relay::config::Secret;
 use clone_relay::connection::dial as upstream;
 use clone_relay::protocol::packet::read_packet;
 use clone_relay::{Config, Relay};
+use plumbing::http::{request, request_with_token};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -243,9 +244,8 @@ async fn the_read_endpoints_keep_their_shapes() {
 
 /// The value of a metric line in Prometheus text.
 fn metric(page: &str, name: &str) -> u64 {
-    page.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {page}"))
+    plumbing::prometheus_text::value(page, name).unwrap_or_else(|| panic!("no {name} in {page}"))
+        as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

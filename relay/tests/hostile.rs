@@ -4,7 +4,7 @@
 //! their bound at every packet; once the connections close and the orphan timeout passes the
 //! registry holds no more than the bound of idle stubs; and the process's resident memory does
 //! not grow from round to round. (Its own test binary, so no other test shares the process.)
-//! `harness/tests/hostile_sessions.rs` sends the same rounds through the relay's socket.
+//! `harness/tests/e2e/hostile_sessions.rs` sends the same rounds through the relay's socket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use clone_relay::admin::{self, request, request_with_json};
+use clone_relay::admin;
 use clone_relay::config::Secret;
 use clone_relay::protocol::packet::read_packet;
 use clone_relay::{Config, Relay};
+use plumbing::http::{request, request_with_json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -3,7 +3,7 @@
 //! ```text
 //! chaos serve --listen 127.0.0.1:4000 --upstream 127.0.0.1:3306 --seed 7 \
 //!             --control 127.0.0.1:4001 --config faults.toml
-//! chaos ctl --control 127.0.0.1:4001 add '{"fault": {"type": "latency", "latency_ms": 50}}'
+//! chaos ctl --control 127.0.0.1:4001 add '{"fault": {"type": "latency", "latency": "50ms"}}'
 //! ```
 
 use std::net::SocketAddr;
@@ -121,8 +121,8 @@ async fn run(command: Command) -> Result<()> {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
                         .with_context(|| format!("reading {}", path.display()))?;
-                    toml::from_str::<ConfigFile>(&text)
-                        .with_context(|| format!("config file {}", path.display()))?
+                    plumbing::toml_error::read::<ConfigFile>(&text)
+                        .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
                 }
                 None => ConfigFile::default(),
             };
@@ -157,7 +157,7 @@ async fn run(command: Command) -> Result<()> {
                 Action::Reset => ("POST", "/reset".to_string(), None),
                 Action::Decisions => ("GET", "/decisions".to_string(), None),
             };
-            let (status, json) = chaos::control::call(control, method, &path, body)
+            let (status, json) = plumbing::http::request_json(control, method, &path, body)
                 .await
                 .with_context(|| format!("control API at {control}"))?;
             println!("{}", serde_json::to_string_pretty(&json)?);

@@ -50,7 +50,7 @@ struct Cli {
 
     /// Cap every scenario's relay at this rate per clone (the relay's --session-rate, e.g.
     /// 20MiB/s), over the scenario's own cap.
-    #[arg(long, value_name = "RATE", value_parser = clone_relay::units::parse_rate)]
+    #[arg(long, value_name = "RATE", value_parser = plumbing::units::parse_rate)]
     session_rate: Option<u64>,
 
     /// Also write the report as JSON to this file.

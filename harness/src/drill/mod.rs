@@ -8,19 +8,23 @@
 //! - [`scenario`]: what a scenario is, the named ones, the scenario file.
 //! - [`report`]: the figures of each clone, the checks, the table.
 //! - [`progress`]: bars on a terminal, lines otherwise.
-//! - `run`: one scenario on one recipient, and the watch over the relay's sessions that feeds
-//!   the bars, fires the events and takes the samples.
+//! - `run`: one scenario on one recipient, and the direct baseline (the orchestration).
+//! - `watch`: the watch over the relay's sessions that feeds the bars, fires the events and
+//!   takes the samples.
+//! - `figures`: a clone's figures, from those samples, its outcome and the checksums.
 //! - `two_donors`: the scenario with two donors and two recipients.
 //!
 //! Every scenario shares one seeded donor and one recipient (the two-donor scenario adds a
 //! second of each) and runs in turn, each once the donor holds no clone; each gets a fresh chaos
 //! proxy and relay.
 
+mod figures;
 pub mod progress;
 pub mod report;
 mod run;
 pub mod scenario;
 mod two_donors;
+mod watch;
 
 use std::time::{Duration, Instant};
 

@@ -148,7 +148,7 @@ impl Scenario {
     /// The recipient clones with the main connection (the chaos proxy's connection 1), the aux
     /// (2) and one worker (3); when the relay resets a clone the recipient reconnects (4, 5, 6).
     pub fn named(name: &str, seed: u64) -> Option<Scenario> {
-        let rate = clone_relay::units::format_rate;
+        let rate = plumbing::units::format_rate;
         let s = match name {
             "clean" => Scenario::new(
                 name,
@@ -301,9 +301,7 @@ impl Scenario {
 
     /// A scenario from the text of a scenario file; `default_name` when it names none.
     pub fn from_toml(text: &str, default_name: &str) -> Result<Scenario, String> {
-        let deserializer = toml::Deserializer::parse(text).map_err(|e| file_error(text, &e, ""))?;
-        let file: ScenarioFile = serde_path_to_error::deserialize(deserializer)
-            .map_err(|e| file_error(text, e.inner(), &e.path().to_string()))?;
+        let file: ScenarioFile = plumbing::toml_error::read(text)?;
         file.into_scenario(default_name)
     }
 }
@@ -323,8 +321,8 @@ impl Scenario {
 /// [[faults]]                     # chaos fault specs, on the link from the start
 /// fault = { type = "reset" }
 /// ...
-/// [[events]]                     # once the clone has carried at_data_bytes of clone data
-/// at_data_bytes = "12MiB"
+/// [[events]]                     # once the clone has carried at_data of clone data
+/// at_data = "12MiB"
 /// inject = { fault = { type = "blackhole" } }
 /// lasting = "6s"
 ///
@@ -339,7 +337,7 @@ struct ScenarioFile {
     description: String,
     #[serde(default)]
     tls: bool,
-    #[serde(default, with = "clone_relay::units::option_rate")]
+    #[serde(default, with = "plumbing::units::option_rate")]
     link_rate: Option<u64>,
     relay: Option<Config>,
     #[serde(default)]
@@ -353,11 +351,16 @@ struct ScenarioFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventFile {
-    at_data_bytes: Size,
+    #[serde(
+        rename = "at_data",
+        alias = "at_data_bytes",
+        with = "plumbing::units::bytes"
+    )]
+    at_data_bytes: u64,
     /// A fault to add to the link then (its own trigger and duration are replaced).
     inject: Option<FaultSpec>,
     /// How long the injected fault lasts; for good when absent.
-    #[serde(default, with = "option_duration")]
+    #[serde(default, with = "plumbing::units::option_duration")]
     lasting: Option<Duration>,
     /// Reset the clone's connections through the relay.
     #[serde(default)]
@@ -399,27 +402,6 @@ impl From<DetectionName> for DetectionKind {
     }
 }
 
-/// A size: bytes, or with a unit (`12MiB`).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Size {
-    Bytes(u64),
-    Text(String),
-}
-
-mod option_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        clone_relay::units::parse_duration(&text)
-            .map(Some)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
 impl ScenarioFile {
     fn into_scenario(self, default_name: &str) -> Result<Scenario, String> {
         let name = self.name.unwrap_or_else(|| default_name.to_string());
@@ -448,12 +430,7 @@ impl ScenarioFile {
         faults.extend(self.faults);
         let mut events = Vec::new();
         for (i, e) in self.events.into_iter().enumerate() {
-            let at_data_bytes = match e.at_data_bytes {
-                Size::Bytes(n) => n,
-                Size::Text(t) => clone_relay::units::parse_size(&t)
-                    .map_err(|r| format!("invalid events[{i}].at_data_bytes: {r}"))?
-                    as u64,
-            };
+            let at_data_bytes = e.at_data_bytes;
             let action = match (e.inject, e.reset_session) {
                 (Some(spec), false) => {
                     spec.validate()
@@ -528,10 +505,7 @@ fn describe_faults(faults: &[FaultSpec], events: &[Event]) -> String {
                 FaultKind::Bandwidth {
                     rate_bytes_per_sec, ..
                 },
-            ) => format!(
-                "link {}",
-                clone_relay::units::format_rate(*rate_bytes_per_sec)
-            ),
+            ) => format!("link {}", plumbing::units::format_rate(*rate_bytes_per_sec)),
             (Some(at), _) => format!("{} at {:.1} MiB", f.label(), mib(at)),
             (None, _) => f.label(),
         })
@@ -547,35 +521,6 @@ fn describe_faults(faults: &[FaultSpec], events: &[Event]) -> String {
         "none".into()
     } else {
         parts.join(", ")
-    }
-}
-
-/// `invalid KEY: MESSAGE (line N)`; an unknown key is named as such.
-fn file_error(text: &str, error: &toml::de::Error, path: &str) -> String {
-    let mut message = error.message().replace('\n', "; ");
-    if message.starts_with("unknown field")
-        && let Some(cut) = message.find(", expected")
-    {
-        message.truncate(cut);
-    }
-    let line = error.span().map(|span| {
-        let before = &text.as_bytes()[..span.start.min(text.len())];
-        before.iter().filter(|&&b| b == b'\n').count() + 1
-    });
-    let located = match line {
-        Some(line) => format!("{message} (line {line})"),
-        None => message,
-    };
-    if located.starts_with("unknown field") {
-        // The path ends with the unknown key itself: name the table it was found in.
-        return match path.rsplit_once('.') {
-            Some((table, _)) => located.replacen(" (line", &format!(" in {table} (line"), 1),
-            None => located,
-        };
-    }
-    match path {
-        "" | "." => located,
-        _ => format!("invalid {path}: {located}"),
     }
 }
 
@@ -675,7 +620,7 @@ mod tests {
     fn unknown_keys_and_bad_values_are_named() {
         let err = |text: &str| Scenario::from_toml(text, "x").unwrap_err();
         let e = err("colour = 1\n");
-        assert!(e.contains("unknown field `colour`"), "{e}");
+        assert!(e.contains("unknown key `colour`"), "{e}");
         let e = err("[expect]\nmin_resumes = 1\nmax_resume = 2\n");
         assert!(e.contains("`max_resume`") && e.contains("expect"), "{e}");
         assert!(e.contains("line 3"), "{e}");

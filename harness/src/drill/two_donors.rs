@@ -25,10 +25,12 @@ use anyhow::{Context, Result};
 use chaos::ChaosProxy;
 use clone_relay::session::SessionView;
 
+use super::figures::clone_figures;
 use super::progress::Progress;
 use super::report::{Check, ScenarioReport};
-use super::run::{Watch, allow_donor, clone_figures, compare, new_report};
+use super::run::{allow_donor, compare, new_report};
 use super::scenario::Scenario;
+use super::watch::Watch;
 use super::{DONOR_FREE_WAIT, Rig};
 use crate::clone::{Transport, clone_instance_with};
 use crate::mysql::MysqlServer;

@@ -7,12 +7,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clone_relay::admin::request_with_json;
 use clone_relay::config::Secret;
 use harness::clone::{Transport, clone_instance_with};
 use harness::dataset::{Dataset, mismatches};
 use harness::image::mysql_image;
 use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use plumbing::http::request_with_json;
 use tokio::time::Instant;
 
 const MIB: u64 = 1 << 20;

@@ -14,7 +14,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clone_relay::config::{ClientTlsMode, ServerTlsMode};
@@ -25,6 +25,8 @@ use harness::image::mysql_image;
 use harness::mysql::{DONOR_PASSWORD, DONOR_USER};
 use harness::tap::Tap;
 use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use tracing::Dispatch;
+use tracing::dispatcher::DefaultGuard;
 
 const MIB: u64 = 1024 * 1024;
 /// Small: this file is about who may log in and how, not about speed.
@@ -33,8 +35,8 @@ const CLONE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Bound on waiting for the donor to let go of a finished clone.
 const DONOR_FREE_WAIT: Duration = Duration::from_secs(60);
 
-/// The relay's log lines of the auth exchange (target `clone_relay::connection::auth`, debug), for the
-/// whole test binary.
+/// The relay's log lines of the auth exchange (target `clone_relay::connection::auth`, debug),
+/// from the threads of this test's runtime.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
@@ -50,21 +52,29 @@ impl Write for Captured {
 }
 
 impl Captured {
-    /// Starts capturing (once per process).
-    fn install() -> Captured {
-        static CAPTURED: OnceLock<Captured> = OnceLock::new();
-        CAPTURED
-            .get_or_init(|| {
-                let captured = Captured::default();
-                let writer = captured.clone();
-                tracing_subscriber::fmt()
-                    .with_env_filter("clone_relay::connection::auth=debug")
-                    .with_ansi(false)
-                    .with_writer(move || writer.clone())
-                    .init();
-                captured
+    /// A multi-threaded runtime whose threads (and the caller's, while the guard lives) log
+    /// the auth exchange here: this test's relays run on it, and the other tests of the binary
+    /// on runtimes of their own, so their lines stay out.
+    fn runtime() -> anyhow::Result<(Captured, tokio::runtime::Runtime, DefaultGuard)> {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let dispatch = Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_env_filter("clone_relay::connection::auth=debug")
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish(),
+        );
+        let for_threads = dispatch.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .on_thread_start(move || {
+                // For the thread's whole life.
+                std::mem::forget(tracing::dispatcher::set_default(&for_threads));
             })
-            .clone()
+            .build()?;
+        let guard = tracing::dispatcher::set_default(&dispatch);
+        Ok((captured, runtime, guard))
     }
 
     /// How the full authentications logged since `from` (a byte offset) were carried, in
@@ -216,12 +226,15 @@ async fn empty_the_cache(donor: &MysqlServer) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
+#[test]
 #[ignore = "end-to-end: needs Docker"]
-async fn all_four_leg_combinations_clone_with_an_empty_and_a_warm_auth_cache() -> anyhow::Result<()>
-{
+fn all_four_leg_combinations_clone_with_an_empty_and_a_warm_auth_cache() -> anyhow::Result<()> {
+    let (log, runtime, _guard) = Captured::runtime()?;
+    runtime.block_on(all_four_leg_combinations(log))
+}
+
+async fn all_four_leg_combinations(log: Captured) -> anyhow::Result<()> {
     require_docker().await?;
-    let log = Captured::install();
     let image = mysql_image().await?;
     let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
     let dataset = Dataset::of_size(DATASET_BYTES);

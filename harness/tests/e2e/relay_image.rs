@@ -73,7 +73,7 @@ impl Sidecar {
 async fn wait_ok(admin: SocketAddr, path: &str, sidecar: &Sidecar) -> Result<()> {
     let deadline = Instant::now() + READY_WAIT;
     loop {
-        match clone_relay::admin::request(admin, "GET", path).await {
+        match plumbing::http::request(admin, "GET", path).await {
             Ok((200, _)) => return Ok(()),
             other if Instant::now() >= deadline => bail!(
                 "{path} on {admin} did not answer 200 within {READY_WAIT:?} (last: {other:?}); relay log:\n{}",
@@ -178,14 +178,13 @@ async fn the_image_runs_as_a_sidecar_in_the_recipients_namespace_and_clones() ->
         "tables that differ from the donor's"
     );
     // The sessions name users and addresses: from off the pod only with the token.
-    let (status, body) = clone_relay::admin::request(admin, "GET", "/sessions").await?;
+    let (status, body) = plumbing::http::request(admin, "GET", "/sessions").await?;
     assert_eq!(
         status, 401,
         "/sessions without the token from off the pod: {body}"
     );
     let (status, body) =
-        clone_relay::admin::request_with_token(admin, "GET", "/sessions", Some(ADMIN_TOKEN))
-            .await?;
+        plumbing::http::request_with_token(admin, "GET", "/sessions", Some(ADMIN_TOKEN)).await?;
     assert_eq!(status, 200, "{body}");
     let view: serde_json::Value = serde_json::from_str(&body)?;
     let session = view["sessions"]

@@ -250,23 +250,10 @@ fn entries(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, Iterator::count)
 }
 
-/// The sum of every series of metric `name` in a `/metrics` text; `None` when there is none.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let base = series.split('{').next()?;
-            (base == name).then(|| value.trim().parse().ok())?
-        })
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
 /// A metric that must be there.
 fn require_metric(text: &str, name: &str, relay: &str) -> Result<f64> {
-    metric(text, name).with_context(|| format!("the {relay} relay's /metrics has no {name}"))
+    plumbing::prometheus_text::sum(text, name)
+        .with_context(|| format!("the {relay} relay's /metrics has no {name}"))
 }
 
 /// One relay's certificate, key, and the CA it trusts for the other relay, as files.
@@ -1107,7 +1094,9 @@ async fn reset_the_tunnel(pair: &Pair) -> Result<(u64, [u64; 2], f64)> {
         tokio::time::sleep(Duration::from_millis(200)).await;
         control.remove(id)?;
         let text = pair.donor_side.metrics_text().await?;
-        spilled = spilled.max(metric(&text, "clone_relay_tunnel_spill_bytes").unwrap_or(0.0));
+        spilled = spilled.max(
+            plumbing::prometheus_text::sum(&text, "clone_relay_tunnel_spill_bytes").unwrap_or(0.0),
+        );
         next = pair
             .recipient_side
             .latest()
@@ -1126,7 +1115,9 @@ async fn ten_resets(env: &Env, clean: &Run) -> Result<Row> {
     run.ensure_faithful("resets")?;
     run.ensure_no_resume("resets")?;
     let (recipient_reconnects, donor_reconnects) = pair.reconnects().await?;
-    let replayed = |text: &str| metric(text, "clone_relay_tunnel_replayed_bytes_total");
+    let replayed = |text: &str| {
+        plumbing::prometheus_text::sum(text, "clone_relay_tunnel_replayed_bytes_total")
+    };
     let replayed = (
         replayed(&pair.recipient_side.metrics_text().await?).unwrap_or(0.0),
         replayed(&pair.donor_side.metrics_text().await?).unwrap_or(0.0),
@@ -1256,11 +1247,14 @@ async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
             let rss = relay.memory()?.0;
             seen.rss[phase] = seen.rss[phase].max(rss);
             let text = relay.metrics_text().await?;
-            let buffer = metric(&text, "clone_relay_tunnel_buffer_bytes").unwrap_or(0.0);
-            let spilled = metric(&text, "clone_relay_tunnel_spill_bytes").unwrap_or(0.0);
+            let buffer = plumbing::prometheus_text::sum(&text, "clone_relay_tunnel_buffer_bytes")
+                .unwrap_or(0.0);
+            let spilled = plumbing::prometheus_text::sum(&text, "clone_relay_tunnel_spill_bytes")
+                .unwrap_or(0.0);
             seen.buffer = seen.buffer.max(buffer);
             seen.spilled = seen.spilled.max(spilled);
-            let spills = metric(&text, "clone_relay_tunnel_spills_total").unwrap_or(0.0);
+            let spills = plumbing::prometheus_text::sum(&text, "clone_relay_tunnel_spills_total")
+                .unwrap_or(0.0);
             seen.spill_files = seen.spill_files.max(spills as usize);
             seen.named_files = seen.named_files.max(entries(&spill_dir));
             // While dark, every 64 MiB more spilled: the spill files' contents, read through
@@ -1309,7 +1303,8 @@ async fn blackhole(env: &Env, clean: &Run) -> Result<Row> {
     let mut spill_left = f64::MAX;
     while spill_left > 0.0 && Instant::now() < deadline {
         let text = relay.metrics_text().await?;
-        spill_left = metric(&text, "clone_relay_tunnel_spill_bytes").unwrap_or(0.0);
+        spill_left =
+            plumbing::prometheus_text::sum(&text, "clone_relay_tunnel_spill_bytes").unwrap_or(0.0);
         if spill_left > 0.0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -1622,7 +1617,9 @@ async fn past_the_bridge(
     .await?;
     let (run, ()) =
         clone_through(env, &pair, &AtomicBool::new(false), darken(&pair, outage)).await?;
-    let fallbacks = |text: &str| metric(text, "clone_relay_tunnel_fallbacks_total").unwrap_or(0.0);
+    let fallbacks = |text: &str| {
+        plumbing::prometheus_text::sum(text, "clone_relay_tunnel_fallbacks_total").unwrap_or(0.0)
+    };
     let fallbacks = (
         fallbacks(&pair.recipient_side.metrics_text().await?),
         fallbacks(&pair.donor_side.metrics_text().await?),

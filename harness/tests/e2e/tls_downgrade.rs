@@ -192,7 +192,7 @@ fn ensure_ssl_error(outcome: &CloneOutcome) -> Result<()> {
 
 /// `/sessions` of the relay whose admin listener is at `admin`.
 async fn sessions(admin: SocketAddr) -> Result<Value> {
-    let (status, body) = clone_relay::admin::request(admin, "GET", "/sessions").await?;
+    let (status, body) = plumbing::http::request(admin, "GET", "/sessions").await?;
     ensure!(status == 200, "/sessions answered {status}: {body}");
     Ok(serde_json::from_str(&body)?)
 }

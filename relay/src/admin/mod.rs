@@ -24,17 +24,13 @@
 //! each for at most [`CONNECTION_LIFETIME`] and one request (every response says
 //! `Connection: close`); at most [`MAX_CONCURRENT_REQUESTS`] requests run at once, and one
 //! that cannot start within [`QUEUE_WAIT`] gets 503; each runs within [`REQUEST_TIMEOUT`].
-//! A failed accept is retried, after [`ACCEPT_ERROR_BACKOFF`] unless the error concerned only
-//! that connection.
+//! The listener is [`plumbing::listener`]'s (a failed accept is retried, with backoff unless
+//! the error concerned only that connection).
 
 use std::fmt::Write as _;
 use std::future::{Future, IntoFuture};
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
@@ -46,20 +42,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Sleep;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
+
+use plumbing::listener::{BoundedListener, PeerAddr};
 
 use crate::config::LimitSettings;
 use crate::state::Relay;
-
-mod client;
-mod listener;
-
-pub use client::{request, request_with_json, request_with_token};
-use listener::*;
 
 /// Admin requests served at once.
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
@@ -71,8 +61,6 @@ pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an admin connection may stay open, however slowly its client sends or reads.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(20);
-/// Pause after a failed accept that is not about one connection (for example EMFILE).
-pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves admin requests on `listener` until `shutdown` completes. Connections open then run
 /// to their end (each is bounded by [`CONNECTION_LIFETIME`]).
@@ -88,10 +76,7 @@ async fn serve_router(
     limits: Arc<Limits>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let listener = BoundedListener {
-        inner: listener,
-        permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
-    };
+    let listener = BoundedListener::new(listener, MAX_CONNECTIONS, CONNECTION_LIFETIME, "admin");
     let app = routes.layer(middleware::from_fn_with_state(limits, limit));
     tokio::select! {
         result = axum::serve(listener, app.into_make_service_with_connect_info::<PeerAddr>()).into_future() => {
@@ -380,6 +365,8 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use plumbing::http::request;
+
     use super::*;
     use crate::config::{Config, Secret};
     use tower::ServiceExt;

@@ -78,7 +78,7 @@ impl Config {
             Some(text) => {
                 read_file(text).map_err(Merge::File)?;
                 toml::from_str::<toml::Table>(text)
-                    .map_err(|e| Merge::File(file_error(text, &e, "")))?
+                    .map_err(|e| Merge::File(plumbing::toml_error::describe(text, &e, "")))?
             }
             None => toml::Table::new(),
         };
@@ -164,36 +164,7 @@ pub(super) fn clap_defaults<T: Args + FromArgMatches>() -> T {
 /// Reads `text` as the settings file alone, so that an error names its key and line. The
 /// message never quotes a value (a wrong key's value may be a secret).
 pub(super) fn read_file(text: &str) -> Result<Config, String> {
-    let deserializer = toml::Deserializer::parse(text).map_err(|e| file_error(text, &e, ""))?;
-    serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        file_error(text, e.inner(), &path)
-    })
-}
-
-/// `invalid KEY: MESSAGE (line N)`, or `MESSAGE (line N)` for an error of the file as a whole.
-pub(super) fn file_error(text: &str, error: &toml::de::Error, path: &str) -> String {
-    let mut message = error.message().replace('\n', "; ");
-    // An unknown key: the message names it; the list of known keys that follows is long.
-    if message.starts_with("unknown field")
-        && let Some(cut) = message.find(", expected")
-    {
-        message.truncate(cut);
-        message = message.replacen("unknown field", "unknown key", 1);
-    }
-    let line = error.span().map(|span| {
-        let before = &text.as_bytes()[..span.start.min(text.len())];
-        before.iter().filter(|&&b| b == b'\n').count() + 1
-    });
-    let located = match line {
-        Some(line) => format!("{message} (line {line})"),
-        None => message,
-    };
-    if path.is_empty() || path == "." || located.starts_with("unknown key") {
-        located
-    } else {
-        format!("invalid {path}: {located}")
-    }
+    plumbing::toml_error::read(text)
 }
 
 /// An upstream list in the file: one `"HOST:PORT"`, comma-separated ones, or an array.

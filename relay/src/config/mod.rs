@@ -17,7 +17,7 @@
 //! - [`stall`], [`tunnel`], [`limits`]: the `[stall]`, `[tunnel]` and `[limits]` sections;
 //! - [`tls`]: the TLS modes of each leg (what they mean is [`crate::tls::policy`]'s);
 //! - [`secret`]: the admin token's type;
-//! - [`units`]: durations, sizes and rates as people write them.
+//! - [`units`] (from `plumbing`): durations, sizes and rates as people write them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,7 +37,7 @@ pub mod stall;
 mod tests;
 pub mod tls;
 pub mod tunnel;
-pub mod units;
+pub use plumbing::units;
 mod validate;
 
 pub use limits::LimitSettings;

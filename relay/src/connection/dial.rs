@@ -7,6 +7,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::debug;
 
+use plumbing::Backoff;
+
 use crate::config::Config;
 use crate::error::RelayError;
 use crate::protocol::handshake::{Greeting, ServerHello, parse_server_hello};
@@ -69,32 +71,19 @@ pub async fn dial_until(
     deadline: Instant,
     seed: u64,
 ) -> Result<TcpStream, RelayError> {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF).with_jitter(0.25, seed);
     let mut attempt: u64 = 0;
     loop {
         match dial(config, health, addr).await {
             Ok(stream) => return Ok(stream),
-            Err(e) if Instant::now() + backoff >= deadline => return Err(e),
+            Err(e) if Instant::now() + backoff.peek() >= deadline => return Err(e),
             Err(e) => {
                 attempt += 1;
                 debug!(upstream = addr, attempt, error = %e, "donor not reachable yet; retrying");
-                let jitter = backoff.mul_f64(0.25 * unit_interval(seed, attempt));
-                tokio::time::sleep(backoff + jitter).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(backoff.pause()).await;
             }
         }
     }
-}
-
-/// A number in [0, 1) that depends only on `seed` and `attempt` (SplitMix64).
-fn unit_interval(seed: u64, attempt: u64) -> f64 {
-    let mut z = seed
-        .wrapping_add(attempt.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Dials `addr` and reads its greeting, so that a relay pointed at the wrong place says so at
@@ -179,15 +168,5 @@ mod tests {
                 .is_err()
         );
         assert!(health.readiness().ready);
-    }
-
-    #[test]
-    fn jitter_differs_between_connections_and_stays_in_range() {
-        let draws: Vec<f64> = (0..64).map(|seed| unit_interval(seed, 1)).collect();
-        assert!(draws.iter().all(|j| (0.0..1.0).contains(j)));
-        let distinct: std::collections::BTreeSet<u64> =
-            draws.iter().map(|j| (j * 1000.0) as u64).collect();
-        assert!(distinct.len() > 32, "{distinct:?}");
-        assert_eq!(unit_interval(7, 3), unit_interval(7, 3));
     }
 }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use plumbing::Backoff;
 use tokio::io::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -41,7 +42,7 @@ impl Tunnel {
             recipient,
             instance: self.instance,
         };
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         let connection = loop {
             match self.connect(config, &hello).await {
                 Ok((connection, Welcome::Resume { .. })) => break connection,
@@ -49,10 +50,9 @@ impl Tunnel {
                     return Err(self.peer_error("the donor-side relay refused a new stream"));
                 }
                 Err(e) => match deadline {
-                    Some(deadline) if Instant::now() + backoff < deadline => {
+                    Some(deadline) if Instant::now() + backoff.peek() < deadline => {
                         debug!(error = %e, "donor-side relay not reachable yet; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        tokio::time::sleep(backoff.pause()).await;
                     }
                     _ => return Err(e),
                 },
@@ -122,7 +122,7 @@ impl Tunnel {
     ) -> Result<(Connection, u64), String> {
         let lost = Instant::now();
         let deadline = lost + self.settings.bridge;
-        let mut backoff = Duration::ZERO;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF).immediate_first();
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -143,7 +143,7 @@ impl Tunnel {
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "no answer".to_string(),
             };
-            if Instant::now() + backoff >= deadline {
+            if Instant::now() + backoff.peek() >= deadline {
                 return Err(format!(
                     "the tunnel to {} was down for longer than tunnel.bridge ({}s); last: {last_error}",
                     self.peer.as_deref().unwrap_or("?"),
@@ -151,8 +151,7 @@ impl Tunnel {
                 ));
             }
             debug!(attempts, error = %last_error, "tunnel redial failed");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+            tokio::time::sleep(backoff.pause()).await;
         }
     }
 

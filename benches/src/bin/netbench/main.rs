@@ -20,12 +20,14 @@
 //!
 //! # Layout
 //! - `peers`: the hidden subcommands (donor, recipient transfer, ping).
-//! - `procs`: finding or building the binaries, starting and ending processes, socat, perf.
+//! - `procs`: finding or building the binaries, starting and ending processes, socat.
+//! - `probes`: what a run reads of its processes (peak RSS, CPU, `/metrics`, perf).
 //! - `run`: the measurement, in order.
 //! - `streams`: the pair's tunnel connections, one per stream against what one shared could carry.
 //! - `report`: the table and the JSON.
 
 mod peers;
+mod probes;
 mod procs;
 mod report;
 mod run;

@@ -13,7 +13,8 @@ use clone_relay_benches::tls::{InMemoryPair, bench_pki, client_config, server_co
 use rustls::{ClientConfig, ServerConfig};
 
 use crate::peers::{DONOR_NAME, DonorPorts, RecvTls, RoundTrips, parse_line};
-use crate::procs::{self, PairSpec, PairTunnel, Perf};
+use crate::probes::{self, Perf};
+use crate::procs::{self, PairSpec, PairTunnel};
 use crate::report::{DIRECT, Latency, RelayCpu, Report, RowResult};
 use crate::{Options, PerfRelay, streams};
 
@@ -266,7 +267,7 @@ pub fn run(opts: &Options) -> Result<()> {
     ];
     let cpu_before = timed_relays
         .iter()
-        .map(|(_, relay)| procs::cpu_seconds(relay.proc.pid()))
+        .map(|(_, relay)| probes::cpu_seconds(relay.proc.pid()))
         .collect::<Result<Vec<_>>>()?;
     let started = Instant::now();
     for round in 0..reps {
@@ -283,7 +284,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let carried_gib = (reps as u64 * expect) as f64 / (1u64 << 30) as f64;
     let mut relay_cpu = Vec::new();
     for ((name, relay), (user, system)) in timed_relays.iter().zip(cpu_before) {
-        let (user_after, system_after) = procs::cpu_seconds(relay.proc.pid())?;
+        let (user_after, system_after) = probes::cpu_seconds(relay.proc.pid())?;
         relay_cpu.push(RelayCpu {
             relay: (*name).to_string(),
             user_secs_per_gib: (user_after - user) / carried_gib,
@@ -299,12 +300,12 @@ pub fn run(opts: &Options) -> Result<()> {
             file.display()
         );
     }
-    let relay_peak_rss = procs::peak_rss(plain.proc.pid()).context("the plain relay's VmHWM")?;
+    let relay_peak_rss = probes::peak_rss(plain.proc.pid()).context("the plain relay's VmHWM")?;
 
     // The relays followed the clone: their decoders counted every DATA byte.
     let transfers = (reps + 1) as f64;
     for (relay, what) in [(&plain, "plain"), (&tls, "TLS"), (&capped, "capped")] {
-        let decoded = procs::metric(relay.admin, "clone_relay_clone_data_bytes_total")
+        let decoded = probes::metric(relay.admin, "clone_relay_clone_data_bytes_total")
             .with_context(|| format!("the {what} relay's /metrics"))?;
         if decoded < transfers * (blocks << 20) as f64 {
             bail!(
@@ -315,7 +316,7 @@ pub fn run(opts: &Options) -> Result<()> {
     }
 
     // The spilling pair's row measured spill segments written and read back.
-    let spills = procs::metric(spilling.donor_side.admin, "clone_relay_tunnel_spills_total")
+    let spills = probes::metric(spilling.donor_side.admin, "clone_relay_tunnel_spills_total")
         .context("the spilling pair's donor side /metrics")?;
     if spills == 0.0 {
         bail!("the pair on 1 MiB of memory never spilled: its row measured memory alone");

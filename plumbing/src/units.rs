@@ -161,8 +161,21 @@ pub const MIN_RATE: u64 = 1 << 10;
 pub const MAX_RATE: u64 = 1 << 40;
 
 /// Parses a rate such as `100MiB/s`, `500Mbit/s` or `1.5GB/s` into bytes per second (rounded to
-/// the nearest byte).
+/// the nearest byte), at least [`MIN_RATE`] (a cap below that is a mistake, not a cap).
 pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let bytes = parse_any_rate(text)?;
+    if bytes < MIN_RATE {
+        return Err(format!(
+            "{:?} is too low: at least {} (leave the setting out for no cap)",
+            text.trim(),
+            format_rate(MIN_RATE)
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`parse_rate`] without its floor (for a rate a check elsewhere bounds, a fault's).
+pub fn parse_any_rate(text: &str) -> Result<u64, String> {
     let s = text.trim();
     let example = "write e.g. 100MiB/s, 500Mbit/s or 1.5GB/s";
     let Some(amount) = s.strip_suffix("/s") else {
@@ -193,14 +206,7 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
         .map(|n| (n + denominator / 2) / denominator)
         .filter(|&n| n <= u128::from(MAX_RATE))
         .ok_or_else(|| format!("{s:?} is too large: at most {}", format_rate(MAX_RATE)))?;
-    let bytes = bytes as u64;
-    if bytes < MIN_RATE {
-        return Err(format!(
-            "{s:?} is too low: at least {} (leave the setting out for no cap)",
-            format_rate(MIN_RATE)
-        ));
-    }
-    Ok(bytes)
+    Ok(bytes as u64)
 }
 
 /// Writes a rate in the largest binary unit that keeps it whole (`100MiB/s`), else in bytes.
@@ -290,6 +296,29 @@ pub mod duration {
     }
 }
 
+/// [`duration`] for an optional duration; absent means `None`.
+pub mod option_duration {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        d: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(deserializer).map(Some)
+    }
+}
+
 /// Serde for a byte size: an integer (bytes) or a string with a unit (`"256KiB"`).
 pub mod size {
     use std::fmt;
@@ -348,6 +377,189 @@ pub mod option_size {
         deserializer
             .deserialize_any(super::size::SizeVisitor)
             .map(Some)
+    }
+}
+
+/// Says once per value that a bare number was read in a unit the key used to carry
+/// (`latency_ms = 40`): accepted for this release only.
+fn bare_number_read_as(value: u64, unit: &str) {
+    tracing::warn!(
+        "the bare number {value} was read as {value}{unit}: write the unit (\"{value}{unit}\"); \
+         bare numbers (and keys ending in _ms, _us or _bytes_per_sec) are accepted for this \
+         release only"
+    );
+}
+
+/// Serde for a duration kept as whole milliseconds (`u64`), written with its unit (`"250ms"`,
+/// `"5s"`). A bare number is read as milliseconds, with a warning (the older `*_ms` keys).
+pub mod millis {
+    use std::fmt;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ms: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_duration(std::time::Duration::from_millis(
+            *ms,
+        )))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        deserializer.deserialize_any(Scaled {
+            per_second: 1000,
+            unit: "ms",
+        })
+    }
+
+    /// A duration in whole `unit`s (`per_second` of them in a second).
+    pub(super) struct Scaled {
+        pub(super) per_second: u128,
+        pub(super) unit: &'static str,
+    }
+
+    impl Visitor<'_> for Scaled {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a duration with its unit, e.g. \"250ms\" or \"5s\"")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            let d = super::parse_duration(v).map_err(E::custom)?;
+            let n = d.as_nanos() * self.per_second;
+            if !n.is_multiple_of(1_000_000_000) {
+                return Err(E::custom(format!(
+                    "{v:?} is not a whole number of {}",
+                    self.unit
+                )));
+            }
+            u64::try_from(n / 1_000_000_000).map_err(|_| E::custom(format!("{v:?} is too long")))
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            super::bare_number_read_as(v, self.unit);
+            Ok(v)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            let v = u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))?;
+            self.visit_u64(v)
+        }
+    }
+}
+
+/// [`millis`] for an optional duration; absent means `None`.
+pub mod option_millis {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ms: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+        match ms {
+            Some(ms) => super::millis::serialize(ms, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<u64>, D::Error> {
+        super::millis::deserialize(deserializer).map(Some)
+    }
+}
+
+/// Serde for a duration kept as whole microseconds (`u64`), as [`millis`].
+pub mod micros {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(us: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_duration(std::time::Duration::from_micros(
+            *us,
+        )))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        deserializer.deserialize_any(super::millis::Scaled {
+            per_second: 1_000_000,
+            unit: "us",
+        })
+    }
+}
+
+/// Serde for a byte count kept as `u64`: an integer, or a string with a unit (`"16KiB"`).
+pub mod bytes {
+    use serde::{Deserializer, Serializer};
+
+    /// In a binary unit when it keeps the count whole (`"16KiB"`), else as a number.
+    pub fn serialize<S: Serializer>(bytes: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = super::format_size(*bytes as usize);
+        match text.bytes().all(|b| b.is_ascii_digit()) {
+            true => serializer.serialize_u64(*bytes),
+            false => serializer.serialize_str(&text),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        deserializer
+            .deserialize_any(super::size::SizeVisitor)
+            .map(|n| n as u64)
+    }
+}
+
+/// [`bytes`] for an optional byte count; absent means `None`.
+pub mod option_bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => super::bytes::serialize(bytes, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<u64>, D::Error> {
+        super::bytes::deserialize(deserializer).map(Some)
+    }
+}
+
+/// Serde for a rate kept as bytes per second (`u64`), written with its unit (`"20MiB/s"`). A
+/// bare number is read as bytes per second, with a warning (the older `*_bytes_per_sec` keys).
+pub mod rate {
+    use std::fmt;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(rate: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_rate(*rate))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        deserializer.deserialize_any(RateVisitor)
+    }
+
+    struct RateVisitor;
+
+    impl Visitor<'_> for RateVisitor {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a rate such as \"20MiB/s\" or \"500Mbit/s\"")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            super::parse_any_rate(v).map_err(E::custom)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            super::bare_number_read_as(v, "B/s");
+            Ok(v)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            let v = u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))?;
+            self.visit_u64(v)
+        }
     }
 }
 
@@ -437,5 +649,45 @@ mod tests {
                 .unwrap_err()
                 .contains("at most 30 days")
         );
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Fault {
+        #[serde(rename = "latency", alias = "latency_ms", with = "millis")]
+        latency_ms: u64,
+        #[serde(rename = "delay", alias = "delay_us", with = "micros")]
+        delay_us: u64,
+        #[serde(rename = "rate", alias = "rate_bytes_per_sec", with = "rate")]
+        rate_bytes_per_sec: u64,
+        #[serde(with = "bytes")]
+        average: u64,
+    }
+
+    #[test]
+    fn fault_parameters_take_units_and_the_older_integer_keys() {
+        let want = Fault {
+            latency_ms: 250,
+            delay_us: 50,
+            rate_bytes_per_sec: 20 << 20,
+            average: 16 << 10,
+        };
+        let text =
+            "latency = \"250ms\"\ndelay = \"50us\"\nrate = \"20MiB/s\"\naverage = \"16KiB\"\n";
+        assert_eq!(toml::from_str::<Fault>(text).unwrap(), want);
+        let older =
+            "latency_ms = 250\ndelay_us = 50\nrate_bytes_per_sec = 20971520\naverage = 16384\n";
+        assert_eq!(toml::from_str::<Fault>(older).unwrap(), want);
+        // Written back with units, under the new keys, and read again.
+        let written = toml::to_string(&want).unwrap();
+        assert!(written.contains("latency = \"250ms\""), "{written}");
+        assert!(written.contains("rate = \"20MiB/s\""), "{written}");
+        assert_eq!(toml::from_str::<Fault>(&written).unwrap(), want);
+    }
+
+    #[test]
+    fn a_duration_finer_than_its_field_is_refused() {
+        let text = "latency = \"1500us\"\ndelay = \"1us\"\nrate = \"1MiB/s\"\naverage = 1\n";
+        let e = toml::from_str::<Fault>(text).unwrap_err().to_string();
+        assert!(e.contains("not a whole number of ms"), "{e}");
     }
 }
