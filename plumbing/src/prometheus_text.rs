@@ -31,6 +31,41 @@ pub fn sum(text: &str, name: &str) -> Option<f64> {
         .reduce(|a, b| a + b)
 }
 
+/// Every metric family of `text`: its name, its type (`counter`, `gauge`, ... from `# TYPE`), and
+/// the label names its samples carry, one line each (`name type label,label`; `untyped` without
+/// a `# TYPE`), sorted: what a
+/// dashboard depends on, without the values.
+pub fn families(text: &str) -> Vec<String> {
+    let mut families: std::collections::BTreeMap<&str, (&str, std::collections::BTreeSet<&str>)> =
+        Default::default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, kind)) = rest.split_once(' ')
+        {
+            families.entry(name).or_default().0 = kind.trim();
+        }
+    }
+    for (series, _) in samples(text) {
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let entry = families.entry(name).or_default();
+        for pair in labels.trim_end_matches('}').split(',') {
+            if let Some((label, _)) = pair.split_once('=') {
+                entry.1.insert(label.trim());
+            }
+        }
+    }
+    families
+        .into_iter()
+        .map(|(name, (kind, labels))| {
+            let kind = if kind.is_empty() { "untyped" } else { kind };
+            let labels: Vec<&str> = labels.into_iter().collect();
+            format!("{name} {kind} {}", labels.join(","))
+                .trim_end()
+                .to_string()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +80,18 @@ mod tests {
         assert_eq!(value(PAGE, "b{dir=\"up\"}"), Some(1.5));
         assert_eq!(value(PAGE, "b{dir=\"down\",why=\"a b\"}"), Some(2.0));
         assert_eq!(value(PAGE, "a"), None);
+    }
+
+    #[test]
+    fn families_name_their_type_and_labels() {
+        assert_eq!(
+            families(PAGE),
+            [
+                "a_total counter",
+                "a_total_more untyped",
+                "b untyped dir,why"
+            ]
+        );
     }
 
     #[test]

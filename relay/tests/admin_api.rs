@@ -373,3 +373,28 @@ async fn readyz_follows_the_relays_own_dials() {
     let (status, _) = request(admin, "GET", "/readyz").await.unwrap();
     assert_eq!(status, 200);
 }
+
+/// `/metrics` keeps its series: every family's name, type and label names (from a relay with a
+/// relay-wide cap) as checked in at `tests/metrics-series.txt`. A change to the page shows as a
+/// diff of that file; `UPDATE_METRICS_SERIES=1` rewrites it.
+#[tokio::test]
+async fn the_metrics_series_match_the_checked_in_list() {
+    let mut config = Config::new("db:3306");
+    config.limits.relay = Some(20 << 20);
+    let relay = Relay::new(config).unwrap();
+    let admin = start_admin(&relay);
+    let (status, page) = request(admin, "GET", "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let families = plumbing::prometheus_text::families(&page).join("\n") + "\n";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/metrics-series.txt");
+    if std::env::var("UPDATE_METRICS_SERIES").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &families).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        families,
+        checked_in,
+        "/metrics series differ from {}",
+        path.display()
+    );
+}
