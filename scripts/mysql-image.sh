@@ -65,6 +65,23 @@ version=${version#*:}
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc "$root"/usr/share/man
 
 echo "mysql-image: importing $repo:$version" >&2
-tar -C "$root" -c . | docker import --change "LABEL org.clone-relay.mysql-version=$version" - "$repo:$version" >/dev/null
+tar -C "$root" -c . | docker import --change "LABEL org.clone-relay.mysql-version=$version" - "$repo:$version-base" >/dev/null
+
+# A data directory initialised once, in the image: each server the harness starts copies it
+# (a new server UUID at its first start) rather than initialising its own, seconds each.
+echo "mysql-image: initialising the template data directory" >&2
+init="clone-relay-mysql-init-$$"
+docker run --name "$init" --entrypoint sh "$repo:$version-base" -c '
+  set -eu
+  mkdir -p /var/run/mysqld
+  mysqld --no-defaults --initialize-insecure --user=root --datadir=/var/lib/clone-relay-template \
+    > /tmp/initialize.log 2>&1 || { cat /tmp/initialize.log >&2; exit 1; }
+  rm -f /var/lib/clone-relay-template/auto.cnf /tmp/initialize.log' >&2 || {
+  docker rm -f "$init" >/dev/null 2>&1
+  exit 1
+}
+docker commit --change 'CMD ["sh"]' "$init" "$repo:$version" >/dev/null
+docker rm "$init" >/dev/null
+docker rmi "$repo:$version-base" >/dev/null
 docker tag "$repo:$version" "$alias_tag"
 echo "mysql-image: built $repo:$version (tagged $alias_tag)" >&2

@@ -29,6 +29,9 @@ const SOCKET: &str = "/var/run/mysqld/mysqld.sock";
 /// The harness's folder inside a container; the data directory is `data` in it. Files written
 /// next to the data directory survive a clone (which replaces only the data directory).
 const STATE_DIR: &str = "/var/lib/clone-relay";
+/// A data directory initialised when the image was built (`scripts/mysql-image.sh`); a server
+/// copies it where the image has one, else initialises its own.
+const TEMPLATE_DIR: &str = "/var/lib/clone-relay-template";
 /// The keyring file of a server started with [`ServerOptions::keyring`], next to the data
 /// directory.
 pub const KEYRING_FILE: &str = "/var/lib/clone-relay/keyring/component_keyring_file";
@@ -543,6 +546,8 @@ chmod 0444 {MANIFEST} {KEYRING_CONFIG}
     } else {
         String::new()
     };
+    // A keyring must be there when the data directory is made: such a server initialises its own.
+    let keyring_flag = if options.keyring { "keyring" } else { "" };
     format!(
         r#"set -eu
 state={STATE_DIR}
@@ -552,8 +557,12 @@ CREATE USER IF NOT EXISTS '{DONOR_USER}'@'%' IDENTIFIED BY '{DONOR_PASSWORD}';
 GRANT BACKUP_ADMIN ON *.* TO '{DONOR_USER}'@'%';
 SQL
 if [ ! -d "$state/data/mysql" ]; then
-  mysqld --no-defaults --initialize-insecure --user=root --datadir="$state/data" \
-    > "$state/initialize.log" 2>&1 || {{ cat "$state/initialize.log" >&2; exit 1; }}
+  if [ -z "{keyring_flag}" ] && [ -d {TEMPLATE_DIR}/mysql ]; then
+    cp -a {TEMPLATE_DIR} "$state/data"
+  else
+    mysqld --no-defaults --initialize-insecure --user=root --datadir="$state/data" \
+      > "$state/initialize.log" 2>&1 || {{ cat "$state/initialize.log" >&2; exit 1; }}
+  fi
 fi
 export MYSQLD_PARENT_PID=$$
 while :; do

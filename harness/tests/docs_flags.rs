@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use harness::process::workspace_binary;
 
 /// Flags of programs other than the project's that the docs show in their commands.
-const OTHER_PROGRAMS: [(&str, &str); 23] = [
+const OTHER_PROGRAMS: [(&str, &str); 24] = [
     ("--all-targets", "cargo clippy"),
     ("--bin", "cargo run"),
     ("--check", "cargo fmt"),
@@ -37,6 +37,7 @@ const OTHER_PROGRAMS: [(&str, &str); 23] = [
     ("--plugin-load-add", "mysqld"),
     ("--skip-log-bin", "mysqld"),
     ("--now", "systemctl enable"),
+    ("--rebuild", "scripts/mysql-image.sh"),
 ];
 
 /// The project's binaries whose flags the docs describe: (package, binary).

@@ -73,7 +73,7 @@ fn scenarios(cli: &Cli) -> anyhow::Result<Vec<Scenario>> {
     };
     let mut out = scenario::resolve(&names, cli.seed)?;
     for path in &cli.scenario_files {
-        let s = Scenario::from_file(path)?;
+        let s = Scenario::from_file(path, cli.seed)?;
         if out.iter().any(|o| o.name == s.name) {
             anyhow::bail!("two scenarios are named {:?}", s.name);
         }

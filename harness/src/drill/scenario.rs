@@ -1,32 +1,54 @@
 //! What a drill scenario is: the link between the relay and the donor (the chaos proxy's faults,
 //! present from the start or injected once the clone has carried so many bytes), the relay's
-//! settings, the clone's transport, and the outcome it must have. The named scenarios are built
-//! here from the seed; custom ones come from a TOML file of the same parts.
+//! settings, the clone's transport, and the outcome it must have. Every scenario is a TOML file:
+//! the named ones are `harness/scenarios/built-in/*.toml` (built into the binary), custom ones
+//! any file of the same keys; the values a file draws from the seed (`[draws]`) are put in
+//! before it is read.
 //!
 //! Every fault lands where the bytes say, never at a moment: at a byte offset of a connection's
 //! stream (the chaos proxy's `after_bytes` and `period_bytes`), or once the relay's clone session
 //! has carried a number of bytes of clone data (an event). Offsets are drawn from the seed.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chaos::rng::Rng;
-use chaos::{Direction, FaultKind, FaultSpec, FlapMode};
+use chaos::{Direction, FaultKind, FaultSpec};
 use clone_relay::Config;
 use clone_relay::session::DetectionKind;
 use serde::Deserialize;
 
 const MIB: u64 = 1024 * 1024;
-/// The link every faulted scenario runs over: a cap on the donor-to-recipient direction, so that
-/// the faults land mid-transfer.
-const LINK_RATE: u64 = 40 * MIB;
-/// The `capped` scenario's session cap.
-const CAPPED_RATE: u64 = 24 * MIB;
-/// How far the achieved rate of `capped` may be from its cap.
-const CAPPED_TOLERANCE: f64 = 0.05;
-/// How long the `blackhole` scenario keeps the link dark.
-const BLACKHOLE_FOR: Duration = Duration::from_secs(8);
+
+/// The built-in scenarios' files (`harness/scenarios/built-in/`), by name, read as custom ones
+/// are.
+const BUILT_IN: [(&str, &str); 8] = [
+    ("clean", include_str!("../../scenarios/built-in/clean.toml")),
+    (
+        "capped",
+        include_str!("../../scenarios/built-in/capped.toml"),
+    ),
+    (
+        "flaky-link",
+        include_str!("../../scenarios/built-in/flaky-link.toml"),
+    ),
+    (
+        "blackhole",
+        include_str!("../../scenarios/built-in/blackhole.toml"),
+    ),
+    (
+        "silent-death",
+        include_str!("../../scenarios/built-in/silent-death.toml"),
+    ),
+    ("lossy", include_str!("../../scenarios/built-in/lossy.toml")),
+    ("tls", include_str!("../../scenarios/built-in/tls.toml")),
+    (
+        "two-donors",
+        include_str!("../../scenarios/built-in/two-donors.toml"),
+    ),
+];
 
 /// The named scenarios, in the order `all` runs them.
 pub const NAMES: [&str; 8] = [
@@ -125,185 +147,74 @@ pub fn link(rate: u64) -> FaultSpec {
 }
 
 impl Scenario {
-    fn new(name: &str, description: &str, fault: String) -> Self {
-        Scenario {
-            name: name.into(),
-            description: description.into(),
-            fault,
-            layout: Layout::Single,
-            tls: false,
-            faults: Vec::new(),
-            events: Vec::new(),
-            relay: Config::default(),
-            expect: Expect {
-                min_resumes: Some(0),
-                max_resumes: Some(0),
-                ..Expect::default()
-            },
-        }
-    }
-
     /// A named scenario with its offsets drawn from `seed`; `None` for an unknown name.
     ///
     /// The recipient clones with the main connection (the chaos proxy's connection 1), the aux
     /// (2) and one worker (3); when the relay resets a clone the recipient reconnects (4, 5, 6).
     pub fn named(name: &str, seed: u64) -> Option<Scenario> {
-        let rate = plumbing::units::format_rate;
-        let s = match name {
-            "clean" => Scenario::new(
-                name,
-                "no faults: the baseline through the relay",
-                "none".into(),
-            ),
-            "capped" => {
-                let mut s = Scenario::new(
-                    name,
-                    "the relay's per-clone cap (--session-rate): the clone runs at the cap",
-                    format!("session cap {}", rate(CAPPED_RATE)),
-                );
-                s.relay.limits.session = Some(CAPPED_RATE);
-                s.expect.rate_within = Some(CAPPED_TOLERANCE);
-                s
-            }
-            "flaky-link" => {
-                // Each connection of the first two rounds is reset once it has carried 10 to
-                // 20 MiB: a round carries at most twice that, so the third runs clean and no
-                // reset meets the clone as it finishes.
-                let period = draw(seed, 3, 10 * MIB, 20 * MIB);
-                let mut s = Scenario::new(
-                    name,
-                    "the link resets the clone's connections again and again; the recipient \
-                     resumes each time",
-                    format!("reset every {:.1} MiB", mib(period)),
-                );
-                s.faults = vec![
-                    link(LINK_RATE),
-                    FaultSpec::new(FaultKind::Flap {
-                        period_ms: None,
-                        period_bytes: Some(period),
-                        down_ms: 0,
-                        mode: FlapMode::Reset,
-                    })
-                    .connections((1..=6).collect())
-                    .direction(Direction::Downstream),
-                ];
-                s.expect.min_resumes = Some(1);
-                s.expect.max_resumes = None;
-                s
-            }
-            "blackhole" => {
-                let at = draw(seed, 2, 8 * MIB, 24 * MIB);
-                let mut s = Scenario::new(
-                    name,
-                    "the whole link goes dark (new connections too) and comes back; the relay \
-                     finds the link down and keeps the clone, which carries on",
-                    format!("dark {} s at {:.1} MiB", BLACKHOLE_FOR.as_secs(), mib(at)),
-                );
-                s.faults = vec![link(LINK_RATE)];
-                s.events = vec![Event {
-                    at_data_bytes: at,
-                    action: Action::Fault {
-                        spec: Box::new(FaultSpec::new(FaultKind::Blackhole {})),
-                        lasting: Some(BLACKHOLE_FOR),
-                    },
-                }];
-                s.expect.detections = vec![DetectionKind::LinkDown, DetectionKind::LinkBack];
-                s.expect.no_detections = vec![DetectionKind::FlowDead];
-                s
-            }
-            "silent-death" => {
-                let at = draw(seed, 4, 8 * MIB, 24 * MIB);
-                let mut s = Scenario::new(
-                    name,
-                    "the clone's connections go silent for good (a lost NAT entry); the relay \
-                     finds the flow dead, resets it, and the recipient resumes",
-                    format!("silent at {:.1} MiB", mib(at)),
-                );
-                s.faults = vec![
-                    link(LINK_RATE),
-                    FaultSpec::new(FaultKind::Blackhole {})
-                        .connections(vec![1, 3])
-                        .after_bytes(at)
-                        .direction(Direction::Downstream),
-                ];
-                s.expect.min_resumes = Some(1);
-                s.expect.max_resumes = None;
-                s.expect.detections = vec![DetectionKind::FlowDead];
-                s
-            }
-            "lossy" => {
-                let mut s = Scenario::new(
-                    name,
-                    "emulated packet loss (each lost segment held for a retransmit) and latency \
-                     both ways",
-                    "loss 0.3%, 2±1 ms".into(),
-                );
-                s.faults = vec![
-                    FaultSpec::new(FaultKind::Latency {
-                        latency_ms: 2,
-                        jitter_ms: 1,
-                    }),
-                    FaultSpec::new(FaultKind::Loss {
-                        probability: 0.003,
-                        segment_bytes: 1448,
-                        retransmit_ms: 30,
-                    }),
-                ];
-                s.expect.min_losses = Some(20);
-                s
-            }
-            "tls" => {
-                let mut s = Scenario::new(
-                    name,
-                    "TLS on both legs: no REQUIRE clause, the relay on its defaults",
-                    "none".into(),
-                );
-                s.tls = true;
-                s.expect.tls_both_legs = true;
-                s
-            }
-            "two-donors" => {
-                let at = draw(seed, 5, 8 * MIB, 24 * MIB);
-                let mut s = Scenario::new(
-                    name,
-                    "a relay in front of two donors, two recipients cloning at once: each clone \
-                     gets a donor of its own and all its connections (a resume's included) go \
-                     to that donor",
-                    format!("reset at {:.1} MiB", mib(at)),
-                );
-                s.layout = Layout::TwoDonors;
-                s.faults = vec![link(LINK_RATE)];
-                s.events = vec![Event {
-                    at_data_bytes: at,
-                    action: Action::ResetSession,
-                }];
-                s.expect.min_resumes = Some(1);
-                s.expect.max_resumes = None;
-                s
-            }
-            _ => return None,
-        };
+        let (_, text) = BUILT_IN.iter().find(|(n, _)| *n == name)?;
+        let s = Scenario::from_toml(text, name, seed)
+            .unwrap_or_else(|e| panic!("the built-in scenario {name} reads: {e}"));
         Some(s)
     }
 
     /// Reads a scenario file (see [`ScenarioFile`]). Unknown keys and bad values are refused,
     /// naming the key and its line.
-    pub fn from_file(path: &Path) -> Result<Scenario> {
+    pub fn from_file(path: &Path, seed: u64) -> Result<Scenario> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading scenario file {}", path.display()))?;
         let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "custom".into());
-        Scenario::from_toml(&text, &stem)
+        Scenario::from_toml(&text, &stem, seed)
             .map_err(|e| anyhow::anyhow!("scenario file {}: {e}", path.display()))
     }
 
-    /// A scenario from the text of a scenario file; `default_name` when it names none.
-    pub fn from_toml(text: &str, default_name: &str) -> Result<Scenario, String> {
-        let file: ScenarioFile = plumbing::toml_error::read(text)?;
+    /// A scenario from the text of a scenario file, its draws taken from `seed`;
+    /// `default_name` when it names none.
+    pub fn from_toml(text: &str, default_name: &str, seed: u64) -> Result<Scenario, String> {
+        let text = with_draws(text, seed)?;
+        let file: ScenarioFile = plumbing::toml_error::read(&text)?;
         file.into_scenario(default_name)
     }
+}
+
+/// A value drawn from the seed for a scenario file: a byte count in `from..to`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrawFile {
+    #[serde(with = "plumbing::units::bytes")]
+    from: u64,
+    #[serde(with = "plumbing::units::bytes")]
+    to: u64,
+    /// Which draw of the seed: two draws with the same salt give the same value.
+    salt: u64,
+}
+
+/// `text` with the values of its `[draws]` drawn from `seed` and put in: a string that is just
+/// `"{name}"` becomes the byte count, `{name}` inside a longer string (a description) `12.3 MiB`.
+fn with_draws(text: &str, seed: u64) -> Result<String, String> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| plumbing::toml_error::describe(text, &e, ""))?;
+    let Some(draws) = table.get("draws") else {
+        return Ok(text.to_string());
+    };
+    let draws: BTreeMap<String, DrawFile> = draws
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("invalid draws: {}", e.message()))?;
+    let mut out = text.to_string();
+    for (name, d) in draws {
+        if d.to <= d.from {
+            return Err(format!("invalid draws.{name}: to must be above from"));
+        }
+        let value = draw(seed, d.salt, d.from, d.to);
+        out = out.replace(&format!("\"{{{name}}}\""), &value.to_string());
+        out = out.replace(&format!("{{{name}}}"), &format!("{:.1} MiB", mib(value)));
+    }
+    Ok(out)
 }
 
 /// A scenario file. Every key is optional:
@@ -335,6 +246,14 @@ struct ScenarioFile {
     name: Option<String>,
     #[serde(default)]
     description: String,
+    /// Where the faults land, for the report (`{name}` of a draw gives its value); made from
+    /// the faults and events when absent.
+    fault: Option<String>,
+    /// `single` (the default) or `two-donors`.
+    layout: Option<String>,
+    /// Values drawn from the seed (see [`with_draws`]), put in before the rest is read.
+    #[serde(default, rename = "draws")]
+    _draws: BTreeMap<String, DrawFile>,
     #[serde(default)]
     tls: bool,
     #[serde(default, with = "plumbing::units::option_rate")]
@@ -405,11 +324,16 @@ impl From<DetectionName> for DetectionKind {
 impl ScenarioFile {
     fn into_scenario(self, default_name: &str) -> Result<Scenario, String> {
         let name = self.name.unwrap_or_else(|| default_name.to_string());
-        if name.is_empty() || NAMES.contains(&name.as_str()) {
-            return Err(format!(
-                "invalid name: {name:?} is empty or a built-in scenario's name"
-            ));
+        if name.is_empty() {
+            return Err("invalid name: empty".into());
         }
+        let layout = match self.layout.as_deref() {
+            None | Some("single") => Layout::Single,
+            Some("two-donors") => Layout::TwoDonors,
+            Some(other) => {
+                return Err(format!("invalid layout: {other:?} (single or two-donors)"));
+            }
+        };
         let relay = self.relay.unwrap_or_default();
         if relay.listen.is_some() || !relay.upstreams.is_empty() || relay.admin.is_some() {
             return Err(
@@ -471,12 +395,15 @@ impl ScenarioFile {
         if x.rate_within_percent.is_some() && relay.limits.session.is_none() {
             return Err("expect.rate_within_percent needs relay.limits.session".into());
         }
-        let fault = describe_faults(&faults, &events);
+        let fault = match self.fault {
+            Some(fault) => fault,
+            None => describe_faults(&faults, &events),
+        };
         Ok(Scenario {
             name,
             description: self.description,
             fault,
-            layout: Layout::Single,
+            layout,
             tls: self.tls,
             faults,
             events,
@@ -597,11 +524,45 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_built_in_files_say_what_each_scenario_is() {
+        let named = |n| Scenario::named(n, 1).unwrap();
+        let capped = named("capped");
+        assert_eq!(capped.relay.limits.session, Some(24 * MIB));
+        assert_eq!(capped.expect.rate_within, Some(0.05));
+        let flaky = named("flaky-link");
+        assert_eq!(flaky.faults.len(), 2, "the link and the flap");
+        assert_eq!(flaky.faults[1].target.connections, Some((1..=6).collect()));
+        assert!(flaky.fault.starts_with("reset every ") && flaky.fault.ends_with(" MiB"));
+        let blackhole = named("blackhole");
+        assert!(matches!(
+            blackhole.events[0].action,
+            Action::Fault { lasting: Some(d), .. } if d == Duration::from_secs(8)
+        ));
+        assert_eq!(blackhole.expect.no_detections, [DetectionKind::FlowDead]);
+        let silent = named("silent-death");
+        let at = silent.faults[1].trigger.after_bytes.unwrap();
+        assert!((8 * MIB..24 * MIB).contains(&at));
+        assert_eq!(silent.fault, format!("silent at {:.1} MiB", mib(at)));
+        assert_eq!(named("two-donors").layout, Layout::TwoDonors);
+        assert!(matches!(
+            named("two-donors").events[0].action,
+            Action::ResetSession
+        ));
+        assert!(named("tls").tls && named("tls").expect.tls_both_legs);
+        assert_eq!(named("lossy").expect.min_losses, Some(20));
+        for n in NAMES {
+            let s = named(n);
+            assert!(!s.description.is_empty(), "{n}");
+            assert!(s.expect.min_resumes.is_some(), "{n}");
+        }
+    }
+
     const EXAMPLE: &str = include_str!("../../scenarios/cross-zone.toml");
 
     #[test]
     fn the_example_file_reads() {
-        let s = Scenario::from_toml(EXAMPLE, "cross-zone").unwrap();
+        let s = Scenario::from_toml(EXAMPLE, "cross-zone", 1).unwrap();
         assert_eq!(s.name, "cross-zone");
         assert_eq!(s.relay.limits.session, Some(32 * MIB));
         assert!(!s.faults.is_empty());
@@ -618,7 +579,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
-        let err = |text: &str| Scenario::from_toml(text, "x").unwrap_err();
+        let err = |text: &str| Scenario::from_toml(text, "x", 1).unwrap_err();
         let e = err("colour = 1\n");
         assert!(e.contains("unknown key `colour`"), "{e}");
         let e = err("[expect]\nmin_resumes = 1\nmax_resume = 2\n");
@@ -636,8 +597,10 @@ mod tests {
         assert!(e.contains("relay.upstream"), "{e}");
         let e = err("[expect]\nrate_within_percent = 5\n");
         assert!(e.contains("relay.limits.session"), "{e}");
-        let e = err("name = \"clean\"\n");
-        assert!(e.contains("built-in"), "{e}");
+        let e = err("layout = \"three-donors\"\n");
+        assert!(e.contains("invalid layout"), "{e}");
+        let e = err("[draws]\nat = { from = \"8MiB\", to = \"1MiB\", salt = 1 }\n");
+        assert!(e.contains("draws.at"), "{e}");
         let e = err("link_rate = \"fast\"\n");
         assert!(e.contains("link_rate"), "{e}");
     }
