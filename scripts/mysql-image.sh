@@ -68,7 +68,8 @@ echo "mysql-image: importing $repo:$version" >&2
 tar -C "$root" -c . | docker import --change "LABEL org.clone-relay.mysql-version=$version" - "$repo:$version-base" >/dev/null
 
 # A data directory initialised once, in the image: each server the harness starts copies it
-# (a new server UUID at its first start) rather than initialising its own, seconds each.
+# rather than initialising its own (seconds each), and makes its own UUID, certificates and RSA
+# keys at its first start.
 echo "mysql-image: initialising the template data directory" >&2
 init="clone-relay-mysql-init-$$"
 docker run --name "$init" --entrypoint sh "$repo:$version-base" -c '
@@ -76,7 +77,9 @@ docker run --name "$init" --entrypoint sh "$repo:$version-base" -c '
   mkdir -p /var/run/mysqld
   mysqld --no-defaults --initialize-insecure --user=root --datadir=/var/lib/clone-relay-template \
     > /tmp/initialize.log 2>&1 || { cat /tmp/initialize.log >&2; exit 1; }
-  rm -f /var/lib/clone-relay-template/auto.cnf /tmp/initialize.log' >&2 || {
+  # Each server makes its own UUID, certificates and RSA keys at its first start.
+  rm -f /var/lib/clone-relay-template/auto.cnf /var/lib/clone-relay-template/*.pem \
+    /tmp/initialize.log' >&2 || {
   docker rm -f "$init" >/dev/null 2>&1
   exit 1
 }
