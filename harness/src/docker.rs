@@ -5,9 +5,6 @@
 use anyhow::bail;
 use tokio::process::Command;
 
-/// The reason every end-to-end test carries in its `#[ignore]`.
-pub const END_TO_END: &str = "end-to-end: needs Docker";
-
 /// Whether this build runs the soak tier's extras (`--features harness/soak`): more seeds, more
 /// clones, baselines without the relay's detection.
 pub const SOAK: bool = cfg!(feature = "soak");
