@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use harness::process::workspace_binary;
 
 /// Flags of programs other than the project's that the docs show in their commands.
-const OTHER_PROGRAMS: [(&str, &str); 24] = [
+const OTHER_PROGRAMS: [(&str, &str); 27] = [
     ("--all-targets", "cargo clippy"),
     ("--bin", "cargo run"),
     ("--check", "cargo fmt"),
@@ -26,6 +26,9 @@ const OTHER_PROGRAMS: [(&str, &str); 24] = [
     ("--release", "cargo build"),
     ("--test", "cargo test"),
     ("--workspace", "cargo test"),
+    ("--exact", "cargo test"),
+    ("--list", "cargo test"),
+    ("--test-threads", "cargo test"),
     ("--network", "docker run"),
     ("--read-only", "docker run"),
     ("--rm", "docker run"),

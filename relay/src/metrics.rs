@@ -1,12 +1,14 @@
-//! Counters for `/metrics`, in Prometheus text format. Gauges that the session registry knows
-//! (sessions by state) are added when the page is rendered.
+//! Counters for `/metrics`, and the families they make on its page ([`page`]). Gauges that the
+//! session registry knows (sessions by state) are added when the page is rendered.
+
+pub mod page;
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::limit::{Caps, RelayLimits};
+use page::{Page, Sample};
 
 /// Relay-wide counters.
 #[derive(Debug, Default)]
@@ -60,117 +62,93 @@ impl Metrics {
         self.closes.lock().expect("metrics lock").clone()
     }
 
-    /// The page, with what the session registry knows passed in: session counts by state, and
-    /// the donors that may still hold a clone nobody will resume.
+    /// Adds the relay's families to `page`, with what the session registry knows passed in:
+    /// session counts by state, and the donors that may still hold a clone nobody will resume.
     pub fn render(
         &self,
+        page: &mut Page,
         sessions_by_state: &BTreeMap<&'static str, u64>,
         stale_upstreams: &[String],
-    ) -> String {
-        let mut out = String::new();
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        counter(
-            &mut out,
+    ) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+        page.counter(
             "clone_relay_connections_accepted_total",
             "Downstream connections accepted.",
             load(&self.connections_accepted),
         );
-        let _ = writeln!(
-            out,
-            "# HELP clone_relay_connections_active Connections being carried.\n# TYPE clone_relay_connections_active gauge\nclone_relay_connections_active {}",
-            self.connections_active.load(Ordering::Relaxed)
+        page.gauge(
+            "clone_relay_connections_active",
+            "Connections being carried.",
+            self.connections_active.load(Ordering::Relaxed) as f64,
         );
-        let _ = writeln!(
-            out,
-            "# HELP clone_relay_bytes_total Bytes carried, by the side they came from.\n# TYPE clone_relay_bytes_total counter"
+        page.counters(
+            "clone_relay_bytes_total",
+            "Bytes carried, by the side they came from.",
+            [
+                Sample::new(load(&self.bytes_from_downstream)).label("from", "downstream"),
+                Sample::new(load(&self.bytes_from_upstream)).label("from", "upstream"),
+            ],
         );
-        let _ = writeln!(
-            out,
-            "clone_relay_bytes_total{{from=\"downstream\"}} {}",
-            load(&self.bytes_from_downstream)
-        );
-        let _ = writeln!(
-            out,
-            "clone_relay_bytes_total{{from=\"upstream\"}} {}",
-            load(&self.bytes_from_upstream)
-        );
-        counter(
-            &mut out,
+        page.counter(
             "clone_relay_clone_data_bytes_total",
             "Payload bytes of clone DATA responses carried.",
             load(&self.clone_data_bytes),
         );
-        counter(
-            &mut out,
+        page.counter(
             "clone_relay_sessions_started_total",
             "Clone sessions seen starting.",
             load(&self.sessions_started),
         );
-        counter(
-            &mut out,
+        page.counter(
             "clone_relay_resumes_total",
             "Clone sessions resumed by the recipient (COM_REINIT).",
             load(&self.resumes),
         );
-        let _ = writeln!(
-            out,
-            "# HELP clone_relay_resume_outage_seconds_total Time from a lost main connection to its REINIT, summed.\n# TYPE clone_relay_resume_outage_seconds_total counter\nclone_relay_resume_outage_seconds_total {:.3}",
-            load(&self.resume_outage_ms) as f64 / 1000.0
+        page.counter(
+            "clone_relay_resume_outage_seconds_total",
+            "Time from a lost main connection to its REINIT, summed.",
+            load(&self.resume_outage_ms) / 1000.0,
         );
-        counter(
-            &mut out,
+        page.counter(
             "clone_relay_resent_bytes_total",
             "Clone data bytes the donor sent again after resumes.",
             load(&self.resent_bytes),
         );
-        let _ = writeln!(
-            out,
-            "# HELP clone_relay_tls_reloads_total TLS reloads (SIGHUP or a changed file), by result; a failed one leaves the TLS in use.\n# TYPE clone_relay_tls_reloads_total counter\nclone_relay_tls_reloads_total{{result=\"ok\"}} {}\nclone_relay_tls_reloads_total{{result=\"failed\"}} {}",
-            load(&self.tls_reloads),
-            load(&self.tls_reload_failures)
+        page.counters(
+            "clone_relay_tls_reloads_total",
+            "TLS reloads (SIGHUP or a changed file), by result; a failed one leaves the TLS in use.",
+            [
+                Sample::new(load(&self.tls_reloads)).label("result", "ok"),
+                Sample::new(load(&self.tls_reload_failures)).label("result", "failed"),
+            ],
         );
-        self.render_tunnel(&mut out);
-        let _ = writeln!(
-            out,
-            "# HELP clone_relay_sessions Clone sessions known, by state.\n# TYPE clone_relay_sessions gauge"
+        self.render_tunnel(page);
+        page.gauges(
+            "clone_relay_sessions",
+            "Clone sessions known, by state.",
+            sessions_by_state
+                .iter()
+                .map(|(state, n)| Sample::new(*n as f64).label("state", state)),
         );
-        for (state, n) in sessions_by_state {
-            let _ = writeln!(out, "clone_relay_sessions{{state=\"{state}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP clone_relay_upstream_stale_clone Donors that may still hold a clone whose recipient will not resume it (new clones go elsewhere meanwhile).\n# TYPE clone_relay_upstream_stale_clone gauge"
+        page.gauges(
+            "clone_relay_upstream_stale_clone",
+            "Donors that may still hold a clone whose recipient will not resume it (new clones go elsewhere meanwhile).",
+            stale_upstreams
+                .iter()
+                .map(|upstream| Sample::new(1.0).label("upstream", upstream)),
         );
-        for upstream in stale_upstreams {
-            let _ = writeln!(
-                out,
-                "clone_relay_upstream_stale_clone{{upstream=\"{upstream}\"}} 1"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP clone_relay_connections_closed_total Connections ended, by reason.\n# TYPE clone_relay_connections_closed_total counter"
+        page.counters(
+            "clone_relay_connections_closed_total",
+            "Connections ended, by reason.",
+            self.closes()
+                .into_iter()
+                .map(|(reason, n)| Sample::new(n as f64).label("reason", reason)),
         );
-        for (reason, n) in self.closes() {
-            let _ = writeln!(
-                out,
-                "clone_relay_connections_closed_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        out
     }
-}
 
-impl Metrics {
     /// The tunnel of a relay pair: streams, reconnects, replayed bytes, buffer use.
-    fn render_tunnel(&self, out: &mut String) {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    fn render_tunnel(&self, page: &mut Page) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
         for (name, help, value) in [
             (
                 "clone_relay_tunnel_streams_opened_total",
@@ -203,16 +181,13 @@ impl Metrics {
                 load(&self.tunnel_spills),
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+            page.counter(name, help, value);
         }
         for (name, help, value) in [
             (
                 "clone_relay_tunnel_streams_active",
                 "Streams open over the tunnel.",
-                self.tunnel_streams_active.load(Ordering::Relaxed).max(0) as u64,
+                self.tunnel_streams_active.load(Ordering::Relaxed).max(0) as f64,
             ),
             (
                 "clone_relay_tunnel_buffer_bytes",
@@ -225,10 +200,7 @@ impl Metrics {
                 load(&self.tunnel_spill_bytes),
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
+            page.gauge(name, help, value);
         }
     }
 }
@@ -236,7 +208,7 @@ impl Metrics {
 /// The bandwidth caps (`_cap_bytes_per_second`, absent for no cap) of both scopes, and what the
 /// relay's own buckets let through (`_passed_bytes_total`, and over the latest second or more,
 /// `_achieved_bytes_per_second`), by direction.
-pub fn render_limits(out: &mut String, limits: &RelayLimits) {
+pub fn render_limits(page: &mut Page, limits: &RelayLimits) {
     let targets = limits.targets();
     let directions = |caps: Caps| {
         [
@@ -244,47 +216,47 @@ pub fn render_limits(out: &mut String, limits: &RelayLimits) {
             ("to_recipient", caps.to_recipient),
         ]
     };
-    let _ = writeln!(
-        out,
-        "# HELP clone_relay_limit_cap_bytes_per_second Bandwidth cap by scope and direction.\n# TYPE clone_relay_limit_cap_bytes_per_second gauge"
+    let caps = [("relay", targets.relay), ("session", targets.session)]
+        .into_iter()
+        .flat_map(|(scope, caps)| {
+            directions(caps)
+                .into_iter()
+                .filter_map(move |(direction, cap)| {
+                    cap.map(|cap| {
+                        Sample::new(cap as f64)
+                            .label("scope", scope)
+                            .label("direction", direction)
+                    })
+                })
+        });
+    page.gauges(
+        "clone_relay_limit_cap_bytes_per_second",
+        "Bandwidth cap by scope and direction.",
+        caps,
     );
-    for (scope, caps) in [("relay", targets.relay), ("session", targets.session)] {
-        for (direction, cap) in directions(caps) {
-            if let Some(cap) = cap {
-                let _ = writeln!(
-                    out,
-                    "clone_relay_limit_cap_bytes_per_second{{scope=\"{scope}\",direction=\"{direction}\"}} {cap}"
-                );
-            }
-        }
-    }
     let relay = limits.relay();
     let buckets = [
         ("to_donor", &relay.to_donor),
         ("to_recipient", &relay.to_recipient),
     ];
-    let _ = writeln!(
-        out,
-        "# HELP clone_relay_limit_passed_bytes_total Bytes the relay's buckets let through, by direction.\n# TYPE clone_relay_limit_passed_bytes_total counter"
+    page.counters(
+        "clone_relay_limit_passed_bytes_total",
+        "Bytes the relay's buckets let through, by direction.",
+        buckets.map(|(direction, bucket)| {
+            Sample::new(bucket.granted() as f64)
+                .label("scope", "relay")
+                .label("direction", direction)
+        }),
     );
-    for (direction, bucket) in buckets {
-        let _ = writeln!(
-            out,
-            "clone_relay_limit_passed_bytes_total{{scope=\"relay\",direction=\"{direction}\"}} {}",
-            bucket.granted()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP clone_relay_limit_achieved_bytes_per_second Rate the relay's buckets let through over the latest second or more.\n# TYPE clone_relay_limit_achieved_bytes_per_second gauge"
+    page.gauges(
+        "clone_relay_limit_achieved_bytes_per_second",
+        "Rate the relay's buckets let through over the latest second or more.",
+        buckets.map(|(direction, bucket)| {
+            Sample::new(bucket.recent_rate() as f64)
+                .label("scope", "relay")
+                .label("direction", direction)
+        }),
     );
-    for (direction, bucket) in buckets {
-        let _ = writeln!(
-            out,
-            "clone_relay_limit_achieved_bytes_per_second{{scope=\"relay\",direction=\"{direction}\"}} {}",
-            bucket.recent_rate()
-        );
-    }
 }
 
 #[cfg(test)]
@@ -298,7 +270,9 @@ mod tests {
         m.count_close("protocol_oversize");
         m.count_close("protocol_oversize");
         m.tls_reload_failures.fetch_add(1, Ordering::Relaxed);
-        let page = m.render(&[("completed", 1)].into(), &["db-a:3306".into()]);
+        let mut page = Page::default();
+        m.render(&mut page, &[("completed", 1)].into(), &["db-a:3306".into()]);
+        let page = page.text().unwrap();
         assert!(page.contains("clone_relay_connections_accepted_total 3\n"));
         assert!(
             page.contains("clone_relay_connections_closed_total{reason=\"protocol_oversize\"} 2\n")

@@ -14,7 +14,7 @@ use harness::clone::clone_instance;
 use harness::dataset::Dataset;
 use harness::image::mysql_image;
 use harness::load::{HalfLogins, IdleClients, flood};
-use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use harness::{MysqlServer, RelayFixture, ServerOptions};
 
 const MIB: u64 = 1024 * 1024;
 const DATASET_BYTES: u64 = 110 * MIB;
@@ -59,10 +59,7 @@ fn closed_by_reason(metrics: &str, reason: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_clone_through_a_busy_relay_is_unaffected() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn a_clone_through_a_busy_relay_is_unaffected() -> anyhow::Result<()> {
     let image = mysql_image().await?;
     let mut options = ServerOptions::donor();
     // Every client of the relay is a donor connection too. The donor's own login timeout is

@@ -8,7 +8,7 @@ use chaos::{ChaosProxy, FaultKind, FaultSpec};
 use harness::clone::clone_instance;
 use harness::dataset::{Dataset, mismatches};
 use harness::image::mysql_image;
-use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use harness::{MysqlServer, RelayFixture, ServerOptions};
 
 const DATASET_BYTES: u64 = 100 * 1024 * 1024;
 const CLONE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -21,10 +21,7 @@ fn seed() -> u64 {
         .unwrap_or(20_261_121)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_clone_survives_latency_loss_and_slicing() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn a_clone_survives_latency_loss_and_slicing() -> anyhow::Result<()> {
     let seed = seed();
     let image = mysql_image().await?;
     let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
@@ -86,10 +83,7 @@ async fn a_clone_survives_latency_loss_and_slicing() -> anyhow::Result<()> {
     relay.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_clone_survives_real_packet_loss_at_the_donor() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn a_clone_survives_real_packet_loss_at_the_donor() -> anyhow::Result<()> {
     let image = mysql_image().await?;
     let mut options = ServerOptions::donor();
     options.isolated = true;

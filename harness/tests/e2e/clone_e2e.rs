@@ -6,7 +6,7 @@ use std::time::Duration;
 use harness::clone::clone_instance;
 use harness::dataset::{Dataset, mismatches};
 use harness::image::mysql_image;
-use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use harness::{MysqlServer, RelayFixture, ServerOptions};
 
 const DATASET_BYTES: u64 = 120 * 1024 * 1024;
 const MIN_SEEDED_BYTES: u64 = 100 * 1024 * 1024;
@@ -25,10 +25,7 @@ async fn seeded_donor() -> anyhow::Result<(MysqlServer, Dataset)> {
     Ok((donor, dataset))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn clone_through_relay_matches_donor() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn clone_through_relay_matches_donor() -> anyhow::Result<()> {
     let (donor, dataset) = seeded_donor().await?;
     let relay = RelayFixture::start(donor.addr())?;
     // Only the relay is a valid donor: the clone cannot bypass it.
@@ -52,10 +49,7 @@ async fn clone_through_relay_matches_donor() -> anyhow::Result<()> {
     relay.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn direct_clone_matches_donor() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn direct_clone_matches_donor() -> anyhow::Result<()> {
     let (donor, dataset) = seeded_donor().await?;
     let recipient = MysqlServer::start(
         &mysql_image().await?,
@@ -76,10 +70,7 @@ async fn direct_clone_matches_donor() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn clone_through_relay_to_a_dead_donor_fails_clearly() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn clone_through_relay_to_a_dead_donor_fails_clearly() -> anyhow::Result<()> {
     // A port nothing listens on: the relay cannot reach its upstream.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let relay = RelayFixture::start(dead)?;

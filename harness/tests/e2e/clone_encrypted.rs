@@ -12,7 +12,7 @@ use clone_relay::session::{ENCRYPTED_OVER_PLAIN_DONOR_LEG, ER_CLONE_ENCRYPTION, 
 use harness::clone::{CloneOutcome, Transport, clone_instance_with};
 use harness::dataset::Dataset;
 use harness::image::mysql_image;
-use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use harness::{MysqlServer, RelayFixture, ServerOptions};
 
 const MIB: u64 = 1024 * 1024;
 /// The ordinary tables: a small data set, the clone is about encryption, not size.
@@ -114,11 +114,8 @@ fn assert_donor_leg(session: &SessionView, tls: bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn an_encrypted_tablespace_clones_over_a_tls_donor_leg_and_is_refused_over_a_plain_one()
+pub async fn an_encrypted_tablespace_clones_over_a_tls_donor_leg_and_is_refused_over_a_plain_one()
 -> anyhow::Result<()> {
-    require_docker().await?;
     let image = mysql_image().await?;
     let donor = MysqlServer::start(&image, with_keyring(ServerOptions::donor())).await?;
     let dataset = Dataset::of_size(DATASET_BYTES);

@@ -11,7 +11,7 @@ use clone_relay::config::Secret;
 use harness::clone::{Transport, clone_instance_with};
 use harness::dataset::{Dataset, mismatches};
 use harness::image::mysql_image;
-use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use harness::{MysqlServer, RelayFixture, ServerOptions};
 use plumbing::http::request_with_json;
 use tokio::time::Instant;
 
@@ -104,11 +104,8 @@ async fn set_session_cap(relay: &RelayFixture, cap: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_session_cap_holds_follows_a_live_change_and_counts_tls_on_the_wire() -> anyhow::Result<()>
-{
-    require_docker().await?;
+pub async fn a_session_cap_holds_follows_a_live_change_and_counts_tls_on_the_wire()
+-> anyhow::Result<()> {
     let image = mysql_image().await?;
     let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
     let dataset = Dataset::of_size(DATASET_BYTES);
@@ -219,10 +216,7 @@ async fn a_session_cap_holds_follows_a_live_change_and_counts_tls_on_the_wire() 
 /// relay tells recipients apart by address, so each recipient has a network namespace of its
 /// own and reaches the relay on the host's bridge address; a donor serves one clone at a time,
 /// so each clone has its own donor.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn two_clones_at_once_share_a_relay_cap_evenly() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn two_clones_at_once_share_a_relay_cap_evenly() -> anyhow::Result<()> {
     const EACH_BYTES: u64 = 120 * MIB;
     let image = mysql_image().await?;
     let dataset = Dataset::of_size(EACH_BYTES);

@@ -24,7 +24,7 @@ use harness::dataset::Dataset;
 use harness::image::mysql_image;
 use harness::mysql::{DONOR_PASSWORD, DONOR_USER};
 use harness::tap::Tap;
-use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use harness::{MysqlServer, RelayFixture, ServerOptions};
 use tracing::Dispatch;
 use tracing::dispatcher::DefaultGuard;
 
@@ -226,15 +226,12 @@ async fn empty_the_cache(donor: &MysqlServer) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-#[ignore = "end-to-end: needs Docker"]
-fn all_four_leg_combinations_clone_with_an_empty_and_a_warm_auth_cache() -> anyhow::Result<()> {
+pub fn all_four_leg_combinations_clone_with_an_empty_and_a_warm_auth_cache() -> anyhow::Result<()> {
     let (log, runtime, _guard) = Captured::runtime()?;
     runtime.block_on(all_four_leg_combinations(log))
 }
 
 async fn all_four_leg_combinations(log: Captured) -> anyhow::Result<()> {
-    require_docker().await?;
     let image = mysql_image().await?;
     let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
     let dataset = Dataset::of_size(DATASET_BYTES);

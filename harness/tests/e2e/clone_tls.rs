@@ -28,8 +28,7 @@ use harness::dataset::Dataset;
 use harness::image::{ImageRef, mysql_image};
 use harness::mysql::DONOR_USER;
 use harness::tap::Tap;
-use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
-use tokio::sync::{Mutex, MutexGuard};
+use harness::{MysqlServer, RelayFixture, ServerOptions};
 use tokio::time::Instant;
 
 const MIB: u64 = 1024 * 1024;
@@ -53,13 +52,6 @@ const THREE_WORKERS: [&str; 2] = [
     "--clone-autotune-concurrency=OFF",
     "--clone-max-concurrency=4",
 ];
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
-
-/// Waits for the other tests of this file to finish.
-async fn turn() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().await
-}
 
 /// A fresh, empty state directory for a relay.
 fn state_dir(name: &str) -> anyhow::Result<PathBuf> {
@@ -182,11 +174,8 @@ async fn refused_clone(
     Ok(outcome)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn both_legs_use_tls_on_the_relays_defaults_and_the_data_is_hidden() -> anyhow::Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
+pub async fn both_legs_use_tls_on_the_relays_defaults_and_the_data_is_hidden() -> anyhow::Result<()>
+{
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, &[], DATASET_BYTES).await?;
     // A value from the middle of the data: the tap looks for it on the donor leg.
@@ -270,11 +259,8 @@ async fn both_legs_use_tls_on_the_relays_defaults_and_the_data_is_hidden() -> an
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn require_ssl_with_the_relays_ca_pinned_survives_a_relay_restart() -> anyhow::Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
+pub async fn require_ssl_with_the_relays_ca_pinned_survives_a_relay_restart() -> anyhow::Result<()>
+{
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, &["--require-secure-transport=ON"], DATASET_BYTES).await?;
     let dir = state_dir("pinned")?;
@@ -364,11 +350,7 @@ async fn require_ssl_with_the_relays_ca_pinned_survives_a_relay_restart() -> any
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn full_authentication_passes_inside_tls() -> anyhow::Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
+pub async fn full_authentication_passes_inside_tls() -> anyhow::Result<()> {
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, &[], DATASET_BYTES).await?;
     let relay = RelayFixture::start(donor.addr())?;
@@ -411,11 +393,7 @@ async fn offers_tls(addr: SocketAddr) -> anyhow::Result<bool> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_donor_without_tls_is_refused_when_the_donor_leg_requires_it() -> anyhow::Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
+pub async fn a_donor_without_tls_is_refused_when_the_donor_leg_requires_it() -> anyhow::Result<()> {
     let image = mysql_image().await?;
     // An empty list of TLS versions turns TLS off on the classic protocol.
     let (donor, _) = donor(&image, &["--tls-version="], 0).await?;
@@ -450,11 +428,7 @@ async fn a_donor_without_tls_is_refused_when_the_donor_leg_requires_it() -> anyh
     relay.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn refusals_on_a_tls_donor_name_their_cause_and_forward_nothing() -> anyhow::Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
+pub async fn refusals_on_a_tls_donor_name_their_cause_and_forward_nothing() -> anyhow::Result<()> {
     let image = mysql_image().await?;
     let (donor, _) = donor(&image, &[], 0).await?;
     assert!(offers_tls(donor.addr()).await?);
@@ -531,11 +505,7 @@ fn unrelated_ca() -> anyhow::Result<String> {
     Ok(params.self_signed(&key)?.pem())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn ca_verification_passes_with_the_donors_own_ca() -> anyhow::Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
+pub async fn ca_verification_passes_with_the_donors_own_ca() -> anyhow::Result<()> {
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, &[], DATASET_BYTES).await?;
     // The CA mysqld made for its own certificate at its first start; the certificate names no
@@ -675,12 +645,8 @@ fn write_identity(
     Ok((cert, key))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_donor_account_that_requires_x509_clones_through_the_relays_client_certificate()
+pub async fn a_donor_account_that_requires_x509_clones_through_the_relays_client_certificate()
 -> anyhow::Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, &[], MTLS_DATASET_BYTES).await?;
     // The donor trusts a CA of the test's for client certificates (ssl_ca, reloaded in place:
@@ -865,11 +831,7 @@ fn first_der(chain_pem: &str) -> anyhow::Result<Vec<u8>> {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_certificate_reload_during_a_tls_clone_leaves_it_whole() -> anyhow::Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
+pub async fn a_certificate_reload_during_a_tls_clone_leaves_it_whole() -> anyhow::Result<()> {
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, &[], MTLS_DATASET_BYTES).await?;
     // A cap on the donor leg, so the clone (about 150 MB with the system tablespaces) takes

@@ -13,7 +13,7 @@ use anyhow::{Result, ensure};
 use clone_relay::protocol::packet::read_packet;
 use harness::image::mysql_image;
 use harness::process::RelayProcess;
-use harness::{MysqlServer, ServerOptions, require_docker};
+use harness::{MysqlServer, ServerOptions};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -204,17 +204,11 @@ async fn clients_and_restarts_never_count(require_secure_transport: bool) -> Res
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn clients_that_never_log_in_and_relay_starts_leave_the_donor_host_cache_clean() -> Result<()>
-{
-    require_docker().await?;
+pub async fn clients_that_never_log_in_and_relay_starts_leave_the_donor_host_cache_clean()
+-> Result<()> {
     clients_and_restarts_never_count(false).await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn the_same_against_a_donor_that_requires_secure_transport() -> Result<()> {
-    require_docker().await?;
+pub async fn the_same_against_a_donor_that_requires_secure_transport() -> Result<()> {
     clients_and_restarts_never_count(true).await
 }

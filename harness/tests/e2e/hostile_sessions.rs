@@ -28,7 +28,7 @@ use harness::dataset::Dataset;
 use harness::image::mysql_image;
 use harness::mysql::DONOR_USER;
 use harness::process::RelayProcess;
-use harness::{MysqlServer, ServerOptions, require_docker};
+use harness::{MysqlServer, ServerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -257,10 +257,8 @@ async fn session_counts(relay: &RelayProcess) -> Result<(usize, usize)> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn clone_commands_for_clones_that_never_move_data_leave_the_relay_bounded() -> Result<()> {
-    require_docker().await?;
+pub async fn clone_commands_for_clones_that_never_move_data_leave_the_relay_bounded() -> Result<()>
+{
     let image = mysql_image().await?;
     let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
     let dataset = Dataset::of_size(DATASET_BYTES);

@@ -15,7 +15,7 @@ use clone_relay::session::DetectionKind;
 use harness::clone::{CloneOutcome, clone_instance};
 use harness::dataset::{Dataset, mismatches};
 use harness::image::mysql_image;
-use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use harness::{MysqlServer, RelayFixture, ServerOptions};
 
 const MIB: u64 = 1 << 20;
 const DATASET_BYTES: u64 = 100 * MIB;
@@ -60,10 +60,7 @@ async fn clone_through_outage(
     Ok((outcome?, started.elapsed()))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_twenty_second_outage_is_waited_out_without_a_resume() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn a_twenty_second_outage_is_waited_out_without_a_resume() -> anyhow::Result<()> {
     let image = mysql_image().await?;
     let mut options = ServerOptions::donor();
     options.isolated = true;
@@ -153,10 +150,8 @@ async fn clone_with_silence(
     Ok((outcome?, started.elapsed(), silenced))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn flows_silenced_in_the_kernel_are_found_dead_within_five_seconds() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn flows_silenced_in_the_kernel_are_found_dead_within_five_seconds() -> anyhow::Result<()>
+{
     let image = mysql_image().await?;
     let mut options = ServerOptions::donor();
     options.isolated = true;

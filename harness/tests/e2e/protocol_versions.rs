@@ -23,7 +23,7 @@ use harness::dataset::Dataset;
 use harness::image::mysql_image;
 use harness::mysql::{DONOR_PASSWORD, DONOR_USER};
 use harness::tap::{Tap, TapOptions};
-use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use harness::{MysqlServer, RelayFixture, ServerOptions};
 
 const DATASET_BYTES: u64 = 16 * 1024 * 1024;
 const CLONE_TIMEOUT: Duration = Duration::from_secs(180);
@@ -48,10 +48,7 @@ fn breaches(session: &SessionView) -> Vec<&str> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn the_real_donor_at_every_protocol_version_is_carried_and_followed() -> Result<()> {
-    require_docker().await?;
+pub async fn the_real_donor_at_every_protocol_version_is_carried_and_followed() -> Result<()> {
     let donor = seeded_donor().await?;
     let tap = Tap::start_with(donor.addr(), TapOptions::new().record()).await?;
     let relay = RelayFixture::start(tap.addr())?;
@@ -87,10 +84,7 @@ fn record(name: &str, run: &ClientClone) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_donor_error_and_a_refused_reinit_end_as_mysql_ends_them() -> Result<()> {
-    require_docker().await?;
+pub async fn a_donor_error_and_a_refused_reinit_end_as_mysql_ends_them() -> Result<()> {
     let donor = seeded_donor().await?;
     let mut relay = RelayFixture::start(donor.addr())?;
     // The REINIT below is a resume the relay counts, on purpose.

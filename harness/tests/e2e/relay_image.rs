@@ -15,7 +15,7 @@ use harness::clone::{Transport, clone_instance_with};
 use harness::dataset::Dataset;
 use harness::image::{mysql_image, relay_image};
 use harness::mysql::CONTAINER_LABEL;
-use harness::{MysqlServer, ServerOptions, require_docker};
+use harness::{MysqlServer, ServerOptions};
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -84,10 +84,7 @@ async fn wait_ok(admin: SocketAddr, path: &str, sidecar: &Sidecar) -> Result<()>
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn the_image_runs_as_a_sidecar_in_the_recipients_namespace_and_clones() -> Result<()> {
-    require_docker().await?;
+pub async fn the_image_runs_as_a_sidecar_in_the_recipients_namespace_and_clones() -> Result<()> {
     let tag = relay_image().await?;
     let help = docker(&["run", "--rm", &tag, "--help"]).await?;
     ensure!(help.contains("Usage: clone-relay"), "{help}");

@@ -64,7 +64,7 @@ use harness::clone::{CloneOutcome, Transport, clone_instance_with};
 use harness::dataset::{Checksums, Dataset, mismatches};
 use harness::image::mysql_image;
 use harness::process::{RelayProcess, free_port};
-use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use harness::{MysqlServer, RelayFixture, ServerOptions};
 use tokio::time::Instant;
 
 const MIB: u64 = 1 << 20;
@@ -1757,10 +1757,7 @@ async fn throughput(env: &Env) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_relay_pair_hides_link_drops_from_mysql() -> Result<()> {
-    require_docker().await?;
+pub async fn a_relay_pair_hides_link_drops_from_mysql() -> Result<()> {
     init_logging();
     let started = Instant::now();
     let env = Env::start().await?;

@@ -12,7 +12,7 @@ use clone_relay::session::affinity;
 use harness::clone::clone_instance;
 use harness::dataset::Dataset;
 use harness::image::mysql_image;
-use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use harness::{MysqlServer, RelayFixture, ServerOptions};
 
 const MIB: u64 = 1024 * 1024;
 const DATASET_BYTES: u64 = 110 * MIB;
@@ -43,10 +43,7 @@ fn state_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_resume_after_a_relay_restart_reaches_its_donor() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn a_resume_after_a_relay_restart_reaches_its_donor() -> anyhow::Result<()> {
     let image = mysql_image().await?;
     let mut options = ServerOptions::donor();
     options.name = "donor-b".into();

@@ -17,7 +17,7 @@ use clone_relay::session::{DetectionKind, SessionView};
 use harness::clone::{CloneOutcome, clone_instance};
 use harness::dataset::{Dataset, mismatches};
 use harness::image::mysql_image;
-use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use harness::{MysqlServer, RelayFixture, ServerOptions};
 
 const MIB: u64 = 1 << 20;
 /// A small data set: the clone runs at 1-2 MiB/s from start to end.
@@ -73,10 +73,7 @@ fn report(label: &str, took: Duration, session: &SessionView) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_slow_donor_is_not_reset() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn a_slow_donor_is_not_reset() -> anyhow::Result<()> {
     let image = mysql_image().await?;
     let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
     let dataset = Dataset::of_size(DATASET_BYTES);
@@ -108,10 +105,7 @@ async fn a_slow_donor_is_not_reset() -> anyhow::Result<()> {
     relay.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_slow_recipient_is_not_reset() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn a_slow_recipient_is_not_reset() -> anyhow::Result<()> {
     let image = mysql_image().await?;
     let donor = MysqlServer::start(&image, ServerOptions::donor()).await?;
     let dataset = Dataset::of_size(DATASET_BYTES);

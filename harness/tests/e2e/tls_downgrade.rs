@@ -39,9 +39,8 @@ use harness::image::{ImageRef, mysql_image};
 use harness::mysql::{DONOR_PASSWORD, DONOR_USER};
 use harness::process::RelayProcess;
 use harness::tap::{Tap, TapOptions};
-use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use harness::{MysqlServer, RelayFixture, ServerOptions};
 use serde_json::Value;
-use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 const MIB: u64 = 1 << 20;
@@ -68,13 +67,6 @@ const SHA256_USER: &str = "sha256_clone";
 const SHA256_PASSWORD: &str = "sha256-clone-secret";
 /// A trace log of a clone has many lines; a log that shows nothing proves nothing.
 const MIN_LOG_LINES: usize = 100;
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
-
-/// Waits for the other tests of this file to finish.
-async fn turn() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().await
-}
 
 /// A folder removed with what it holds when dropped.
 struct TempDir(PathBuf);
@@ -322,11 +314,7 @@ fn handshake_lengths(tap: &Tap) -> Vec<usize> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_stripped_tls_offer_fails_a_require_ssl_clone_as_mysql_alone_would() -> Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
+pub async fn a_stripped_tls_offer_fails_a_require_ssl_clone_as_mysql_alone_would() -> Result<()> {
     let image = mysql_image().await?;
     let (donor, dataset) = donor_with_host_cache(&image, DATASET_BYTES).await?;
     let label = label(&donor).await?;
@@ -445,11 +433,7 @@ async fn a_stripped_tls_offer_fails_a_require_ssl_clone_as_mysql_alone_would() -
     strip_relay.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_stripped_tls_offer_gives_a_default_clone_plaintext_on_both_legs() -> Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
+pub async fn a_stripped_tls_offer_gives_a_default_clone_plaintext_on_both_legs() -> Result<()> {
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, DATASET_BYTES).await?;
     let label = label(&donor).await?;
@@ -481,11 +465,7 @@ async fn a_stripped_tls_offer_gives_a_default_clone_plaintext_on_both_legs() -> 
     relay.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn donor_verification_refuses_a_stripped_tls_offer_under_every_mode() -> Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
+pub async fn donor_verification_refuses_a_stripped_tls_offer_under_every_mode() -> Result<()> {
     let image = mysql_image().await?;
     let (donor, _) = donor(&image, 0).await?;
     let dir = TempDir::new("verify")?;
@@ -540,12 +520,8 @@ async fn donor_verification_refuses_a_stripped_tls_offer_under_every_mode() -> R
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_replaced_donor_key_is_refused_when_pinned_and_gets_nothing_it_can_read_otherwise()
+pub async fn a_replaced_donor_key_is_refused_when_pinned_and_gets_nothing_it_can_read_otherwise()
 -> Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, _) = donor(&image, 0).await?;
     let dir = TempDir::new("rsa")?;
@@ -638,11 +614,8 @@ async fn a_replaced_donor_key_is_refused_when_pinned_and_gets_nothing_it_can_rea
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn sha256_password_towards_a_plain_donor_leg_is_refused_for_a_tls_recipient() -> Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
+pub async fn sha256_password_towards_a_plain_donor_leg_is_refused_for_a_tls_recipient() -> Result<()>
+{
     let image = mysql_image().await?;
     let (donor, _) = donor(&image, 0).await?;
     donor
@@ -775,11 +748,7 @@ fn identity(
     })
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_relay_pair_carries_the_stripped_offer_and_refuses_require_ssl() -> Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
+pub async fn a_relay_pair_carries_the_stripped_offer_and_refuses_require_ssl() -> Result<()> {
     let image = mysql_image().await?;
     let (donor, _) = donor(&image, 0).await?;
     let tap = Tap::start_with(donor.addr(), TapOptions::new().strip_tls_offer().record()).await?;
@@ -870,12 +839,8 @@ fn check_log(what: &str, log: &str) -> Result<usize> {
     Ok(lines)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn full_authentication_across_one_tls_leg_completes_and_the_trace_log_keeps_no_password()
+pub async fn full_authentication_across_one_tls_leg_completes_and_the_trace_log_keeps_no_password()
 -> Result<()> {
-    require_docker().await?;
-    let _turn = turn().await;
     let image = mysql_image().await?;
     let (donor, dataset) = donor(&image, LOG_DATASET_BYTES).await?;
     let dir = TempDir::new("trace")?;

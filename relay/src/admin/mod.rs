@@ -27,7 +27,6 @@
 //! The listener is [`plumbing::listener`]'s (a failed accept is retried, with backoff unless
 //! the error concerned only that connection).
 
-use std::fmt::Write as _;
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -49,6 +48,7 @@ use tracing::{debug, info, warn};
 use plumbing::listener::{BoundedListener, PeerAddr};
 
 use crate::config::LimitSettings;
+use crate::metrics::page::{self, Page};
 use crate::state::Relay;
 
 /// Admin requests served at once.
@@ -137,36 +137,22 @@ impl Default for Limits {
 }
 
 impl Limits {
-    fn render(&self, page: &mut String) {
-        let gauges = [
-            (
-                "clone_relay_admin_requests_in_flight",
-                "gauge",
-                "Admin requests being served.",
-                self.in_flight.load(Ordering::SeqCst) as u64,
-            ),
-            (
-                "clone_relay_admin_requests_in_flight_peak",
-                "gauge",
-                "Most admin requests served at once since the listener started.",
-                self.peak.load(Ordering::SeqCst) as u64,
-            ),
-            (
-                "clone_relay_admin_requests_rejected_total",
-                "counter",
-                "Admin requests answered 503 because every request slot stayed taken.",
-                self.rejected.load(Ordering::SeqCst),
-            ),
-        ];
-        if !page.is_empty() && !page.ends_with('\n') {
-            page.push('\n');
-        }
-        for (name, kind, help, value) in gauges {
-            let _ = writeln!(
-                page,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
+    fn render(&self, page: &mut Page) {
+        page.gauge(
+            "clone_relay_admin_requests_in_flight",
+            "Admin requests being served.",
+            self.in_flight.load(Ordering::SeqCst) as f64,
+        );
+        page.gauge(
+            "clone_relay_admin_requests_in_flight_peak",
+            "Most admin requests served at once since the listener started.",
+            self.peak.load(Ordering::SeqCst) as f64,
+        );
+        page.counter(
+            "clone_relay_admin_requests_rejected_total",
+            "Admin requests answered 503 because every request slot stayed taken.",
+            self.rejected.load(Ordering::SeqCst) as f64,
+        );
     }
 }
 
@@ -262,12 +248,19 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut page = relay
+    let mut page = Page::default();
+    relay
         .metrics()
-        .render(&relay.registry().count_by_state(), &stale);
+        .render(&mut page, &relay.registry().count_by_state(), &stale);
     crate::metrics::render_limits(&mut page, relay.limits());
     state.limits.render(&mut page);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response()
+    match page.text() {
+        Ok(text) => ([(header::CONTENT_TYPE, page::CONTENT_TYPE)], text).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render metrics: {e}"),
+        ),
+    }
 }
 
 async fn sessions(State(state): State<AdminState>) -> Response {

@@ -17,14 +17,11 @@ use clone_relay::Config;
 use harness::clone::{Transport, clone_instance};
 use harness::dataset::Dataset;
 use harness::image::mysql_image;
-use harness::{MysqlServer, RelayFixture, ServerOptions, require_docker};
+use harness::{MysqlServer, RelayFixture, ServerOptions};
 
 use rig::*;
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_clone_survives_ten_resets() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn a_clone_survives_ten_resets() -> anyhow::Result<()> {
     ten_resets(Transport::NoSsl).await
 }
 
@@ -39,17 +36,11 @@ async fn silent_death(detect: bool, transport: Transport) -> anyhow::Result<Run>
     rig.finish(outcome, started).await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn silent_connections_are_detected_and_the_clone_resumes() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn silent_connections_are_detected_and_the_clone_resumes() -> anyhow::Result<()> {
     silent_connections_detected(Transport::NoSsl).await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn silent_tls_connections_are_detected_and_the_clone_resumes() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn silent_tls_connections_are_detected_and_the_clone_resumes() -> anyhow::Result<()> {
     silent_connections_detected(Transport::Default).await
 }
 
@@ -136,10 +127,7 @@ async fn whole_link_blackhole(
     rig.finish(outcome?, started).await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_clone_survives_a_twenty_second_blackhole() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn a_clone_survives_a_twenty_second_blackhole() -> anyhow::Result<()> {
     let seed = seed();
     let run = whole_link_blackhole(Duration::from_secs(20), true, &[], |_| {}).await?;
     run.assert_faithful(seed);
@@ -173,10 +161,7 @@ async fn a_clone_survives_a_twenty_second_blackhole() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_blackhole_past_the_donors_patience_fails_clearly() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn a_blackhole_past_the_donors_patience_fails_clearly() -> anyhow::Result<()> {
     let seed = seed();
     // The donor waits 1 minute for a resume; the link stays dark for 10.
     let run = whole_link_blackhole(
@@ -209,10 +194,7 @@ async fn a_blackhole_past_the_donors_patience_fails_clearly() -> anyhow::Result<
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "end-to-end: needs Docker"]
-async fn a_resumed_clone_returns_to_its_donor() -> anyhow::Result<()> {
-    require_docker().await?;
+pub async fn a_resumed_clone_returns_to_its_donor() -> anyhow::Result<()> {
     let image = mysql_image().await?;
     let (first, dataset) = donor(&image, &[]).await?;
     // A second donor with other data: a clone resumed there would fail or differ.

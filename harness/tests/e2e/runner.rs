@@ -1,0 +1,188 @@
+//! How the end-to-end tests share two cores. Most of a test's time is spent waiting (on caps,
+//! outages, timeouts), so up to [`UNITS`] of them run at once; a CPU-bound test takes two units,
+//! and a test that measures a rate or a ratio all but one, so that one light test at most runs
+//! beside it. A gate admits tests in the runner's order (measuring ones first, then the longest),
+//! letting a later one pass only while an earlier one does not fit. Every test is ignored unless
+//! selected and fails at once, naming Docker, when no engine answers.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Failed, Trial};
+
+/// What one test asks of the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// Mostly waiting: capped transfers, outages, timeouts, refused logins.
+    Light,
+    /// CPU-bound stretches: uncapped clones, a release build.
+    Heavy,
+    /// Measures a rate, a ratio or what a log shows under a deadline: one light test beside it
+    /// at most.
+    Measuring,
+}
+
+impl Load {
+    fn units(self) -> u32 {
+        match self {
+            Load::Light => 1,
+            Load::Heavy => 2,
+            Load::Measuring => UNITS - 1,
+        }
+    }
+}
+
+/// The gate's size, and the runner's threads (unless `--test-threads` says otherwise).
+pub const UNITS: u32 = 8;
+/// The first tests' threads start together; the gate waits this long for them, so that they
+/// are admitted in the runner's order rather than in the order they happened to arrive.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Tests admitted by their place in the runner's order.
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+struct GateState {
+    free: u32,
+    /// Waiting tests by place, with the units each asks for.
+    waiting: BTreeMap<usize, u32>,
+    opens: Option<Instant>,
+}
+
+static GATE: Gate = Gate {
+    state: Mutex::new(GateState {
+        free: UNITS,
+        waiting: BTreeMap::new(),
+        opens: None,
+    }),
+    changed: Condvar::new(),
+};
+
+/// A test's units, given back when it ends.
+struct Turn(u32);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut state = GATE.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.free += self.0;
+        GATE.changed.notify_all();
+    }
+}
+
+/// Blocks until the test at `place` in the runner's order is admitted with `load`.
+fn enter(place: usize, load: Load) -> Turn {
+    let units = load.units();
+    let mut state = GATE.state.lock().unwrap_or_else(|e| e.into_inner());
+    let opens = *state.opens.get_or_insert_with(|| Instant::now() + SETTLE);
+    state.waiting.insert(place, units);
+    loop {
+        let now = Instant::now();
+        if now >= opens {
+            // In order; a later test passes only those that do not fit now.
+            let mut free = state.free;
+            let mut admitted = false;
+            for (&waiting, &asks) in &state.waiting {
+                if asks <= free {
+                    free -= asks;
+                    if waiting == place {
+                        admitted = true;
+                        break;
+                    }
+                }
+            }
+            if admitted {
+                state.waiting.remove(&place);
+                state.free -= units;
+                GATE.changed.notify_all();
+                return Turn(units);
+            }
+        }
+        let wait = opens
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(50));
+        state = GATE
+            .changed
+            .wait_timeout(state, wait)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+/// An end-to-end test with its load, and the seconds it took in a run of the whole tier.
+pub struct Test {
+    name: &'static str,
+    load: Load,
+    secs: u32,
+    run: Box<dyn FnOnce() -> anyhow::Result<()> + Send>,
+}
+
+impl Test {
+    /// An async test, on a runtime of its own.
+    pub fn new<F, Fut>(name: &'static str, load: Load, secs: u32, test: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        Test::blocking(name, load, secs, move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(test())
+        })
+    }
+
+    /// A test that builds its own runtime (to own its threads' logging, say).
+    pub fn blocking<F>(name: &'static str, load: Load, secs: u32, test: F) -> Self
+    where
+        F: FnOnce() -> anyhow::Result<()> + Send + 'static,
+    {
+        Test {
+            name,
+            load,
+            secs,
+            run: Box::new(test),
+        }
+    }
+}
+
+/// The runner's order: measuring tests first (beside the longest light one), then the longest.
+/// Each is ignored unless selected; when selected, it needs Docker, then its turn at the gate.
+pub fn trials(mut tests: Vec<Test>) -> Vec<Trial> {
+    tests.sort_by_key(|t| (t.load != Load::Measuring, std::cmp::Reverse(t.secs)));
+    tests
+        .into_iter()
+        .enumerate()
+        .map(|(place, test)| {
+            let Test {
+                name, load, run, ..
+            } = test;
+            Trial::test(name, move || {
+                let docker = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|runtime| runtime.block_on(harness::require_docker()));
+                if let Err(e) = docker {
+                    return outcome(name, Err(e));
+                }
+                let _turn = enter(place, load);
+                let started = Instant::now();
+                let result = run();
+                eprintln!(
+                    "e2e: {name} ({load:?}) took {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                outcome(name, result)
+            })
+            .with_ignored_flag(true)
+        })
+        .collect()
+}
+
+fn outcome(name: &str, result: anyhow::Result<()>) -> Result<(), Failed> {
+    result.map_err(|e| Failed::from(format!("{name}: {e:?}")))
+}
