@@ -253,7 +253,7 @@ fn rust_files(dir: &Path, into: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// The test functions of the workspace: each `fn` right after a `#[test]` or `#[tokio::test..]`
-/// attribute.
+/// attribute, and the end-to-end tests that `harness/tests/e2e/main.rs` lists as `module::test`.
 fn workspace_tests() -> Result<BTreeSet<String>> {
     let root = workspace_root();
     let mut files = Vec::new();
@@ -276,6 +276,16 @@ fn workspace_tests() -> Result<BTreeSet<String>> {
                 tests.insert(name);
                 after_attribute = false;
             }
+        }
+    }
+    let e2e = std::fs::read_to_string(root.join("harness/tests/e2e/main.rs"))?;
+    for word in e2e.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')) {
+        if let Some((module, test)) = word.rsplit_once("::")
+            && !module.is_empty()
+            && !test.is_empty()
+            && test.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            tests.insert(test.to_string());
         }
     }
     Ok(tests)
