@@ -283,7 +283,9 @@ fn workspace_tests() -> Result<BTreeSet<String>> {
         if let Some((module, test)) = word.rsplit_once("::")
             && !module.is_empty()
             && !test.is_empty()
-            && test.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && test
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         {
             tests.insert(test.to_string());
         }

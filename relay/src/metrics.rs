@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::limit::{Caps, RelayLimits};
+use crate::limit::{Bucket, Caps, RelayLimits};
 use page::{Page, Sample};
 
 /// Relay-wide counters.
@@ -239,23 +239,22 @@ pub fn render_limits(page: &mut Page, limits: &RelayLimits) {
         ("to_donor", &relay.to_donor),
         ("to_recipient", &relay.to_recipient),
     ];
+    let by_direction = |value: fn(&Bucket) -> f64| {
+        buckets.map(|(direction, bucket)| {
+            Sample::new(value(bucket))
+                .label("scope", "relay")
+                .label("direction", direction)
+        })
+    };
     page.counters(
         "clone_relay_limit_passed_bytes_total",
         "Bytes the relay's buckets let through, by direction.",
-        buckets.map(|(direction, bucket)| {
-            Sample::new(bucket.granted() as f64)
-                .label("scope", "relay")
-                .label("direction", direction)
-        }),
+        by_direction(|bucket| bucket.granted() as f64),
     );
     page.gauges(
         "clone_relay_limit_achieved_bytes_per_second",
         "Rate the relay's buckets let through over the latest second or more.",
-        buckets.map(|(direction, bucket)| {
-            Sample::new(bucket.recent_rate() as f64)
-                .label("scope", "relay")
-                .label("direction", direction)
-        }),
+        by_direction(|bucket| bucket.recent_rate() as f64),
     );
 }
 
