@@ -4,7 +4,11 @@
 //! their login, and 2 000 connections from one other address open at once and never log in.
 //! The flood gets at most the relay's pending logins per address (32) greetings before the
 //! first of them can have been cut, MySQL error 1040 for the rest; the clone must complete with
-//! the donor's data and no resume, within 1.05x of the same clone alone.
+//! the donor's data and no resume, its transfer within 1.05x of the same clone's alone.
+//!
+//! The transfer is what the load meets: the recipient's `clone_progress` FILE COPY through REDO
+//! COPY. The statement's time also holds the recipient's DROP DATA, which for the second clone
+//! deletes the first one's files, so it is reported but not bounded.
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +30,7 @@ const FLOOD: usize = 2_000;
 const FLOOD_FROM: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 100);
 /// MySQL's "Too many connections", the relay's answer past the pending logins of an address.
 const ER_CON_COUNT_ERROR: u16 = 1040;
-/// The busy clone may take this much longer than the same clone alone.
+/// The busy clone's transfer may take this much longer than the same clone's alone.
 const BUSY_OVER_ALONE: f64 = 1.05;
 /// Longer than anything the test does: the idle clients are ended explicitly.
 const IDLE_HOLD: Duration = Duration::from_secs(900);
@@ -153,10 +157,12 @@ pub async fn a_clone_through_a_busy_relay_is_unaffected() -> anyhow::Result<()> 
         .ok_or_else(|| anyhow::anyhow!("no session for the busy clone: {view:#?}"))?;
     assert_eq!(session.state.as_str(), "completed", "{session:#?}");
     assert_eq!(session.resume_count, 0, "{session:#?}");
-    let busy_over_alone = busy.statement_time.as_secs_f64() / alone.statement_time.as_secs_f64();
+    let busy_over_alone = busy.transfer_time.as_secs_f64() / alone.transfer_time.as_secs_f64();
     assert!(
         busy_over_alone <= BUSY_OVER_ALONE,
-        "busy {:?} against alone {:?}: {busy_over_alone:.2}x",
+        "transfer busy {:?} against alone {:?}: {busy_over_alone:.2}x (statements {:?} and {:?})",
+        busy.transfer_time,
+        alone.transfer_time,
         busy.statement_time,
         alone.statement_time
     );
@@ -204,15 +210,20 @@ pub async fn a_clone_through_a_busy_relay_is_unaffected() -> anyhow::Result<()> 
     idle.stop(&donor, Duration::from_secs(30)).await?;
 
     eprintln!(
-        "busy relay: data set {seeded} bytes; clone alone {:.1} s, busy {:.1} s; \
-         busy/alone = {:.2}x; {logged_in} idle clients on the donor, {HALF_LOGINS} half logins \
+        "busy relay: data set {seeded} bytes; transfer alone {:.2} s, busy {:.2} s, \
+         busy/alone = {:.3}x (statements {:.1} s and {:.1} s; {} and {} bytes on the network); \
+         {logged_in} idle clients on the donor, {HALF_LOGINS} half logins \
          opened in {:.1} s, {outside_clone} relay connections outside the clone while it ran; \
          each cut by the relay {:.1}-{:.1} s after it was sent; flood of {FLOOD} from \
          {FLOOD_FROM}: {} greeted ({} within {PRE_LOGIN_WAIT:?}), refused {:?}, all answered in \
          {:.2} s; donor {}, host cache {cache:?}",
+        alone.transfer_time.as_secs_f64(),
+        busy.transfer_time.as_secs_f64(),
+        busy_over_alone,
         alone.statement_time.as_secs_f64(),
         busy.statement_time.as_secs_f64(),
-        busy_over_alone,
+        alone.network_bytes,
+        busy.network_bytes,
         opening.as_secs_f64(),
         shortest.as_secs_f64(),
         longest.as_secs_f64(),

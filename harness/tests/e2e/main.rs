@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use libtest_mimic::Trial;
-use runner::Load::{Heavy, Light, Measuring};
+use runner::Load::{Alone, Heavy, Light, Measuring};
 use runner::Test;
 
 mod busy_relay;
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         85 Light link_drops::a_clone_survives_ten_resets,
         78 Light link_down::a_twenty_second_outage_is_waited_out_without_a_resume,
         77 Light slow_peers::a_slow_recipient_is_not_reset,
-        47 Measuring busy_relay::a_clone_through_a_busy_relay_is_unaffected,
+        47 Alone busy_relay::a_clone_through_a_busy_relay_is_unaffected,
         46 Measuring clone_limits::a_session_cap_holds_follows_a_live_change_and_counts_tls_on_the_wire,
         43 Light link_drops::a_clone_survives_a_twenty_second_blackhole,
         34 Heavy relay_memory::the_relay_stays_small_and_flat_over_repeated_full_speed_clones,
@@ -110,6 +110,7 @@ fn main() -> ExitCode {
         clone_mixed_legs::all_four_leg_combinations_clone_with_an_empty_and_a_warm_auth_cache,
     ));
     let mut trials = runner::trials(tests);
+    trials.extend(runner::checks());
     trials.push(Trial::test(
         "chaos_matrix::a_clone_that_never_started_is_not_compared",
         || {

@@ -1,9 +1,10 @@
 //! How the end-to-end tests share two cores. Most of a test's time is spent waiting (on caps,
 //! outages, timeouts), so up to [`UNITS`] of them run at once; a CPU-bound test takes two units,
-//! and a test that measures a rate or a ratio all but one, so that one light test at most runs
-//! beside it. A gate admits tests in the runner's order (measuring ones first, then the longest),
-//! letting a later one pass only while an earlier one does not fit. Every test is ignored unless
-//! selected and fails at once, naming Docker, when no engine answers.
+//! a test that measures a rate or a ratio all but one, so that one light test at most runs
+//! beside it, and a test that compares a clone under its own load with the same clone without
+//! it takes them all. A gate admits tests in the runner's order (alone, then measuring, then the
+//! longest), letting a later one pass only while an earlier one does not fit. Every test is
+//! ignored unless selected and fails at once, naming Docker, when no engine answers.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,6 +23,9 @@ pub enum Load {
     /// Measures a rate, a ratio or what a log shows under a deadline: one light test beside it
     /// at most.
     Measuring,
+    /// Compares a clone under load it makes itself with the same clone without that load, within
+    /// a few percent: nothing beside it.
+    Alone,
 }
 
 impl Load {
@@ -30,6 +34,7 @@ impl Load {
             Load::Light => 1,
             Load::Heavy => 2,
             Load::Measuring => UNITS - 1,
+            Load::Alone => UNITS,
         }
     }
 }
@@ -81,25 +86,11 @@ fn enter(place: usize, load: Load) -> Turn {
     state.waiting.insert(place, units);
     loop {
         let now = Instant::now();
-        if now >= opens {
-            // In order; a later test passes only those that do not fit now.
-            let mut free = state.free;
-            let mut admitted = false;
-            for (&waiting, &asks) in &state.waiting {
-                if asks <= free {
-                    free -= asks;
-                    if waiting == place {
-                        admitted = true;
-                        break;
-                    }
-                }
-            }
-            if admitted {
-                state.waiting.remove(&place);
-                state.free -= units;
-                GATE.changed.notify_all();
-                return Turn(units);
-            }
+        if now >= opens && admits(&state.waiting, state.free, place) {
+            state.waiting.remove(&place);
+            state.free -= units;
+            GATE.changed.notify_all();
+            return Turn(units);
         }
         let wait = opens
             .saturating_duration_since(now)
@@ -110,6 +101,21 @@ fn enter(place: usize, load: Load) -> Turn {
             .unwrap_or_else(|e| e.into_inner())
             .0;
     }
+}
+
+/// Whether the test at `place` goes in now, with `free` units and `waiting` tests (by place, with
+/// the units each asks for): in order, a later test passing only those that do not fit now.
+fn admits(waiting: &BTreeMap<usize, u32>, free: u32, place: usize) -> bool {
+    let mut free = free;
+    for (&waiting, &asks) in waiting {
+        if asks <= free {
+            if waiting == place {
+                return true;
+            }
+            free -= asks;
+        }
+    }
+    false
 }
 
 /// An end-to-end test with its load, and the seconds it took in a run of the whole tier.
@@ -149,10 +155,18 @@ impl Test {
     }
 }
 
-/// The runner's order: measuring tests first (beside the longest light one), then the longest.
+/// The runner's order: tests that run alone first, then the measuring ones (beside the longest
+/// light one), then the longest.
 /// Each is ignored unless selected; when selected, it needs Docker, then its turn at the gate.
 pub fn trials(mut tests: Vec<Test>) -> Vec<Trial> {
-    tests.sort_by_key(|t| (t.load != Load::Measuring, std::cmp::Reverse(t.secs)));
+    tests.sort_by_key(|t| {
+        let class = match t.load {
+            Load::Alone => 0,
+            Load::Measuring => 1,
+            Load::Light | Load::Heavy => 2,
+        };
+        (class, std::cmp::Reverse(t.secs))
+    });
     tests
         .into_iter()
         .enumerate()
@@ -185,4 +199,56 @@ pub fn trials(mut tests: Vec<Test>) -> Vec<Trial> {
 
 fn outcome(name: &str, result: anyhow::Result<()>) -> Result<(), Failed> {
     result.map_err(|e| Failed::from(format!("{name}: {e:?}")))
+}
+
+/// The runner's own checks: plain trials, run by `cargo test` without Docker.
+pub fn checks() -> Vec<Trial> {
+    vec![
+        Trial::test("runner::the_gate_admits_in_order", || {
+            gate_admits_in_order();
+            Ok(())
+        }),
+        Trial::test("runner::the_order_is_alone_measuring_then_longest", || {
+            order_is_alone_measuring_then_longest();
+            Ok(())
+        }),
+    ]
+}
+
+fn gate_admits_in_order() {
+    let waiting = |tests: &[(usize, Load)]| -> BTreeMap<usize, u32> {
+        tests.iter().map(|&(p, load)| (p, load.units())).collect()
+    };
+    // A test that runs alone goes in on an idle machine, and nothing passes it there.
+    let first = waiting(&[(0, Load::Alone), (1, Load::Light)]);
+    assert!(admits(&first, UNITS, 0));
+    assert!(!admits(&first, UNITS, 1));
+    // A measuring test leaves room for one light test, not for a heavy one.
+    let beside = waiting(&[(1, Load::Measuring), (2, Load::Heavy), (3, Load::Light)]);
+    assert!(admits(&beside, UNITS, 1));
+    assert!(!admits(&beside, UNITS, 2));
+    assert!(admits(&beside, UNITS, 3));
+    assert!(
+        !admits(&beside, UNITS - 1, 3),
+        "the measuring test's unit is spoken for"
+    );
+    // A later test passes an earlier one only while that one does not fit.
+    let blocked = waiting(&[(0, Load::Alone), (5, Load::Light)]);
+    assert!(!admits(&blocked, 3, 0));
+    assert!(admits(&blocked, 3, 5));
+    assert!(!admits(&waiting(&[(4, Load::Heavy)]), 1, 4));
+    assert!(!admits(&waiting(&[(4, Load::Heavy)]), 2, 5), "not waiting");
+}
+
+fn order_is_alone_measuring_then_longest() {
+    let test = |name: &'static str, load, secs| Test::blocking(name, load, secs, || Ok(()));
+    let trials = trials(vec![
+        test("short", Load::Light, 5),
+        test("heavy", Load::Heavy, 50),
+        test("measuring", Load::Measuring, 10),
+        test("alone", Load::Alone, 1),
+        test("long", Load::Light, 100),
+    ]);
+    let names: Vec<&str> = trials.iter().map(|t| t.name()).collect();
+    assert_eq!(names, ["alone", "measuring", "long", "heavy", "short"]);
 }
