@@ -1,6 +1,7 @@
 //! clone-relay as a process of its own (the `clone-relay` binary on its defaults), for figures
 //! that belong to the relay alone, such as its memory, and for its log; killed when dropped.
 
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -45,6 +46,51 @@ pub async fn relay_binary() -> Result<PathBuf> {
 /// with `cargo build --release` first: for figures of the relay's speed, which a debug build
 /// does not show.
 pub async fn release_relay_binary() -> Result<PathBuf> {
+    let (mut build, binary) = release_build(false)?;
+    let status = build
+        .status()
+        .await
+        .context("running cargo build --release")?;
+    built(status, binary)
+}
+
+/// [`release_relay_binary`], built at the lowest CPU priority (`nice -n 19`: only the time
+/// nothing else wants) until `raise` completes, then at the normal one where the system lets a
+/// process raise its priority (`renice`, which needs root).
+pub async fn release_relay_binary_raised_by(raise: impl Future<Output = ()>) -> Result<PathBuf> {
+    let (mut build, binary) = release_build(true)?;
+    // Its own process group, so that the compilers cargo has started are raised with it.
+    build.process_group(0).kill_on_drop(true);
+    let mut child = build
+        .spawn()
+        .context("running nice cargo build --release")?;
+    let group = child.id().context("the build ended at once")?;
+    tokio::select! {
+        status = child.wait() => {
+            return built(status.context("waiting for cargo build --release")?, binary);
+        }
+        () = raise => {}
+    }
+    let raised = Command::new("renice")
+        .args(["-n", "0", "-g", &group.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .await;
+    if raised.as_ref().is_ok_and(|s| s.success()) {
+        eprintln!("the release build goes on at the normal priority");
+    } else {
+        eprintln!("the release build stays at the lowest priority: renice failed ({raised:?})");
+    }
+    let status = child
+        .wait()
+        .await
+        .context("waiting for cargo build --release")?;
+    built(status, binary)
+}
+
+/// `cargo build --release` of the relay binary into this test binary's target folder (under
+/// `nice -n 19` when `niced`), and where the binary lands.
+fn release_build(niced: bool) -> Result<(Command, PathBuf)> {
     let exe = std::env::current_exe().context("locating the test binary")?;
     // target/<profile>/deps/<test> -> target/release/clone-relay
     let target_dir = exe
@@ -53,7 +99,14 @@ pub async fn release_relay_binary() -> Result<PathBuf> {
         .context("the test binary has no target folder")?;
     let binary = target_dir.join("release").join("clone-relay");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut command = if niced {
+        let mut nice = Command::new("nice");
+        nice.args(["-n", "19"]).arg(cargo);
+        nice
+    } else {
+        Command::new(cargo)
+    };
+    command
         .args([
             "build",
             "--release",
@@ -62,10 +115,11 @@ pub async fn release_relay_binary() -> Result<PathBuf> {
             "--bin",
             "clone-relay",
         ])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .status()
-        .await
-        .context("running cargo build --release")?;
+        .env("CARGO_TARGET_DIR", target_dir);
+    Ok((command, binary))
+}
+
+fn built(status: std::process::ExitStatus, binary: PathBuf) -> Result<PathBuf> {
     if !status.success() || !binary.exists() {
         bail!(
             "building the release clone-relay failed ({status}); expected {}",

@@ -54,7 +54,6 @@ fn main() -> ExitCode {
     let mut tests = tests![
         239 Light relay_pair::a_relay_pair_hides_link_drops_from_mysql,
         143 Light link_drops::a_blackhole_past_the_donors_patience_fails_clearly,
-        136 Heavy relay_image::the_image_runs_as_a_sidecar_in_the_recipients_namespace_and_clones,
         127 Light slow_peers::a_slow_donor_is_not_reset,
         126 Light chaos_matrix::seeded_chaos_matrix,
         101 Heavy drill::the_drill_binary_passes_every_scenario_and_fails_what_it_must,
@@ -109,6 +108,15 @@ fn main() -> ExitCode {
         32,
         clone_mixed_legs::all_four_leg_combinations_clone_with_an_empty_and_a_warm_auth_cache,
     ));
+    tests.push(
+        Test::new(
+            "relay_image::the_image_runs_as_a_sidecar_in_the_recipients_namespace_and_clones",
+            Heavy,
+            136,
+            relay_image::the_image_runs_as_a_sidecar_in_the_recipients_namespace_and_clones,
+        )
+        .prepared_by(relay_image::build_the_release_binary),
+    );
     let mut trials = runner::trials(tests);
     trials.extend(runner::checks());
     trials.push(Trial::test(

@@ -15,6 +15,7 @@ use harness::clone::{Transport, clone_instance_with};
 use harness::dataset::Dataset;
 use harness::image::{mysql_image, relay_image};
 use harness::mysql::CONTAINER_LABEL;
+use harness::process::release_relay_binary_raised_by;
 use harness::{MysqlServer, ServerOptions};
 use tokio::process::Command;
 use tokio::time::Instant;
@@ -82,6 +83,19 @@ async fn wait_ok(admin: SocketAddr, path: &str, sidecar: &Sidecar) -> Result<()>
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+}
+
+/// The release build the image is made from, the test's preparation: at the lowest CPU
+/// priority while measuring tests run, so that a build from nothing overlaps them, then at the
+/// normal one.
+pub async fn build_the_release_binary() -> Result<()> {
+    release_relay_binary_raised_by(async {
+        while crate::runner::measuring() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await?;
+    Ok(())
 }
 
 pub async fn the_image_runs_as_a_sidecar_in_the_recipients_namespace_and_clones() -> Result<()> {

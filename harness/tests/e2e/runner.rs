@@ -3,8 +3,10 @@
 //! a test that measures a rate or a ratio all but one, so that one light test at most runs
 //! beside it, and a test that compares a clone under its own load with the same clone without
 //! it takes them all. A gate admits tests in the runner's order (alone, then measuring, then the
-//! longest), letting a later one pass only while an earlier one does not fit. Every test is
-//! ignored unless selected and fails at once, naming Docker, when no engine answers.
+//! longest), letting a later one pass only while an earlier one does not fit. A test may have a
+//! preparation (a release build at the lowest CPU priority while tests measure, say): it starts
+//! once the tests that run alone are done, ahead of every other test, and holds no units. Every
+//! test is ignored unless selected and fails at once, naming Docker, when no engine answers.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -51,10 +53,27 @@ struct Gate {
     changed: Condvar,
 }
 
+/// A place in the gate's order: the rank, 0 for a preparation or 1 for a test, and the test's
+/// place in the runner's order.
+type Slot = (usize, u8, usize);
+
+/// A test's slot.
+fn test_slot(place: usize) -> Slot {
+    (place, 1, place)
+}
+
+/// The slot of the preparation of the test at `place`: after the tests that run alone, ahead of
+/// every other test.
+fn preparation_slot(alone: usize, place: usize) -> Slot {
+    (alone, 0, place)
+}
+
 struct GateState {
     free: u32,
-    /// Waiting tests by place, with the units each asks for.
-    waiting: BTreeMap<usize, u32>,
+    /// Waiting tests by slot, with the units each asks for.
+    waiting: BTreeMap<Slot, u32>,
+    /// Tests that measure (or run alone), waiting or running.
+    measuring: u32,
     opens: Option<Instant>,
 }
 
@@ -62,35 +81,41 @@ static GATE: Gate = Gate {
     state: Mutex::new(GateState {
         free: UNITS,
         waiting: BTreeMap::new(),
+        measuring: 0,
         opens: None,
     }),
     changed: Condvar::new(),
 };
 
 /// A test's units, given back when it ends.
-struct Turn(u32);
+struct Turn {
+    units: u32,
+    measures: bool,
+}
 
 impl Drop for Turn {
     fn drop(&mut self) {
         let mut state = GATE.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.free += self.0;
+        state.free += self.units;
+        state.measuring -= u32::from(self.measures);
         GATE.changed.notify_all();
     }
 }
 
-/// Blocks until the test at `place` in the runner's order is admitted with `load`.
-fn enter(place: usize, load: Load) -> Turn {
-    let units = load.units();
+/// Blocks until `slot` is admitted with `units`; `measures` counts it among the tests that
+/// measure until its turn ends.
+fn enter(place: Slot, units: u32, measures: bool) -> Turn {
     let mut state = GATE.state.lock().unwrap_or_else(|e| e.into_inner());
     let opens = *state.opens.get_or_insert_with(|| Instant::now() + SETTLE);
     state.waiting.insert(place, units);
+    state.measuring += u32::from(measures);
     loop {
         let now = Instant::now();
         if now >= opens && admits(&state.waiting, state.free, place) {
             state.waiting.remove(&place);
             state.free -= units;
             GATE.changed.notify_all();
-            return Turn(units);
+            return Turn { units, measures };
         }
         let wait = opens
             .saturating_duration_since(now)
@@ -103,9 +128,15 @@ fn enter(place: usize, load: Load) -> Turn {
     }
 }
 
-/// Whether the test at `place` goes in now, with `free` units and `waiting` tests (by place, with
-/// the units each asks for): in order, a later test passing only those that do not fit now.
-fn admits(waiting: &BTreeMap<usize, u32>, free: u32, place: usize) -> bool {
+/// Whether a test that measures (or runs alone) is waiting or running.
+pub fn measuring() -> bool {
+    let state = GATE.state.lock().unwrap_or_else(|e| e.into_inner());
+    state.measuring > 0
+}
+
+/// Whether `place` goes in now, with `free` units and `waiting` slots (with the units each asks
+/// for): in order, a later slot passing only those that do not fit now.
+fn admits(waiting: &BTreeMap<Slot, u32>, free: u32, place: Slot) -> bool {
     let mut free = free;
     for (&waiting, &asks) in waiting {
         if asks <= free {
@@ -124,6 +155,19 @@ pub struct Test {
     load: Load,
     secs: u32,
     run: Box<dyn FnOnce() -> anyhow::Result<()> + Send>,
+    prepare: Option<Box<dyn FnOnce() -> anyhow::Result<()> + Send>>,
+}
+
+/// An async step on a runtime of its own.
+fn on_runtime<F, Fut>(step: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(step())
 }
 
 impl Test {
@@ -133,12 +177,19 @@ impl Test {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<()>>,
     {
-        Test::blocking(name, load, secs, move || {
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(test())
-        })
+        Test::blocking(name, load, secs, move || on_runtime(test))
+    }
+
+    /// Runs `preparation` first, once the tests that run alone are done, ahead of the others and
+    /// holding no units (for work at the lowest CPU priority); the test itself then waits for its
+    /// own turn.
+    pub fn prepared_by<F, Fut>(mut self, preparation: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        self.prepare = Some(Box::new(move || on_runtime(preparation)));
+        self
     }
 
     /// A test that builds its own runtime (to own its threads' logging, say).
@@ -151,6 +202,7 @@ impl Test {
             load,
             secs,
             run: Box::new(test),
+            prepare: None,
         }
     }
 }
@@ -167,12 +219,17 @@ pub fn trials(mut tests: Vec<Test>) -> Vec<Trial> {
         };
         (class, std::cmp::Reverse(t.secs))
     });
+    let alone = tests.iter().filter(|t| t.load == Load::Alone).count();
     tests
         .into_iter()
         .enumerate()
         .map(|(place, test)| {
             let Test {
-                name, load, run, ..
+                name,
+                load,
+                run,
+                prepare,
+                ..
             } = test;
             Trial::test(name, move || {
                 let docker = tokio::runtime::Builder::new_current_thread()
@@ -183,7 +240,21 @@ pub fn trials(mut tests: Vec<Test>) -> Vec<Trial> {
                 if let Err(e) = docker {
                     return outcome(name, Err(e));
                 }
-                let _turn = enter(place, load);
+                if let Some(prepare) = prepare {
+                    // Its turn comes on an empty machine; the units go back at once.
+                    drop(enter(preparation_slot(alone, place), UNITS, false));
+                    let started = Instant::now();
+                    let prepared = prepare();
+                    eprintln!(
+                        "e2e: {name} prepared in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                    if let Err(e) = prepared {
+                        return outcome(name, Err(e.context("preparing")));
+                    }
+                }
+                let measures = matches!(load, Load::Measuring | Load::Alone);
+                let _turn = enter(test_slot(place), load.units(), measures);
                 let started = Instant::now();
                 let result = run();
                 eprintln!(
@@ -216,28 +287,49 @@ pub fn checks() -> Vec<Trial> {
 }
 
 fn gate_admits_in_order() {
-    let waiting = |tests: &[(usize, Load)]| -> BTreeMap<usize, u32> {
-        tests.iter().map(|&(p, load)| (p, load.units())).collect()
+    let waiting = |slots: &[(Slot, Load)]| -> BTreeMap<Slot, u32> {
+        slots.iter().map(|&(s, load)| (s, load.units())).collect()
     };
+    let t = test_slot;
     // A test that runs alone goes in on an idle machine, and nothing passes it there.
-    let first = waiting(&[(0, Load::Alone), (1, Load::Light)]);
-    assert!(admits(&first, UNITS, 0));
-    assert!(!admits(&first, UNITS, 1));
+    let first = waiting(&[(t(0), Load::Alone), (t(1), Load::Light)]);
+    assert!(admits(&first, UNITS, t(0)));
+    assert!(!admits(&first, UNITS, t(1)));
     // A measuring test leaves room for one light test, not for a heavy one.
-    let beside = waiting(&[(1, Load::Measuring), (2, Load::Heavy), (3, Load::Light)]);
-    assert!(admits(&beside, UNITS, 1));
-    assert!(!admits(&beside, UNITS, 2));
-    assert!(admits(&beside, UNITS, 3));
+    let beside = waiting(&[
+        (t(1), Load::Measuring),
+        (t(2), Load::Heavy),
+        (t(3), Load::Light),
+    ]);
+    assert!(admits(&beside, UNITS, t(1)));
+    assert!(!admits(&beside, UNITS, t(2)));
+    assert!(admits(&beside, UNITS, t(3)));
     assert!(
-        !admits(&beside, UNITS - 1, 3),
+        !admits(&beside, UNITS - 1, t(3)),
         "the measuring test's unit is spoken for"
     );
     // A later test passes an earlier one only while that one does not fit.
-    let blocked = waiting(&[(0, Load::Alone), (5, Load::Light)]);
-    assert!(!admits(&blocked, 3, 0));
-    assert!(admits(&blocked, 3, 5));
-    assert!(!admits(&waiting(&[(4, Load::Heavy)]), 1, 4));
-    assert!(!admits(&waiting(&[(4, Load::Heavy)]), 2, 5), "not waiting");
+    let blocked = waiting(&[(t(0), Load::Alone), (t(5), Load::Light)]);
+    assert!(!admits(&blocked, 3, t(0)));
+    assert!(admits(&blocked, 3, t(5)));
+    assert!(!admits(&waiting(&[(t(4), Load::Heavy)]), 1, t(4)));
+    assert!(
+        !admits(&waiting(&[(t(4), Load::Heavy)]), 2, t(5)),
+        "not waiting"
+    );
+    // A preparation's turn comes after the tests that run alone and ahead of every other test,
+    // on an empty machine.
+    let prepared = waiting(&[
+        (t(1), Load::Measuring),
+        (preparation_slot(1, 6), Load::Alone),
+        (t(4), Load::Light),
+    ]);
+    assert!(
+        !admits(&prepared, 0, preparation_slot(1, 6)),
+        "one runs alone"
+    );
+    assert!(!admits(&prepared, UNITS, t(1)));
+    assert!(admits(&prepared, UNITS, preparation_slot(1, 6)));
 }
 
 fn order_is_alone_measuring_then_longest() {
