@@ -39,6 +39,20 @@ impl Load {
             Load::Alone => UNITS,
         }
     }
+
+    /// Its class in the runner's order: alone, then measuring, then the rest.
+    fn class(self) -> u8 {
+        match self {
+            Load::Alone => 0,
+            Load::Measuring => 1,
+            Load::Light | Load::Heavy => 2,
+        }
+    }
+
+    /// Whether the test measures: a preparation waits for such tests to end before it speeds up.
+    fn measures(self) -> bool {
+        self.class() < 2
+    }
 }
 
 /// The gate's size, and the runner's threads (unless `--test-threads` says otherwise).
@@ -211,14 +225,7 @@ impl Test {
 /// light one), then the longest.
 /// Each is ignored unless selected; when selected, it needs Docker, then its turn at the gate.
 pub fn trials(mut tests: Vec<Test>) -> Vec<Trial> {
-    tests.sort_by_key(|t| {
-        let class = match t.load {
-            Load::Alone => 0,
-            Load::Measuring => 1,
-            Load::Light | Load::Heavy => 2,
-        };
-        (class, std::cmp::Reverse(t.secs))
-    });
+    tests.sort_by_key(|t| (t.load.class(), std::cmp::Reverse(t.secs)));
     let alone = tests.iter().filter(|t| t.load == Load::Alone).count();
     tests
         .into_iter()
@@ -253,8 +260,7 @@ pub fn trials(mut tests: Vec<Test>) -> Vec<Trial> {
                         return outcome(name, Err(e.context("preparing")));
                     }
                 }
-                let measures = matches!(load, Load::Measuring | Load::Alone);
-                let _turn = enter(test_slot(place), load.units(), measures);
+                let _turn = enter(test_slot(place), load.units(), load.measures());
                 let started = Instant::now();
                 let result = run();
                 eprintln!(

@@ -9,7 +9,7 @@ use prometheus::{Encoder, TextEncoder};
 /// The page's content type.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 
-/// The families of one page, in the order they are added.
+/// The families of one page that have samples, in the order they are added.
 #[derive(Debug, Default)]
 pub struct Page {
     families: Vec<MetricFamily>,
@@ -83,7 +83,10 @@ impl Page {
                 }
                 metric
             })
-            .collect();
+            .collect::<Vec<_>>();
+        if metrics.is_empty() {
+            return;
+        }
         let mut family = MetricFamily::default();
         family.set_name(name.to_string());
         family.set_help(help.to_string());
@@ -92,16 +95,10 @@ impl Page {
         self.families.push(family);
     }
 
-    /// The page as text; families without samples are left out.
+    /// The page as text.
     pub fn text(&self) -> Result<String, prometheus::Error> {
-        let shown: Vec<MetricFamily> = self
-            .families
-            .iter()
-            .filter(|family| !family.get_metric().is_empty())
-            .cloned()
-            .collect();
         let mut out = Vec::new();
-        TextEncoder::new().encode(&shown, &mut out)?;
+        TextEncoder::new().encode(&self.families, &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 }
